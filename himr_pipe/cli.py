@@ -1,0 +1,136 @@
+"""The himr-pipe command line.
+
+Exit codes of encrypt-shards: 0 every input written; 3 finished, some inputs
+skipped (each listed with its reason in the manifest); 1 the run failed or
+was interrupted (rerun the same command to resume); 2 bad arguments or an
+unusable SRC/OUT, found before any work.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from . import __version__
+
+
+def _fail_usage(msg: str):
+    click.echo(f"himr-pipe: error: {msg}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="himr-pipe")
+def main():
+    """Encrypt image datasets into human-imperceptible, machine-recognizable WebDataset shards."""
+
+
+@main.command("encrypt-shards")
+@click.argument("src")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--scheme", type=click.Choice(["rs", "mi", "none"]), default="rs", show_default=True,
+              help="rs: shuffle PxP patches per image; mi: mean of 2x2 sub-patches; none: plain.")
+@click.option("--patch", type=int, default=16, show_default=True, help="Patch size P.")
+@click.option("--size", default="224", show_default=True, help="Image size before encryption: N or HxW.")
+@click.option("--format", "fmt", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True,
+              help="Image encoding in the shards (png/raw are lossless; raw is .npy uint8).")
+@click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
+@click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True,
+              help="crop: shorter side to size, centre crop; stretch: both sides to size.")
+@click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
+@click.option("--split", default="train", show_default=True,
+              help="Split name: shard prefix ({split}-000000.tar) and timm split in _info.json.")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes (shards run in parallel); 0 runs in this process. Default: cpus // 8, at least 1.")
+@click.option("--threads", type=int, default=0, help="Decode/encode threads per worker. Default: cpus // workers.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per decode/encrypt batch.")
+@click.option("--seed", type=int, default=None,
+              help="Make sample order and permutations reproducible. Without it they come from a cryptographic "
+                   "source. The seed is never written into OUT.")
+@click.option("--shuffle/--no-shuffle", default=True, show_default=True, help="Shuffle sample order across shards.")
+@click.option("--include-paths", is_flag=True, help="Write source paths into OUT (off: OUT names no source file).")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="Owner's private state (keys, resume, source paths). Default: ~/.local/state/himr-pipe/<OUT>.")
+@click.option("--max-pixels", type=int, default=None, help="Refuse images with more pixels (decompression bombs).")
+@click.option("--max-bytes", type=int, default=None, help="Refuse input files larger than this.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def encrypt_shards_cmd(src, out, scheme, patch, size, fmt, quality, resize, shard_size, split, workers, threads,
+                       batch_size, seed, shuffle, include_paths, state_dir, max_pixels, max_bytes, progress):
+    """Encrypt the images of SRC into WebDataset shards in OUT.
+
+    SRC is an ImageNet-style folder (one sub-folder per class), a WebDataset
+    .tar, a folder of .tar files, or a brace pattern like
+    'train-{000000..000009}.tar' (samples need a .cls label).
+    """
+    from .decode import DEFAULT_MAX_PIXELS
+    from .encode import FormatError, choose_format
+    from .pipeline import EXIT_PARTIAL, JobConfig, JobError, RunOptions, encrypt_shards
+    from .scheme import Scheme, SchemeError, parse_size
+    from .sources import DEFAULT_MAX_BYTES
+
+    try:
+        h, w = parse_size(size)
+        sch = Scheme(scheme, patch, h, w)
+        ifmt = choose_format(fmt, sch, quality)
+        cfg = JobConfig(sch, ifmt, resize, shard_size, split, shuffle, seed is not None, include_paths,
+                        max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES)
+        if batch_size < 1:
+            raise JobError("--batch-size must be at least 1")
+        if workers is None:
+            workers = max(1, (os.cpu_count() or 1) // 8)
+        if workers < 0:
+            raise JobError("--workers must be 0 or more")
+        opts = RunOptions(workers=workers, threads=threads, batch_size=batch_size, state_dir=state_dir,
+                          progress=progress)
+        res = encrypt_shards(src, out, cfg, seed, opts)
+    except (SchemeError, FormatError, JobError) as e:
+        _fail_usage(str(e))
+    t = res.manifest["totals"]
+    rate = res.processed / res.seconds if res.seconds > 0 else 0.0
+    reasons = ", ".join(f"{k}: {v}" for k, v in res.manifest["skip_reasons"].items())
+    line = (f"himr-pipe: {t['inputs']} inputs, {t['written']} written, {t['skipped']} skipped"
+            + (f" ({reasons})" if reasons else "")
+            + f", {len(res.manifest['shards'])} shards, {res.seconds:.1f} s, {rate:.0f} img/s -> "
+            + os.path.join(out, "manifest.json"))
+    for m in res.messages:
+        click.echo(f"himr-pipe: {m}", err=True)
+    click.echo(line)
+    if res.exit_code == EXIT_PARTIAL:
+        click.echo(f"himr-pipe: skipped inputs by name: {os.path.join(res.state_dir, 'skipped.json')}", err=True)
+    sys.exit(res.exit_code)
+
+
+@main.command("verify")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--decode", is_flag=True, help="Also decode every image and check its size.")
+def verify_cmd(out, decode):
+    """Check every shard of OUT against its manifest (counts, sizes, sha256, sample structure)."""
+    from .verify import verify_out
+
+    problems, summary = verify_out(out, decode=decode)
+    for p in problems:
+        click.echo(f"PROBLEM {p}", err=True)
+    if summary:
+        click.echo(f"himr-pipe verify: {summary.get('shards', 0)} shards, {summary.get('samples', 0)} samples read, "
+                   f"{len(problems)} problem(s)")
+    sys.exit(1 if problems else 0)
+
+
+@main.command("sample-data")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--per-class", type=int, default=8, show_default=True, help="Images per class.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample_data_cmd(dest, per_class, seed):
+    """Write a small ImageNet-style folder cut from scikit-image's bundled photos (no download)."""
+    from .sample_data import make_sample_folder
+
+    if os.path.exists(dest) and os.listdir(dest):
+        _fail_usage(f"{dest} exists and is not empty")
+    r = make_sample_folder(dest, per_class=per_class, seed=seed)
+    click.echo(f"himr-pipe: wrote {r['images']} JPEGs in {r['classes']} classes to {dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""What a job writes about itself: the public manifest in OUT and the owner's state.
+
+OUT is handed to people who must not see the data (DESIGN.md, "What OUT may
+hold"). So the two records are kept apart:
+
+``OUT/manifest.json`` (public)
+    the job (scheme with all parameters, format, shard size, whether the run
+    was seeded - never the seed), class names, every shard with its sample
+    count, size and sha256, totals, and every skipped input as its sample id
+    and reason. Source paths appear only with ``--include-paths``.
+``OUT/_info.json`` (public)
+    the split file timm's ``ReaderWds`` reads (splits -> name, num_samples,
+    filenames, shard_lengths), so timm reads OUT unchanged.
+
+the owner's state directory (private, mode 0700)
+    ``job.json``: the job, the 256-bit key that derives sample order and
+    permutations (from ``secrets`` unless ``--seed``), a hash of the seed, and
+    a fingerprint of SRC; ``shards/NNNNNN.json``: per-shard stats with the
+    map from output keys to source paths and the skipped files by name. This
+    is what lets an interrupted run without ``--seed`` resume to the same
+    result, and what lets the owner trace a sample back to its file. Default
+    location: ``$HIMR_PIPE_STATE_HOME`` or ``$XDG_STATE_HOME/himr-pipe`` or
+    ``~/.local/state/himr-pipe``, then one folder per OUT (a hash of its
+    absolute path); ``--state-dir`` overrides it. It never lives inside OUT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+TIMM_INFO = "_info.json"
+MANIFEST_FORMAT = "himr-pipe/manifest-v1"
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, private: bool = False) -> None:
+    path = str(path)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def default_state_dir(out_dir: str) -> Path:
+    base = os.environ.get("HIMR_PIPE_STATE_HOME")
+    if not base:
+        xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        base = os.path.join(xdg, "himr-pipe")
+    tag = hashlib.sha256(os.path.realpath(out_dir).encode()).hexdigest()[:16]
+    return Path(base) / f"{Path(out_dir).resolve().name}-{tag}"
+
+
+def seed_digest(seed: int, key_hex: str) -> str:
+    """A check value for 'same seed as before' that can't be brute-forced without the key."""
+    return hashlib.sha256(f"{key_hex}:{seed}".encode()).hexdigest()
+
+
+def build_manifest(job: dict, classes: list[str] | None, empty_classes: list[str], shards: list[dict],
+                   inputs: int, skipped: list[dict], upscaled: int, status: str) -> dict:
+    written = sum(s["samples"] for s in shards)
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        cat = s["reason"].split(":", 1)[0]
+        reasons[cat] = reasons.get(cat, 0) + 1
+    return {
+        "format": MANIFEST_FORMAT,
+        "status": status,
+        "job": job,
+        "classes": classes,
+        "num_classes": len(classes) if classes is not None else None,
+        "empty_classes": empty_classes,
+        "totals": {"inputs": inputs, "written": written, "skipped": len(skipped), "upscaled": upscaled},
+        "skip_reasons": dict(sorted(reasons.items())),
+        "shards": shards,
+        "skipped": skipped,
+    }
+
+
+def build_timm_info(split: str, shards: list[dict]) -> dict:
+    return {
+        "name": "himr-pipe",
+        "splits": {
+            split: {
+                "name": split,
+                "num_samples": sum(s["samples"] for s in shards),
+                "filenames": [s["name"] for s in shards],
+                "shard_lengths": [s["samples"] for s in shards],
+            }
+        },
+    }

@@ -1,0 +1,512 @@
+"""encrypt-shards: source -> decode + resize -> encrypt -> encode -> shard sink.
+
+The main process enumerates SRC, plans the shards (sample order drawn from
+the job key), and hands whole shards to worker processes (the shard is the
+unit of work, as in img2dataset). A worker reads and screens the bytes of
+its samples, decodes and resizes them in batches with DALI, encrypts each
+batch with one kernel call, encodes the images in a thread pool (simplejpeg
+releases the GIL) while DALI already decodes the next batch, and writes the
+shard under a temporary name. Its stats go to the owner's state, then the
+shard is renamed into place. A rerun finds complete shards and redoes the
+rest; because order and permutations derive from the job key, shard by
+shard, the result is byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, DaliDecoder, inspect_header
+from .encode import ImageFormat
+from .manifest import (MANIFEST, MANIFEST_FORMAT, TIMM_INFO, build_manifest, build_timm_info,
+                       default_state_dir, read_json, seed_digest, write_json_atomic)
+from .scheme import Scheme
+from .shards import ShardWriter, shard_name, tmp_name
+from .sources import DEFAULT_MAX_BYTES, Input, InputError, Source, open_source, read_input
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+FAILPOINT_ENV = "HIMR_PIPE_FAILPOINT"  # "kill-after=N": SIGKILL the worker after N samples (tests)
+
+
+class JobError(Exception):
+    """A problem found before any work: the run does not start."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """What defines the output. Two runs with equal configs write the same OUT."""
+
+    scheme: Scheme
+    fmt: ImageFormat
+    resize: str = "crop"
+    shard_size: int = 1000
+    split: str = "train"
+    shuffle: bool = True
+    seeded: bool = False
+    include_paths: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise JobError(f"--resize must be one of {RESIZE_MODES}")
+        if self.shard_size < 1:
+            raise JobError("--shard-size must be at least 1")
+        if not self.split or any(c in self.split for c in "/\\{}. "):
+            raise JobError(f"--split {self.split!r} must be a plain name (it prefixes the shard files)")
+
+    def public(self) -> dict:
+        """The job as written into the manifest: all parameters, never a seed."""
+        return {
+            "tool": f"himr-pipe {__version__}",
+            "scheme": self.scheme.to_dict(),
+            "format": self.fmt.to_dict(),
+            "resize": self.resize,
+            "shard_size": self.shard_size,
+            "split": self.split,
+            "shuffle": self.shuffle,
+            "randomness": "seeded" if self.seeded else "cryptographic",
+            "randomness_note": (
+                "sample order and permutations are reproducible by whoever holds the seed; the seed is not stored here"
+                if self.seeded else
+                "sample order and permutations come from a key drawn from the OS's cryptographic source; "
+                "it is kept only in the owner's state, never in this folder"),
+            "include_paths": self.include_paths,
+            "max_pixels": self.max_pixels,
+            "max_bytes": self.max_bytes,
+        }
+
+    @classmethod
+    def from_public(cls, d: dict) -> "JobConfig":
+        from .encode import ImageFormat
+
+        f = d["format"]
+        fmt = ImageFormat(f["name"], f.get("quality", 90), f.get("subsampling", "444"), f.get("compress_level", 1))
+        return cls(Scheme.from_dict(d["scheme"]), fmt, d["resize"], d["shard_size"], d["split"], d["shuffle"],
+                   d["randomness"] == "seeded", d["include_paths"], d["max_pixels"], d["max_bytes"])
+
+
+@dataclass
+class RunOptions:
+    """How to run; does not change the output."""
+
+    workers: int = 1           # worker processes; 0 runs in this process
+    threads: int = 0           # DALI + encoder threads per worker; 0 = cpu_count // workers
+    batch_size: int = 64
+    state_dir: str | None = None
+    progress: bool | None = None   # None: on when stderr is a terminal
+    device_id: int | None = None   # None: decode on the CPU
+
+
+@dataclass
+class RunResult:
+    manifest: dict
+    exit_code: int
+    seconds: float
+    processed: int = 0
+    state_dir: str = ""
+    messages: list[str] = field(default_factory=list)
+
+
+# -- keys and randomness ------------------------------------------------------
+def key_from_seed(seed: int) -> str:
+    return hashlib.sha256(f"himr-pipe/v1/seed:{seed}".encode()).hexdigest()
+
+
+def _rng(key_hex: str, *spawn: int) -> np.random.Generator:
+    ss = np.random.SeedSequence(entropy=int(key_hex, 16), spawn_key=spawn)
+    return np.random.Generator(np.random.PCG64(ss))
+
+
+def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[Input]]:
+    """Cut the accepted inputs into shards, in an order drawn from the job key."""
+    ok = [i for i in source.inputs if i.skip is None]
+    if cfg.shuffle:
+        order = _rng(key_hex, 0).permutation(len(ok))
+        ok = [ok[j] for j in order]
+    return [ok[s:s + cfg.shard_size] for s in range(0, len(ok), cfg.shard_size)]
+
+
+# -- the worker -----------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardTask:
+    index: int
+    name: str
+    items: tuple  # of (input index, ref, label, loc)
+
+
+class _Worker:
+    """Per-process state: one DALI pipeline and one encoder pool, reused across shards."""
+
+    def __init__(self, cfg: JobConfig, key_hex: str, out_dir: str, state_dir: str, threads: int,
+                 batch_size: int, device_id: int | None, progress=None):
+        import torch
+
+        torch.set_num_threads(1)
+        self.cfg = cfg
+        self.key_hex = key_hex
+        self.out_dir = out_dir
+        self.state_dir = state_dir
+        self.batch_size = batch_size
+        self.decoder = DaliDecoder(cfg.scheme.size, cfg.resize, batch_size, threads, device_id)
+        self.pool = ThreadPoolExecutor(max(1, threads))
+        self.progress = progress
+        s = cfg.scheme
+        self.sample_json = json.dumps({"scheme": s.kind, "size": list(s.out_size), "patch": s.out_cell}).encode()
+        fp = os.environ.get(FAILPOINT_ENV, "")
+        self.kill_after = int(fp.split("=", 1)[1]) if fp.startswith("kill-after=") else None
+        self.done_samples = 0
+
+    def _batches(self, items, metas: list, skipped: list):
+        """Read and screen inputs; yield batches of bytes, remembering what each holds."""
+        cfg = self.cfg
+        batch, meta = [], []
+        for pos, (idx, ref, label, loc) in enumerate(items):
+            try:
+                data = read_input(loc, cfg.max_bytes)
+                hdr = inspect_header(data, cfg.max_pixels)
+            except InputError as e:
+                skipped.append((idx, ref, e.reason))
+                continue
+            batch.append(data)
+            meta.append((pos, idx, ref, label, hdr))
+            if len(batch) == self.batch_size:
+                metas.append(meta)
+                yield batch
+                batch, meta = [], []
+        if batch:
+            metas.append(meta)
+            yield batch
+
+    def run(self, task: ShardTask) -> dict:
+        import torch
+
+        from himr_pipe.kernels import encrypt, make_permutations
+
+        cfg, s = self.cfg, self.cfg.scheme
+        perms = None
+        if s.kind == "rs":
+            perms = make_permutations(_rng(self.key_hex, 1, task.index), len(task.items), s.num_patches)
+        writer = ShardWriter(self.out_dir, task.name)
+        skipped: list[tuple[int, str, str]] = []
+        written: list[tuple[str, int, str]] = []
+        upscaled = reported = 0
+        metas: list[list] = []
+        ext = cfg.fmt.ext
+        try:
+            for images, bad in self.decoder.run(self._batches(task.items, metas, skipped)):
+                meta = metas.pop(0)
+                for j in sorted(bad):
+                    _, idx, ref, _, _ = meta[j]
+                    skipped.append((idx, ref, bad[j]))
+                meta = [m for j, m in enumerate(meta) if j not in bad]
+                if not meta:
+                    reported += len(bad)
+                    if self.progress is not None:
+                        self.progress(len(bad))
+                    continue
+                rows = None if perms is None else perms[[m[0] for m in meta]]
+                enc = encrypt(s, torch.from_numpy(images), rows).numpy()
+                blobs = list(self.pool.map(cfg.fmt.encode, enc))
+                for (pos, idx, ref, label, hdr), blob in zip(meta, blobs):
+                    key = f"{task.index:06d}_{pos:06d}"
+                    members = {ext: blob, "cls": str(label).encode(), "json": self.sample_json}
+                    if cfg.include_paths:
+                        members["json"] = json.dumps({**json.loads(self.sample_json), "source": ref}).encode()
+                    writer.add(key, members)
+                    written.append((key, idx, ref))
+                    if _upscaled(hdr, s.size, cfg.resize):
+                        upscaled += 1
+                self.done_samples += len(meta)
+                reported += len(meta) + len(bad)
+                if self.progress is not None:
+                    self.progress(len(meta) + len(bad))
+                if self.kill_after is not None and self.done_samples >= self.kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            if self.progress is not None:  # inputs rejected before decoding, not reported yet
+                self.progress(len(task.items) - reported)
+            info = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        stats = {
+            "index": task.index, "name": task.name, "planned": len(task.items),
+            "samples": info.samples, "bytes": info.bytes, "sha256": info.sha256, "upscaled": upscaled,
+            "written": written, "skipped": sorted(skipped),
+        }
+        if info.samples == 0:
+            writer.abort()  # an empty tar helps no reader; the stats still account for every input
+            stats.update(bytes=0, sha256=None)
+        # state first, then the rename: a shard under its final name always has its stats
+        write_json_atomic(_shard_state_path(self.state_dir, task.index), stats, private=True)
+        if info.samples:
+            writer.publish()
+        return {k: v for k, v in stats.items() if k not in ("written",)}
+
+
+def _upscaled(hdr, size, resize) -> bool:
+    h, w = size
+    return hdr.width < w or hdr.height < h if resize == "stretch" else (
+        min(hdr.width / w, hdr.height / h) < 1.0)
+
+
+_WORKER: _Worker | None = None
+_QUEUE = None
+
+
+def _init_worker(cfg_public: dict, key_hex: str, out_dir: str, state_dir: str, threads: int,
+                 batch_size: int, device_id, queue) -> None:
+    global _WORKER, _QUEUE
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    _QUEUE = queue
+    cfg = JobConfig.from_public(cfg_public)
+    _WORKER = _Worker(cfg, key_hex, out_dir, state_dir, threads, batch_size, device_id,
+                      progress=lambda n: queue.put(n))
+
+
+def _run_task(task: ShardTask) -> dict:
+    assert _WORKER is not None
+    return _WORKER.run(task)
+
+
+def _shard_state_path(state_dir: str, index: int) -> str:
+    return os.path.join(state_dir, "shards", f"{index:06d}.json")
+
+
+# -- the job ----------------------------------------------------------------------
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in ("tool", "randomness_note"):
+            continue
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, prefix + k + ".")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def _own_files(out: Path, prefix: str) -> bool:
+    """True when every entry of OUT is something this tool writes."""
+    for e in os.listdir(out):
+        if e in (MANIFEST, TIMM_INFO, MANIFEST + ".tmp", TIMM_INFO + ".tmp"):
+            continue
+        if e.endswith(".tar") or e.endswith(".tar.tmp"):
+            continue
+        return False
+    return True
+
+
+def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptions):
+    """All checks that must pass before any work; returns (source, state_dir, key, job_state)."""
+    if (seed is not None) != cfg.seeded:
+        raise ValueError("cfg.seeded must match whether a seed is given")
+    from .sources import SourceError
+
+    try:
+        source = open_source(src)
+    except SourceError as e:
+        raise JobError(str(e)) from None
+    outp = Path(out)
+    if outp.exists() and not outp.is_dir():
+        raise JobError(f"OUT {out!r} exists and is not a folder")
+    outp.mkdir(parents=True, exist_ok=True)
+    srcp = Path(src)
+    if srcp.exists() and srcp.is_dir() and (outp.resolve() == srcp.resolve() or srcp.resolve() in outp.resolve().parents):
+        raise JobError("OUT must not be inside SRC")
+    state = Path(opts.state_dir) if opts.state_dir else default_state_dir(out)
+    if state.resolve() == outp.resolve() or outp.resolve() in state.resolve().parents:
+        raise JobError("the state folder holds the owner's secrets and must not be inside OUT")
+    job = cfg.public()
+    mpath = outp / MANIFEST
+    manifest = None
+    if mpath.exists():
+        try:
+            manifest = read_json(mpath)
+        except (OSError, ValueError) as e:
+            raise JobError(f"OUT holds an unreadable manifest.json ({e}); use an empty OUT") from None
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise JobError("OUT holds a manifest.json that is not a himr-pipe manifest; use an empty OUT")
+        diff = _diff(manifest.get("job", {}), job)
+        if diff:
+            raise JobError("OUT holds the manifest of a different job (" + "; ".join(diff[:5]) +
+                           "). Rerun with the same options to resume it, or use an empty OUT.")
+    elif not _own_files(outp, cfg.split):
+        raise JobError(f"OUT {out!r} is not empty and holds no himr-pipe manifest; use an empty or new folder")
+
+    jpath = state / "job.json"
+    jstate = read_json(jpath) if jpath.exists() else None
+    fresh = manifest is None and not any(e.endswith(".tar") for e in os.listdir(outp))
+    if fresh or jstate is None:
+        if not fresh:
+            if manifest is not None and manifest.get("status") == "complete":
+                jstate = None  # complete and traceable from the manifest alone: nothing to resume
+            else:
+                raise JobError(f"OUT holds a partial run but the owner state for it is missing ({state}); "
+                               "pass the --state-dir of that run, or start again in an empty OUT")
+        if jstate is None:
+            key = key_from_seed(seed) if seed is not None else secrets.token_hex(32)
+            jstate = {"job": job, "key": key, "seed_check": seed_digest(seed, key) if seed is not None else None,
+                      "source": {"kind": source.kind, "root": os.path.abspath(src), "fingerprint": source.fingerprint,
+                                 "inputs": len(source.inputs)},
+                      "out": os.path.abspath(out)}
+            if state.exists():
+                shutil.rmtree(state / "shards", ignore_errors=True)
+            (state / "shards").mkdir(parents=True, exist_ok=True)
+            os.chmod(state, 0o700)
+            write_json_atomic(jpath, jstate, private=True)
+    else:
+        diff = _diff(jstate["job"], job)
+        if diff:
+            raise JobError(f"the owner state at {state} belongs to a different job ({'; '.join(diff[:5])})")
+        if seed is not None and jstate.get("seed_check") != seed_digest(seed, jstate["key"]):
+            raise JobError("--seed differs from the seed of the interrupted run; rerun with the same seed")
+        if jstate["source"]["fingerprint"] != source.fingerprint:
+            raise JobError("SRC changed since the interrupted run (files added, removed or modified); "
+                           "rerun on the same SRC or start again in an empty OUT")
+    if manifest is None or manifest.get("status") != "complete":
+        write_json_atomic(mpath, build_manifest(job, source.classes, source.empty_classes, [],
+                                                len(source.inputs), [], 0, "incomplete"))
+    return source, state, jstate["key"]
+
+
+def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
+                   opts: RunOptions | None = None, log=print) -> RunResult:
+    opts = opts or RunOptions()
+    t0 = time.time()
+    source, state, key = prepare(src, out, cfg, seed, opts)
+    shards = plan_shards(source, key, cfg)
+    names = [shard_name(cfg.split, i) for i in range(len(shards))]
+    for e in os.listdir(out):
+        if e.startswith(f".{cfg.split}-") and e.endswith(".tar.tmp"):
+            os.remove(os.path.join(out, e))  # leftovers of an interrupted run
+
+    done: dict[int, dict] = {}
+    todo: list[ShardTask] = []
+    for i, items in enumerate(shards):
+        sp = _shard_state_path(str(state), i)
+        st = read_json(sp) if os.path.exists(sp) else None
+        final = os.path.join(out, names[i])
+        if st is not None and st.get("planned") == len(items) and (
+                st["samples"] == 0 or (os.path.exists(final) and os.path.getsize(final) == st["bytes"])):
+            done[i] = st
+            continue
+        todo.append(ShardTask(i, names[i], tuple((x.index, x.ref, x.label, x.loc) for x in items)))
+
+    total_inputs = len(source.inputs)
+    pre_skipped = [(x.index, x.ref, x.skip) for x in source.inputs if x.skip is not None]
+    remaining = sum(len(t.items) for t in todo)
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // max(1, opts.workers))
+    show = sys.stderr.isatty() if opts.progress is None else opts.progress
+    from tqdm import tqdm
+
+    bar = tqdm(total=remaining, unit="img", disable=not show, dynamic_ncols=True, smoothing=0.1,
+               desc=f"encrypt-shards {cfg.scheme.kind}")
+    failure = None
+    try:
+        if opts.workers == 0:
+            w = _Worker(cfg, key, out, str(state), threads, opts.batch_size, opts.device_id, progress=bar.update)
+            for t in todo:
+                done[t.index] = w.run(t)
+        elif todo:
+            failure = _run_pool(cfg, key, out, str(state), threads, opts, todo, done, bar)
+    except KeyboardInterrupt:
+        failure = "interrupted"
+    finally:
+        bar.close()
+
+    # The manifest is assembled from the per-shard stats, complete or not.
+    shard_recs, skipped, upscaled = [], [], 0
+    for idx, ref, reason in pre_skipped:
+        skipped.append((idx, ref, reason))
+    for i in sorted(done):
+        st = done[i]
+        skipped += [tuple(x) for x in st["skipped"]]
+        upscaled += st.get("upscaled", 0)
+        if st["samples"]:
+            shard_recs.append({"name": st["name"], "samples": st["samples"], "bytes": st["bytes"],
+                               "sha256": st["sha256"]})
+    skipped.sort()
+    skip_recs = [({"input": i, "reason": r, "path": ref} if cfg.include_paths else {"input": i, "reason": r})
+                 for i, ref, r in skipped]
+    complete = failure is None and len(done) == len(shards)
+    manifest = build_manifest(cfg.public(), source.classes, source.empty_classes, shard_recs, total_inputs,
+                              skip_recs, upscaled, "complete" if complete else "incomplete")
+    if complete:
+        assert manifest["totals"]["written"] + manifest["totals"]["skipped"] == total_inputs, manifest["totals"]
+        write_json_atomic(os.path.join(out, TIMM_INFO), build_timm_info(cfg.split, shard_recs))
+        # the owner's copy of what was skipped, by name
+        write_json_atomic(state / "skipped.json", [{"input": i, "path": ref, "reason": r} for i, ref, r in skipped],
+                          private=True)
+    write_json_atomic(os.path.join(out, MANIFEST), manifest)
+    secs = time.time() - t0
+    msgs = []
+    if failure:
+        msgs.append(f"run stopped: {failure}. Complete shards are kept; rerun the same command to resume.")
+        code = EXIT_FAILED
+    else:
+        code = EXIT_PARTIAL if skipped else EXIT_OK
+    return RunResult(manifest, code, secs, remaining, str(state), msgs)
+
+
+def _run_pool(cfg, key, out, state, threads, opts, todo, done, bar) -> str | None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # DALI and torch threads do not survive fork
+    queue = ctx.Queue()
+    failure = None
+    with ProcessPoolExecutor(max_workers=min(opts.workers, len(todo)), mp_context=ctx,
+                             initializer=_init_worker,
+                             initargs=(cfg.public(), key, out, state, threads, opts.batch_size,
+                                       opts.device_id, queue)) as ex:
+        futs = {ex.submit(_run_task, t): t for t in todo}
+        pending = set(futs)
+        try:
+            while pending:
+                fin, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(queue, bar)
+                for f in fin:
+                    try:
+                        st = f.result()
+                        done[st["index"]] = st
+                    except BrokenProcessPool:
+                        failure = "a worker process died (killed or crashed)"
+                    except Exception as e:  # a bug or an I/O error in one shard
+                        failure = f"shard {futs[f].name} failed: {type(e).__name__}: {e}"
+                if failure:
+                    for f in pending:
+                        f.cancel()
+                    break
+        except KeyboardInterrupt:
+            for f in pending:
+                f.cancel()
+            failure = "interrupted"
+        _drain(queue, bar)
+    return failure
+
+
+def _drain(queue, bar) -> None:
+    import queue as q
+
+    while True:
+        try:
+            bar.update(queue.get_nowait())
+        except q.Empty:
+            return
+        except (OSError, ValueError, EOFError):
+            return

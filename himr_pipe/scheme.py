@@ -1,0 +1,108 @@
+"""The one description of an encryption scheme.
+
+Every part of himr-pipe (pipeline, kernels, encoders, manifest, and later the
+models and loaders) takes a :class:`Scheme`. It is immutable, validated on
+construction, and round-trips through the manifest with :meth:`to_dict` /
+:meth:`from_dict`.
+
+Schemes (see ../shared/PAPER.md):
+
+* ``rs``   cut the HxW image into PxP patches and put them back in a fresh
+           uniformly random order per image. Output is HxW.
+* ``mi``   replace every PxP patch by the mean of its four (P/2)x(P/2)
+           sub-patches. Output is (H/2)x(W/2); patch positions are kept, so
+           the output grid has cells of (P/2)x(P/2).
+* ``none`` no encryption: the plain resized image (baseline and tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+KINDS = ("rs", "mi", "none")
+
+
+class SchemeError(ValueError):
+    """A scheme whose parameters do not fit together."""
+
+
+@dataclass(frozen=True)
+class Scheme:
+    kind: str = "rs"
+    patch: int = 16
+    height: int = 224
+    width: int = 224
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise SchemeError(f"unknown scheme {self.kind!r}; choose one of {', '.join(KINDS)}")
+        for name in ("patch", "height", "width"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise SchemeError(f"{name} must be a positive integer, got {v!r}")
+        if self.height % self.patch or self.width % self.patch:
+            raise SchemeError(
+                f"patch size {self.patch} does not divide the image size "
+                f"{self.height}x{self.width}; choose a patch size that divides both sides"
+            )
+        if self.kind == "mi" and self.patch % 2:
+            raise SchemeError(f"scheme mi needs an even patch size (2x2 sub-patches), got {self.patch}")
+
+    # -- geometry -------------------------------------------------------
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) the image is resized to before encryption."""
+        return (self.height, self.width)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (rows, cols) of the input image."""
+        return (self.height // self.patch, self.width // self.patch)
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        """(H, W) of the encrypted image."""
+        if self.kind == "mi":
+            return (self.height // 2, self.width // 2)
+        return self.size
+
+    @property
+    def out_cell(self) -> int:
+        """Side of one patch cell in the encrypted image (P, or P/2 for mi)."""
+        return self.patch // 2 if self.kind == "mi" else self.patch
+
+    # -- serialisation --------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out_height"], d["out_width"] = self.out_size
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Scheme":
+        s = cls(kind=d["kind"], patch=int(d["patch"]), height=int(d["height"]), width=int(d["width"]))
+        if "out_height" in d and (d["out_height"], d["out_width"]) != s.out_size:
+            raise SchemeError(f"inconsistent scheme record: {d}")
+        return s
+
+
+def parse_size(text: str | int) -> tuple[int, int]:
+    """'224' -> (224, 224); '192x256' -> (192, 256) as HxW."""
+    if isinstance(text, int):
+        return (text, text)
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise SchemeError(f"size must be N or HxW, got {text!r}") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) <= 0:
+        raise SchemeError(f"size must be N or HxW with positive sides, got {text!r}")
+    return (vals[0], vals[1])

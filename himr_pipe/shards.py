@@ -1,0 +1,120 @@
+"""The shard sink: WebDataset tar shards written atomically and reproducibly.
+
+A shard is the unit of work. It is written under a temporary name inside OUT
+(``.{name}.tmp``), hashed while it is written, and renamed into place only
+when it is complete, so a crash never leaves a half-written shard under a
+final name. Tar headers carry no time, user or group, which makes a shard a
+pure function of its samples: a resumed run writes the same bytes as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+
+import webdataset as wds
+
+
+def shard_name(prefix: str, index: int) -> str:
+    return f"{prefix}-{index:06d}.tar"
+
+
+def tmp_name(name: str) -> str:
+    return f".{name}.tmp"
+
+
+class _HashingFile:
+    """A write-only file wrapper that hashes and counts what passes through."""
+
+    def __init__(self, f):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, b) -> int:
+        self.sha.update(b)
+        self.bytes += len(b)
+        return self.f.write(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+class ShardWriter:
+    """Write one shard: ``add`` samples, then ``commit`` (rename into place) or ``abort``."""
+
+    def __init__(self, out_dir: str, name: str):
+        self.out_dir = out_dir
+        self.name = name
+        self.final = os.path.join(out_dir, name)
+        self.tmp = os.path.join(out_dir, tmp_name(name))
+        self._raw = open(self.tmp, "wb")
+        self._hf = _HashingFile(self._raw)
+        # mtime=0 and empty owner names: reproducible bytes, nothing about the owner's machine.
+        self._tw = wds.TarWriter(self._hf, user="", group="", mode=0o444, mtime=0, encoder=False)
+        self.samples = 0
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        sample = {"__key__": key}
+        sample.update(members)
+        self._tw.write(sample)
+        self.samples += 1
+
+    def commit(self) -> ShardInfo:
+        """Finish the tar, make it durable, and return its record (the rename is :meth:`publish`)."""
+        self._tw.close()  # closes the tar stream; the raw file stays ours
+        self._hf.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        return ShardInfo(self.name, self.samples, self._hf.bytes, self._hf.sha.hexdigest())
+
+    def publish(self) -> None:
+        os.replace(self.tmp, self.final)
+
+    def abort(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+    return h.hexdigest(), n
+
+
+def iter_samples(path: str):
+    """Yield (key, {ext: bytes}) from a shard in order (for verify and tests)."""
+    with tarfile.open(path, "r:") as tf:
+        key, cur = None, {}
+        for m in tf:
+            if not m.isfile():
+                raise tarfile.TarError(f"unexpected non-file member {m.name!r}")
+            k, _, ext = m.name.partition(".")
+            if k != key:
+                if key is not None:
+                    yield key, cur
+                key, cur = k, {}
+            cur[ext] = tf.extractfile(m).read()
+        if key is not None:
+            yield key, cur

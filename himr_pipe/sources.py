@@ -1,0 +1,266 @@
+"""Sources: enumerate the inputs of a dataset in a stable order.
+
+A source turns SRC into a list of :class:`Input` records. The position of an
+input in that list is its sample id: the order is a pure function of the
+source's contents (sorted names), which is what makes a run deterministic and
+resumable. Inputs the source itself must reject (a stray non-image file, an
+unsafe tar member name, a sample without a label) are listed too, with
+``skip`` set, so that every input is accounted for.
+
+Reading the bytes of an input is :func:`read_input`, a plain function of the
+picklable ``loc`` tuple, so worker processes can read without the source.
+
+Supported SRC:
+
+* an ImageNet-style folder: one sub-folder per class (sorted names give labels
+  0..K-1), images anywhere below it;
+* WebDataset shards: one ``.tar``, a folder of ``.tar`` files, or a brace
+  pattern such as ``train-{000000..000009}.tar``; each sample needs an image
+  member and a ``.cls`` label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import braceexpand
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
+# WebDataset member extensions that hold the image, in order of preference.
+WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "pnm", "tif", "tiff")
+
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+class SourceError(ValueError):
+    """SRC can't be used at all (missing, empty, not a dataset)."""
+
+
+class InputError(Exception):
+    """One input can't be read; ``reason`` is a short, path-free category + detail."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Input:
+    index: int                 # sample id: position in the stable source order
+    ref: str                   # owner-side name; never written to OUT unless asked
+    label: int                 # class index, -1 when the input is rejected before a label is known
+    loc: tuple = ()            # ("file", path) or ("tar", path, offset, size)
+    skip: str | None = None    # reason when the source rejects the input itself
+
+
+@dataclass
+class Source:
+    kind: str                          # "folder" | "webdataset"
+    root: str
+    inputs: list[Input]
+    classes: list[str] | None = None
+    empty_classes: list[str] = field(default_factory=list)
+    fingerprint: str = ""              # hash of names and sizes: detects a changed SRC on resume
+
+
+def read_input(loc: tuple, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Read the encoded bytes of one input. Raises InputError with a reason."""
+    try:
+        if loc[0] == "file":
+            path = loc[1]
+            size = os.stat(path).st_size
+            if size > max_bytes:
+                raise InputError(f"file-too-large: {size} bytes exceeds the limit of {max_bytes}")
+            with open(path, "rb") as f:
+                return f.read()
+        if loc[0] == "tar":
+            _, path, offset, size = loc
+            if size > max_bytes:
+                raise InputError(f"file-too-large: {size} bytes exceeds the limit of {max_bytes}")
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+            if len(data) != size:
+                raise InputError(f"unreadable: tar member cut short ({len(data)} of {size} bytes)")
+            return data
+    except InputError:
+        raise
+    except IsADirectoryError:
+        raise InputError("unreadable: is a directory") from None
+    except FileNotFoundError:
+        raise InputError("unreadable: file not found (dangling link or removed during the run)") from None
+    except PermissionError:
+        raise InputError("unreadable: permission denied") from None
+    except OSError as e:
+        raise InputError(f"unreadable: {e.strerror or type(e).__name__}") from None
+    raise ValueError(f"unknown input location {loc!r}")
+
+
+def open_source(src: str) -> Source:
+    """Pick the source type for SRC and enumerate it."""
+    if any(ch in src for ch in "{}") and not os.path.exists(src):
+        return _webdataset_source(src, sorted(braceexpand.braceexpand(src)))
+    p = Path(src)
+    if not p.exists():
+        raise SourceError(f"SRC {src!r} does not exist")
+    if p.is_file():
+        if not tarfile.is_tarfile(p):
+            raise SourceError(f"SRC {src!r} is a file but not a tar archive")
+        return _webdataset_source(src, [str(p)])
+    entries = sorted(os.listdir(p))
+    tars = [str(p / e) for e in entries if e.endswith(".tar") and (p / e).is_file()]
+    dirs = [e for e in entries if (p / e).is_dir() and not e.startswith(".")]
+    if tars and not dirs:
+        return _webdataset_source(src, tars)
+    if dirs:
+        return _folder_source(p)
+    raise SourceError(f"SRC {src!r} holds neither class sub-folders nor .tar shards")
+
+
+def _fingerprint(rows) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(repr(r).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _folder_source(root: Path) -> Source:
+    classes = sorted(e for e in os.listdir(root) if (root / e).is_dir() and not e.startswith("."))
+    inputs: list[Input] = []
+    fp_rows = []
+    empty = []
+
+    def add(rel: str, path: str, label: int, skip: str | None):
+        try:
+            st = os.stat(path)
+            fp_rows.append((rel, st.st_size, st.st_mtime_ns))
+        except OSError:
+            fp_rows.append((rel, -1, -1))
+        inputs.append(Input(len(inputs), rel, label, ("file", path), skip))
+
+    # Files directly under SRC belong to no class: accounted for, not guessed.
+    for e in sorted(os.listdir(root)):
+        if not (root / e).is_dir():
+            add(e, str(root / e), -1, "not-in-a-class-folder: files must sit inside a class sub-folder")
+    for label, cls in enumerate(classes):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root / cls):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fn in filenames:
+                full = os.path.join(dirpath, fn)
+                files.append((os.path.relpath(full, root), full))
+        files.sort()
+        n_images = 0
+        for rel, full in files:
+            ext = os.path.splitext(rel)[1].lower()
+            if ext in IMAGE_EXTS:
+                n_images += 1
+                add(rel, full, label, None)
+            else:
+                add(rel, full, label, f"unsupported-extension: {ext or '(none)'} is not an image extension")
+        if n_images == 0:
+            empty.append(cls)
+    if not classes:
+        raise SourceError(f"SRC {str(root)!r} has no class sub-folders")
+    return Source("folder", str(root), inputs, classes, empty, _fingerprint(fp_rows))
+
+
+def _safe_member_name(name: str) -> bool:
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return False
+    parts = name.replace("\\", "/").split("/")
+    return ".." not in parts
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset convention: the key is the path up to the first dot of the basename."""
+    d, b = os.path.split(name)
+    if "." not in b:
+        return name, ""
+    stem, ext = b.split(".", 1)
+    return (os.path.join(d, stem) if d else stem), ext.lower()
+
+
+def _webdataset_source(src: str, tars: list[str]) -> Source:
+    if not tars:
+        raise SourceError(f"SRC {src!r} names no .tar shards")
+    missing = [t for t in tars if not os.path.isfile(t)]
+    if missing:
+        raise SourceError(f"{len(missing)} shard(s) of SRC do not exist, e.g. {missing[0]!r}")
+    inputs: list[Input] = []
+    fp_rows = []
+
+    def emit(tar: str, key: str, members: list[tarfile.TarInfo], extra_skips: list[tuple[str, str]]):
+        rel = f"{os.path.basename(tar)}::{key}"
+        for ref, reason in extra_skips:
+            inputs.append(Input(len(inputs), ref, -1, (), reason))
+        if not members:
+            return
+        by_ext = {}
+        for m in members:
+            _, ext = _split_key(m.name)
+            if ext in by_ext:
+                inputs.append(Input(len(inputs), f"{os.path.basename(tar)}::{m.name}", -1, (),
+                                    f"duplicate-name: a second '{ext}' member for sample key {key!r}"))
+                continue
+            by_ext[ext] = m
+        img_ext = next((e for e in WDS_IMAGE_EXTS if e in by_ext), None)
+        if img_ext is None:
+            inputs.append(Input(len(inputs), rel, -1, (), "no-image: the sample has no image member"))
+            return
+        m = by_ext[img_ext]
+        loc = ("tar", tar, m.offset_data, m.size)
+        fp_rows.append((rel, m.size))
+        cls = by_ext.get("cls")
+        if cls is None:
+            inputs.append(Input(len(inputs), rel, -1, loc, "no-label: the sample has no .cls member"))
+            return
+        try:
+            with open(tar, "rb") as f:
+                f.seek(cls.offset_data)
+                label = int(f.read(min(cls.size, 64)).decode("utf-8").strip())
+            if label < 0:
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            inputs.append(Input(len(inputs), rel, -1, loc, "bad-label: .cls is not a non-negative integer"))
+            return
+        inputs.append(Input(len(inputs), rel, label, loc, None))
+
+    for tar in tars:
+        st = os.stat(tar)
+        fp_rows.append((tar, st.st_size, st.st_mtime_ns))
+        cur_key, cur_members, cur_skips = None, [], []
+        try:
+            with tarfile.open(tar, "r:") as tf:
+                for m in tf:
+                    if m.isdir():
+                        continue
+                    name = m.name
+                    if not _safe_member_name(name):
+                        cur_skips.append((f"{os.path.basename(tar)}::{name}",
+                                          "unsafe-member-name: absolute path or '..' in a tar member"))
+                        continue
+                    if not m.isfile():
+                        cur_skips.append((f"{os.path.basename(tar)}::{name}",
+                                          "not-a-regular-file: link or device member in a tar"))
+                        continue
+                    key, _ = _split_key(name)
+                    if key != cur_key:
+                        if cur_key is not None or cur_skips:
+                            emit(tar, cur_key or "", cur_members, cur_skips)
+                        cur_key, cur_members, cur_skips = key, [], []
+                    cur_members.append(m)
+        except (tarfile.TarError, OSError) as e:
+            if cur_key is not None or cur_skips:
+                emit(tar, cur_key or "", cur_members, cur_skips)
+                cur_key, cur_members, cur_skips = None, [], []
+            inputs.append(Input(len(inputs), f"{os.path.basename(tar)}::(rest)", -1, (),
+                                f"bad-tar: the shard is corrupt or truncated after this point ({type(e).__name__})"))
+        if cur_key is not None or cur_skips:
+            emit(tar, cur_key or "", cur_members, cur_skips)
+    return Source("webdataset", src, inputs, None, [], _fingerprint(fp_rows))

@@ -1,0 +1,122 @@
+"""verify: check an encrypted OUT against its manifest.
+
+Reads every shard listed in the manifest and checks its size and sha256,
+that it parses as a tar of whole samples (image + .cls + .json per key, no
+stray members), that its sample count matches, and that totals add up
+(written + skipped == inputs). ``decode=True`` also decodes every image and
+checks its size against the scheme. Files in OUT that the manifest does not
+list, and leftovers of an interrupted run, are reported too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+from .manifest import MANIFEST, MANIFEST_FORMAT, TIMM_INFO, read_json
+from .scheme import Scheme
+from .shards import file_sha256, iter_samples
+
+
+def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
+    """Return (problems, summary). No problems means OUT is sound."""
+    problems: list[str] = []
+    mpath = os.path.join(out, MANIFEST)
+    if not os.path.isfile(mpath):
+        return [f"no {MANIFEST} in {out}"], {}
+    try:
+        m = read_json(mpath)
+    except ValueError as e:
+        return [f"{MANIFEST} is not valid JSON: {e}"], {}
+    if m.get("format") != MANIFEST_FORMAT:
+        return [f"{MANIFEST} is not a himr-pipe manifest"], {}
+    if m.get("status") != "complete":
+        problems.append("the run is incomplete (status: %s); rerun encrypt-shards to finish it" % m.get("status"))
+    job = m["job"]
+    scheme = Scheme.from_dict(job["scheme"])
+    ext = job["format"]["ext"]
+    t = m["totals"]
+    if t["written"] + t["skipped"] != t["inputs"]:
+        problems.append(f"totals do not add up: written {t['written']} + skipped {t['skipped']} != inputs {t['inputs']}")
+    if sum(s["samples"] for s in m["shards"]) != t["written"]:
+        problems.append("the shard sample counts do not add up to totals.written")
+    if len(m["skipped"]) != t["skipped"]:
+        problems.append("the skipped list does not match totals.skipped")
+    listed = {s["name"] for s in m["shards"]}
+    extra = sorted(e for e in os.listdir(out) if e.endswith(".tar") and e not in listed)
+    for e in extra:
+        problems.append(f"{e}: a shard file the manifest does not list")
+    leftovers = sorted(e for e in os.listdir(out) if e.endswith(".tmp"))
+    for e in leftovers:
+        problems.append(f"{e}: a leftover of an interrupted run")
+    samples_read = 0
+    for s in m["shards"]:
+        path = os.path.join(out, s["name"])
+        if not os.path.isfile(path):
+            problems.append(f"{s['name']}: missing")
+            continue
+        digest, size = file_sha256(path)
+        if size != s["bytes"]:
+            problems.append(f"{s['name']}: {size} bytes, manifest says {s['bytes']}")
+        if digest != s["sha256"]:
+            problems.append(f"{s['name']}: sha256 mismatch (the file was changed or damaged)")
+        n = 0
+        try:
+            for key, members in iter_samples(path):
+                n += 1
+                missing = {ext, "cls", "json"} - set(members)
+                stray = set(members) - {ext, "cls", "json"}
+                if missing:
+                    problems.append(f"{s['name']}: sample {key} lacks {sorted(missing)}")
+                if stray:
+                    problems.append(f"{s['name']}: sample {key} has unexpected members {sorted(stray)}")
+                if decode and ext in members:
+                    err = _check_image(members[ext], ext, scheme.out_size)
+                    if err:
+                        problems.append(f"{s['name']}: sample {key}: {err}")
+                if "json" in members:
+                    try:
+                        json.loads(members["json"])
+                    except ValueError:
+                        problems.append(f"{s['name']}: sample {key}: .json is not valid JSON")
+        except tarfile.TarError as e:
+            problems.append(f"{s['name']}: not a readable tar ({e})")
+        if n != s["samples"]:
+            problems.append(f"{s['name']}: {n} samples, manifest says {s['samples']}")
+        samples_read += n
+    info_path = os.path.join(out, TIMM_INFO)
+    if m.get("status") == "complete":
+        if not os.path.isfile(info_path):
+            problems.append(f"{TIMM_INFO} (timm's split file) is missing")
+        else:
+            info = read_json(info_path)
+            split = info.get("splits", {}).get(job["split"], {})
+            if list(split.get("filenames", [])) != [s["name"] for s in m["shards"]] or \
+                    list(split.get("shard_lengths", [])) != [s["samples"] for s in m["shards"]]:
+                problems.append(f"{TIMM_INFO} does not match the manifest's shards")
+    summary = {"shards": len(m["shards"]), "samples": samples_read, **t}
+    return problems, summary
+
+
+def _check_image(blob: bytes, ext: str, size: tuple[int, int]) -> str | None:
+    import numpy as np
+
+    try:
+        if ext == "npy":
+            arr = np.load(io.BytesIO(blob), allow_pickle=False)
+            shape = arr.shape
+            if arr.dtype != np.uint8:
+                return f"raw image has dtype {arr.dtype}, expected uint8"
+        else:
+            from PIL import Image
+
+            im = Image.open(io.BytesIO(blob))
+            im.load()
+            shape = (im.size[1], im.size[0], len(im.getbands()))
+    except Exception as e:
+        return f"image does not decode ({type(e).__name__})"
+    if tuple(shape[:2]) != tuple(size) or shape[2] != 3:
+        return f"image is {shape}, expected {size[0]}x{size[1]}x3"
+    return None
