@@ -1,0 +1,58 @@
+"""Shared fixtures: a real-photo sample folder and a CLI runner.
+
+The sample is cut from scikit-image's bundled photos (real content, no
+download). Runs use ``--workers 0`` (in-process) unless a test is about the
+worker processes themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from himr_pipe.cli import main
+from himr_pipe.sample_data import make_sample_folder
+
+
+@pytest.fixture(scope="session")
+def sample_src(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sample") / "src"
+    make_sample_folder(root, per_class=3, seed=1)  # 6 classes x 3 = 18 real-photo JPEGs
+    return root
+
+
+def cli(*args, expect: int | None = 0):
+    """Run the himr-pipe CLI in this process; check the exit code."""
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if expect is not None:
+        assert res.exit_code == expect, f"exit {res.exit_code}, expected {expect}:\n{res.output}"
+    return res
+
+
+def encrypt(src, out, *args, state=None, expect: int | None = 0):
+    state = state or f"{out}.state"
+    return cli("encrypt-shards", src, out, "--workers", "0", "--no-progress", "--state-dir", state, *args,
+               expect=expect)
+
+
+def encrypt_subprocess(src, out, *args, state=None, env=None, timeout=300):
+    """Run encrypt-shards in its own process (for crashes and worker processes)."""
+    state = state or f"{out}.state"
+    cmd = [sys.executable, "-m", "himr_pipe.cli", "encrypt-shards", str(src), str(out), "--no-progress",
+           "--state-dir", str(state), *[str(a) for a in args]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def manifest(out) -> dict:
+    return json.loads((Path(out) / "manifest.json").read_text())
+
+
+def shard_bytes(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(out).glob("*.tar"))}

@@ -1,0 +1,235 @@
+"""encrypt-shards end to end on the CPU: exactness, readers, randomness, privacy, verify, clear errors."""
+
+import io
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import cli, encrypt, manifest, shard_bytes
+from himr_pipe.kernels import mi_mix
+from himr_pipe.shards import iter_samples
+
+P = 16
+
+
+def load(out, ext="png"):
+    """{key: (image array, label)} from every shard of OUT."""
+    res = {}
+    for tar in sorted(Path(out).glob("*.tar")):
+        for key, m in iter_samples(str(tar)):
+            img = np.load(io.BytesIO(m["npy"])) if ext == "npy" else np.asarray(Image.open(io.BytesIO(m[ext])))
+            res[key] = (img, int(m["cls"]))
+    return res
+
+
+def patches(img, p=P):
+    h, w, c = img.shape
+    t = img.reshape(h // p, p, w // p, p, c).transpose(0, 2, 1, 3, 4).reshape(-1, p, p, c)
+    return [bytes(x) for x in t]
+
+
+@pytest.fixture(scope="module")
+def runs(sample_src, tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    outs = {}
+    for scheme in ("none", "rs", "mi"):
+        out = base / scheme
+        encrypt(sample_src, out, "--scheme", scheme, "--format", "png", "--seed", "7", "--shard-size", "5")
+        outs[scheme] = out
+    return outs
+
+
+def test_rs_is_exactly_a_patch_permutation_of_none(runs):
+    plain, enc = load(runs["none"]), load(runs["rs"])
+    assert plain.keys() == enc.keys() and len(plain) == 18
+    perms = []
+    for key in plain:
+        (a, la), (b, lb) = plain[key], enc[key]
+        assert la == lb and a.shape == b.shape == (224, 224, 3)
+        pa, pb = patches(a), patches(b)
+        assert Counter(pa) == Counter(pb), key  # the same multiset of PxP patches
+        pos = {}
+        for i, x in enumerate(pa):
+            pos.setdefault(x, i)
+        perms.append(tuple(pos[x] for x in pb))
+    assert all(p != tuple(range(196)) for p in perms)
+    assert len(set(perms)) == len(perms)  # a fresh permutation per image
+
+
+def test_mi_is_the_documented_mean_of_sub_patches(runs):
+    plain, enc = load(runs["none"]), load(runs["mi"])
+    assert plain.keys() == enc.keys()
+    for key in plain:
+        a, b = plain[key][0], enc[key][0]
+        assert b.shape == (112, 112, 3)
+        want = mi_mix(torch.from_numpy(a[None].copy()), P)[0].numpy()
+        assert np.array_equal(b, want), key
+
+
+def test_manifest_and_timm_split_file(runs, sample_src):
+    m = manifest(runs["rs"])
+    assert m["status"] == "complete"
+    assert m["classes"] == sorted(os.listdir(sample_src))
+    assert m["totals"] == {"inputs": 18, "written": 18, "skipped": 0, "upscaled": 0}
+    assert m["job"]["scheme"]["kind"] == "rs" and m["job"]["scheme"]["patch"] == 16
+    assert m["job"]["randomness"] == "seeded"
+    assert [s["samples"] for s in m["shards"]] == [5, 5, 5, 3]
+    info = json.loads((runs["rs"] / "_info.json").read_text())["splits"]["train"]
+    assert info["num_samples"] == 18 and info["filenames"] == [s["name"] for s in m["shards"]]
+    assert info["shard_lengths"] == [5, 5, 5, 3]
+    # labels follow sorted class folders, and shuffling mixes classes inside shards
+    first = [lab for k, (_, lab) in sorted(load(runs["rs"]).items()) if k.startswith("000000_")]
+    assert len(set(first)) > 1
+
+
+def test_readable_by_webdataset(runs):
+    import webdataset as wds
+
+    urls = [str(p) for p in sorted(runs["rs"].glob("*.tar"))]
+    ds = wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "cls", "json")
+    items = list(ds)
+    assert len(items) == 18
+    img, cls, meta = items[0]
+    assert img.shape == (224, 224, 3) and 0 <= cls < 6
+    assert meta == {"scheme": "rs", "size": [224, 224], "patch": 16}
+
+
+def test_readable_by_dali_webdataset_reader(runs):
+    from nvidia.dali import fn, pipeline_def, types
+
+    out = runs["mi"]
+    paths = [str(p) for p in sorted(out.glob("*.tar"))]
+
+    @pipeline_def(batch_size=6, num_threads=1, device_id=None)
+    def pipe():
+        img, cls = fn.readers.webdataset(paths=paths, ext=["png", "cls"], missing_component_behavior="error",
+                                         name="r")
+        return fn.decoders.image(img, device="cpu", output_type=types.RGB), cls
+
+    p = pipe()
+    p.build()
+    seen = 0
+    for _ in range(3):
+        imgs, cls = p.run()
+        for i in range(len(imgs)):
+            assert np.array(imgs.at(i)).shape == (112, 112, 3)
+            assert 0 <= int(bytes(np.array(cls.at(i))).decode()) < 6
+            seen += 1
+    assert seen == 18
+
+
+def test_readable_by_timm(runs):
+    pytest.importorskip("timm")
+    from timm.data import create_dataset
+
+    ds = create_dataset("wds/himr", root=str(runs["rs"]), split="train", is_training=False, batch_size=1)
+    items = list(ds)
+    assert len(ds) == 18 and len(items) == 18
+    assert items[0][0].size == (224, 224)
+
+
+def test_seed_reproduces_bytes_and_no_seed_draws_fresh(sample_src, tmp_path):
+    encrypt(sample_src, tmp_path / "a", "--seed", "3", "--shard-size", "8")
+    encrypt(sample_src, tmp_path / "b", "--seed", "3", "--shard-size", "8")
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+    encrypt(sample_src, tmp_path / "c", "--shard-size", "8")
+    encrypt(sample_src, tmp_path / "d", "--shard-size", "8")
+    assert manifest(tmp_path / "c")["job"]["randomness"] == "cryptographic"
+    assert shard_bytes(tmp_path / "c") != shard_bytes(tmp_path / "d")
+
+
+def test_jpeg_output_default(sample_src, tmp_path):
+    out = tmp_path / "o"
+    encrypt(sample_src, out)
+    imgs = load(out, "jpg")
+    assert len(imgs) == 18 and all(v[0].shape == (224, 224, 3) for v in imgs.values())
+    assert manifest(out)["job"]["format"] == {"name": "jpeg", "ext": "jpg", "quality": 90, "subsampling": "420"}
+    assert cli("verify", out, "--decode").exit_code == 0
+
+
+def test_raw_format_and_non_square(sample_src, tmp_path):
+    out = tmp_path / "o"
+    encrypt(sample_src, out, "--format", "raw", "--size", "128x192", "--scheme", "mi", "--patch", "32")
+    imgs = load(out, "npy")
+    assert all(v[0].shape == (64, 96, 3) and v[0].dtype == np.uint8 for v in imgs.values())
+    assert cli("verify", out, "--decode").exit_code == 0
+
+
+def _jpeg_with_metadata(path):
+    from skimage import data
+
+    im = Image.fromarray(data.coffee())
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCameraMaker"
+    exif[0x9286] = "UserCommentSecret"
+    icc = b"\0" * 128 + b"acspSECRETICC" + b"\0" * 200
+    im.save(path, "JPEG", quality=90, exif=exif.tobytes(), icc_profile=icc, comment=b"SECRETCOMMENT")
+
+
+def test_no_metadata_paths_or_seed_in_out(tmp_path):
+    src = tmp_path / "my_private_dataset"
+    (src / "patients").mkdir(parents=True)
+    _jpeg_with_metadata(src / "patients" / "john_doe_scan.jpg")
+    out = tmp_path / "out"
+    seed = 918273645
+    encrypt(src, out, "--seed", seed, "--scheme", "none")
+    blob = b"".join(p.read_bytes() for p in out.iterdir())
+    for secret in (b"john_doe", b"my_private_dataset", str(tmp_path).encode(), str(seed).encode(),
+                   b"SecretCameraMaker", b"UserCommentSecret", b"SECRETICC", b"SECRETCOMMENT", b"Exif"):
+        assert secret not in blob, secret
+    state = Path(f"{out}.state")
+    assert (state / "job.json").exists() and oct(state.stat().st_mode & 0o777) == "0o700"
+    written = json.loads(next((state / "shards").iterdir()).read_text())["written"]
+    assert written[0][2] == "patients/john_doe_scan.jpg"  # the owner can trace it back
+    out2 = tmp_path / "out2"
+    encrypt(src, out2, "--include-paths", "--scheme", "none")
+    assert b"john_doe_scan.jpg" in b"".join(p.read_bytes() for p in out2.glob("*.tar"))
+
+
+def test_verify_reports_damage(sample_src, tmp_path):
+    out = tmp_path / "o"
+    encrypt(sample_src, out, "--shard-size", "6")
+    assert cli("verify", out).exit_code == 0
+    tar = sorted(out.glob("*.tar"))[1]
+    data = bytearray(tar.read_bytes())
+    data[5000] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    (out / "train-000099.tar").write_bytes(b"")
+    res = cli("verify", out, expect=1)
+    assert "sha256 mismatch" in res.output and "does not list" in res.output
+    sorted(out.glob("*.tar"))[0].unlink()
+    assert "missing" in cli("verify", out, expect=1).output
+
+
+def test_clear_errors_before_any_work(sample_src, tmp_path):
+    r = encrypt(tmp_path / "nope", tmp_path / "o", expect=2)
+    assert "does not exist" in r.output
+    r = encrypt(sample_src, tmp_path / "o", "--patch", "15", expect=2)
+    assert "does not divide" in r.output
+    r = encrypt(sample_src, tmp_path / "o", "--patch", "4", "--size", "32", expect=2)
+    assert "multiple of 8" in r.output
+    assert not (tmp_path / "o").exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert "not empty" in encrypt(sample_src, foreign, expect=2).output
+    out = tmp_path / "job"
+    encrypt(sample_src, out, "--seed", "1")
+    r = encrypt(sample_src, out, "--seed", "1", "--scheme", "mi", expect=2)
+    assert "different job" in r.output and "scheme.kind" in r.output
+    r = encrypt(sample_src, out, "--seed", "1", "--patch", "32", expect=2)
+    assert "different job" in r.output
+
+
+def test_rerun_of_a_complete_job_changes_nothing(sample_src, tmp_path):
+    out = tmp_path / "o"
+    encrypt(sample_src, out, "--shard-size", "7")
+    before = shard_bytes(out), manifest(out)
+    encrypt(sample_src, out, "--shard-size", "7")
+    assert (shard_bytes(out), manifest(out)) == before

@@ -1,0 +1,47 @@
+import pytest
+
+from himr_pipe.encode import FormatError, choose_format
+from himr_pipe.scheme import Scheme, SchemeError, parse_size
+
+
+def test_geometry_rs_and_mi():
+    rs = Scheme("rs", 16, 224, 224)
+    assert rs.grid == (14, 14) and rs.num_patches == 196 and rs.out_size == (224, 224) and rs.out_cell == 16
+    mi = Scheme("mi", 16, 224, 192)
+    assert mi.grid == (14, 12) and mi.out_size == (112, 96) and mi.out_cell == 8
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(kind="rs", patch=16, height=224, width=200), "does not divide"),
+    (dict(kind="mi", patch=7, height=224, width=224), "even patch"),
+    (dict(kind="xx", patch=16, height=224, width=224), "unknown scheme"),
+    (dict(kind="rs", patch=0, height=224, width=224), "positive"),
+])
+def test_invalid_schemes_are_clear_errors(kw, msg):
+    with pytest.raises(SchemeError, match=msg):
+        Scheme(**kw)
+
+
+def test_round_trip_through_manifest_dict():
+    s = Scheme("mi", 8, 64, 96)
+    assert Scheme.from_dict(s.to_dict()) == s
+    bad = dict(s.to_dict(), out_height=99)
+    with pytest.raises(SchemeError):
+        Scheme.from_dict(bad)
+
+
+def test_parse_size():
+    assert parse_size("224") == (224, 224)
+    assert parse_size("192x256") == (192, 256)
+    with pytest.raises(SchemeError):
+        parse_size("abc")
+
+
+def test_jpeg_subsampling_keeps_blocks_inside_patches():
+    assert choose_format("jpeg", Scheme("rs", 16, 224, 224)).subsampling == "420"
+    assert choose_format("jpeg", Scheme("rs", 8, 224, 224)).subsampling == "444"
+    # MI output cells are P/2: 8 px for P=16, so 4:2:0 macroblocks (16 px) would straddle them
+    assert choose_format("jpeg", Scheme("mi", 16, 224, 224)).subsampling == "444"
+    with pytest.raises(FormatError, match="multiple of 8"):
+        choose_format("jpeg", Scheme("rs", 4, 32, 32))
+    assert choose_format("png", Scheme("rs", 4, 32, 32)).name == "png"
