@@ -1,0 +1,211 @@
+"""A generated corpus of bad and odd inputs: every input written or skipped with a reason, the run goes on."""
+
+import io
+import json
+import os
+import struct
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image, ImageOps
+from skimage import data
+
+from conftest import encrypt, manifest
+from himr_pipe.shards import iter_samples
+
+
+def _save(img: Image.Image, path: Path, fmt: str, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt, **kw)
+
+
+def _png_bomb(path: Path, w=50000, h=50000):
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def _rotated(path: Path):
+    """Stored 300x200: left half red, right half blue; EXIF orientation 6 (display rotated 90 degrees CW)."""
+    a = np.zeros((200, 300, 3), np.uint8)
+    a[:, :150, 0] = 255
+    a[:, 150:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _save(Image.fromarray(a), path, "JPEG", quality=95, exif=exif.tobytes())
+
+
+# file -> expected outcome: None = written, else the reason category of the skip
+EXPECTED = {}
+
+
+def build_corpus(root: Path) -> dict[str, str | None]:
+    photo = Image.fromarray(data.astronaut()).resize((320, 240))
+    exp = {}
+
+    def good(rel, img, fmt, **kw):
+        _save(img, root / rel, fmt, **kw)
+        exp[rel] = None
+
+    def bad(rel, reason, content=None):
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if content is not None:
+            p.write_bytes(content)
+        exp[rel] = reason
+
+    good("good/a.jpg", photo, "JPEG", quality=90)
+    good("good/b.jpg", ImageOps.mirror(photo), "JPEG", quality=90)
+    good("good/nested/c.png", photo, "PNG")
+    good("good/A.JPG", photo.rotate(90, expand=True), "JPEG")   # a name differing only in case
+    good("odd/gray.jpg", photo.convert("L"), "JPEG")
+    good("odd/cmyk.jpg", photo.convert("CMYK"), "JPEG")
+    good("odd/rgba.png", photo.convert("RGBA"), "PNG")
+    good("odd/palette.png", photo.convert("P"), "PNG")
+    good("odd/sixteen.png", Image.fromarray((np.asarray(photo.convert("L")).astype(np.uint16) * 257)), "PNG")
+    good("odd/tiny.jpg", photo.resize((20, 15)), "JPEG")
+    good("odd/pic.bmp", photo, "BMP")
+    good("odd/pic.webp", photo, "WEBP")
+    good("odd/pic.tiff", photo, "TIFF")
+    _rotated(root / "odd/rotated.jpg")
+    exp["odd/rotated.jpg"] = None
+
+    jpg = io.BytesIO()
+    photo.save(jpg, "JPEG", quality=90)
+    jpg = jpg.getvalue()
+    bad("bad/truncated.jpg", "decode-error", jpg[: len(jpg) // 2])
+    bad("bad/zero.jpg", "empty-file", b"")
+    bad("bad/text.jpg", "not-an-image", b"this is a text file with an image name\n" * 10)
+    gif = io.BytesIO()
+    photo.save(gif, "GIF")
+    bad("bad/really_a_gif.jpg", "unsupported-format", gif.getvalue())
+    bad("bad/bomb.png", "too-many-pixels")
+    _png_bomb(root / "bad/bomb.png")
+    png = io.BytesIO()
+    photo.save(png, "PNG")
+    bad("bad/truncated.png", "decode-error", png.getvalue()[: len(png.getvalue()) - 300])
+    bad("bad/notes.txt", "unsupported-extension", b"not an image")
+    bad("bad/huge.png", "file-too-large")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 700, 3), np.uint8)).save(root / "bad/huge.png")
+    os.symlink(root / "bad/does-not-exist.jpg", root / "bad/dangling.jpg")
+    exp["bad/dangling.jpg"] = "unreadable"
+    (root / "emptyclass").mkdir()
+    bad("stray.jpg", "not-in-a-class-folder", jpg)
+    return exp
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus") / "src"
+    root.mkdir()
+    return root, build_corpus(root)
+
+
+def test_every_input_is_accounted_for(corpus, tmp_path):
+    root, exp = corpus
+    out, state = tmp_path / "out", tmp_path / "state"
+    r = encrypt(root, out, "--scheme", "none", "--format", "png", "--resize", "stretch", "--max-bytes", "1000000",
+                "--shard-size", "100", state=state, expect=3)  # 3: finished, some inputs skipped
+    assert "skipped" in r.output
+    m = manifest(out)
+    t = m["totals"]
+    assert t["inputs"] == len(exp) and t["written"] + t["skipped"] == t["inputs"]
+    assert t["written"] == sum(v is None for v in exp.values())
+    assert t["upscaled"] == 2  # tiny.jpg (20x15) and rotated.jpg (200 px high)
+    assert m["empty_classes"] == ["emptyclass"]
+    assert m["classes"] == ["bad", "emptyclass", "good", "odd"]
+    # the public manifest names no file; the owner's state does
+    assert all(set(s) == {"input", "reason"} for s in m["skipped"])
+    skipped = {s["path"]: s["reason"] for s in json.loads((state / "skipped.json").read_text())}
+    want = {k: v for k, v in exp.items() if v is not None}
+    assert {k: v.split(":")[0] for k, v in skipped.items()} == want
+    written = {w[2]: w[0] for p in (state / "shards").iterdir() for w in json.loads(p.read_text())["written"]}
+    assert set(written) == {k for k, v in exp.items() if v is None}
+
+    images = {}
+    for tar in out.glob("*.tar"):
+        for key, mem in iter_samples(str(tar)):
+            images[key] = np.asarray(Image.open(io.BytesIO(mem["png"])))
+    assert all(a.shape == (224, 224, 3) and a.dtype == np.uint8 for a in images.values())
+    # EXIF orientation applied: displayed, the red half is on top and the blue half below
+    rot = images[written["odd/rotated.jpg"]].astype(int)
+    top, bottom = rot[:100], rot[124:]
+    assert top[..., 0].mean() > 200 and top[..., 2].mean() < 50
+    assert bottom[..., 2].mean() > 200 and bottom[..., 0].mean() < 50
+    # CMYK converted to RGB: close to the grayscale-free original, not inverted
+    ref = np.asarray(Image.open(root / "good/a.jpg").convert("RGB").resize((224, 224))).astype(int)
+    assert np.abs(images[written["odd/cmyk.jpg"]].astype(int) - ref).mean() < 20
+
+
+def test_one_corrupt_file_in_a_batch_skips_only_itself(corpus, tmp_path):
+    from himr_pipe.decode import DaliDecoder
+
+    root, _ = corpus
+    good = (root / "good/a.jpg").read_bytes()
+    trunc = (root / "bad/truncated.jpg").read_bytes()
+    dec = DaliDecoder((64, 64), "crop", max_batch=4, num_threads=1)
+    res = list(dec.run([[good, trunc, good, good], [good, good], [trunc], [good]]))
+    assert [len(a) for a, _ in res] == [3, 2, 0, 1]
+    assert [sorted(b) for _, b in res] == [[1], [], [0], []]
+    assert np.array_equal(res[0][0][0], res[3][0][0])
+
+
+def _tar_source(path: Path, photo_jpg: bytes):
+    def add(tf, name, payload, kind=tarfile.REGTYPE):
+        ti = tarfile.TarInfo(name)
+        ti.type = kind
+        if kind == tarfile.SYMTYPE:
+            ti.linkname = "/etc/passwd"
+            tf.addfile(ti)
+        else:
+            ti.size = len(payload)
+            tf.addfile(ti, io.BytesIO(payload))
+
+    with tarfile.open(path, "w") as tf:
+        for i in range(3):
+            add(tf, f"s{i}.jpg", photo_jpg)
+            add(tf, f"s{i}.cls", str(i).encode())
+        add(tf, "../escape.jpg", photo_jpg)
+        add(tf, "/abs/path.jpg", photo_jpg)
+        add(tf, "link.jpg", b"", tarfile.SYMTYPE)
+        add(tf, "dup.jpg", photo_jpg)
+        add(tf, "dup.jpg", photo_jpg)
+        add(tf, "dup.cls", b"1")
+        add(tf, "nolabel.jpg", photo_jpg)
+        add(tf, "badlabel.jpg", photo_jpg)
+        add(tf, "badlabel.cls", b"cat")
+        add(tf, "onlymeta.json", b"{}")
+        add(tf, "cutheader.jpg", photo_jpg[:500])
+        add(tf, "cutheader.cls", b"0")
+        add(tf, "truncated.jpg", photo_jpg[: len(photo_jpg) // 2])
+        add(tf, "truncated.cls", b"0")
+
+
+def test_webdataset_sources_and_hostile_tar_members(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buf, "JPEG")
+    jpg = buf.getvalue()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tar_source(shards / "part-000000.tar", jpg)
+    with wds.TarWriter(str(shards / "part-000001.tar")) as w:
+        for i in range(4):
+            w.write({"__key__": f"ok{i}", "jpg": jpg, "cls": str(i % 2).encode()})
+    expected_reasons = {"unsafe-member-name": 2, "not-a-regular-file": 1, "duplicate-name": 1, "no-label": 1,
+                        "bad-label": 1, "no-image": 1, "corrupt-header": 1, "decode-error": 1}
+    for src in (shards, shards / "part-000000.tar", str(shards / "part-{000000..000001}.tar")):
+        out = tmp_path / f"out{abs(hash(str(src)))}"
+        encrypt(src, out, "--shard-size", "5", expect=3)
+        m = manifest(out)
+        n1 = 0 if str(src).endswith("000000.tar") else 4
+        assert m["totals"]["written"] == 4 + n1  # s0..s2 and dup from the hostile tar
+        assert m["totals"]["written"] + m["totals"]["skipped"] == m["totals"]["inputs"]
+        assert m["skip_reasons"] == expected_reasons
+        assert m["classes"] is None
+    assert not (tmp_path / "escape.jpg").exists() and not (tmp_path.parent / "escape.jpg").exists()

@@ -1,0 +1,74 @@
+"""Crash and resume: failure injection mid-shard, in the main process and in a worker."""
+
+import json
+from pathlib import Path
+
+from conftest import cli, encrypt, encrypt_subprocess, manifest, shard_bytes
+
+KILL = {"HIMR_PIPE_FAILPOINT": "kill-after=9"}  # SIGKILL after 9 samples: mid-shard with batch 2, shard 4
+
+
+def test_kill_9_mid_shard_resumes_to_the_same_bytes(sample_src, tmp_path):
+    args = ("--seed", "11", "--shard-size", "4", "--batch-size", "2")
+    clean = tmp_path / "clean"
+    encrypt(sample_src, clean, *args)
+
+    out = tmp_path / "out"
+    r = encrypt_subprocess(sample_src, out, "--workers", "0", *args, env=KILL)
+    assert r.returncode == -9, r.stderr  # the whole run was killed, as by kill -9
+    assert manifest(out)["status"] == "incomplete"
+    assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar", "train-000001.tar"]
+    assert list(out.glob(".*.tmp")), "the shard in progress was left under its temporary name"
+    assert cli("verify", out, expect=1).exit_code == 1
+
+    encrypt(sample_src, out, *args)  # the same command again
+    assert shard_bytes(out) == shard_bytes(clean)
+    assert manifest(out) == manifest(clean)
+    assert not list(out.glob(".*.tmp"))
+    assert cli("verify", out).exit_code == 0
+
+
+def test_resume_without_seed_loses_and_duplicates_nothing(sample_src, tmp_path):
+    args = ("--shard-size", "4", "--batch-size", "2")
+    out, state = tmp_path / "out", tmp_path / "state"
+    r = encrypt_subprocess(sample_src, out, "--workers", "0", *args, state=state, env=KILL)
+    assert r.returncode == -9
+    kept = shard_bytes(out)
+    encrypt(sample_src, out, *args, state=state)
+    after = shard_bytes(out)
+    assert all(after[k] == v for k, v in kept.items())  # finished shards are not redone
+    refs = [w[2] for p in (state / "shards").iterdir() for w in json.loads(p.read_text())["written"]]
+    assert len(refs) == len(set(refs)) == 18
+    assert manifest(out)["totals"]["written"] == 18
+    assert cli("verify", out).exit_code == 0
+
+
+def test_worker_killed_then_rerun(sample_src, tmp_path):
+    args = ("--seed", "5", "--shard-size", "4", "--batch-size", "2")
+    clean = tmp_path / "clean"
+    encrypt(sample_src, clean, *args)
+    out = tmp_path / "out"
+    r = encrypt_subprocess(sample_src, out, "--workers", "2", "--threads", "1", *args,
+                           env={"HIMR_PIPE_FAILPOINT": "kill-after=3"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "worker process died" in r.stderr and "rerun" in r.stderr
+    r = encrypt_subprocess(sample_src, out, "--workers", "2", "--threads", "1", *args)
+    assert r.returncode == 0, r.stderr
+    assert shard_bytes(out) == shard_bytes(clean)
+    assert manifest(out) == manifest(clean)
+
+
+def test_resume_refuses_other_seed_changed_src_or_lost_state(sample_src, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(sample_src, src)
+    args = ("--shard-size", "4", "--batch-size", "2")
+    out = tmp_path / "out"
+    assert encrypt_subprocess(src, out, "--workers", "0", "--seed", "1", *args, env=KILL).returncode == -9
+    assert "different from the seed" in encrypt(src, out, "--seed", "2", *args, expect=2).output.replace(
+        "differs from", "different from")
+    victim = next(Path(src).glob("cat/*.jpg"))
+    victim.unlink()
+    assert "SRC changed" in encrypt(src, out, "--seed", "1", *args, expect=2).output
+    assert "state" in encrypt(src, out, "--seed", "1", *args, state=tmp_path / "elsewhere", expect=2).output
