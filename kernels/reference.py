@@ -72,10 +72,19 @@ def mi_mix(x: torch.Tensor, patch: int) -> torch.Tensor:
     return ((total + 2) // 4).to(torch.uint8).reshape(b, gh * s, gw * s, c).contiguous()
 
 
-def make_permutations(rng: np.random.Generator, batch: int, n: int) -> np.ndarray:
-    """``batch`` independent uniform permutations of ``range(n)``, one call, no Python loop."""
-    base = np.broadcast_to(np.arange(n, dtype=np.int64), (batch, n)).copy()
-    return rng.permuted(base, axis=1)
+def make_permutations(sort_keys: np.ndarray) -> np.ndarray:
+    """One uniform permutation per row of ``sort_keys`` (B, N): the argsort of each row.
+
+    With independent uniform 64-bit keys every ordering is equally likely (ties
+    have probability below N^2 / 2^64). The keys come from the caller's random
+    source: a keyed cryptographic stream in the pipeline (see
+    ``himr_pipe.pipeline.keystream``), any generator in tests. One call, no
+    per-image Python loop.
+    """
+    sort_keys = np.asarray(sort_keys)
+    if sort_keys.ndim != 2:
+        raise ValueError(f"sort_keys must be 2-D (batch, patches), got shape {sort_keys.shape}")
+    return np.argsort(sort_keys, axis=1, kind="stable").astype(np.int64)
 
 
 def encrypt(scheme: Scheme, x: torch.Tensor, perms: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:

@@ -60,7 +60,7 @@ def test_rs_matches_loop_and_inverts(shape, seed):
     b, gh, gw, p, c = shape
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (b, gh * p, gw * p, c), dtype=np.uint8)
-    perms = make_permutations(rng, b, gh * gw)
+    perms = make_permutations(rng.integers(0, 2**63, (b, gh * gw)))
     y = rs_permute(torch.from_numpy(x), torch.from_numpy(perms), p).numpy()
     assert np.array_equal(y, naive_rs(x, perms, p))
     back = rs_unpermute(torch.from_numpy(y), torch.from_numpy(perms), p).numpy()
@@ -77,12 +77,27 @@ def test_mi_matches_loop(shape, seed):
 
 
 def test_permutations_are_permutations_and_independent():
-    perms = make_permutations(np.random.default_rng(0), 64, 196)
+    keys = np.random.default_rng(0).integers(0, 2**63, (64, 196))
+    perms = make_permutations(keys)
     assert perms.shape == (64, 196) and perms.dtype == np.int64
     assert all(sorted(r) == list(range(196)) for r in perms.tolist())
     assert len({tuple(r) for r in perms.tolist()}) == 64
-    again = make_permutations(np.random.default_rng(0), 64, 196)
-    assert np.array_equal(perms, again)
+    assert np.array_equal(perms, make_permutations(keys.copy()))
+    assert make_permutations(np.array([[30, 10, 20]])).tolist() == [[1, 2, 0]]
+
+
+def test_keystream_permutations_are_uniform_and_keyed():
+    from himr_pipe.pipeline import keystream_u64
+
+    key = "ab" * 32
+    a = make_permutations(keystream_u64(key, (1, 0), 4000 * 4).reshape(4000, 4))
+    # all 24 orderings of 4 patches, each close to 1/24 of the time
+    counts = np.unique(a @ np.array([64, 16, 4, 1]), return_counts=True)[1]
+    assert len(counts) == 24 and counts.min() > 4000 / 24 * 0.7 and counts.max() < 4000 / 24 * 1.3
+    b = make_permutations(keystream_u64(key, (1, 1), 16).reshape(4, 4))
+    assert not np.array_equal(a[:4], b)  # another shard, another stream
+    assert np.array_equal(keystream_u64(key, (1, 0), 8), keystream_u64(key, (1, 0), 8))
+    assert not np.array_equal(keystream_u64(key, (1, 0), 8), keystream_u64("cd" * 32, (1, 0), 8))
 
 
 def test_encrypt_dispatch_checks_shapes():

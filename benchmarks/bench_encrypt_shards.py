@@ -1,0 +1,228 @@
+"""Throughput of `himr-pipe encrypt-shards` against a naive single-process baseline.
+
+What it measures, side by side in one run on this machine:
+
+* naive: a plain Python loop over the files (PIL decode, shorter side to 224 +
+  centre crop, RS patch shuffle in numpy with P=16, PIL JPEG q90) written with
+  the standard ``tarfile`` into shards of the same size, plus a ``.cls`` member;
+* ``himr-pipe encrypt-shards`` with ``--scheme none``, ``rs`` and ``mi`` (default
+  settings, ``--shard-size 250``), run as a subprocess;
+* the ratios rs/none (goal >= 0.95) and rs/naive (goal >= 2.0);
+* peak RSS of encrypt-shards, summed over the process and all its children
+  (the workers are spawned processes), sampled every ~20 ms (goal < 2 GiB).
+
+Run:  python benchmarks/bench_encrypt_shards.py [--n 1000] [--quick] [--repeat 1]
+                                                [--work DIR] [--json PATH]
+
+Why marginal rates: a run of encrypt-shards pays fixed costs (Python and torch
+imports, spawning workers, building the DALI pipeline) that have nothing to
+do with the steady-state speed and would dominate a small set. Each method is
+timed on a set of N images and on a set of 2N images, and the rate reported
+is (2N - N) / (t_2N - t_N): the fixed costs cancel. End-to-end rates at 2N are
+printed too, for reference. Methods run interleaved (naive, none, rs, mi for
+N, then for 2N) so that drift in machine load hits all of them alike; with
+``--repeat R`` each timing is the best of R.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image
+
+from himr_pipe.sample_data import PHOTOS, make_sample_folder
+
+SIZE, PATCH, QUALITY, SHARD_SIZE = 224, 16, 90, 250
+METHODS = ("naive", "none", "rs", "mi")
+NCLASSES = len(PHOTOS)
+
+
+# -- the image sets --------------------------------------------------------------
+def image_set(work: Path, per_class: int, seed: int) -> tuple[Path, int]:
+    """An ImageNet-style folder of ``per_class`` JPEGs (500x375, q90) per class, made once and cached."""
+    root = work / f"set-{per_class}x{NCLASSES}-seed{seed}"
+    done = work / f"{root.name}.complete"  # outside SRC: any file there would count as an input
+    if not done.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        t = time.perf_counter()
+        r = make_sample_folder(root, per_class=per_class, size=(500, 375), quality=QUALITY, seed=seed)
+        done.write_text(json.dumps(r))
+        print(f"  made {r['images']} images in {root} ({time.perf_counter() - t:.0f} s)", flush=True)
+    return root, per_class * NCLASSES
+
+
+# -- the naive baseline -------------------------------------------------------------
+def naive(src: Path, out: Path) -> int:
+    """Single-process PIL + numpy + tarfile loop; returns the number of samples written."""
+    rng = np.random.default_rng()
+    files = [(label, f) for label, d in enumerate(sorted(p for p in src.iterdir() if p.is_dir()))
+             for f in sorted(d.iterdir())]
+    out.mkdir(parents=True)
+    g = SIZE // PATCH
+    tar, written = None, 0
+    for i, (label, path) in enumerate(files):
+        im = Image.open(path).convert("RGB")
+        w, h = im.size
+        s = SIZE / min(w, h)
+        nw, nh = max(SIZE, round(w * s)), max(SIZE, round(h * s))
+        im = im.resize((nw, nh), Image.BILINEAR)  # Pillow antialiases when reducing
+        left, top = (nw - SIZE) // 2, (nh - SIZE) // 2
+        a = np.asarray(im.crop((left, top, left + SIZE, top + SIZE)))
+        patches = a.reshape(g, PATCH, g, PATCH, 3).transpose(0, 2, 1, 3, 4).reshape(g * g, PATCH, PATCH, 3)
+        patches = patches[rng.permutation(g * g)]
+        a = patches.reshape(g, g, PATCH, PATCH, 3).transpose(0, 2, 1, 3, 4).reshape(SIZE, SIZE, 3)
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="JPEG", quality=QUALITY)
+        if i % SHARD_SIZE == 0:
+            if tar is not None:
+                tar.close()
+            tar = tarfile.open(out / f"train-{i // SHARD_SIZE:06d}.tar", "w")
+        key = f"{i:09d}"
+        for ext, data in (("jpg", buf.getvalue()), ("cls", str(label).encode())):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        written += 1
+    if tar is not None:
+        tar.close()
+    return written
+
+
+# -- encrypt-shards as a subprocess, with summed peak RSS ------------------------------------
+class PeakRSS:
+    """Sample the RSS of a process tree every ``interval`` s in a thread; keep the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.02):
+        self.proc, self.interval, self.peak = psutil.Process(pid), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            total = 0
+            try:
+                for p in [self.proc] + self.proc.children(recursive=True):
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def encrypt_shards(scheme: str, src: Path, out: Path, state: Path) -> tuple[int, int]:
+    """Run the CLI; returns (written, peak RSS bytes). Fails loudly on any problem."""
+    cmd = [sys.executable, "-m", "himr_pipe.cli", "encrypt-shards", str(src), str(out), "--scheme", scheme,
+           "--shard-size", str(SHARD_SIZE), "--state-dir", str(state), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mon = PeakRSS(proc.pid)
+    log, _ = proc.communicate()
+    peak = mon.stop()
+    if proc.returncode != 0:
+        sys.exit(f"FAILED (exit {proc.returncode}): {' '.join(cmd)}\n{log}")
+    return json.loads((out / "manifest.json").read_text())["totals"]["written"], peak
+
+
+# -- the benchmark ---------------------------------------------------------------------
+def timed(method: str, src: Path, work: Path, expect: int) -> tuple[float, int]:
+    """One timed run of ``method`` on ``src``; returns (seconds, peak RSS bytes or 0)."""
+    out, state = work / "out", work / "state"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(state, ignore_errors=True)
+    t = time.perf_counter()
+    if method == "naive":
+        written, peak = naive(src, out), 0
+    else:
+        written, peak = encrypt_shards(method, src, out, state)
+    secs = time.perf_counter() - t
+    if written != expect:
+        sys.exit(f"FAILED: {method} on {src} wrote {written} samples, expected {expect}")
+    return secs, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1000, help="N: sets of about N and 2N images (default 1000)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: N=200")
+    ap.add_argument("--repeat", type=int, default=1, help="timings per method and set; the best counts")
+    ap.add_argument("--work", type=Path, default=None, help="cache folder for the image sets and outputs")
+    ap.add_argument("--json", type=Path, default=None, help="write the full results here")
+    args = ap.parse_args()
+    n = 200 if args.quick else args.n
+    work = args.work or Path(tempfile.gettempdir()) / "himr-bench-encrypt-shards"
+    work.mkdir(parents=True, exist_ok=True)
+
+    print(f"building image sets under {work}", flush=True)
+    per_class = max(1, round(n / NCLASSES))
+    sets = [image_set(work, per_class, seed=1), image_set(work, 2 * per_class, seed=2)]
+    secs = {m: [float("inf")] * 2 for m in METHODS}
+    peak = {m: 0 for m in METHODS}
+    for r in range(args.repeat):
+        for k, (src, count) in enumerate(sets):
+            for m in METHODS:
+                s, p = timed(m, src, work, count)
+                secs[m][k] = min(secs[m][k], s)
+                peak[m] = max(peak[m], p)
+                print(f"  [{r + 1}/{args.repeat}] {m:5s} {count:5d} img  {s:7.2f} s  {count / s:6.1f} img/s"
+                      + (f"  peak RSS {p / 2**20:6.0f} MiB" if p else ""), flush=True)
+    shutil.rmtree(work / "out", ignore_errors=True)
+    shutil.rmtree(work / "state", ignore_errors=True)
+
+    (n1, n2) = (c for _, c in sets)
+    res = {m: {"seconds_n": secs[m][0], "seconds_2n": secs[m][1],
+               "marginal_img_s": (n2 - n1) / (secs[m][1] - secs[m][0]) if secs[m][1] > secs[m][0] else None,
+               "end_to_end_img_s_2n": n2 / secs[m][1],
+               "peak_rss_mib": peak[m] / 2**20 if m != "naive" else None} for m in METHODS}
+
+    def ratio(a: str, b: str, key: str = "marginal_img_s"):
+        return res[a][key] / res[b][key] if res[a][key] and res[b][key] else None
+
+    ratios = {"rs/none": (ratio("rs", "none"), 0.95), "rs/naive": (ratio("rs", "naive"), 2.0)}
+    worst_peak = max(peak[m] for m in METHODS if m != "naive") / 2**20
+
+    print(f"\nencrypt-shards vs naive, N={n1} and 2N={n2} images, shard size {SHARD_SIZE}, "
+          f"{os.cpu_count()} CPUs, best of {args.repeat}")
+    print(f"{'method':8s}{'t(N) s':>9s}{'t(2N) s':>9s}{'marginal img/s':>16s}{'e2e@2N img/s':>14s}{'peak RSS MiB':>14s}")
+    for m, v in res.items():
+        mr = f"{v['marginal_img_s']:.1f}" if v["marginal_img_s"] else "n/a"
+        pk = f"{v['peak_rss_mib']:.0f}" if v["peak_rss_mib"] else "-"
+        print(f"{m:8s}{v['seconds_n']:9.2f}{v['seconds_2n']:9.2f}{mr:>16s}{v['end_to_end_img_s_2n']:14.1f}{pk:>14s}")
+    for name, (val, goal) in ratios.items():
+        e2e = ratio(*name.split("/"), key="end_to_end_img_s_2n")
+        verdict = "n/a" if val is None else ("ok" if val >= goal else "BELOW GOAL")
+        print(f"{name:9s} marginal {val if val is None else f'{val:.2f}'}  (e2e@2N {e2e:.2f})  "
+              f"goal >= {goal}: {verdict}")
+    print(f"peak RSS {worst_peak:.0f} MiB  goal < 2048 MiB: {'ok' if worst_peak < 2048 else 'ABOVE GOAL'}")
+
+    if args.json:
+        args.json.write_text(json.dumps({
+            "n": n1, "2n": n2, "repeat": args.repeat, "cpus": os.cpu_count(), "shard_size": SHARD_SIZE,
+            "methods": res, "ratios": {k: {"value": v, "goal": g} for k, (v, g) in ratios.items()},
+            "peak_rss_mib": worst_peak, "python": sys.version.split()[0],
+        }, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
