@@ -433,7 +433,11 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
         if opts.workers == 0:
             w = _Worker(cfg, key, out, str(state), threads, opts.batch_size, opts.device_id, progress=bar.update)
             for t in todo:
-                done[t.index] = w.run(t)
+                try:
+                    done[t.index] = w.run(t)
+                except Exception as e:  # an I/O error (disk full...) or a bug: stop cleanly, keep what is done
+                    failure = f"shard {t.name} failed: {type(e).__name__}: {e}"
+                    break
         elif todo:
             failure = _run_pool(cfg, key, out, str(state), threads, opts, todo, done, bar)
     except KeyboardInterrupt:

@@ -72,3 +72,29 @@ def test_resume_refuses_other_seed_changed_src_or_lost_state(sample_src, tmp_pat
     victim.unlink()
     assert "SRC changed" in encrypt(src, out, "--seed", "1", *args, expect=2).output
     assert "state" in encrypt(src, out, "--seed", "1", *args, state=tmp_path / "elsewhere", expect=2).output
+
+
+def test_disk_error_mid_run_stops_cleanly_and_resumes(sample_src, tmp_path, monkeypatch):
+    import errno
+
+    from himr_pipe import shards
+
+    args = ("--seed", "2", "--shard-size", "4")
+    clean = tmp_path / "clean"
+    encrypt(sample_src, clean, *args)
+    real_add, calls = shards.ShardWriter.add, []
+
+    def failing_add(self, key, members):
+        calls.append(key)
+        if len(calls) == 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_add(self, key, members)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(shards.ShardWriter, "add", failing_add)
+    r = encrypt(sample_src, out, *args, expect=1)
+    assert "No space left" in r.output and "rerun" in r.output
+    assert not list(out.glob(".*.tmp"))  # the failed shard's temporary file is removed
+    monkeypatch.setattr(shards.ShardWriter, "add", real_add)
+    encrypt(sample_src, out, *args)
+    assert shard_bytes(out) == shard_bytes(clean)
