@@ -84,6 +84,10 @@ class ShardWriter:
 
     def abort(self) -> None:
         try:
+            try:
+                self._tw.close()  # marks the tar stream closed, so it does not write again when collected
+            except Exception:
+                pass
             self._raw.close()
         finally:
             if os.path.exists(self.tmp):
