@@ -201,6 +201,11 @@ class _Worker:
             metas.append(meta)
             yield batch
 
+    def _report(self, n: int) -> int:
+        if self.progress is not None and n:
+            self.progress(n)
+        return n
+
     def run(self, task: ShardTask) -> dict:
         import torch
 
@@ -225,31 +230,23 @@ class _Worker:
                     _, idx, ref, _, _ = meta[j]
                     skipped.append((idx, ref, bad[j]))
                 meta = [m for j, m in enumerate(meta) if j not in bad]
-                if not meta:
-                    reported += len(bad)
-                    if self.progress is not None:
-                        self.progress(len(bad))
-                    continue
-                rows = None if perms is None else perms[[m[0] for m in meta]]
-                enc = encrypt(s, torch.from_numpy(images), rows).numpy()
-                blobs = list(self.pool.map(cfg.fmt.encode, enc))
-                for (pos, idx, ref, label, hdr), blob in zip(meta, blobs):
-                    key = f"{task.index:06d}_{pos:06d}"
-                    members = {ext: blob, "cls": str(label).encode(), "json": self.sample_json}
-                    if cfg.include_paths:
-                        members["json"] = json.dumps({**json.loads(self.sample_json), "source": ref}).encode()
-                    writer.add(key, members)
-                    written.append((key, idx, ref))
-                    if _upscaled(hdr, s.size, cfg.resize):
-                        upscaled += 1
-                self.done_samples += len(meta)
-                reported += len(meta) + len(bad)
-                if self.progress is not None:
-                    self.progress(len(meta) + len(bad))
+                if meta:
+                    rows = None if perms is None else perms[[m[0] for m in meta]]
+                    enc = encrypt(s, torch.from_numpy(images), rows).numpy()
+                    blobs = list(self.pool.map(cfg.fmt.encode, enc))
+                    for (pos, idx, ref, label, hdr), blob in zip(meta, blobs):
+                        key = f"{task.index:06d}_{pos:06d}"
+                        members = {ext: blob, "cls": str(label).encode(), "json": self.sample_json}
+                        if cfg.include_paths:
+                            members["json"] = json.dumps({**json.loads(self.sample_json), "source": ref}).encode()
+                        writer.add(key, members)
+                        written.append((key, idx, ref))
+                        upscaled += _upscaled(hdr, s.size, cfg.resize)
+                    self.done_samples += len(meta)
+                reported += self._report(len(meta) + len(bad))
                 if self.kill_after is not None and self.done_samples >= self.kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
-            if self.progress is not None:  # inputs rejected before decoding, not reported yet
-                self.progress(len(task.items) - reported)
+            self._report(len(task.items) - reported)  # inputs rejected before decoding
             info = writer.commit()
         except BaseException:
             writer.abort()
