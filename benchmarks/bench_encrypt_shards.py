@@ -21,7 +21,11 @@ timed on a set of N images and on a set of 2N images, and the rate reported
 is (2N - N) / (t_2N - t_N): the fixed costs cancel. End-to-end rates at 2N are
 printed too, for reference. Methods run interleaved (naive, none, rs, mi for
 N, then for 2N) so that drift in machine load hits all of them alike; with
-``--repeat R`` each timing is the best of R.
+``--repeat R`` each timing is the best of R. Marginal rates come from a
+difference of two timings, so they are noisy on a busy or small machine: use
+``--repeat 3`` (or a larger ``--n``) for figures worth quoting. The table also
+gives the marginal CPU time per image (user + sys over all processes), which
+load drift hardly moves.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -145,20 +150,58 @@ def encrypt_shards(scheme: str, src: Path, out: Path, state: Path) -> tuple[int,
 
 
 # -- the benchmark ---------------------------------------------------------------------
-def timed(method: str, src: Path, work: Path, expect: int) -> tuple[float, int]:
-    """One timed run of ``method`` on ``src``; returns (seconds, peak RSS bytes or 0)."""
+def cpu_seconds(method: str) -> float:
+    """CPU time (user + sys) of the naive loop (this process) or of finished child process trees."""
+    if method == "naive":
+        return time.process_time()
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CLI and its workers; not our RSS sampler
+    return r.ru_utime + r.ru_stime
+
+
+def timed(method: str, src: Path, work: Path, expect: int) -> tuple[float, float, int]:
+    """One timed run of ``method`` on ``src``; returns (wall s, CPU s, peak RSS bytes or 0)."""
     out, state = work / "out", work / "state"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(state, ignore_errors=True)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_seconds(method)
     if method == "naive":
         written, peak = naive(src, out), 0
     else:
         written, peak = encrypt_shards(method, src, out, state)
-    secs = time.perf_counter() - t
+    secs, cpu = time.perf_counter() - t, cpu_seconds(method) - c
     if written != expect:
         sys.exit(f"FAILED: {method} on {src} wrote {written} samples, expected {expect}")
-    return secs, peak
+    return secs, cpu, peak
+
+
+def summarize(n1: int, n2: int, secs: list, cpu: list, peak_mib: float | None) -> dict:
+    dt = secs[1] - secs[0]
+    return {"seconds_n": secs[0], "seconds_2n": secs[1],
+            "marginal_img_s": (n2 - n1) / dt if dt > 0 else None,  # None: noise swamped the difference
+            "end_to_end_img_s_2n": n2 / secs[1],
+            "cpu_s_n": cpu[0], "cpu_s_2n": cpu[1], "marginal_cpu_ms_per_img": 1e3 * (cpu[1] - cpu[0]) / (n2 - n1),
+            "peak_rss_mib": peak_mib}
+
+
+def report(n1: int, n2: int, repeat: int, res: dict, ratios: dict, worst_peak: float) -> None:
+    def f(x, spec):
+        return "n/a" if x is None else format(x, spec)
+
+    print(f"\nencrypt-shards vs naive: N={n1} and 2N={n2} images, shard size {SHARD_SIZE}, "
+          f"{os.cpu_count()} CPUs, best of {repeat}")
+    print(f"{'method':8s}{'t(N) s':>9s}{'t(2N) s':>9s}{'marginal img/s':>16s}{'e2e@2N img/s':>14s}"
+          f"{'cpu ms/img':>12s}{'peak RSS MiB':>14s}")
+    for m, v in res.items():
+        print(f"{m:8s}{v['seconds_n']:9.2f}{v['seconds_2n']:9.2f}{f(v['marginal_img_s'], '.1f'):>16s}"
+              f"{v['end_to_end_img_s_2n']:14.1f}{v['marginal_cpu_ms_per_img']:12.2f}"
+              f"{f(v['peak_rss_mib'], '.0f') if v['peak_rss_mib'] else '-':>14s}")
+    print("(cpu ms/img: marginal CPU time, user + sys, summed over all processes and threads)")
+    for name, r in ratios.items():
+        verdict = "n/a" if r["marginal"] is None else ("ok" if r["marginal"] >= r["goal"] else "BELOW GOAL")
+        print(f"{name:9s} marginal {f(r['marginal'], '.2f'):>5s}  (e2e@2N {r['end_to_end_2n']:.2f})"
+              f"  goal >= {r['goal']}: {verdict}")
+    print(f"peak RSS of encrypt-shards {worst_peak:.0f} MiB  goal < 2048 MiB: "
+          f"{'ok' if worst_peak < 2048 else 'ABOVE GOAL'}")
 
 
 def main() -> None:
@@ -177,49 +220,34 @@ def main() -> None:
     per_class = max(1, round(n / NCLASSES))
     sets = [image_set(work, per_class, seed=1), image_set(work, 2 * per_class, seed=2)]
     secs = {m: [float("inf")] * 2 for m in METHODS}
+    cpu = {m: [float("inf")] * 2 for m in METHODS}
     peak = {m: 0 for m in METHODS}
     for r in range(args.repeat):
         for k, (src, count) in enumerate(sets):
             for m in METHODS:
-                s, p = timed(m, src, work, count)
-                secs[m][k] = min(secs[m][k], s)
+                s, c, p = timed(m, src, work, count)
+                secs[m][k], cpu[m][k] = min(secs[m][k], s), min(cpu[m][k], c)
                 peak[m] = max(peak[m], p)
                 print(f"  [{r + 1}/{args.repeat}] {m:5s} {count:5d} img  {s:7.2f} s  {count / s:6.1f} img/s"
+                      f"  cpu {c:6.2f} s"
                       + (f"  peak RSS {p / 2**20:6.0f} MiB" if p else ""), flush=True)
     shutil.rmtree(work / "out", ignore_errors=True)
     shutil.rmtree(work / "state", ignore_errors=True)
 
-    (n1, n2) = (c for _, c in sets)
-    res = {m: {"seconds_n": secs[m][0], "seconds_2n": secs[m][1],
-               "marginal_img_s": (n2 - n1) / (secs[m][1] - secs[m][0]) if secs[m][1] > secs[m][0] else None,
-               "end_to_end_img_s_2n": n2 / secs[m][1],
-               "peak_rss_mib": peak[m] / 2**20 if m != "naive" else None} for m in METHODS}
-
-    def ratio(a: str, b: str, key: str = "marginal_img_s"):
-        return res[a][key] / res[b][key] if res[a][key] and res[b][key] else None
-
-    ratios = {"rs/none": (ratio("rs", "none"), 0.95), "rs/naive": (ratio("rs", "naive"), 2.0)}
-    worst_peak = max(peak[m] for m in METHODS if m != "naive") / 2**20
-
-    print(f"\nencrypt-shards vs naive, N={n1} and 2N={n2} images, shard size {SHARD_SIZE}, "
-          f"{os.cpu_count()} CPUs, best of {args.repeat}")
-    print(f"{'method':8s}{'t(N) s':>9s}{'t(2N) s':>9s}{'marginal img/s':>16s}{'e2e@2N img/s':>14s}{'peak RSS MiB':>14s}")
-    for m, v in res.items():
-        mr = f"{v['marginal_img_s']:.1f}" if v["marginal_img_s"] else "n/a"
-        pk = f"{v['peak_rss_mib']:.0f}" if v["peak_rss_mib"] else "-"
-        print(f"{m:8s}{v['seconds_n']:9.2f}{v['seconds_2n']:9.2f}{mr:>16s}{v['end_to_end_img_s_2n']:14.1f}{pk:>14s}")
-    for name, (val, goal) in ratios.items():
-        e2e = ratio(*name.split("/"), key="end_to_end_img_s_2n")
-        verdict = "n/a" if val is None else ("ok" if val >= goal else "BELOW GOAL")
-        print(f"{name:9s} marginal {val if val is None else f'{val:.2f}'}  (e2e@2N {e2e:.2f})  "
-              f"goal >= {goal}: {verdict}")
-    print(f"peak RSS {worst_peak:.0f} MiB  goal < 2048 MiB: {'ok' if worst_peak < 2048 else 'ABOVE GOAL'}")
-
+    n1, n2 = (c for _, c in sets)
+    res = {m: summarize(n1, n2, secs[m], cpu[m], peak[m] / 2**20 if m != "naive" else None) for m in METHODS}
+    ratios = {}
+    for name, goal in (("rs/none", 0.95), ("rs/naive", 2.0)):
+        a, b = (res[m] for m in name.split("/"))
+        ratios[name] = {"marginal": a["marginal_img_s"] / b["marginal_img_s"]
+                        if a["marginal_img_s"] and b["marginal_img_s"] else None,
+                        "end_to_end_2n": a["end_to_end_img_s_2n"] / b["end_to_end_img_s_2n"], "goal": goal}
+    worst_peak = max(peak.values()) / 2**20
+    report(n1, n2, args.repeat, res, ratios, worst_peak)
     if args.json:
         args.json.write_text(json.dumps({
             "n": n1, "2n": n2, "repeat": args.repeat, "cpus": os.cpu_count(), "shard_size": SHARD_SIZE,
-            "methods": res, "ratios": {k: {"value": v, "goal": g} for k, (v, g) in ratios.items()},
-            "peak_rss_mib": worst_peak, "python": sys.version.split()[0],
+            "methods": res, "ratios": ratios, "peak_rss_mib": worst_peak, "python": sys.version.split()[0],
         }, indent=2) + "\n")
         print(f"wrote {args.json}")
 

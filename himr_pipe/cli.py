@@ -127,7 +127,7 @@ def sample_data_cmd(dest, per_class, seed):
     from .sample_data import make_sample_folder
 
     if os.path.exists(dest) and os.listdir(dest):
-        _fail_usage(f"{dest} exists and is not empty")
+        _fail_usage(f"{dest} exists and is not empty; choose a new folder")
     r = make_sample_folder(dest, per_class=per_class, seed=seed)
     click.echo(f"himr-pipe: wrote {r['images']} JPEGs in {r['classes']} classes to {dest}")
 
