@@ -4,7 +4,8 @@ What it measures, side by side in one run on this machine:
 
 * naive: a plain Python loop over the files (PIL decode, shorter side to 224 +
   centre crop, RS patch shuffle in numpy with P=16, PIL JPEG q90) written with
-  the standard ``tarfile`` into shards of the same size, plus a ``.cls`` member;
+  the standard ``tarfile`` into shards of the same size, plus a ``.cls`` member,
+  run in a fresh process of its own (this script with ``--naive SRC OUT``);
 * ``himr-pipe encrypt-shards`` with ``--scheme none``, ``rs`` and ``mi`` (default
   settings, ``--shard-size 250``), run as a subprocess;
 * the ratios rs/none (goal >= 0.95) and rs/naive (goal >= 2.0);
@@ -26,6 +27,13 @@ difference of two timings, so they are noisy on a busy or small machine: use
 ``--repeat 3`` (or a larger ``--n``) for figures worth quoting. The table also
 gives the marginal CPU time per image (user + sys over all processes), which
 load drift hardly moves.
+
+The naive loop in a fresh process is sensitive to glibc's malloc: every
+decoded image is a large buffer that glibc maps and returns to the kernel,
+costing ~0.5 ms of page faults per image. Anything that raises its thresholds
+first (importing torch, or building the image sets in the same process)
+makes it ~30% faster. ``MALLOC_TOP_PAD_=67108864 python benchmarks/...``
+measures every method with that tuned allocator.
 """
 
 from __future__ import annotations
@@ -106,6 +114,14 @@ def naive(src: Path, out: Path) -> int:
     return written
 
 
+def run_naive(src: Path, out: Path) -> int:
+    """The naive loop in a fresh process, so that nothing this script did before changes its speed."""
+    proc = subprocess.run([sys.executable, __file__, "--naive", str(src), str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"FAILED: naive on {src} (exit {proc.returncode})\n{proc.stdout}{proc.stderr}")
+    return int(proc.stdout.split()[-1])
+
+
 # -- encrypt-shards as a subprocess, with summed peak RSS ------------------------------------
 class PeakRSS:
     """Sample the RSS of a process tree every ``interval`` s in a thread; keep the peak."""
@@ -150,11 +166,9 @@ def encrypt_shards(scheme: str, src: Path, out: Path, state: Path) -> tuple[int,
 
 
 # -- the benchmark ---------------------------------------------------------------------
-def cpu_seconds(method: str) -> float:
-    """CPU time (user + sys) of the naive loop (this process) or of finished child process trees."""
-    if method == "naive":
-        return time.process_time()
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CLI and its workers; not our RSS sampler
+def cpu_seconds() -> float:
+    """CPU time (user + sys) of the finished child process trees (not of this script's RSS sampler)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
 
@@ -163,12 +177,12 @@ def timed(method: str, src: Path, work: Path, expect: int) -> tuple[float, float
     out, state = work / "out", work / "state"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(state, ignore_errors=True)
-    t, c = time.perf_counter(), cpu_seconds(method)
+    t, c = time.perf_counter(), cpu_seconds()
     if method == "naive":
-        written, peak = naive(src, out), 0
+        written, peak = run_naive(src, out), 0
     else:
         written, peak = encrypt_shards(method, src, out, state)
-    secs, cpu = time.perf_counter() - t, cpu_seconds(method) - c
+    secs, cpu = time.perf_counter() - t, cpu_seconds() - c
     if written != expect:
         sys.exit(f"FAILED: {method} on {src} wrote {written} samples, expected {expect}")
     return secs, cpu, peak
@@ -211,7 +225,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="timings per method and set; the best counts")
     ap.add_argument("--work", type=Path, default=None, help="cache folder for the image sets and outputs")
     ap.add_argument("--json", type=Path, default=None, help="write the full results here")
+    ap.add_argument("--naive", nargs=2, type=Path, metavar=("SRC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.naive:  # the child process of run_naive
+        print(naive(*args.naive))
+        return
     n = 200 if args.quick else args.n
     work = args.work or Path(tempfile.gettempdir()) / "himr-bench-encrypt-shards"
     work.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ import os
 import tarfile
 from dataclasses import dataclass
 
-import webdataset as wds
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -55,6 +54,8 @@ class ShardWriter:
     """Write one shard: ``add`` samples, then ``commit`` (rename into place) or ``abort``."""
 
     def __init__(self, out_dir: str, name: str):
+        import webdataset as wds  # here, not at import: it loads torch (~0.5 GiB RSS), which the
+                                  # main process of a run does not need
         self.out_dir = out_dir
         self.name = name
         self.final = os.path.join(out_dir, name)

@@ -2,9 +2,26 @@
 
 ``reference`` is the torch implementation used on the CPU and as the ground
 truth for the GPU kernels: every implementation takes a uint8 NHWC batch and
-returns bit-identical results.
+returns bit-identical results. ``make_permutations`` needs only numpy.
+
+The names are loaded on first use, so that importing ``make_permutations``
+(the planner in the main process does) does not load torch.
 """
 
-from .reference import encrypt, mi_mix, rs_permute, rs_unpermute, make_permutations
+import importlib
 
-__all__ = ["encrypt", "mi_mix", "rs_permute", "rs_unpermute", "make_permutations"]
+_EXPORTS = {
+    "encrypt": ".reference",
+    "mi_mix": ".reference",
+    "rs_permute": ".reference",
+    "rs_unpermute": ".reference",
+    "make_permutations": ".perm",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
