@@ -1,8 +1,9 @@
 """Encryption kernels (installed as ``himr_pipe.kernels``).
 
 ``reference`` is the torch implementation used on the CPU and as the ground
-truth for the GPU kernels: every implementation takes a uint8 NHWC batch and
-returns bit-identical results. ``make_permutations`` needs only numpy.
+truth; ``triton_kernels`` the GPU implementation; ``api.encrypt`` picks one
+by device. Every implementation takes a uint8 NHWC batch and returns
+bit-identical results. ``make_permutations`` needs only numpy.
 
 The names are loaded on first use, so that importing ``make_permutations``
 (the planner in the main process does) does not load torch.
@@ -11,7 +12,7 @@ The names are loaded on first use, so that importing ``make_permutations``
 import importlib
 
 _EXPORTS = {
-    "encrypt": ".reference",
+    "encrypt": ".api",
     "mi_mix": ".reference",
     "rs_permute": ".reference",
     "rs_unpermute": ".reference",

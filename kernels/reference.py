@@ -17,14 +17,11 @@ Conventions (the GPU kernels must match them bit for bit):
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from himr_pipe.scheme import Scheme
 
 
-
-def _check(x: torch.Tensor, patch: int) -> tuple[int, int, int, int]:
+def check_batch(x: torch.Tensor, patch: int) -> tuple[int, int, int, int]:
     if x.dtype != torch.uint8 or x.dim() != 4:
         raise ValueError(f"expected a uint8 NHWC batch, got {x.dtype} with shape {tuple(x.shape)}")
     b, h, w, c = x.shape
@@ -42,7 +39,7 @@ def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int) -> torch.Tensor
     single ``index_select`` over (B*H*W/P) rows of P*C bytes, about 5x faster
     on the CPU than permuting a patch-major view.
     """
-    b, h, w, c = _check(x, patch)
+    b, h, w, c = check_batch(x, patch)
     gh, gw = h // patch, w // patch
     perms = torch.as_tensor(perms, device=x.device).long()
     if perms.shape != (b, gh * gw):
@@ -65,7 +62,7 @@ def rs_unpermute(y: torch.Tensor, perms: torch.Tensor, patch: int) -> torch.Tens
 
 def mi_mix(x: torch.Tensor, patch: int) -> torch.Tensor:
     """MI: mean of the 2x2 sub-patches of every patch; output is (H/2)x(W/2)."""
-    b, h, w, c = _check(x, patch)
+    b, h, w, c = check_batch(x, patch)
     if patch % 2:
         raise ValueError(f"MI needs an even patch size, got {patch}")
     s = patch // 2
@@ -75,16 +72,3 @@ def mi_mix(x: torch.Tensor, patch: int) -> torch.Tensor:
     total = rows[:, :, :, :, 0] + rows[:, :, :, :, 1]              # + left and right: at most 1020
     total += 2
     return (total >> 2).to(torch.uint8).view(b, h // 2, w // 2, c)
-
-
-def encrypt(scheme: Scheme, x: torch.Tensor, perms: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
-    """Apply ``scheme`` to the uint8 NHWC batch ``x`` (already resized to scheme.size)."""
-    if tuple(x.shape[1:3]) != scheme.size:
-        raise ValueError(f"batch images are {tuple(x.shape[1:3])}, scheme expects {scheme.size}")
-    if scheme.kind == "rs":
-        if perms is None:
-            raise ValueError("scheme rs needs per-image permutations")
-        return rs_permute(x, torch.as_tensor(perms), scheme.patch)
-    if scheme.kind == "mi":
-        return mi_mix(x, scheme.patch)
-    return x

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+
+import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors.
+# It must be chosen before triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 import subprocess
 import sys
 from pathlib import Path
