@@ -56,8 +56,18 @@ def main():
 @click.option("--max-pixels", type=int, default=None, help="Refuse images with more pixels (decompression bombs).")
 @click.option("--max-bytes", type=int, default=None, help="Refuse input files larger than this.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, or cuda / cuda:N: decode, encrypt (Triton) and encode on that GPU.")
+@click.option("--decoder", type=click.Choice(["dali", "torchvision"]), default="dali", show_default=True,
+              help="Decode + resize stage: NVIDIA DALI, or torchvision (nvJPEG on a GPU).")
+@click.option("--encoder", type=click.Choice(["auto", "cpu", "torchvision", "nvimgcodec"]), default="auto",
+              show_default=True, help="Encode stage. auto: CPU threads on the CPU; nvimgcodec (else torchvision) "
+                                      "on a GPU for JPEG.")
+@click.option("--kernels", type=click.Choice(["auto", "torch", "triton"]), default="auto", show_default=True,
+              help="Encryption kernels. auto: Triton on a GPU, torch on the CPU.")
 def encrypt_shards_cmd(src, out, scheme, patch, size, fmt, quality, resize, shard_size, split, workers, threads,
-                       batch_size, seed, shuffle, include_paths, state_dir, max_pixels, max_bytes, progress):
+                       batch_size, seed, shuffle, include_paths, state_dir, max_pixels, max_bytes, progress,
+                       device, decoder, encoder, kernels):
     """Encrypt the images of SRC into WebDataset shards in OUT.
 
     SRC is an ImageNet-style folder (one sub-folder per class), a WebDataset
@@ -65,7 +75,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, fmt, quality, resize, shar
     'train-{000000..000009}.tar' (samples need a .cls label).
     """
     from .decode import DEFAULT_MAX_PIXELS
-    from .encode import FormatError, choose_format
+    from .encode import FormatError, choose_format, resolve_encoder
     from .pipeline import EXIT_PARTIAL, JobConfig, JobError, RunOptions, encrypt_shards
     from .scheme import Scheme, SchemeError, parse_size
     from .sources import DEFAULT_MAX_BYTES
@@ -73,9 +83,12 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, fmt, quality, resize, shar
     try:
         h, w = parse_size(size)
         sch = Scheme(scheme, patch, h, w)
-        ifmt = choose_format(fmt, sch, quality)
+        if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+        enc_name = resolve_encoder(encoder, fmt, device)
+        ifmt = choose_format(fmt, sch, quality, allow_420=enc_name != "torchvision")
         cfg = JobConfig(sch, ifmt, resize, shard_size, split, shuffle, seed is not None, include_paths,
-                        max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES)
+                        max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES, decoder, enc_name)
         if batch_size < 1:
             raise JobError("--batch-size must be at least 1")
         if workers is None:
@@ -83,7 +96,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, fmt, quality, resize, shar
         if workers < 0:
             raise JobError("--workers must be 0 or more")
         opts = RunOptions(workers=workers, threads=threads, batch_size=batch_size, state_dir=state_dir,
-                          progress=progress)
+                          progress=progress, device=device, kernels=kernels)
         res = encrypt_shards(src, out, cfg, seed, opts)
     except (SchemeError, FormatError, JobError) as e:
         _fail_usage(str(e))

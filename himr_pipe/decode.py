@@ -71,8 +71,21 @@ def inspect_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
     return Header(fmt, w, h, mode)
 
 
+DECODE_ERROR = "decode-error: the decoder rejected the data (corrupt or truncated image)"
+
+
 class DecodeFailed(Exception):
     pass
+
+
+def _stack(images: list, size: tuple[int, int]):
+    """Stack the decoded images of a batch, leaving out the failed ones (None)."""
+    good = [im for im in images if im is not None]
+    if good and not isinstance(good[0], np.ndarray):
+        import torch
+
+        return torch.stack(good)
+    return np.stack(good) if good else np.zeros((0, size[0], size[1], 3), np.uint8)
 
 
 class DaliDecoder:
@@ -123,11 +136,15 @@ class DaliDecoder:
         self._pipe.feed_input("raw", batch)
         self._pipe.schedule_run()
 
-    def _collect(self) -> np.ndarray:
+    def _collect(self):
         try:
             (out,) = self._pipe.outputs()
             if self.device_id is not None:
-                out = out.as_cpu()
+                import torch
+
+                # zero-copy view of DALI's GPU buffer through DLPack, then one device-side copy
+                # (DALI reuses its buffers for the next batch); no host round trip
+                return torch.from_dlpack(out.as_tensor()).clone()
             return np.array(out.as_array())  # a copy: DALI reuses its buffers
         except Exception as e:
             self._pipe = None  # DALI marks the pipeline invalid after an error
@@ -143,7 +160,7 @@ class DaliDecoder:
                 images.append(self._collect()[0])
             except DecodeFailed:
                 images.append(None)
-                bad[i] = "decode-error: the decoder rejected the data (corrupt or truncated image)"
+                bad[i] = DECODE_ERROR
         return images, bad
 
     # -- public -------------------------------------------------------------
@@ -171,10 +188,101 @@ class DaliDecoder:
             pending = None if nxt is None else [np.frombuffer(b, dtype=np.uint8) for b in nxt]
             if result is None:
                 images, bad = self._isolate(current)
-                good = [im for im in images if im is not None]
-                h, w = self.size
-                arr = np.stack(good) if good else np.zeros((0, h, w, 3), np.uint8)
-                result = (arr, bad)
+                result = (_stack(images, self.size), bad)
             if pending is not None:
                 self._schedule(pending)
             yield result
+
+
+class TorchvisionDecoder:
+    """The second GPU decoder: torchvision's nvJPEG ``decode_jpeg`` + torch resize, same interface.
+
+    For machines that cannot hold the DALI wheel (the lent GPU machine). JPEGs
+    are decoded as one batched nvJPEG call on ``device``; other formats, and
+    JPEGs nvJPEG refuses (CMYK, say), go through torchvision's CPU decoder and
+    are uploaded. EXIF orientation is applied. Resizing matches DALI's
+    semantics (``crop``: scale so the image covers the target, antialiased
+    bilinear, centre crop; ``stretch``: scale to the target) but not its exact
+    pixels, so the decoder is part of the job record. With ``device="cpu"``
+    the same code runs on the CPU (the tests' stand-in for the GPU).
+    """
+
+    def __init__(self, size: tuple[int, int], resize: str = "crop", max_batch: int = 64, device: str = "cuda"):
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}")
+        self.size = tuple(size)
+        self.resize = resize
+        self.max_batch = max_batch
+        self.device = device
+
+    def _resize(self, img):
+        """CHW uint8 on the device -> HWC uint8 of self.size."""
+        import torch
+        import torch.nn.functional as F
+
+        if img.dtype != torch.uint8:  # 16-bit PNG
+            img = (img.to(torch.int32) >> 8).to(torch.uint8)
+        h, w = self.size
+        _, ih, iw = img.shape
+        if self.resize == "crop":
+            scale = max(h / ih, w / iw)
+            rh, rw = max(h, round(ih * scale)), max(w, round(iw * scale))
+        else:
+            rh, rw = h, w
+        x = img[None].float()
+        if (rh, rw) != (ih, iw):
+            x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (rh - h) // 2, (rw - w) // 2
+        x = x[0, :, top:top + h, left:left + w]
+        return x.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+    def _decode_one(self, data: bytes):
+        import torch
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+        t = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if data[:2] == b"\xff\xd8":
+            try:
+                return decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+            except RuntimeError:
+                pass  # e.g. CMYK: nvJPEG refuses it, the CPU decoder converts it
+        img = decode_image(t, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        return img.to(self.device)
+
+    def run(self, batches: Iterable[list[bytes]]):
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        for batch in batches:
+            images: list = [None] * len(batch)
+            bad: dict[int, str] = {}
+            jpegs = [i for i, b in enumerate(batch) if b[:2] == b"\xff\xd8"]
+            if jpegs:
+                try:
+                    outs = decode_jpeg([torch.frombuffer(bytearray(batch[i]), dtype=torch.uint8) for i in jpegs],
+                                       mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+                    for i, o in zip(jpegs, outs):
+                        images[i] = o
+                except RuntimeError:
+                    pass  # one bad file fails the batched call: decode one by one below
+            for i, data in enumerate(batch):
+                if images[i] is None:
+                    try:
+                        images[i] = self._decode_one(data)
+                    except RuntimeError:
+                        bad[i] = DECODE_ERROR
+            images = [None if im is None else self._resize(im) for im in images]
+            yield _stack(images, self.size), bad
+
+
+DECODERS = ("dali", "torchvision")
+
+
+def make_decoder(name: str, size, resize: str, max_batch: int, threads: int, device: str):
+    """The decode stage by name; ``device`` is "cpu" or "cuda[:N]"."""
+    if name == "dali":
+        dev_id = None if device == "cpu" else (int(device.split(":")[1]) if ":" in device else 0)
+        return DaliDecoder(size, resize, max_batch, threads, dev_id)
+    if name == "torchvision":
+        return TorchvisionDecoder(size, resize, max_batch, device)
+    raise ValueError(f"unknown decoder {name!r}; choose one of {DECODERS}")

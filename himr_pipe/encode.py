@@ -70,8 +70,11 @@ class ImageFormat:
         return buf.getvalue()
 
 
-def choose_format(name: str, scheme: Scheme, quality: int = 90) -> ImageFormat:
-    """The output format for ``scheme``, with JPEG settings that keep blocks inside patches."""
+def choose_format(name: str, scheme: Scheme, quality: int = 90, allow_420: bool = True) -> ImageFormat:
+    """The output format for ``scheme``, with JPEG settings that keep blocks inside patches.
+
+    ``allow_420=False`` for encoders that write 4:4:4 only (torchvision's nvJPEG).
+    """
     if name not in FORMATS:
         raise FormatError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")
     if name != "jpeg":
@@ -89,6 +92,118 @@ def choose_format(name: str, scheme: Scheme, quality: int = 90) -> ImageFormat:
             f"--format jpeg with scheme rs needs a patch size that is a multiple of 8 (got {cell}): "
             "JPEG's 8x8 blocks would mix unrelated patches across their borders; use --format png or raw"
         )
-    if sub == "420" and (h % 16 or w % 16):
+    if sub == "420" and (h % 16 or w % 16 or not allow_420):
         sub = "444"
     return ImageFormat("jpeg", quality, sub)
+
+
+# -- batch encoders: the encode stage ----------------------------------------------
+ENCODERS = ("auto", "cpu", "torchvision", "nvimgcodec")
+
+
+class CpuEncoder:
+    """Encode a batch on the CPU in a thread pool (simplejpeg and zlib release the GIL)."""
+
+    name = "cpu"
+
+    def __init__(self, fmt: ImageFormat, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fmt = fmt
+        self.pool = ThreadPoolExecutor(max(1, threads))
+
+    def encode(self, batch) -> list[bytes]:
+        arr = batch.cpu().numpy() if hasattr(batch, "cpu") else batch
+        return list(self.pool.map(self.fmt.encode, arr))
+
+
+class TorchvisionJpegEncoder:
+    """torchvision's ``encode_jpeg`` (nvJPEG on CUDA tensors): always 4:4:4.
+
+    torchvision runs nvJPEG on a stream of its own. Known bugs of GPU codecs
+    come from reading an input the producing stream has not finished, so the
+    batch is synchronised before the call, and the outputs after it, before
+    their bytes are copied to the host.
+    """
+
+    name = "torchvision"
+
+    def __init__(self, fmt: ImageFormat):
+        if fmt.name != "jpeg" or fmt.subsampling != "444":
+            raise FormatError("the torchvision encoder writes JPEG 4:4:4 only")
+        self.fmt = fmt
+
+    def encode(self, batch) -> list[bytes]:
+        import torch
+        from torchvision.io import encode_jpeg
+
+        chw = list(batch.permute(0, 3, 1, 2).contiguous().unbind(0))
+        if batch.is_cuda:
+            torch.cuda.synchronize(batch.device)
+        outs = encode_jpeg(chw, quality=self.fmt.quality)
+        if batch.is_cuda:
+            torch.cuda.synchronize(batch.device)
+        return [o.cpu().numpy().tobytes() for o in outs]
+
+
+class NvImageCodecEncoder:
+    """nvImageCodec's batched JPEG encoder (GPU, or its CPU backend for a CPU batch)."""
+
+    name = "nvimgcodec"
+
+    def __init__(self, fmt: ImageFormat, device: str):
+        from nvidia import nvimgcodec
+
+        if fmt.name != "jpeg":
+            raise FormatError("the nvimgcodec encoder is used for JPEG only")
+        self.fmt = fmt
+        self.nv = nvimgcodec
+        dev = nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY if device == "cpu" else (
+            int(device.split(":")[1]) if ":" in device else 0)
+        self.encoder = nvimgcodec.Encoder(device_id=dev)
+        css = {"444": nvimgcodec.ChromaSubsampling.CSS_444, "420": nvimgcodec.ChromaSubsampling.CSS_420}
+        self.params = nvimgcodec.EncodeParams(quality_type=nvimgcodec.QualityType.QUALITY,
+                                              quality_value=float(fmt.quality),
+                                              chroma_subsampling=css[fmt.subsampling])
+
+    def encode(self, batch) -> list[bytes]:
+        import torch
+
+        if batch.is_cuda:
+            stream = torch.cuda.current_stream(batch.device).cuda_stream
+            images = [self.nv.as_image(t) for t in batch.unbind(0)]  # zero-copy (CUDA array interface)
+            out = self.encoder.encode(images, ".jpg", params=self.params, cuda_stream=stream)
+        else:
+            out = self.encoder.encode([np.ascontiguousarray(a) for a in batch.numpy()], ".jpg", params=self.params)
+        if any(o is None for o in out):
+            raise RuntimeError("nvimgcodec failed to encode an image")
+        return [bytes(o) for o in out]
+
+
+def resolve_encoder(name: str, fmt_name: str, device: str) -> str:
+    """'auto' -> the encoder a run uses: the CPU pool on the CPU; on a GPU nvimgcodec if installed,
+    else torchvision (JPEG); PNG and raw are always encoded on the CPU."""
+    if name not in ENCODERS:
+        raise FormatError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    if name != "auto":
+        if name != "cpu" and fmt_name != "jpeg":
+            raise FormatError(f"the {name} encoder writes JPEG only; use --encoder cpu for {fmt_name}")
+        return name
+    if device == "cpu" or fmt_name != "jpeg":
+        return "cpu"
+    try:
+        from nvidia import nvimgcodec  # noqa: F401
+
+        return "nvimgcodec"
+    except ImportError:
+        return "torchvision"
+
+
+def make_encoder(name: str, fmt: ImageFormat, threads: int, device: str):
+    if name == "cpu":
+        return CpuEncoder(fmt, threads)
+    if name == "torchvision":
+        return TorchvisionJpegEncoder(fmt)
+    if name == "nvimgcodec":
+        return NvImageCodecEncoder(fmt, device)
+    raise FormatError(f"unknown encoder {name!r}")

@@ -22,7 +22,7 @@ import shutil
 import signal
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, DaliDecoder, inspect_header
+from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, inspect_header
 from .encode import ImageFormat
 from .manifest import (MANIFEST, MANIFEST_FORMAT, TIMM_INFO, build_manifest, build_timm_info,
                        default_state_dir, read_json, seed_digest, write_json_atomic)
@@ -60,6 +60,8 @@ class JobConfig:
     include_paths: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
+    decoder: str = "dali"      # decode stage: they resize alike but not pixel for pixel
+    encoder: str = "cpu"       # encode stage (resolved, never "auto"): codecs differ in bytes
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
@@ -88,6 +90,8 @@ class JobConfig:
             "include_paths": self.include_paths,
             "max_pixels": self.max_pixels,
             "max_bytes": self.max_bytes,
+            "decoder": self.decoder,
+            "encoder": self.encoder,
         }
 
     @classmethod
@@ -97,7 +101,8 @@ class JobConfig:
         f = d["format"]
         fmt = ImageFormat(f["name"], f.get("quality", 90), f.get("subsampling", "444"), f.get("compress_level", 1))
         return cls(Scheme.from_dict(d["scheme"]), fmt, d["resize"], d["shard_size"], d["split"], d["shuffle"],
-                   d["randomness"] == "seeded", d["include_paths"], d["max_pixels"], d["max_bytes"])
+                   d["randomness"] == "seeded", d["include_paths"], d["max_pixels"], d["max_bytes"],
+                   d.get("decoder", "dali"), d.get("encoder", "cpu"))
 
 
 @dataclass
@@ -109,7 +114,8 @@ class RunOptions:
     batch_size: int = 64
     state_dir: str | None = None
     progress: bool | None = None   # None: on when stderr is a terminal
-    device_id: int | None = None   # None: decode on the CPU
+    device: str = "cpu"            # "cpu" or "cuda[:N]": where decode, encryption and encode run
+    kernels: str = "auto"          # "auto" (Triton on CUDA, torch on CPU), "torch" or "triton"
 
 
 @dataclass
@@ -162,8 +168,11 @@ class _Worker:
     """Per-process state: one DALI pipeline and one encoder pool, reused across shards."""
 
     def __init__(self, cfg: JobConfig, key_hex: str, out_dir: str, state_dir: str, threads: int,
-                 batch_size: int, device_id: int | None, progress=None):
+                 batch_size: int, device: str = "cpu", kernels: str = "auto", progress=None):
         import torch
+
+        from .decode import make_decoder
+        from .encode import make_encoder
 
         torch.set_num_threads(1)
         self.cfg = cfg
@@ -171,8 +180,10 @@ class _Worker:
         self.out_dir = out_dir
         self.state_dir = state_dir
         self.batch_size = batch_size
-        self.decoder = DaliDecoder(cfg.scheme.size, cfg.resize, batch_size, threads, device_id)
-        self.pool = ThreadPoolExecutor(max(1, threads))
+        self.device = device
+        self.kernels = kernels
+        self.decoder = make_decoder(cfg.decoder, cfg.scheme.size, cfg.resize, batch_size, threads, device)
+        self.encoder = make_encoder(cfg.encoder, cfg.fmt, threads, device)
         self.progress = progress
         s = cfg.scheme
         self.sample_json = json.dumps({"scheme": s.kind, "size": list(s.out_size), "patch": s.out_cell}).encode()
@@ -231,9 +242,10 @@ class _Worker:
                     skipped.append((idx, ref, bad[j]))
                 meta = [m for j, m in enumerate(meta) if j not in bad]
                 if meta:
-                    rows = None if perms is None else perms[[m[0] for m in meta]]
-                    enc = encrypt(s, torch.from_numpy(images), rows).numpy()
-                    blobs = list(self.pool.map(cfg.fmt.encode, enc))
+                    rows = None if perms is None else torch.from_numpy(perms[[m[0] for m in meta]])
+                    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
+                    enc = encrypt(s, x.to(self.device), rows, impl=self.kernels)
+                    blobs = self.encoder.encode(enc)
                     for (pos, idx, ref, label, hdr), blob in zip(meta, blobs):
                         key = f"{task.index:06d}_{pos:06d}"
                         members = {ext: blob, "cls": str(label).encode(), "json": self.sample_json}
@@ -277,12 +289,12 @@ _QUEUE = None
 
 
 def _init_worker(cfg_public: dict, key_hex: str, out_dir: str, state_dir: str, threads: int,
-                 batch_size: int, device_id, queue) -> None:
+                 batch_size: int, device: str, kernels: str, queue) -> None:
     global _WORKER, _QUEUE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     _QUEUE = queue
     cfg = JobConfig.from_public(cfg_public)
-    _WORKER = _Worker(cfg, key_hex, out_dir, state_dir, threads, batch_size, device_id,
+    _WORKER = _Worker(cfg, key_hex, out_dir, state_dir, threads, batch_size, device, kernels,
                       progress=lambda n: queue.put(n))
 
 
@@ -428,7 +440,8 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
     failure = None
     try:
         if opts.workers == 0:
-            w = _Worker(cfg, key, out, str(state), threads, opts.batch_size, opts.device_id, progress=bar.update)
+            w = _Worker(cfg, key, out, str(state), threads, opts.batch_size, opts.device, opts.kernels,
+                        progress=bar.update)
             for t in todo:
                 try:
                     done[t.index] = w.run(t)
@@ -485,7 +498,7 @@ def _run_pool(cfg, key, out, state, threads, opts, todo, done, bar) -> str | Non
     with ProcessPoolExecutor(max_workers=min(opts.workers, len(todo)), mp_context=ctx,
                              initializer=_init_worker,
                              initargs=(cfg.public(), key, out, state, threads, opts.batch_size,
-                                       opts.device_id, queue)) as ex:
+                                       opts.device, opts.kernels, queue)) as ex:
         futs = {ex.submit(_run_task, t): t for t in todo}
         pending = set(futs)
         try:
