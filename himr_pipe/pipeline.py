@@ -133,16 +133,17 @@ def key_from_seed(seed: int) -> str:
     return hashlib.sha256(f"himr-pipe/v1/seed:{seed}".encode()).hexdigest()
 
 
-def keystream_u64(key_hex: str, context: tuple[int, ...], n: int) -> np.ndarray:
-    """``n`` uniform 64-bit values from SHAKE-256 keyed by the job key and a context.
+def sort_keys(key_hex: str, context: tuple[int, ...], n: int) -> np.ndarray:
+    """``n`` uniform 63-bit sort keys (int64) from SHAKE-256 keyed by the job key and a context.
 
     A cryptographic stream rather than a statistical PRNG: even an attacker
     who solves some images' jigsaws learns nothing about the permutations of
     the others, and the stream of one shard can be regenerated on resume
-    without touching any other.
+    without touching any other. 63 bits so that numpy and torch (no uint64
+    sort) order them alike.
     """
     h = hashlib.shake_256(bytes.fromhex(key_hex) + b"|himr-pipe|" + ",".join(map(str, context)).encode())
-    return np.frombuffer(h.digest(8 * n), dtype="<u8")
+    return (np.frombuffer(h.digest(8 * n), dtype="<u8") >> np.uint64(1)).astype(np.int64)
 
 
 def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[Input]]:
@@ -151,7 +152,7 @@ def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[Input
 
     ok = [i for i in source.inputs if i.skip is None]
     if cfg.shuffle:
-        order = make_permutations(keystream_u64(key_hex, (0,), len(ok))[None])[0]
+        order = make_permutations(sort_keys(key_hex, (0,), len(ok))[None])[0]
         ok = [ok[j] for j in order]
     return [ok[s:s + cfg.shard_size] for s in range(0, len(ok), cfg.shard_size)]
 
@@ -223,11 +224,10 @@ class _Worker:
         from himr_pipe.kernels import encrypt, make_permutations
 
         cfg, s = self.cfg, self.cfg.scheme
-        perms = None
+        keys = None  # RS: one row of sort keys per planned sample; sorted on the device per batch
         if s.kind == "rs":
             n = len(task.items)
-            perms = make_permutations(keystream_u64(self.key_hex, (1, task.index), n * s.num_patches)
-                                      .reshape(n, s.num_patches))
+            keys = sort_keys(self.key_hex, (1, task.index), n * s.num_patches).reshape(n, s.num_patches)
         writer = ShardWriter(self.out_dir, task.name)
         skipped: list[tuple[int, str, str]] = []
         written: list[tuple[str, int, str]] = []
@@ -242,9 +242,13 @@ class _Worker:
                     skipped.append((idx, ref, bad[j]))
                 meta = [m for j, m in enumerate(meta) if j not in bad]
                 if meta:
-                    rows = None if perms is None else torch.from_numpy(perms[[m[0] for m in meta]])
                     x = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
-                    enc = encrypt(s, x.to(self.device), rows, impl=self.kernels)
+                    x = x.to(self.device)
+                    perms = None
+                    if keys is not None:
+                        rows = torch.from_numpy(keys[[m[0] for m in meta]]).to(self.device, non_blocking=True)
+                        perms = make_permutations(rows)
+                    enc = encrypt(s, x, perms, impl=self.kernels)
                     blobs = self.encoder.encode(enc)
                     for (pos, idx, ref, label, hdr), blob in zip(meta, blobs):
                         key = f"{task.index:06d}_{pos:06d}"

@@ -84,20 +84,21 @@ def test_permutations_are_permutations_and_independent():
     assert len({tuple(r) for r in perms.tolist()}) == 64
     assert np.array_equal(perms, make_permutations(keys.copy()))
     assert make_permutations(np.array([[30, 10, 20]])).tolist() == [[1, 2, 0]]
+    assert torch.equal(make_permutations(torch.from_numpy(keys)), torch.from_numpy(perms))  # numpy == torch
 
 
 def test_keystream_permutations_are_uniform_and_keyed():
-    from himr_pipe.pipeline import keystream_u64
+    from himr_pipe.pipeline import sort_keys
 
     key = "ab" * 32
-    a = make_permutations(keystream_u64(key, (1, 0), 4000 * 4).reshape(4000, 4))
+    a = make_permutations(sort_keys(key, (1, 0), 4000 * 4).reshape(4000, 4))
     # all 24 orderings of 4 patches, each close to 1/24 of the time
     counts = np.unique(a @ np.array([64, 16, 4, 1]), return_counts=True)[1]
     assert len(counts) == 24 and counts.min() > 4000 / 24 * 0.7 and counts.max() < 4000 / 24 * 1.3
-    b = make_permutations(keystream_u64(key, (1, 1), 16).reshape(4, 4))
+    b = make_permutations(sort_keys(key, (1, 1), 16).reshape(4, 4))
     assert not np.array_equal(a[:4], b)  # another shard, another stream
-    assert np.array_equal(keystream_u64(key, (1, 0), 8), keystream_u64(key, (1, 0), 8))
-    assert not np.array_equal(keystream_u64(key, (1, 0), 8), keystream_u64("cd" * 32, (1, 0), 8))
+    assert np.array_equal(sort_keys(key, (1, 0), 8), sort_keys(key, (1, 0), 8))
+    assert not np.array_equal(sort_keys(key, (1, 0), 8), sort_keys("cd" * 32, (1, 0), 8))
 
 
 def test_encrypt_dispatch_checks_shapes():
