@@ -39,297 +39,330 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-ap.add_argument("--n", type=int, default=1500, help="images in the small set (the large one has 2n)")
-ap.add_argument("--batch", type=int, default=256)
-ap.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
-ap.add_argument("--smoke", action="store_true", help="CPU run with tiny sizes (Triton interpreter)")
-args = ap.parse_args()
-if args.smoke:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-    args.n, args.batch = 12, 4
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from himr_pipe.kernels import make_permutations  # noqa: E402
-from himr_pipe.kernels import reference as ref  # noqa: E402
-from himr_pipe.kernels import triton_kernels as tk  # noqa: E402
-
-DEV = "cpu" if args.smoke else "cuda"
-if DEV == "cuda" and not torch.cuda.is_available():
-    sys.exit("gpu_check: no CUDA device (use --smoke for a CPU run of the script)")
-OUT = Path(args.out)
-OUT.mkdir(parents=True, exist_ok=True)
-R: dict = {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu (smoke)",
-           "torch": torch.__version__, "smoke": args.smoke, "checks": {}}
-rng = np.random.default_rng(0)
-
-
-def sync():
-    if DEV == "cuda":
-        torch.cuda.synchronize()
-
-
-def bench(fn, reps: int = 50) -> float:
-    """Seconds per call (median); triton's do_bench on the GPU."""
-    if DEV == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") / 1e3
-    fn()
-    t = time.perf_counter()
-    for _ in range(max(1, reps // 25)):
-        fn()
-    return (time.perf_counter() - t) / max(1, reps // 25)
-
-
-def check(name: str, ok: bool, detail: str = "") -> None:
-    R["checks"][name] = {"ok": bool(ok), "detail": detail}
-    print(f"  [{'ok' if ok else 'FAIL'}] {name} {detail}", flush=True)
-
-
-def perms_for(b: int, n: int) -> torch.Tensor:
-    return torch.from_numpy(make_permutations(rng.integers(0, 2**63, (b, n))))
-
-
-# -- 1. kernel correctness ----------------------------------------------------------
-print("1. correctness of the kernels on", R["device"], flush=True)
-shapes = [(3, 32, 48, 3, 16), (2, 24, 24, 1, 4), (5, 64, 32, 3, 32), (2, 20, 30, 3, 10)]
-if not args.smoke:
-    shapes += [(17, 224, 224, 3, 16), (9, 384, 256, 3, 8), (4, 224, 224, 1, 14)]
-for b, h, w, c, p in shapes:
-    x = torch.from_numpy(rng.integers(0, 256, (b, h, w, c), dtype=np.uint8))
-    pm = perms_for(b, (h // p) * (w // p))
-    y = tk.rs_permute(x.to(DEV), pm.to(DEV), p)
-    ok = torch.equal(y.cpu(), ref.rs_permute(x, pm, p)) and torch.equal(tk.rs_unpermute(y, pm.to(DEV), p).cpu(), x)
-    if p % 2 == 0:
-        ok = ok and torch.equal(tk.mi_mix(x.to(DEV), p).cpu(), ref.mi_mix(x, p))
-    check(f"triton == reference {b}x{h}x{w}x{c} P={p}", ok)
-
-from himr_pipe.sample_data import load_photos  # noqa: E402
-
-photos = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(a).resize((224, 224))))
-                      for a in load_photos().values()])
-pm = perms_for(len(photos), 196)
-check("triton == reference on real photos",
-      torch.equal(tk.rs_permute(photos.to(DEV), pm.to(DEV), 16).cpu(), ref.rs_permute(photos, pm, 16))
-      and torch.equal(tk.mi_mix(photos.to(DEV), 16).cpu(), ref.mi_mix(photos, 16)))
-
-# -- 2. bandwidth ----------------------------------------------------------------------
-print("2. bandwidth at batch", args.batch, flush=True)
-B = args.batch
-H = W = 224 if not args.smoke else 32
-P = 16
-x = torch.randint(0, 256, (B, H, W, 3), dtype=torch.uint8, device=DEV)
-pm = perms_for(B, (H // P) * (W // P)).to(DEV)
-nbytes = x.numel()
-dst = torch.empty_like(x)
-t_copy = bench(lambda: dst.copy_(x))
-copy_bw = 2 * nbytes / t_copy
-t_rs = bench(lambda: tk.rs_permute(x, pm, P))
-t_inv = bench(lambda: tk.rs_unpermute(x, pm, P))
-t_mi = bench(lambda: tk.mi_mix(x, P))
-bw = {
-    "copy": {"s": t_copy, "bytes": 2 * nbytes, "GBps": copy_bw / 1e9, "fraction": 1.0},
-    "rs": {"s": t_rs, "bytes": 2 * nbytes, "GBps": 2 * nbytes / t_rs / 1e9, "fraction": 2 * nbytes / t_rs / copy_bw},
-    "rs_inverse": {"s": t_inv, "bytes": 2 * nbytes, "GBps": 2 * nbytes / t_inv / 1e9,
-                   "fraction": 2 * nbytes / t_inv / copy_bw},
-    "mi": {"s": t_mi, "bytes": nbytes * 5 // 4, "GBps": nbytes * 1.25 / t_mi / 1e9,
-           "fraction": nbytes * 1.25 / t_mi / copy_bw},
-}
-R["bandwidth"] = bw
-for k, v in bw.items():
-    print(f"  {k:11s} {v['s'] * 1e6:9.1f} us  {v['GBps']:8.1f} GB/s  {v['fraction']:.2f} of copy", flush=True)
-
-# -- 3. against the research code's loop and plain torch ---------------------------------
-print("3. RS kernel against the per-image randperm loop and torch gathers", flush=True)
-n = (H // P) * (W // P)
-tokens = x.view(B, H // P, P, W // P, P, 3).permute(0, 1, 3, 2, 4, 5).reshape(B, n, P * P * 3).contiguous()
-
-
-def research_loop():  # the released code: one randperm and one gather per image, in Python
-    out = torch.empty_like(tokens)
-    for i in range(B):
-        out[i] = tokens[i, torch.randperm(n, device=DEV)]
-    return out
-
-
-rows = torch.arange(B, device=DEV)[:, None]
-t_loop = bench(research_loop, reps=25)
-t_gather = bench(lambda: tokens[rows, pm])
-t_ref = bench(lambda: ref.rs_permute(x, pm, P))
-keys = rng.integers(0, 2**63, (B, n))
-t_full = bench(lambda: tk.rs_permute(x, torch.from_numpy(make_permutations(keys)).to(DEV), P))
-R["vs_baselines"] = {
-    "research_loop_s": t_loop, "torch_token_gather_s": t_gather, "torch_reference_on_device_s": t_ref,
-    "triton_rs_s": t_rs, "triton_rs_with_permutation_upload_s": t_full,
-    "speedup_vs_loop": t_loop / t_rs, "speedup_vs_loop_incl_perms": t_loop / t_full,
-    "speedup_vs_token_gather": t_gather / t_rs, "speedup_vs_torch_reference": t_ref / t_rs,
-}
-for k, v in R["vs_baselines"].items():
-    print(f"  {k:38s} {v:.6g}", flush=True)
-
-# -- 4. the pipeline on the device ---------------------------------------------------------
-print("4. encrypt-shards on", DEV, flush=True)
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-
-from himr_pipe.decode import TorchvisionDecoder  # noqa: E402
-from himr_pipe.encode import NvImageCodecEncoder, TorchvisionJpegEncoder, choose_format  # noqa: E402
-from himr_pipe.pipeline import JobConfig, RunOptions, encrypt_shards  # noqa: E402
-from himr_pipe.sample_data import PHOTOS, make_sample_folder  # noqa: E402
-from himr_pipe.scheme import Scheme  # noqa: E402
-from himr_pipe.shards import iter_samples  # noqa: E402
-
-work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-classes = sorted(PHOTOS)
-
-
 def _make(job):
+    from himr_pipe.sample_data import make_sample_folder
+
     root, cls, per, seed = job
     make_sample_folder(root, per_class=per, seed=seed, classes=[cls])
 
 
-sets = {}
-with ProcessPoolExecutor(min(12, os.cpu_count() or 1)) as ex:
-    jobs = []
-    for tag, mult in (("n", 1), ("2n", 2)):
-        per = max(1, args.n * mult // len(classes))
-        sets[tag] = work / f"set_{tag}"
-        jobs += [(sets[tag], c, per, 100 * mult + i) for i, c in enumerate(classes)]
-    list(ex.map(_make, jobs))
-counts = {k: sum(1 for _ in v.glob("*/*.jpg")) for k, v in sets.items()}
-print(f"  image sets: {counts} (about 500x375, JPEG q90, from the bundled photos)", flush=True)
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1500, help="images in the small set (the large one has 2n)")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
+    ap.add_argument("--smoke", action="store_true", help="CPU run with tiny sizes (Triton interpreter)")
+    args = ap.parse_args()
+    if args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        args.n, args.batch = 12, 4
 
-has_nvimgcodec = True
-try:
-    from nvidia import nvimgcodec  # noqa: F401
-except ImportError:
-    has_nvimgcodec = False
-gpu_encoder = "nvimgcodec" if has_nvimgcodec else "torchvision"
+    import numpy as np
+    import torch  # noqa: E402
+    from PIL import Image  # noqa: E402
 
+    from himr_pipe.kernels import make_permutations  # noqa: E402
+    from himr_pipe.kernels import reference as ref  # noqa: E402
+    from himr_pipe.kernels import triton_kernels as tk  # noqa: E402
 
-def run(src, scheme: str, fmt: str = "jpeg", encoder: str | None = None, seed: int = 1):
-    out = work / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(work / "state", ignore_errors=True)
-    s = Scheme(scheme, 16, 224, 224)
-    enc = ("cpu" if fmt != "jpeg" else encoder or gpu_encoder) if DEV == "cuda" else "cpu"
-    f = choose_format(fmt, s, 90, allow_420=enc != "torchvision")
-    cfg = JobConfig(s, f, shard_size=500, seeded=True, decoder="torchvision", encoder=enc)
-    opts = RunOptions(workers=0, threads=8, batch_size=B, state_dir=str(work / "state"), progress=False, device=DEV)
-    sync()
-    t = time.perf_counter()
-    res = encrypt_shards(str(src), str(out), cfg, seed=seed, opts=opts)
-    sync()
-    dt = time.perf_counter() - t
-    if res.exit_code != 0:
-        raise SystemExit(f"encrypt-shards failed: {res.messages} {res.manifest['totals']}")
-    return dt, out
+    DEV = "cpu" if args.smoke else "cuda"
+    if DEV == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device (use --smoke for a CPU run of the script)")
+    OUT = Path(args.out)
+    OUT.mkdir(parents=True, exist_ok=True)
+    R: dict = {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu (smoke)",
+               "torch": torch.__version__, "smoke": args.smoke, "checks": {}}
+    rng = np.random.default_rng(0)
 
 
-def load(out, ext):
-    d = {}
-    for tar in sorted(out.glob("*.tar")):
-        for k, m in iter_samples(str(tar)):
-            d[k] = np.asarray(Image.open(io.BytesIO(m[ext])).convert("RGB"))
-    return d
+    def sync():
+        if DEV == "cuda":
+            torch.cuda.synchronize()
 
 
-# correctness of the pipeline on the device (small set, lossless output)
-small = sets["n"]
-_, o = run(small, "none", "png")
-plain = load(o, "png")
-_, o = run(small, "rs", "png")
-enc_rs = load(o, "png")
-ok = plain.keys() == enc_rs.keys()
-for k in plain:
-    pa = plain[k].reshape(14, 16, 14, 16, 3).transpose(0, 2, 1, 3, 4).reshape(196, -1)
-    pb = enc_rs[k].reshape(14, 16, 14, 16, 3).transpose(0, 2, 1, 3, 4).reshape(196, -1)
-    ok = ok and Counter(map(bytes, pa)) == Counter(map(bytes, pb)) and not np.array_equal(pa, pb)
-check("pipeline rs output is a patch permutation of none, per image", ok, f"({len(plain)} images)")
-_, o = run(small, "mi", "png")
-enc_mi = load(o, "png")
-ok = all(np.array_equal(enc_mi[k], ref.mi_mix(torch.from_numpy(plain[k][None].copy()), 16)[0].numpy())
-         for k in plain)
-check("pipeline mi output equals the documented mean of sub-patches", ok)
-encoders = ["torchvision"] + (["nvimgcodec"] if has_nvimgcodec else [])
-if DEV == "cpu":
-    encoders = []
-for e in encoders:
-    _, o = run(small, "none", "jpeg", encoder=e)
-    jp = load(o, "jpg")
-    psnr = min(10 * np.log10(255**2 / max(1e-9, ((plain[k].astype(float) - jp[k]) ** 2).mean())) for k in plain)
-    check(f"GPU encoder {e}: bytes decode to the encoded image", psnr > 30, f"(min PSNR {psnr:.1f} dB)")
+    def bench(fn, reps: int = 50) -> float:
+        """Seconds per call (median); triton's do_bench on the GPU."""
+        if DEV == "cuda":
+            import triton.testing
 
-# speed: marginal rates
-rates = {}
-configs = [("none", None), ("rs", None), ("mi", None)] + ([("rs", "torchvision")] if has_nvimgcodec and DEV == "cuda"
-                                                          else [])
-run(sets["n"], "rs")  # warm-up: Triton compilation, nvJPEG and codec handles
-for scheme, e in configs:
-    t_n, _ = run(sets["n"], scheme, encoder=e)
-    t_2n, _ = run(sets["2n"], scheme, encoder=e)
-    name = scheme + (f" ({e} encoder)" if e else "")
-    rates[name] = {"t_n": t_n, "t_2n": t_2n, "marginal_img_s": (counts["2n"] - counts["n"]) / max(1e-9, t_2n - t_n),
-                   "end_to_end_img_s_2n": counts["2n"] / t_2n}
-    print(f"  {name:26s} marginal {rates[name]['marginal_img_s']:8.0f} img/s  "
-          f"(e2e {rates[name]['end_to_end_img_s_2n']:.0f})", flush=True)
+            return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") / 1e3
+        fn()
+        t = time.perf_counter()
+        for _ in range(max(1, reps // 25)):
+            fn()
+        return (time.perf_counter() - t) / max(1, reps // 25)
 
-# the decode limit: the decoder + resize alone on the same files, bytes already in memory
-blobs = [p.read_bytes() for p in sorted(sets["2n"].glob("*/*.jpg"))]
-dec = TorchvisionDecoder((224, 224), "crop", B, DEV)
-batches = [blobs[i:i + B] for i in range(0, len(blobs), B)]
-list(dec.run(batches[:1]))
-sync()
-t = time.perf_counter()
-for imgs, _ in dec.run(batches):
-    pass
-sync()
-decode_rate = len(blobs) / (time.perf_counter() - t)
-# the encoders alone on one batch of real photos
-enc_rates = {}
-if DEV == "cuda":
-    fmt444 = choose_format("jpeg", Scheme("rs", 16, 224, 224), 90, allow_420=False)
-    fmt420 = choose_format("jpeg", Scheme("rs", 16, 224, 224), 90)
-    photo_batch = photos.to(DEV).repeat((B + len(photos) - 1) // len(photos), 1, 1, 1)[:B].contiguous()
-    for name, enc in [("torchvision 4:4:4", TorchvisionJpegEncoder(fmt444))] + (
-            [("nvimgcodec 4:2:0", NvImageCodecEncoder(fmt420, "cuda")),
-             ("nvimgcodec 4:4:4", NvImageCodecEncoder(fmt444, "cuda"))] if has_nvimgcodec else []):
-        enc.encode(photo_batch)
+
+    def check(name: str, ok: bool, detail: str = "") -> None:
+        R["checks"][name] = {"ok": bool(ok), "detail": detail}
+        print(f"  [{'ok' if ok else 'FAIL'}] {name} {detail}", flush=True)
+
+
+    def perms_for(b: int, n: int) -> torch.Tensor:
+        return torch.from_numpy(make_permutations(rng.integers(0, 2**63, (b, n))))
+
+
+    # -- 1. kernel correctness ----------------------------------------------------------
+    print("1. correctness of the kernels on", R["device"], flush=True)
+    shapes = [(3, 32, 48, 3, 16), (2, 24, 24, 1, 4), (5, 64, 32, 3, 32), (2, 20, 30, 3, 10)]
+    if not args.smoke:
+        shapes += [(17, 224, 224, 3, 16), (9, 384, 256, 3, 8), (4, 224, 224, 1, 14)]
+    for b, h, w, c, p in shapes:
+        x = torch.from_numpy(rng.integers(0, 256, (b, h, w, c), dtype=np.uint8))
+        pm = perms_for(b, (h // p) * (w // p))
+        y = tk.rs_permute(x.to(DEV), pm.to(DEV), p)
+        ok = torch.equal(y.cpu(), ref.rs_permute(x, pm, p)) and torch.equal(tk.rs_unpermute(y, pm.to(DEV), p).cpu(), x)
+        if p % 2 == 0:
+            ok = ok and torch.equal(tk.mi_mix(x.to(DEV), p).cpu(), ref.mi_mix(x, p))
+        check(f"triton == reference {b}x{h}x{w}x{c} P={p}", ok)
+
+    from himr_pipe.sample_data import load_photos  # noqa: E402
+
+    photos = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(a).resize((224, 224))))
+                          for a in load_photos().values()])
+    pm = perms_for(len(photos), 196)
+    check("triton == reference on real photos",
+          torch.equal(tk.rs_permute(photos.to(DEV), pm.to(DEV), 16).cpu(), ref.rs_permute(photos, pm, 16))
+          and torch.equal(tk.mi_mix(photos.to(DEV), 16).cpu(), ref.mi_mix(photos, 16)))
+
+    # -- 2. bandwidth ----------------------------------------------------------------------
+    print("2. bandwidth at batch", args.batch, flush=True)
+    B = args.batch
+    H = W = 224 if not args.smoke else 32
+    P = 16
+    x = torch.randint(0, 256, (B, H, W, 3), dtype=torch.uint8, device=DEV)
+    pm = perms_for(B, (H // P) * (W // P)).to(DEV)
+    nbytes = x.numel()
+    dst = torch.empty_like(x)
+    t_copy = bench(lambda: dst.copy_(x))
+    copy_bw = 2 * nbytes / t_copy
+    # sweep the launch shapes (work per program, warps) and keep the fastest for every figure below
+    sweep = {"rs": {}, "mi": {}}
+    for per in (1, 2, 4, 8):
+        for nw in (1, 2, 4, 8):
+            sweep["rs"][f"{per}x{nw}"] = bench(lambda: tk._rs(x, pm, P, False, per, nw))
+            sweep["mi"][f"{per}x{nw}"] = bench(lambda: tk.mi_mix(x, P, per, nw))
+    best = {k: min(v, key=v.get) for k, v in sweep.items()}
+    tk.RS_PATCHES_PER_PROGRAM, nw_rs = map(int, best["rs"].split("x"))
+    tk.MI_ROWS_PER_PROGRAM, nw_mi = map(int, best["mi"].split("x"))
+    R["launch_sweep"] = {"seconds": sweep, "best (work per program x warps)": best,
+                         "defaults": {"rs": f"{tk.RS_PATCHES_PER_PROGRAM}x{tk.NUM_WARPS}",
+                                      "mi": f"{tk.MI_ROWS_PER_PROGRAM}x{tk.NUM_WARPS}"}}
+    print("  launch sweep best:", best, flush=True)
+    t_rs = bench(lambda: tk._rs(x, pm, P, False, None, nw_rs))
+    t_inv = bench(lambda: tk._rs(x, pm, P, True, None, nw_rs))
+    t_mi = bench(lambda: tk.mi_mix(x, P, None, nw_mi))
+    tk.NUM_WARPS = nw_rs  # for the pipeline runs below
+    bw = {
+        "copy": {"s": t_copy, "bytes": 2 * nbytes, "GBps": copy_bw / 1e9, "fraction": 1.0},
+        "rs": {"s": t_rs, "bytes": 2 * nbytes, "GBps": 2 * nbytes / t_rs / 1e9, "fraction": 2 * nbytes / t_rs / copy_bw},
+        "rs_inverse": {"s": t_inv, "bytes": 2 * nbytes, "GBps": 2 * nbytes / t_inv / 1e9,
+                       "fraction": 2 * nbytes / t_inv / copy_bw},
+        "mi": {"s": t_mi, "bytes": nbytes * 5 // 4, "GBps": nbytes * 1.25 / t_mi / 1e9,
+               "fraction": nbytes * 1.25 / t_mi / copy_bw},
+    }
+    R["bandwidth"] = bw
+    for k, v in bw.items():
+        print(f"  {k:11s} {v['s'] * 1e6:9.1f} us  {v['GBps']:8.1f} GB/s  {v['fraction']:.2f} of copy", flush=True)
+
+    # -- 3. against the research code's loop and plain torch ---------------------------------
+    print("3. RS kernel against the per-image randperm loop and torch gathers", flush=True)
+    n = (H // P) * (W // P)
+    tokens = x.view(B, H // P, P, W // P, P, 3).permute(0, 1, 3, 2, 4, 5).reshape(B, n, P * P * 3).contiguous()
+
+
+    def research_loop():  # the released code: one randperm and one gather per image, in Python
+        out = torch.empty_like(tokens)
+        for i in range(B):
+            out[i] = tokens[i, torch.randperm(n, device=DEV)]
+        return out
+
+
+    rows = torch.arange(B, device=DEV)[:, None]
+    t_loop = bench(research_loop, reps=25)
+    t_gather = bench(lambda: tokens[rows, pm])
+    t_ref = bench(lambda: ref.rs_permute(x, pm, P))
+    keys = rng.integers(0, 2**63, (B, n))
+    t_full = bench(lambda: tk.rs_permute(x, torch.from_numpy(make_permutations(keys)).to(DEV), P))
+    R["vs_baselines"] = {
+        "research_loop_s": t_loop, "torch_token_gather_s": t_gather, "torch_reference_on_device_s": t_ref,
+        "triton_rs_s": t_rs, "triton_rs_with_permutation_upload_s": t_full,
+        "speedup_vs_loop": t_loop / t_rs, "speedup_vs_loop_incl_perms": t_loop / t_full,
+        "speedup_vs_token_gather": t_gather / t_rs, "speedup_vs_torch_reference": t_ref / t_rs,
+    }
+    for k, v in R["vs_baselines"].items():
+        print(f"  {k:38s} {v:.6g}", flush=True)
+
+    # -- 4. the pipeline on the device ---------------------------------------------------------
+    print("4. encrypt-shards on", DEV, flush=True)
+    from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+
+    from himr_pipe.decode import TorchvisionDecoder  # noqa: E402
+    from himr_pipe.encode import NvImageCodecEncoder, TorchvisionJpegEncoder, choose_format  # noqa: E402
+    from himr_pipe.pipeline import JobConfig, RunOptions, encrypt_shards  # noqa: E402
+    from himr_pipe.sample_data import PHOTOS, make_sample_folder  # noqa: E402
+    from himr_pipe.scheme import Scheme  # noqa: E402
+    from himr_pipe.shards import iter_samples  # noqa: E402
+
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    classes = sorted(PHOTOS)
+
+
+    sets = {}
+    with ProcessPoolExecutor(min(12, os.cpu_count() or 1)) as ex:
+        jobs = []
+        for tag, mult in (("n", 1), ("2n", 2)):
+            per = max(1, args.n * mult // len(classes))
+            sets[tag] = work / f"set_{tag}"
+            jobs += [(sets[tag], c, per, 100 * mult + i) for i, c in enumerate(classes)]
+        list(ex.map(_make, jobs))
+    counts = {k: sum(1 for _ in v.glob("*/*.jpg")) for k, v in sets.items()}
+    print(f"  image sets: {counts} (about 500x375, JPEG q90, from the bundled photos)", flush=True)
+
+    has_nvimgcodec = True
+    try:
+        from nvidia import nvimgcodec  # noqa: F401
+    except ImportError:
+        has_nvimgcodec = False
+    gpu_encoder = "nvimgcodec" if has_nvimgcodec else "torchvision"
+
+
+    def run(src, scheme: str, fmt: str = "jpeg", encoder: str | None = None, seed: int = 1, workers: int = 0):
+        out = work / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(work / "state", ignore_errors=True)
+        s = Scheme(scheme, 16, 224, 224)
+        enc = ("cpu" if fmt != "jpeg" else encoder or gpu_encoder) if DEV == "cuda" else "cpu"
+        f = choose_format(fmt, s, 90, allow_420=enc != "torchvision")
+        cfg = JobConfig(s, f, shard_size=500 if not workers else 250, seeded=True, decoder="torchvision", encoder=enc)
+        opts = RunOptions(workers=workers, threads=8 if not workers else max(1, 16 // workers), batch_size=B,
+                          state_dir=str(work / "state"), progress=False, device=DEV)
         sync()
         t = time.perf_counter()
-        for _ in range(5):
-            enc.encode(photo_batch)
+        res = encrypt_shards(str(src), str(out), cfg, seed=seed, opts=opts)
         sync()
-        enc_rates[name] = 5 * B / (time.perf_counter() - t)
-R["pipeline"] = {"sets": counts, "decoder": "torchvision (nvJPEG)" if DEV == "cuda" else "torchvision (cpu)",
-                 "encoder": gpu_encoder if DEV == "cuda" else "cpu", "batch": B, "rates": rates,
-                 "decode_resize_only_img_s": decode_rate, "encoder_only_img_s": enc_rates,
-                 "rs_over_none": rates["rs"]["marginal_img_s"] / rates["none"]["marginal_img_s"],
-                 "rs_over_decode_limit": rates["rs"]["marginal_img_s"] / decode_rate}
-shutil.rmtree(work, ignore_errors=True)
+        dt = time.perf_counter() - t
+        if res.exit_code != 0:
+            raise SystemExit(f"encrypt-shards failed: {res.messages} {res.manifest['totals']}")
+        stages = Counter()
+        for st in (work / "state" / "shards").glob("*.json"):
+            stages.update(json.loads(st.read_text()).get("seconds", {}))
+        LAST_STAGES.clear()
+        LAST_STAGES.update(stages)
+        return dt, out
 
-(OUT / "gpu_check.json").write_text(json.dumps(R, indent=1))
-# -- table ----------------------------------------------------------------------------------
-print("\n== gpu_check summary:", R["device"], "==")
-print(f"checks: {sum(c['ok'] for c in R['checks'].values())}/{len(R['checks'])} passed")
-print(f"copy bandwidth (read+write)  {bw['copy']['GBps']:.0f} GB/s")
-for k in ("rs", "rs_inverse", "mi"):
-    print(f"{k:11s} kernel          {bw[k]['GBps']:.0f} GB/s = {bw[k]['fraction']:.2f} of copy (goal >= 0.85)")
-vb = R["vs_baselines"]
-print(f"rs vs research randperm loop {vb['speedup_vs_loop']:.0f}x (with permutation upload "
-      f"{vb['speedup_vs_loop_incl_perms']:.0f}x; goal >= 50x), vs token gather {vb['speedup_vs_token_gather']:.1f}x, "
-      f"vs torch reference on device {vb['speedup_vs_torch_reference']:.1f}x")
-pl = R["pipeline"]
-for k, v in pl["rates"].items():
-    print(f"encrypt-shards {k:26s} {v['marginal_img_s']:7.0f} img/s marginal")
-print(f"rs/none {pl['rs_over_none']:.2f} (goal >= 0.95); decoder+resize alone {pl['decode_resize_only_img_s']:.0f} img/s "
-      f"-> rs at {pl['rs_over_decode_limit']:.2f} of the decode limit")
-for k, v in pl["encoder_only_img_s"].items():
-    print(f"encoder alone {k:20s} {v:7.0f} img/s")
-failed = [k for k, c in R["checks"].items() if not c["ok"]]
-if failed:
-    print("FAILED CHECKS:", failed)
-    sys.exit(1)
+
+    LAST_STAGES: dict = {}
+
+
+    def load(out, ext):
+        d = {}
+        for tar in sorted(out.glob("*.tar")):
+            for k, m in iter_samples(str(tar)):
+                d[k] = np.asarray(Image.open(io.BytesIO(m[ext])).convert("RGB"))
+        return d
+
+
+    # correctness of the pipeline on the device (small set, lossless output)
+    small = sets["n"]
+    _, o = run(small, "none", "png")
+    plain = load(o, "png")
+    _, o = run(small, "rs", "png")
+    enc_rs = load(o, "png")
+    ok = plain.keys() == enc_rs.keys()
+    for k in plain:
+        pa = plain[k].reshape(14, 16, 14, 16, 3).transpose(0, 2, 1, 3, 4).reshape(196, -1)
+        pb = enc_rs[k].reshape(14, 16, 14, 16, 3).transpose(0, 2, 1, 3, 4).reshape(196, -1)
+        ok = ok and Counter(map(bytes, pa)) == Counter(map(bytes, pb)) and not np.array_equal(pa, pb)
+    check("pipeline rs output is a patch permutation of none, per image", ok, f"({len(plain)} images)")
+    _, o = run(small, "mi", "png")
+    enc_mi = load(o, "png")
+    ok = all(np.array_equal(enc_mi[k], ref.mi_mix(torch.from_numpy(plain[k][None].copy()), 16)[0].numpy())
+             for k in plain)
+    check("pipeline mi output equals the documented mean of sub-patches", ok)
+    encoders = ["torchvision"] + (["nvimgcodec"] if has_nvimgcodec else [])
+    if DEV == "cpu":
+        encoders = []
+    for e in encoders:
+        _, o = run(small, "none", "jpeg", encoder=e)
+        jp = load(o, "jpg")
+        psnr = min(10 * np.log10(255**2 / max(1e-9, ((plain[k].astype(float) - jp[k]) ** 2).mean())) for k in plain)
+        check(f"GPU encoder {e}: bytes decode to the encoded image", psnr > 30, f"(min PSNR {psnr:.1f} dB)")
+
+    # speed: marginal rates
+    rates = {}
+    workers = 2 if args.smoke else 4
+    configs = [("none", None, 0), ("rs", None, 0), ("mi", None, 0), ("none", None, workers), ("rs", None, workers)]
+    if has_nvimgcodec and DEV == "cuda":
+        configs.append(("rs", "torchvision", 0))
+    run(sets["n"], "rs")  # warm-up: Triton compilation, nvJPEG and codec handles
+    for scheme, e, nwk in configs:
+        t_n, _ = run(sets["n"], scheme, encoder=e, workers=nwk)
+        t_2n, _ = run(sets["2n"], scheme, encoder=e, workers=nwk)
+        name = scheme + (f" ({e} encoder)" if e else "") + (f" ({nwk} worker processes)" if nwk else "")
+        rates[name] = {"t_n": t_n, "t_2n": t_2n, "marginal_img_s": (counts["2n"] - counts["n"]) / max(1e-9, t_2n - t_n),
+                       "end_to_end_img_s_2n": counts["2n"] / t_2n,
+                       "stage_seconds_2n": dict(LAST_STAGES)}
+        print(f"  {name:26s} marginal {rates[name]['marginal_img_s']:8.0f} img/s  "
+              f"(e2e {rates[name]['end_to_end_img_s_2n']:.0f})", flush=True)
+
+    # the decode limit: the decoder + resize alone on the same files, bytes already in memory
+    blobs = [p.read_bytes() for p in sorted(sets["2n"].glob("*/*.jpg"))]
+    dec = TorchvisionDecoder((224, 224), "crop", B, DEV)
+    batches = [blobs[i:i + B] for i in range(0, len(blobs), B)]
+    list(dec.run(batches[:1]))
+    sync()
+    t = time.perf_counter()
+    for imgs, _ in dec.run(batches):
+        pass
+    sync()
+    decode_rate = len(blobs) / (time.perf_counter() - t)
+    # the encoders alone on one batch of real photos
+    enc_rates = {}
+    if DEV == "cuda":
+        fmt444 = choose_format("jpeg", Scheme("rs", 16, 224, 224), 90, allow_420=False)
+        fmt420 = choose_format("jpeg", Scheme("rs", 16, 224, 224), 90)
+        photo_batch = photos.to(DEV).repeat((B + len(photos) - 1) // len(photos), 1, 1, 1)[:B].contiguous()
+        for name, enc in [("torchvision 4:4:4", TorchvisionJpegEncoder(fmt444))] + (
+                [("nvimgcodec 4:2:0", NvImageCodecEncoder(fmt420, "cuda")),
+                 ("nvimgcodec 4:4:4", NvImageCodecEncoder(fmt444, "cuda"))] if has_nvimgcodec else []):
+            enc.encode(photo_batch)
+            sync()
+            t = time.perf_counter()
+            for _ in range(5):
+                enc.encode(photo_batch)
+            sync()
+            enc_rates[name] = 5 * B / (time.perf_counter() - t)
+    R["pipeline"] = {"sets": counts, "decoder": "torchvision (nvJPEG)" if DEV == "cuda" else "torchvision (cpu)",
+                     "encoder": gpu_encoder if DEV == "cuda" else "cpu", "batch": B, "rates": rates,
+                     "decode_resize_only_img_s": decode_rate, "encoder_only_img_s": enc_rates,
+                     "rs_over_none": rates["rs"]["marginal_img_s"] / rates["none"]["marginal_img_s"],
+                     "rs_over_decode_limit": rates["rs"]["marginal_img_s"] / decode_rate}
+    shutil.rmtree(work, ignore_errors=True)
+
+    (OUT / "gpu_check.json").write_text(json.dumps(R, indent=1))
+    # -- table ----------------------------------------------------------------------------------
+    print("\n== gpu_check summary:", R["device"], "==")
+    print(f"checks: {sum(c['ok'] for c in R['checks'].values())}/{len(R['checks'])} passed")
+    print(f"copy bandwidth (read+write)  {bw['copy']['GBps']:.0f} GB/s; launch shapes used {best}")
+    for k in ("rs", "rs_inverse", "mi"):
+        print(f"{k:11s} kernel          {bw[k]['GBps']:.0f} GB/s = {bw[k]['fraction']:.2f} of copy (goal >= 0.85)")
+    vb = R["vs_baselines"]
+    print(f"rs vs research randperm loop {vb['speedup_vs_loop']:.0f}x (with permutation upload "
+          f"{vb['speedup_vs_loop_incl_perms']:.0f}x; goal >= 50x), vs token gather {vb['speedup_vs_token_gather']:.1f}x, "
+          f"vs torch reference on device {vb['speedup_vs_torch_reference']:.1f}x")
+    pl = R["pipeline"]
+    for k, v in pl["rates"].items():
+        print(f"encrypt-shards {k:26s} {v['marginal_img_s']:7.0f} img/s marginal")
+    print(f"rs/none {pl['rs_over_none']:.2f} (goal >= 0.95); decoder+resize alone {pl['decode_resize_only_img_s']:.0f} img/s "
+          f"-> rs at {pl['rs_over_decode_limit']:.2f} of the decode limit")
+    for k, v in pl["encoder_only_img_s"].items():
+        print(f"encoder alone {k:20s} {v:7.0f} img/s")
+    failed = [k for k, c in R["checks"].items() if not c["ok"]]
+    if failed:
+        print("FAILED CHECKS:", failed)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

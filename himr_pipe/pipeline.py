@@ -233,9 +233,14 @@ class _Worker:
         written: list[tuple[str, int, str]] = []
         upscaled = reported = 0
         metas: list[list] = []
+        # seconds per stage, kept in the owner's state: where a shard's time went
+        timing = {"read_decode": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0}
         ext = cfg.fmt.ext
         try:
+            clock = time.perf_counter
+            t = clock()
             for images, bad in self.decoder.run(self._batches(task.items, metas, skipped)):
+                timing["read_decode"] += clock() - t
                 meta = metas.pop(0)
                 for j in sorted(bad):
                     _, idx, ref, _, _ = meta[j]
@@ -249,7 +254,11 @@ class _Worker:
                         rows = torch.from_numpy(keys[[m[0] for m in meta]]).to(self.device, non_blocking=True)
                         perms = make_permutations(rows)
                     enc = encrypt(s, x, perms, impl=self.kernels)
-                    blobs = self.encoder.encode(enc)
+                    t1 = clock()
+                    timing["encrypt"] += t1 - t
+                    blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
+                    t2 = clock()
+                    timing["encode"] += t2 - t1
                     for (pos, idx, ref, label, hdr), blob in zip(meta, blobs):
                         key = f"{task.index:06d}_{pos:06d}"
                         members = {ext: blob, "cls": str(label).encode(), "json": self.sample_json}
@@ -258,10 +267,12 @@ class _Worker:
                         writer.add(key, members)
                         written.append((key, idx, ref))
                         upscaled += _upscaled(hdr, s.size, cfg.resize)
+                    timing["write"] += clock() - t2
                     self.done_samples += len(meta)
                 reported += self._report(len(meta) + len(bad))
                 if self.kill_after is not None and self.done_samples >= self.kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
+                t = clock()
             self._report(len(task.items) - reported)  # inputs rejected before decoding
             info = writer.commit()
         except BaseException:
@@ -270,7 +281,7 @@ class _Worker:
         stats = {
             "index": task.index, "name": task.name, "planned": len(task.items),
             "samples": info.samples, "bytes": info.bytes, "sha256": info.sha256, "upscaled": upscaled,
-            "written": written, "skipped": sorted(skipped),
+            "written": written, "skipped": sorted(skipped), "seconds": timing,
         }
         if info.samples == 0:
             writer.abort()  # an empty tar helps no reader; the stats still account for every input

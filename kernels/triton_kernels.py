@@ -2,12 +2,15 @@
 
 Same signatures and bit-identical results as ``reference.py``:
 
-* :func:`rs_permute` / :func:`rs_unpermute`: one program per (image, patch)
-  copies a PxP patch, row by row (a patch row is P*C contiguous bytes), from
-  its source slot to its destination slot. The inverse swaps the two roles,
-  so the owner's keyed decrypt is the same kernel.
-* :func:`mi_mix`: one program per (image, output row) reads the two input
-  rows behind it and writes ``(a + b + c + d + 2) >> 2`` for every pixel.
+* :func:`rs_permute` / :func:`rs_unpermute`: each program copies a few PxP
+  patches, row by row (a patch row is P*C contiguous bytes, moved as 4- or
+  2-byte words when they divide it), from source slot to destination slot.
+  The inverse swaps the two roles, so the owner's keyed decrypt is the same
+  kernel.
+* :func:`mi_mix`: each program handles a few output rows, reading the two
+  input rows behind each and writing ``(a + b + c + d + 2) >> 2`` per byte;
+  four bytes at a time (SWAR on int32 words) when a sub-patch row is a whole
+  number of words, else byte by byte.
 
 On a CUDA tensor they compile for the GPU. On a CPU tensor they run only
 under ``TRITON_INTERPRET=1`` (the CI's way of testing them; set it before
@@ -25,29 +28,37 @@ from .reference import check_batch
 
 
 @triton.jit
-def _rs_kernel(x_ptr, y_ptr, perm_ptr, n_patches, grid_w, row_bytes, img_bytes,
-               P: tl.constexpr, PC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-               INVERSE: tl.constexpr):
-    pid = tl.program_id(0)
-    b = (pid // n_patches).to(tl.int64)
-    j = pid % n_patches
-    k = tl.load(perm_ptr + pid).to(tl.int32)
-    if INVERSE:
-        src, dst = j, k
-    else:
-        src, dst = k, j
-    sy = src // grid_w
-    sx = src % grid_w
-    dy = dst // grid_w
-    dx = dst % grid_w
+def _rs_kernel(x_ptr, y_ptr, perm_ptr, total, n_patches, grid_w, row_words, img_words,
+               P: tl.constexpr, PW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+               PATCHES: tl.constexpr, INVERSE: tl.constexpr):
+    """Copy PATCHES patches per program; a patch row is PW words (the widest of 4, 2 or 1 bytes
+    that divides P*C), so a row moves as a few wide loads instead of P*C byte loads."""
     r = tl.arange(0, BLOCK_R)[:, None]
     q = tl.arange(0, BLOCK_C)[None, :]
-    mask = (r < P) & (q < PC)
-    base = b * img_bytes
-    src_off = base + (sy * P + r).to(tl.int64) * row_bytes + sx * PC + q
-    dst_off = base + (dy * P + r).to(tl.int64) * row_bytes + dx * PC + q
-    v = tl.load(x_ptr + src_off, mask=mask)
-    tl.store(y_ptr + dst_off, v, mask=mask)
+    tile = (r < P) & (q < PW)
+    for i in range(PATCHES):
+        pid = tl.program_id(0) * PATCHES + i
+        live = pid < total
+        pid = tl.minimum(pid, total - 1)
+        b = (pid // n_patches).to(tl.int64)
+        j = pid % n_patches
+        k = tl.load(perm_ptr + pid).to(tl.int32)
+        if INVERSE:
+            src = j
+            dst = k
+        else:
+            src = k
+            dst = j
+        sy = src // grid_w
+        sx = src % grid_w
+        dy = dst // grid_w
+        dx = dst % grid_w
+        base = b * img_words
+        src_off = base + (sy * P + r).to(tl.int64) * row_words + sx * PW + q
+        dst_off = base + (dy * P + r).to(tl.int64) * row_words + dx * PW + q
+        mask = tile & live
+        v = tl.load(x_ptr + src_off, mask=mask)
+        tl.store(y_ptr + dst_off, v, mask=mask)
 
 
 @triton.jit
@@ -77,7 +88,59 @@ def _mi_kernel(x_ptr, y_ptr, out_h, row_in, row_out, img_in, img_out,
     tl.store(y_ptr + b * img_out + oy.to(tl.int64) * row_out + j, out.to(tl.uint8), mask=mask)
 
 
-def _rs(x: torch.Tensor, perms: torch.Tensor, patch: int, inverse: bool) -> torch.Tensor:
+@triton.jit
+def _mi_words_kernel(x_ptr, y_ptr, total_rows, out_h, row_in, row_out, img_in, img_out,
+                     S: tl.constexpr, SW: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    """MI on int32 words (4 bytes at a time, SWAR) when a sub-patch row is a whole number of words.
+
+    Even and odd bytes of a word are summed in separate 16-bit lanes (at most
+    4*255+2, no carry between lanes), rounded and shifted there, then put back.
+    """
+    j = tl.arange(0, BLOCK)
+    mask_j = j < row_out
+    gx = j // SW
+    k = j % SW
+    left = gx * 2 * SW + k
+    right = left + SW
+    for i in range(ROWS):
+        rid = tl.program_id(0) * ROWS + i
+        live = rid < total_rows
+        rid = tl.minimum(rid, total_rows - 1)
+        b = (rid // out_h).to(tl.int64)
+        oy = rid % out_h
+        r0 = ((oy // S) * 2 * S + oy % S).to(tl.int64)
+        top = x_ptr + b * img_in + r0 * row_in
+        bot = top + S * row_in
+        m = mask_j & live
+        a0 = tl.load(top + left, mask=m, other=0)
+        a1 = tl.load(top + right, mask=m, other=0)
+        a2 = tl.load(bot + left, mask=m, other=0)
+        a3 = tl.load(bot + right, mask=m, other=0)
+        lo = 0x00FF00FF
+        even = (a0 & lo) + (a1 & lo) + (a2 & lo) + (a3 & lo) + 0x00020002
+        odd = ((a0 >> 8) & lo) + ((a1 >> 8) & lo) + ((a2 >> 8) & lo) + ((a3 >> 8) & lo) + 0x00020002
+        out = ((even >> 2) & lo) | (((odd >> 2) & lo) << 8)
+        tl.store(y_ptr + b * img_out + oy.to(tl.int64) * row_out + j, out, mask=m)
+
+
+def _word_view(t: torch.Tensor, nbytes: int):
+    """(view of t's rows as the widest words dividing nbytes, word size)."""
+    b = t.shape[0]
+    flat = t.reshape(b, -1)
+    for ws, dt in ((4, torch.int32), (2, torch.int16)):
+        if nbytes % ws == 0 and flat.shape[1] % ws == 0 and t.data_ptr() % ws == 0:
+            return flat.view(dt), ws
+    return flat, 1
+
+
+# Launch shapes; benchmarks/gpu_check.py sweeps them on a real GPU (see benchmarks/RESULTS.md).
+RS_PATCHES_PER_PROGRAM = 4
+MI_ROWS_PER_PROGRAM = 4
+NUM_WARPS = 4
+
+
+def _rs(x: torch.Tensor, perms: torch.Tensor, patch: int, inverse: bool,
+        patches_per_program: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     b, h, w, c = check_batch(x, patch)
     gh, gw = h // patch, w // patch
     perms = torch.as_tensor(perms, device=x.device).to(torch.int32).contiguous()
@@ -87,10 +150,15 @@ def _rs(x: torch.Tensor, perms: torch.Tensor, patch: int, inverse: bool) -> torc
     y = torch.empty_like(x)
     if b == 0:
         return y
-    pc = patch * c
-    _rs_kernel[(b * gh * gw,)](x, y, perms, gh * gw, gw, w * c, h * w * c,
-                               P=patch, PC=pc, BLOCK_R=triton.next_power_of_2(patch),
-                               BLOCK_C=triton.next_power_of_2(pc), INVERSE=inverse)
+    xv, ws = _word_view(x, patch * c)
+    yv = y.reshape(b, -1).view(xv.dtype)
+    pw = patch * c // ws
+    ppp = patches_per_program or RS_PATCHES_PER_PROGRAM
+    total = b * gh * gw
+    _rs_kernel[(triton.cdiv(total, ppp),)](
+        xv, yv, perms, total, gh * gw, gw, w * c // ws, h * w * c // ws,
+        P=patch, PW=pw, BLOCK_R=triton.next_power_of_2(patch), BLOCK_C=triton.next_power_of_2(pw),
+        PATCHES=ppp, INVERSE=inverse, num_warps=num_warps or NUM_WARPS)
     return y
 
 
@@ -104,7 +172,8 @@ def rs_unpermute(y: torch.Tensor, perms: torch.Tensor, patch: int) -> torch.Tens
     return _rs(y, perms, patch, inverse=True)
 
 
-def mi_mix(x: torch.Tensor, patch: int) -> torch.Tensor:
+def mi_mix(x: torch.Tensor, patch: int, rows_per_program: int | None = None,
+           num_warps: int | None = None) -> torch.Tensor:
     """MI: rounded-half-up mean of the 2x2 sub-patches (as ``reference.mi_mix``)."""
     b, h, w, c = check_batch(x, patch)
     if patch % 2:
@@ -115,6 +184,16 @@ def mi_mix(x: torch.Tensor, patch: int) -> torch.Tensor:
     if b == 0:
         return y
     row_out = (w // 2) * c
+    nw = num_warps or NUM_WARPS
+    if (s * c) % 4 == 0 and x.data_ptr() % 4 == 0:
+        rows = rows_per_program or MI_ROWS_PER_PROGRAM
+        sw = s * c // 4
+        total = b * (h // 2)
+        _mi_words_kernel[(triton.cdiv(total, rows),)](
+            x.reshape(b, -1).view(torch.int32), y.view(b, -1).view(torch.int32), total, h // 2, w * c // 4, row_out // 4,
+            h * w * c // 4, (h // 2) * row_out // 4, S=s, SW=sw, BLOCK=triton.next_power_of_2(row_out // 4),
+            ROWS=rows, num_warps=nw)
+        return y
     _mi_kernel[(b * (h // 2),)](x, y, h // 2, w * c, row_out, h * w * c, (h // 2) * row_out,
-                                S=s, C=c, BLOCK=triton.next_power_of_2(row_out))
+                                S=s, C=c, BLOCK=triton.next_power_of_2(row_out), num_warps=nw)
     return y

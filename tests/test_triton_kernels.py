@@ -20,7 +20,7 @@ shapes = st.tuples(
     st.integers(1, 3),                # batch
     st.integers(1, 3),                # grid rows
     st.integers(1, 3),                # grid cols (non-square grids included)
-    st.integers(2, 16).map(lambda k: 2 * k),  # patch 4..32, even so that MI applies
+    st.integers(2, 16).map(lambda k: 2 * k),  # patch 4..32, even so that MI applies (word and byte paths)
     st.sampled_from([1, 3]),          # channels
 )
 
