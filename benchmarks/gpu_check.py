@@ -138,19 +138,18 @@ def main():
     copy_bw = 2 * nbytes / t_copy
     # sweep the launch shapes (work per program, warps) and keep the fastest for every figure below
     sweep = {"rs": {}, "mi": {}}
-    for per in (1, 2, 4, 8):
-        for nw in (1, 2, 4, 8):
-            sweep["rs"][f"{per}x{nw}"] = bench(lambda: tk._rs(x, pm, P, False, per, nw))
+    for nw in (1, 2, 4, 8):
+        sweep["rs"][f"1x{nw}"] = bench(lambda: tk._rs(x, pm, P, False, nw))
+        for per in (1, 2, 4, 8):
             sweep["mi"][f"{per}x{nw}"] = bench(lambda: tk.mi_mix(x, P, per, nw))
     best = {k: min(v, key=v.get) for k, v in sweep.items()}
-    tk.RS_PATCHES_PER_PROGRAM, nw_rs = map(int, best["rs"].split("x"))
+    nw_rs = int(best["rs"].split("x")[1])
     tk.MI_ROWS_PER_PROGRAM, nw_mi = map(int, best["mi"].split("x"))
-    R["launch_sweep"] = {"seconds": sweep, "best (work per program x warps)": best,
-                         "defaults": {"rs": f"{tk.RS_PATCHES_PER_PROGRAM}x{tk.NUM_WARPS}",
-                                      "mi": f"{tk.MI_ROWS_PER_PROGRAM}x{tk.NUM_WARPS}"}}
+    R["launch_sweep"] = {"seconds": sweep, "best (rows per program x warps)": best,
+                         "defaults": {"rs": f"1x{tk.NUM_WARPS}", "mi": f"{tk.MI_ROWS_PER_PROGRAM}x{tk.NUM_WARPS}"}}
     print("  launch sweep best:", best, flush=True)
-    t_rs = bench(lambda: tk._rs(x, pm, P, False, None, nw_rs))
-    t_inv = bench(lambda: tk._rs(x, pm, P, True, None, nw_rs))
+    t_rs = bench(lambda: tk._rs(x, pm, P, False, nw_rs))
+    t_inv = bench(lambda: tk._rs(x, pm, P, True, nw_rs))
     t_mi = bench(lambda: tk.mi_mix(x, P, None, nw_mi))
     tk.NUM_WARPS = nw_rs  # for the pipeline runs below
     bw = {
@@ -183,11 +182,18 @@ def main():
     t_gather = bench(lambda: tokens[rows, pm])
     t_ref = bench(lambda: ref.rs_permute(x, pm, P))
     keys = rng.integers(0, 2**63, (B, n))
-    t_full = bench(lambda: tk.rs_permute(x, torch.from_numpy(make_permutations(keys)).to(DEV), P))
+    keys_dev = torch.from_numpy(keys).to(DEV)
+    t_full = bench(lambda: tk.rs_permute(x, make_permutations(keys_dev), P))  # device argsort + kernel
+    from himr_pipe.pipeline import sort_keys
+
+    t_shake = bench(lambda: tk.rs_permute(x, make_permutations(
+        torch.from_numpy(sort_keys("ab" * 32, (1, 0), B * n).reshape(B, n)).to(DEV)), P), reps=25)
     R["vs_baselines"] = {
         "research_loop_s": t_loop, "torch_token_gather_s": t_gather, "torch_reference_on_device_s": t_ref,
-        "triton_rs_s": t_rs, "triton_rs_with_permutation_upload_s": t_full,
+        "triton_rs_s": t_rs, "triton_rs_with_device_argsort_s": t_full,
+        "triton_rs_with_shake_keys_upload_and_argsort_s": t_shake,
         "speedup_vs_loop": t_loop / t_rs, "speedup_vs_loop_incl_perms": t_loop / t_full,
+        "speedup_vs_loop_incl_shake_keys": t_loop / t_shake,
         "speedup_vs_token_gather": t_gather / t_rs, "speedup_vs_torch_reference": t_ref / t_rs,
     }
     for k, v in R["vs_baselines"].items():
@@ -291,8 +297,9 @@ def main():
 
     # speed: marginal rates
     rates = {}
-    workers = 2 if args.smoke else 4
-    configs = [("none", None, 0), ("rs", None, 0), ("mi", None, 0), ("none", None, workers), ("rs", None, workers)]
+    # (4 worker processes on one GPU were measured once: slower, 1135/993 img/s for none/rs against
+    #  1266/1421 in one process, with 4 CUDA contexts contending; see benchmarks/RESULTS.md)
+    configs = [("none", None, 0), ("rs", None, 0), ("mi", None, 0)]
     if has_nvimgcodec and DEV == "cuda":
         configs.append(("rs", "torchvision", 0))
     run(sets["n"], "rs")  # warm-up: Triton compilation, nvJPEG and codec handles
@@ -348,8 +355,9 @@ def main():
     for k in ("rs", "rs_inverse", "mi"):
         print(f"{k:11s} kernel          {bw[k]['GBps']:.0f} GB/s = {bw[k]['fraction']:.2f} of copy (goal >= 0.85)")
     vb = R["vs_baselines"]
-    print(f"rs vs research randperm loop {vb['speedup_vs_loop']:.0f}x (with permutation upload "
-          f"{vb['speedup_vs_loop_incl_perms']:.0f}x; goal >= 50x), vs token gather {vb['speedup_vs_token_gather']:.1f}x, "
+    print(f"rs vs research randperm loop {vb['speedup_vs_loop']:.0f}x (with device argsort "
+          f"{vb['speedup_vs_loop_incl_perms']:.0f}x, with host SHAKE keys too {vb['speedup_vs_loop_incl_shake_keys']:.0f}x;"
+          f" goal >= 50x), vs token gather {vb['speedup_vs_token_gather']:.1f}x, "
           f"vs torch reference on device {vb['speedup_vs_torch_reference']:.1f}x")
     pl = R["pipeline"]
     for k, v in pl["rates"].items():

@@ -22,7 +22,7 @@ import shutil
 import signal
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +185,7 @@ class _Worker:
         self.kernels = kernels
         self.decoder = make_decoder(cfg.decoder, cfg.scheme.size, cfg.resize, batch_size, threads, device)
         self.encoder = make_encoder(cfg.encoder, cfg.fmt, threads, device)
+        self.sink_thread = ThreadPoolExecutor(1, thread_name_prefix="himr-sink")
         self.progress = progress
         s = cfg.scheme
         self.sample_json = json.dumps({"scheme": s.kind, "size": list(s.out_size), "patch": s.out_cell}).encode()
@@ -231,13 +232,36 @@ class _Worker:
         writer = ShardWriter(self.out_dir, task.name)
         skipped: list[tuple[int, str, str]] = []
         written: list[tuple[str, int, str]] = []
-        upscaled = reported = 0
+        count = {"upscaled": 0, "reported": 0}
         metas: list[list] = []
         # seconds per stage, kept in the owner's state: where a shard's time went
         timing = {"read_decode": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0}
         ext = cfg.fmt.ext
+        clock = time.perf_counter
+
+        def sink(enc, meta, n_bad):
+            """Encode and write one batch (in the sink thread, in batch order)."""
+            if meta:
+                t1 = clock()
+                blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
+                t2 = clock()
+                timing["encode"] += t2 - t1
+                for (pos, idx, ref, label, hdr), blob in zip(meta, blobs):
+                    key = f"{task.index:06d}_{pos:06d}"
+                    members = {ext: blob, "cls": str(label).encode(), "json": self.sample_json}
+                    if cfg.include_paths:
+                        members["json"] = json.dumps({**json.loads(self.sample_json), "source": ref}).encode()
+                    writer.add(key, members)
+                    written.append((key, idx, ref))
+                    count["upscaled"] += _upscaled(hdr, s.size, cfg.resize)
+                timing["write"] += clock() - t2
+                self.done_samples += len(meta)
+            count["reported"] += self._report(len(meta) + n_bad)
+            if self.kill_after is not None and self.done_samples >= self.kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        pending: list = []  # at most two batches between encryption and the shard
         try:
-            clock = time.perf_counter
             t = clock()
             for images, bad in self.decoder.run(self._batches(task.items, metas, skipped)):
                 timing["read_decode"] += clock() - t
@@ -246,7 +270,9 @@ class _Worker:
                     _, idx, ref, _, _ = meta[j]
                     skipped.append((idx, ref, bad[j]))
                 meta = [m for j, m in enumerate(meta) if j not in bad]
+                enc = None
                 if meta:
+                    t = clock()
                     x = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
                     x = x.to(self.device)
                     perms = None
@@ -254,33 +280,30 @@ class _Worker:
                         rows = torch.from_numpy(keys[[m[0] for m in meta]]).to(self.device, non_blocking=True)
                         perms = make_permutations(rows)
                     enc = encrypt(s, x, perms, impl=self.kernels)
-                    t1 = clock()
-                    timing["encrypt"] += t1 - t
-                    blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
-                    t2 = clock()
-                    timing["encode"] += t2 - t1
-                    for (pos, idx, ref, label, hdr), blob in zip(meta, blobs):
-                        key = f"{task.index:06d}_{pos:06d}"
-                        members = {ext: blob, "cls": str(label).encode(), "json": self.sample_json}
-                        if cfg.include_paths:
-                            members["json"] = json.dumps({**json.loads(self.sample_json), "source": ref}).encode()
-                        writer.add(key, members)
-                        written.append((key, idx, ref))
-                        upscaled += _upscaled(hdr, s.size, cfg.resize)
-                    timing["write"] += clock() - t2
-                    self.done_samples += len(meta)
-                reported += self._report(len(meta) + len(bad))
-                if self.kill_after is not None and self.done_samples >= self.kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    timing["encrypt"] += clock() - t
+                # encoding and writing overlap the next batch's read and decode
+                pending.append(self.sink_thread.submit(sink, enc, meta, len(bad)))
+                if len(pending) > 2:
+                    pending.pop(0).result()
                 t = clock()
-            self._report(len(task.items) - reported)  # inputs rejected before decoding
+            while pending:
+                pending.pop(0).result()
+            self._report(len(task.items) - count["reported"])  # inputs rejected before decoding
             info = writer.commit()
         except BaseException:
+            for f in pending:  # let the sink thread finish before the shard goes away
+                f.cancel()
+            for f in pending:
+                if not f.cancelled():
+                    try:
+                        f.result()
+                    except BaseException:
+                        pass
             writer.abort()
             raise
         stats = {
             "index": task.index, "name": task.name, "planned": len(task.items),
-            "samples": info.samples, "bytes": info.bytes, "sha256": info.sha256, "upscaled": upscaled,
+            "samples": info.samples, "bytes": info.bytes, "sha256": info.sha256, "upscaled": count["upscaled"],
             "written": written, "skipped": sorted(skipped), "seconds": timing,
         }
         if info.samples == 0:

@@ -2,15 +2,16 @@
 
 Same signatures and bit-identical results as ``reference.py``:
 
-* :func:`rs_permute` / :func:`rs_unpermute`: each program copies a few PxP
-  patches, row by row (a patch row is P*C contiguous bytes, moved as 4- or
-  2-byte words when they divide it), from source slot to destination slot.
-  The inverse swaps the two roles, so the owner's keyed decrypt is the same
+* :func:`rs_permute` / :func:`rs_unpermute`: one program per (image, row r
+  within a patch) writes row r of every output patch: whole output rows,
+  gathered from patch-row segments (P*C contiguous bytes, moved as 4- or
+  2-byte words when they divide it) of the source rows with the same r. The
+  inverse inverts the permutation (one small scatter) and runs the same
   kernel.
-* :func:`mi_mix`: each program handles a few output rows, reading the two
-  input rows behind each and writing ``(a + b + c + d + 2) >> 2`` per byte;
-  four bytes at a time (SWAR on int32 words) when a sub-patch row is a whole
-  number of words, else byte by byte.
+* :func:`mi_mix`: each program writes a few output rows from the two input
+  rows behind each, ``(a + b + c + d + 2) >> 2`` per byte; four bytes at a
+  time (SWAR on int32 words) when a sub-patch row is a whole number of words,
+  else byte by byte.
 
 On a CUDA tensor they compile for the GPU. On a CPU tensor they run only
 under ``TRITON_INTERPRET=1`` (the CI's way of testing them; set it before
@@ -28,37 +29,29 @@ from .reference import check_batch
 
 
 @triton.jit
-def _rs_kernel(x_ptr, y_ptr, perm_ptr, total, n_patches, grid_w, row_words, img_words,
-               P: tl.constexpr, PW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-               PATCHES: tl.constexpr, INVERSE: tl.constexpr):
-    """Copy PATCHES patches per program; a patch row is PW words (the widest of 4, 2 or 1 bytes
-    that divides P*C), so a row moves as a few wide loads instead of P*C byte loads."""
-    r = tl.arange(0, BLOCK_R)[:, None]
-    q = tl.arange(0, BLOCK_C)[None, :]
-    tile = (r < P) & (q < PW)
-    for i in range(PATCHES):
-        pid = tl.program_id(0) * PATCHES + i
-        live = pid < total
-        pid = tl.minimum(pid, total - 1)
-        b = (pid // n_patches).to(tl.int64)
-        j = pid % n_patches
-        k = tl.load(perm_ptr + pid).to(tl.int32)
-        if INVERSE:
-            src = j
-            dst = k
-        else:
-            src = k
-            dst = j
-        sy = src // grid_w
-        sx = src % grid_w
-        dy = dst // grid_w
-        dx = dst % grid_w
-        base = b * img_words
-        src_off = base + (sy * P + r).to(tl.int64) * row_words + sx * PW + q
-        dst_off = base + (dy * P + r).to(tl.int64) * row_words + dx * PW + q
-        mask = tile & live
-        v = tl.load(x_ptr + src_off, mask=mask)
-        tl.store(y_ptr + dst_off, v, mask=mask)
+def _rs_kernel(x_ptr, y_ptr, perm_ptr, n_patches, grid_h, grid_w, row_words, img_words,
+               P: tl.constexpr, PW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_W: tl.constexpr):
+    """One program per (image, row r inside a patch): it writes row r of every output patch.
+
+    Its output is grid_h whole image rows (dy*P + r), written contiguously; its
+    input is the grid_h source rows (sy*P + r) of the same r, read in patch-row
+    segments of PW words, so every source sector is fetched from memory once
+    and its neighbours come from L1. One 2-D tile, everything in flight at once.
+    """
+    pid = tl.program_id(0)
+    b = (pid // P).to(tl.int64)
+    r = pid % P
+    dy = tl.arange(0, BLOCK_G)[:, None]            # output patch row
+    j = tl.arange(0, BLOCK_W)[None, :]             # word within an image row
+    dx = j // PW
+    q = j % PW
+    mask = (dy < grid_h) & (j < grid_w * PW)
+    src = tl.load(perm_ptr + b * n_patches + dy * grid_w + dx, mask=mask, other=0)
+    sy = src // grid_w
+    sx = src % grid_w
+    base = b * img_words
+    v = tl.load(x_ptr + base + (sy * P + r).to(tl.int64) * row_words + sx * PW + q, mask=mask)
+    tl.store(y_ptr + base + (dy * P + r).to(tl.int64) * row_words + j, v, mask=mask)
 
 
 @triton.jit
@@ -93,34 +86,29 @@ def _mi_words_kernel(x_ptr, y_ptr, total_rows, out_h, row_in, row_out, img_in, i
                      S: tl.constexpr, SW: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
     """MI on int32 words (4 bytes at a time, SWAR) when a sub-patch row is a whole number of words.
 
-    Even and odd bytes of a word are summed in separate 16-bit lanes (at most
-    4*255+2, no carry between lanes), rounded and shifted there, then put back.
+    A program writes ROWS consecutive output rows as one 2-D tile. Even and odd
+    bytes of a word are summed in separate 16-bit lanes (at most 4*255+2, no
+    carry between lanes), rounded and shifted there, then put back together.
     """
-    j = tl.arange(0, BLOCK)
-    mask_j = j < row_out
+    rid = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+    j = tl.arange(0, BLOCK)[None, :]
+    m = (rid < total_rows) & (j < row_out)
+    b = (rid // out_h).to(tl.int64)
+    oy = rid % out_h
+    r0 = ((oy // S) * 2 * S + oy % S).to(tl.int64)
     gx = j // SW
-    k = j % SW
-    left = gx * 2 * SW + k
-    right = left + SW
-    for i in range(ROWS):
-        rid = tl.program_id(0) * ROWS + i
-        live = rid < total_rows
-        rid = tl.minimum(rid, total_rows - 1)
-        b = (rid // out_h).to(tl.int64)
-        oy = rid % out_h
-        r0 = ((oy // S) * 2 * S + oy % S).to(tl.int64)
-        top = x_ptr + b * img_in + r0 * row_in
-        bot = top + S * row_in
-        m = mask_j & live
-        a0 = tl.load(top + left, mask=m, other=0)
-        a1 = tl.load(top + right, mask=m, other=0)
-        a2 = tl.load(bot + left, mask=m, other=0)
-        a3 = tl.load(bot + right, mask=m, other=0)
-        lo = 0x00FF00FF
-        even = (a0 & lo) + (a1 & lo) + (a2 & lo) + (a3 & lo) + 0x00020002
-        odd = ((a0 >> 8) & lo) + ((a1 >> 8) & lo) + ((a2 >> 8) & lo) + ((a3 >> 8) & lo) + 0x00020002
-        out = ((even >> 2) & lo) | (((odd >> 2) & lo) << 8)
-        tl.store(y_ptr + b * img_out + oy.to(tl.int64) * row_out + j, out, mask=m)
+    left = gx * 2 * SW + j % SW
+    top = x_ptr + b * img_in + r0 * row_in
+    bot = top + S * row_in
+    a0 = tl.load(top + left, mask=m, other=0)
+    a1 = tl.load(top + left + SW, mask=m, other=0)
+    a2 = tl.load(bot + left, mask=m, other=0)
+    a3 = tl.load(bot + left + SW, mask=m, other=0)
+    lo = 0x00FF00FF
+    even = (a0 & lo) + (a1 & lo) + (a2 & lo) + (a3 & lo) + 0x00020002
+    odd = ((a0 >> 8) & lo) + ((a1 >> 8) & lo) + ((a2 >> 8) & lo) + ((a3 >> 8) & lo) + 0x00020002
+    out = ((even >> 2) & lo) | (((odd >> 2) & lo) << 8)
+    tl.store(y_ptr + b * img_out + oy.to(tl.int64) * row_out + j, out, mask=m)
 
 
 def _word_view(t: torch.Tensor, nbytes: int):
@@ -134,18 +122,22 @@ def _word_view(t: torch.Tensor, nbytes: int):
 
 
 # Launch shapes; benchmarks/gpu_check.py sweeps them on a real GPU (see benchmarks/RESULTS.md).
-RS_PATCHES_PER_PROGRAM = 4
-MI_ROWS_PER_PROGRAM = 4
+MI_ROWS_PER_PROGRAM = 2
 NUM_WARPS = 4
 
 
 def _rs(x: torch.Tensor, perms: torch.Tensor, patch: int, inverse: bool,
-        patches_per_program: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+        num_warps: int | None = None) -> torch.Tensor:
     b, h, w, c = check_batch(x, patch)
     gh, gw = h // patch, w // patch
-    perms = torch.as_tensor(perms, device=x.device).to(torch.int32).contiguous()
+    perms = torch.as_tensor(perms, device=x.device).long()
     if perms.shape != (b, gh * gw):
         raise ValueError(f"perms must have shape {(b, gh * gw)}, got {tuple(perms.shape)}")
+    if inverse:  # the inverse permutation, then the same gather
+        inv = torch.empty_like(perms)
+        inv.scatter_(1, perms, torch.arange(gh * gw, device=x.device).expand(b, -1).contiguous())
+        perms = inv
+    perms = perms.to(torch.int32).contiguous()
     x = x.contiguous()
     y = torch.empty_like(x)
     if b == 0:
@@ -153,12 +145,10 @@ def _rs(x: torch.Tensor, perms: torch.Tensor, patch: int, inverse: bool,
     xv, ws = _word_view(x, patch * c)
     yv = y.reshape(b, -1).view(xv.dtype)
     pw = patch * c // ws
-    ppp = patches_per_program or RS_PATCHES_PER_PROGRAM
-    total = b * gh * gw
-    _rs_kernel[(triton.cdiv(total, ppp),)](
-        xv, yv, perms, total, gh * gw, gw, w * c // ws, h * w * c // ws,
-        P=patch, PW=pw, BLOCK_R=triton.next_power_of_2(patch), BLOCK_C=triton.next_power_of_2(pw),
-        PATCHES=ppp, INVERSE=inverse, num_warps=num_warps or NUM_WARPS)
+    _rs_kernel[(b * patch,)](
+        xv, yv, perms, gh * gw, gh, gw, w * c // ws, h * w * c // ws,
+        P=patch, PW=pw, BLOCK_G=triton.next_power_of_2(gh), BLOCK_W=triton.next_power_of_2(gw * pw),
+        num_warps=num_warps or NUM_WARPS)
     return y
 
 
@@ -186,7 +176,7 @@ def mi_mix(x: torch.Tensor, patch: int, rows_per_program: int | None = None,
     row_out = (w // 2) * c
     nw = num_warps or NUM_WARPS
     if (s * c) % 4 == 0 and x.data_ptr() % 4 == 0:
-        rows = rows_per_program or MI_ROWS_PER_PROGRAM
+        rows = triton.next_power_of_2(rows_per_program or MI_ROWS_PER_PROGRAM)
         sw = s * c // 4
         total = b * (h // 2)
         _mi_words_kernel[(triton.cdiv(total, rows),)](
