@@ -138,20 +138,18 @@ def main():
     copy_bw = 2 * nbytes / t_copy
     # sweep the launch shapes (work per program, warps) and keep the fastest for every figure below
     sweep = {"rs": {}, "mi": {}}
-    for nw in (1, 2, 4, 8):
-        sweep["rs"][f"1x{nw}"] = bench(lambda: tk._rs(x, pm, P, False, nw))
-        for per in (1, 2, 4, 8):
+    for nw in (1, 2, 4):
+        for per in (1, 2, 4):
+            sweep["rs"][f"{per}x{nw}"] = bench(lambda: tk._rs(x, pm, P, False, per, nw))
             sweep["mi"][f"{per}x{nw}"] = bench(lambda: tk.mi_mix(x, P, per, nw))
     best = {k: min(v, key=v.get) for k, v in sweep.items()}
-    nw_rs = int(best["rs"].split("x")[1])
-    tk.MI_ROWS_PER_PROGRAM, nw_mi = map(int, best["mi"].split("x"))
-    R["launch_sweep"] = {"seconds": sweep, "best (rows per program x warps)": best,
-                         "defaults": {"rs": f"1x{tk.NUM_WARPS}", "mi": f"{tk.MI_ROWS_PER_PROGRAM}x{tk.NUM_WARPS}"}}
+    tk.RS_PATCHES_PER_PROGRAM, tk.RS_NUM_WARPS = map(int, best["rs"].split("x"))
+    tk.MI_ROWS_PER_PROGRAM, tk.MI_NUM_WARPS = map(int, best["mi"].split("x"))
+    R["launch_sweep"] = {"seconds": sweep, "best (patches or rows per program x warps)": best}
     print("  launch sweep best:", best, flush=True)
-    t_rs = bench(lambda: tk._rs(x, pm, P, False, nw_rs))
-    t_inv = bench(lambda: tk._rs(x, pm, P, True, nw_rs))
-    t_mi = bench(lambda: tk.mi_mix(x, P, None, nw_mi))
-    tk.NUM_WARPS = nw_rs  # for the pipeline runs below
+    t_rs = bench(lambda: tk.rs_permute(x, pm, P))
+    t_inv = bench(lambda: tk.rs_unpermute(x, pm, P))
+    t_mi = bench(lambda: tk.mi_mix(x, P))
     bw = {
         "copy": {"s": t_copy, "bytes": 2 * nbytes, "GBps": copy_bw / 1e9, "fraction": 1.0},
         "rs": {"s": t_rs, "bytes": 2 * nbytes, "GBps": 2 * nbytes / t_rs / 1e9, "fraction": 2 * nbytes / t_rs / copy_bw},

@@ -2,12 +2,13 @@
 
 Same signatures and bit-identical results as ``reference.py``:
 
-* :func:`rs_permute` / :func:`rs_unpermute`: one program per (image, row r
-  within a patch) writes row r of every output patch: whole output rows,
-  gathered from patch-row segments (P*C contiguous bytes, moved as 4- or
-  2-byte words when they divide it) of the source rows with the same r. The
-  inverse inverts the permutation (one small scatter) and runs the same
-  kernel.
+* :func:`rs_permute` / :func:`rs_unpermute`: each program copies a PxP
+  patch row by row (a patch row is P*C contiguous bytes, moved as 4- or
+  2-byte words when they divide it) from its source slot to its destination
+  slot. The inverse swaps the two roles, so the owner's keyed decrypt is the
+  same kernel. (A variant with one program per (image, row within a patch),
+  writing whole output rows, measured slower on an H100: 0.70 of copy
+  bandwidth against 0.74, and 0.29 for the inverse, which needed a scatter.)
 * :func:`mi_mix`: each program writes a few output rows from the two input
   rows behind each, ``(a + b + c + d + 2) >> 2`` per byte; four bytes at a
   time (SWAR on int32 words) when a sub-patch row is a whole number of words,
@@ -29,29 +30,37 @@ from .reference import check_batch
 
 
 @triton.jit
-def _rs_kernel(x_ptr, y_ptr, perm_ptr, n_patches, grid_h, grid_w, row_words, img_words,
-               P: tl.constexpr, PW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_W: tl.constexpr):
-    """One program per (image, row r inside a patch): it writes row r of every output patch.
-
-    Its output is grid_h whole image rows (dy*P + r), written contiguously; its
-    input is the grid_h source rows (sy*P + r) of the same r, read in patch-row
-    segments of PW words, so every source sector is fetched from memory once
-    and its neighbours come from L1. One 2-D tile, everything in flight at once.
-    """
-    pid = tl.program_id(0)
-    b = (pid // P).to(tl.int64)
-    r = pid % P
-    dy = tl.arange(0, BLOCK_G)[:, None]            # output patch row
-    j = tl.arange(0, BLOCK_W)[None, :]             # word within an image row
-    dx = j // PW
-    q = j % PW
-    mask = (dy < grid_h) & (j < grid_w * PW)
-    src = tl.load(perm_ptr + b * n_patches + dy * grid_w + dx, mask=mask, other=0)
-    sy = src // grid_w
-    sx = src % grid_w
-    base = b * img_words
-    v = tl.load(x_ptr + base + (sy * P + r).to(tl.int64) * row_words + sx * PW + q, mask=mask)
-    tl.store(y_ptr + base + (dy * P + r).to(tl.int64) * row_words + j, v, mask=mask)
+def _rs_kernel(x_ptr, y_ptr, perm_ptr, total, n_patches, grid_w, row_words, img_words,
+               P: tl.constexpr, PW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+               PATCHES: tl.constexpr, INVERSE: tl.constexpr):
+    """Copy PATCHES patches per program; a patch row is PW words (the widest of 4, 2 or 1 bytes
+    that divides P*C), so a row moves as a few wide loads instead of P*C byte loads."""
+    r = tl.arange(0, BLOCK_R)[:, None]
+    q = tl.arange(0, BLOCK_C)[None, :]
+    tile = (r < P) & (q < PW)
+    for i in range(PATCHES):
+        pid = tl.program_id(0) * PATCHES + i
+        live = pid < total
+        pid = tl.minimum(pid, total - 1)
+        b = (pid // n_patches).to(tl.int64)
+        j = pid % n_patches
+        k = tl.load(perm_ptr + pid).to(tl.int32)
+        if INVERSE:
+            src = j
+            dst = k
+        else:
+            src = k
+            dst = j
+        sy = src // grid_w
+        sx = src % grid_w
+        dy = dst // grid_w
+        dx = dst % grid_w
+        base = b * img_words
+        src_off = base + (sy * P + r).to(tl.int64) * row_words + sx * PW + q
+        dst_off = base + (dy * P + r).to(tl.int64) * row_words + dx * PW + q
+        mask = tile & live
+        v = tl.load(x_ptr + src_off, mask=mask)
+        tl.store(y_ptr + dst_off, v, mask=mask)
 
 
 @triton.jit
@@ -121,23 +130,21 @@ def _word_view(t: torch.Tensor, nbytes: int):
     return flat, 1
 
 
-# Launch shapes; benchmarks/gpu_check.py sweeps them on a real GPU (see benchmarks/RESULTS.md).
+# Launch shapes: the fastest in benchmarks/gpu_check.py's sweep on an H100 (benchmarks/RESULTS.md).
+# Small programs win: one patch (RS) or two rows (MI) per program, one warp each.
+RS_PATCHES_PER_PROGRAM = 1
 MI_ROWS_PER_PROGRAM = 2
-NUM_WARPS = 4
+RS_NUM_WARPS = 1
+MI_NUM_WARPS = 1
 
 
 def _rs(x: torch.Tensor, perms: torch.Tensor, patch: int, inverse: bool,
-        num_warps: int | None = None) -> torch.Tensor:
+        patches_per_program: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     b, h, w, c = check_batch(x, patch)
     gh, gw = h // patch, w // patch
-    perms = torch.as_tensor(perms, device=x.device).long()
+    perms = torch.as_tensor(perms, device=x.device).to(torch.int32).contiguous()
     if perms.shape != (b, gh * gw):
         raise ValueError(f"perms must have shape {(b, gh * gw)}, got {tuple(perms.shape)}")
-    if inverse:  # the inverse permutation, then the same gather
-        inv = torch.empty_like(perms)
-        inv.scatter_(1, perms, torch.arange(gh * gw, device=x.device).expand(b, -1).contiguous())
-        perms = inv
-    perms = perms.to(torch.int32).contiguous()
     x = x.contiguous()
     y = torch.empty_like(x)
     if b == 0:
@@ -145,10 +152,12 @@ def _rs(x: torch.Tensor, perms: torch.Tensor, patch: int, inverse: bool,
     xv, ws = _word_view(x, patch * c)
     yv = y.reshape(b, -1).view(xv.dtype)
     pw = patch * c // ws
-    _rs_kernel[(b * patch,)](
-        xv, yv, perms, gh * gw, gh, gw, w * c // ws, h * w * c // ws,
-        P=patch, PW=pw, BLOCK_G=triton.next_power_of_2(gh), BLOCK_W=triton.next_power_of_2(gw * pw),
-        num_warps=num_warps or NUM_WARPS)
+    ppp = patches_per_program or RS_PATCHES_PER_PROGRAM
+    total = b * gh * gw
+    _rs_kernel[(triton.cdiv(total, ppp),)](
+        xv, yv, perms, total, gh * gw, gw, w * c // ws, h * w * c // ws,
+        P=patch, PW=pw, BLOCK_R=triton.next_power_of_2(patch), BLOCK_C=triton.next_power_of_2(pw),
+        PATCHES=ppp, INVERSE=inverse, num_warps=num_warps or RS_NUM_WARPS)
     return y
 
 
@@ -174,7 +183,7 @@ def mi_mix(x: torch.Tensor, patch: int, rows_per_program: int | None = None,
     if b == 0:
         return y
     row_out = (w // 2) * c
-    nw = num_warps or NUM_WARPS
+    nw = num_warps or MI_NUM_WARPS
     if (s * c) % 4 == 0 and x.data_ptr() % 4 == 0:
         rows = triton.next_power_of_2(rows_per_program or MI_ROWS_PER_PROGRAM)
         sw = s * c // 4
