@@ -145,5 +145,60 @@ def sample_data_cmd(dest, per_class, seed):
     click.echo(f"himr-pipe: wrote {r['images']} JPEGs in {r['classes']} classes to {dest}")
 
 
+
+@main.command("train")
+@click.argument("shards", type=click.Path(exists=True, file_okay=False))
+@click.option("--val", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Validation shards (same scheme); top-1 after every epoch.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for checkpoint-last.pt and log.jsonl.")
+@click.option("--model", type=click.Choice(["tiny", "small", "base"]), default="tiny", show_default=True,
+              help="DeiT size: PEViT for rs, MI-ViT for mi, ViT for none (chosen from the shard manifest).")
+@click.option("--embed-dim", type=int, default=None, help="Override the width (small experiments).")
+@click.option("--depth", type=int, default=None, help="Override the number of blocks.")
+@click.option("--heads", type=int, default=None, help="Override the number of attention heads.")
+@click.option("--rpe/--no-rpe", default=True, show_default=True, help="PEViT's reference-based positional encoding.")
+@click.option("--epochs", type=int, default=300, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Per process.")
+@click.option("--lr", type=float, default=None, help="Default: 5e-4 x global batch / 512 (DeiT).")
+@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--warmup-epochs", type=float, default=5, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--drop-path", type=float, default=0.1, show_default=True)
+@click.option("--aug/--no-aug", default=True, show_default=True, help="Augmentation in the encrypted domain.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Loader processes per training process.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on a GPU.")
+@click.option("--log-interval", type=int, default=50, show_default=True)
+@click.option("--samples-per-epoch", type=int, default=None, help="Default: the samples in the shards.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint-last.pt.")
+@click.option("--stop-after", type=int, default=None,
+              help="End this run after N epochs (for time-boxed jobs); --resume continues it exactly.")
+def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs, batch_size, lr, weight_decay,
+              warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
+              samples_per_epoch, resume, stop_after):
+    """Train on encrypted SHARDS (an OUT folder of encrypt-shards), streaming.
+
+    Multi-GPU or multi-process: torchrun --nproc_per_node N -m himr_pipe.cli train ...
+    """
+    from himr_pipe.train.loader import DataError
+    from himr_pipe.train.trainer import TrainConfig, train
+
+    cfg = TrainConfig(shards=shards, out=out_dir, val=val, model=model, embed_dim=embed_dim, depth=depth,
+                      num_heads=heads, rpe=rpe, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                      drop_path=drop_path, augment=aug, workers=workers, seed=seed, device=device, amp=amp,
+                      log_interval=log_interval, samples_per_epoch=samples_per_epoch, resume=resume,
+                      stop_after=stop_after)
+    try:
+        res = train(cfg, log=lambda s: click.echo(f"himr-pipe train: {s}"))
+    except (DataError, ValueError) as e:
+        _fail_usage(str(e))
+    last = res["history"][-1] if res["history"] else {}
+    if "val_top1" in last:
+        click.echo(f"himr-pipe train: done, val top-1 {last['val_top1']:.4f}")
+
+
 if __name__ == "__main__":
     main()

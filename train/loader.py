@@ -1,0 +1,135 @@
+"""Streaming loaders from encrypted shards, deterministic per (seed, epoch, rank, worker).
+
+Built from WebDataset's stages (``tarfile_to_samples``, ``shuffle``) so the
+stream never holds the dataset:
+
+* training: every (rank, loader worker) pair is one stream. It draws shards
+  with replacement from its own RNG (``random.Random`` seeded by seed, epoch
+  and stream), reads them through a shuffle buffer, and stops after its share
+  of the epoch's sample count. So an epoch has the same number of samples on
+  every rank (DDP never waits on a rank that ran dry), different ranks and
+  workers see different streams, and epoch e is the same stream whether the
+  run was interrupted before it or not (exact resume at epoch boundaries).
+* evaluation: shards are dealt round-robin to the (rank, worker) streams and
+  read once, in order: every validation sample is seen exactly once.
+
+Decoding happens in the loader workers on the CPU (simplejpeg for JPEG, Pillow
+for PNG, numpy for raw); batches leave as uint8 NHWC tensors plus int64
+labels, and the trainer moves them to the device.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from himr_pipe.manifest import MANIFEST
+from himr_pipe.scheme import Scheme
+
+
+class DataError(ValueError):
+    pass
+
+
+def read_manifest(shards_dir: str) -> dict:
+    path = Path(shards_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{shards_dir} holds no {MANIFEST}: point at an OUT folder written by himr-pipe encrypt-shards")
+    m = json.loads(path.read_text())
+    if m.get("status") != "complete":
+        raise DataError(f"{shards_dir}: the encryption run is incomplete; finish it before training on it")
+    return m
+
+
+def manifest_scheme(m: dict) -> Scheme:
+    return Scheme.from_dict(m["job"]["scheme"])
+
+
+def shard_paths(shards_dir: str, m: dict) -> list[str]:
+    return [os.path.join(shards_dir, s["name"]) for s in m["shards"]]
+
+
+def decode_sample(sample: dict, ext: str) -> tuple[torch.Tensor, int]:
+    blob = sample[ext]
+    if ext == "jpg":
+        import simplejpeg
+
+        arr = simplejpeg.decode_jpeg(blob, colorspace="RGB")
+    elif ext == "npy":
+        arr = np.load(io.BytesIO(blob), allow_pickle=False)
+    else:
+        from PIL import Image
+
+        arr = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # Pillow hands out read-only views
+        arr = arr.copy()
+    return torch.from_numpy(arr), int(sample["cls"])
+
+
+def _stream_id(rank: int, world: int) -> tuple[int, int]:
+    wi = get_worker_info()
+    wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
+    return rank * nw + wid, world * nw
+
+
+class TrainStream(IterableDataset):
+    def __init__(self, urls: list[str], ext: str, samples_per_rank: int, epoch: int, seed: int,
+                 rank: int = 0, world: int = 1, shuffle_buffer: int = 2000):
+        self.urls, self.ext = urls, ext
+        self.samples_per_rank, self.epoch, self.seed = samples_per_rank, epoch, seed
+        self.rank, self.world, self.buf = rank, world, shuffle_buffer
+
+    def __iter__(self):
+        sid, n = _stream_id(self.rank, self.world)
+        wi = get_worker_info()
+        wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
+        quota = self.samples_per_rank // nw + (1 if wid < self.samples_per_rank % nw else 0)
+        rng = random.Random(f"himr-train:{self.seed}:{self.epoch}:{sid}")
+
+        def shards():
+            while True:
+                yield {"url": rng.choice(self.urls)}
+
+        samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(shards())
+        samples = wds.shuffle(self.buf, initial=min(self.buf, 100), rng=random.Random(rng.random()))(samples)
+        for s in islice(samples, quota):
+            yield decode_sample(s, self.ext)
+
+
+class EvalStream(IterableDataset):
+    def __init__(self, urls: list[str], ext: str, rank: int = 0, world: int = 1):
+        self.urls, self.ext, self.rank, self.world = urls, ext, rank, world
+
+    def __iter__(self):
+        sid, n = _stream_id(self.rank, self.world)
+        mine = [{"url": u} for u in self.urls[sid::n]]
+        for s in wds.tarfile_to_samples()(iter(mine)):
+            yield decode_sample(s, self.ext)
+
+
+def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, samples_per_epoch: int | None = None,
+                 workers: int = 2, rank: int = 0, world: int = 1, shuffle_buffer: int = 2000) -> DataLoader:
+    """The loader of one training epoch (build one per epoch: its stream depends on the epoch)."""
+    m = read_manifest(shards_dir)
+    total = samples_per_epoch or m["totals"]["written"]
+    per_rank = total // world
+    ds = TrainStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], per_rank, epoch, seed, rank, world,
+                     shuffle_buffer)
+    return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+def eval_loader(shards_dir: str, batch_size: int, workers: int = 2, rank: int = 0, world: int = 1) -> DataLoader:
+    m = read_manifest(shards_dir)
+    ds = EvalStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], rank, world)
+    return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False)

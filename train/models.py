@@ -1,0 +1,395 @@
+"""Models for encrypted images: PEViT (RS), MI-ViT (MI) and a plain ViT (none).
+
+All three are timm's :class:`~timm.models.vision_transformer.VisionTransformer`;
+only the patch embedding and the position embedding differ (see
+../shared/PAPER.md):
+
+* **PEViT** (scheme ``rs``): no position embedding, a class token read by the
+  head, and a reference-based positional encoding (RPE) inside the patch
+  embedding (:class:`RPEPatchEmbed`): a learnable vector ``r`` and
+  ``g = Linear -> ReLU -> Linear -> Sigmoid``; every patch token ``t`` becomes
+  ``t + g(t - r)``. Every step is token-wise or attention without positions,
+  so the logits are invariant to the order of the patches:
+  ``PEViT(RS(x)) == PEViT(x)`` up to float rounding.
+* **MI-ViT** (scheme ``mi``): the input is the (H/2)x(W/2) MI image; the patch
+  embedding (:class:`MIPatchEmbed`) is Conv(P/2, stride P/2) -> GELU ->
+  Conv 1x1 on it, giving the same (H/P)x(W/P) grid as the plain image, and
+  learned absolute position embeddings are kept (MI keeps patch positions).
+* **plain ViT** (scheme ``none``): timm's ViT with learned position embedding
+  (DeiT sizes), the baseline on unencrypted images.
+
+In timm's terms every model's ``img_size`` / ``patch_size`` is that of the
+image it is fed: ``scheme.out_size`` / ``scheme.out_cell``. For MI that is
+(H/2)x(W/2) and P/2, so ``mivit_tiny_patch16_224`` (named after the scheme,
+P=16 on 224x224) takes 112x112 inputs with ``patch_size=8``.
+
+:func:`build_model` is the way the trainer builds a model from a shard
+manifest's :class:`~himr_pipe.scheme.Scheme`; :func:`check_model_matches`
+refuses (``ValueError``) a model that does not fit the data. Importing this
+module registers ``pevit_{tiny,small,base}_patch16_224`` and
+``mivit_{tiny,small,base}_patch16_224`` with ``timm.create_model``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import Format, PatchEmbed, to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer
+
+from himr_pipe.scheme import Scheme
+
+__all__ = [
+    "RPEPatchEmbed", "MIPatchEmbed", "PEViT", "MIViT", "SIZES",
+    "build_model", "model_scheme", "check_model_matches",
+]
+
+# DeiT Ti/S/B: (embed_dim, depth, num_heads)
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+}
+
+
+# ---------------------------------------------------------------- patch embeddings
+class RPEPatchEmbed(PatchEmbed):
+    """Patch embedding followed by the reference-based positional encoding.
+
+    ``t -> t + g(t - r)`` for every patch token ``t`` (after timm's
+    projection and optional norm), with a learnable reference ``r`` (shape
+    (D,), so timm's optimizer factory keeps it out of weight decay like other
+    1-D parameters) and ``g = Linear(D,D) -> ReLU -> Linear(D,D) -> Sigmoid``.
+    Token-wise, hence independent of the order of the patches.
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, **kwargs):
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, **kwargs)
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        self.ref = nn.Parameter(torch.empty(embed_dim, **dd))
+        self.rpe_mlp = nn.Sequential(
+            nn.Linear(embed_dim, embed_dim, **dd),
+            nn.ReLU(),
+            nn.Linear(embed_dim, embed_dim, **dd),
+            nn.Sigmoid(),
+        )
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        # VisionTransformer.init_weights reaches this through named_apply (after
+        # it has initialised the Linear layers of rpe_mlp itself).
+        trunc_normal_(self.ref, std=.02)
+
+    def rpe(self, t: torch.Tensor) -> torch.Tensor:
+        """The RPE on tokens with channels last."""
+        return t + self.rpe_mlp(t - self.ref)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)
+        if not self.flatten and self.output_fmt == Format.NCHW:
+            return self.rpe(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.rpe(x)  # NLC, or NHWC (dynamic_img_size)
+
+
+class MIPatchEmbed(PatchEmbed):
+    """Patch embedding of an MI image: Conv(P/2, stride P/2) -> GELU -> Conv 1x1.
+
+    Arguments are in terms of the MI image it is fed, as timm's: ``img_size``
+    = (H/2, W/2) and ``patch_size`` = P/2 (the MI cell, ``scheme.out_cell``).
+    ``grid_size`` / ``num_patches`` / ``feat_ratio()`` / ``dynamic_feat_size``
+    are then those of timm's PatchEmbed, the (H/P)x(W/P) grid; only ``proj``
+    is replaced (``proj[0]`` is the first conv). ``mi_patch`` is the scheme's P.
+    """
+
+    def __init__(self, img_size=112, patch_size=8, in_chans=3, embed_dim=768, bias=True, **kwargs):
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                         bias=bias, **kwargs)
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        cell = self.patch_size
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_chans, embed_dim, kernel_size=cell, stride=cell, bias=bias, **dd),
+            nn.GELU(),
+            nn.Conv2d(embed_dim, embed_dim, kernel_size=1, **dd),
+        )
+
+    @property
+    def mi_patch(self) -> tuple[int, int]:
+        return (2 * self.patch_size[0], 2 * self.patch_size[1])
+
+    def set_input_size(self, img_size=None, patch_size=None):
+        # timm would rebuild ``proj`` as one Conv2d (resample_patch_embed): refuse.
+        if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
+            raise ValueError("MIPatchEmbed cannot change its patch size; build a new model for the new scheme")
+        super().set_input_size(img_size=img_size)
+
+
+# ---------------------------------------------------------------- models
+class PEViT(VisionTransformer):
+    """PEViT: timm ViT without position embedding, class-token head, optional RPE.
+
+    ``img_size`` / ``patch_size`` are the RS image's size and P. Any other
+    VisionTransformer argument passes through (``drop_path_rate``,
+    ``patch_drop_rate``, ...); ``pos_embed`` and ``embed_layer`` are fixed.
+    """
+
+    himr_kind = "rs"
+
+    def __init__(self, img_size=224, patch_size=16, rpe: bool = True, **kwargs):
+        for key in ("pos_embed", "embed_layer"):
+            if key in kwargs:
+                raise ValueError(f"PEViT fixes {key}; got {key}={kwargs[key]!r}")
+        kwargs.setdefault("class_token", True)
+        kwargs.setdefault("global_pool", "token")
+        super().__init__(img_size=img_size, patch_size=patch_size, pos_embed="none",
+                         embed_layer=RPEPatchEmbed if rpe else PatchEmbed, **kwargs)
+        self.rpe = bool(rpe)
+
+
+class MIViT(VisionTransformer):
+    """ViT on MI images: :class:`MIPatchEmbed` and learned position embedding.
+
+    ``img_size`` / ``patch_size`` are the MI image's: (H/2, W/2) and P/2.
+    """
+
+    himr_kind = "mi"
+
+    def __init__(self, img_size=112, patch_size=8, **kwargs):
+        for key in ("pos_embed", "embed_layer"):
+            if key in kwargs:
+                raise ValueError(f"MIViT fixes {key}; got {key}={kwargs[key]!r}")
+        super().__init__(img_size=img_size, patch_size=patch_size, pos_embed="learn",
+                         embed_layer=MIPatchEmbed, **kwargs)
+
+
+# ---------------------------------------------------------------- timm registry
+def _cfg(input_size=(3, 224, 224), first_conv="patch_embed.proj", **kwargs) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": tuple(input_size),
+        "pool_size": None,
+        "crop_pct": 1.0,  # encrypted images must not be cropped: it breaks the patch grid
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": first_conv,
+        "classifier": "head",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+# Read by timm's @register_model (must exist before the entrypoints below).
+default_cfgs = generate_default_cfgs({
+    **{f"pevit_{s}_patch16_224": _cfg() for s in SIZES},
+    **{f"mivit_{s}_patch16_224": _cfg(input_size=(3, 112, 112), first_conv="patch_embed.proj.0") for s in SIZES},
+})
+
+
+def _create(cls, variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
+    if pretrained:
+        raise ValueError(f"{variant}: there are no pretrained weights for models on encrypted images; "
+                         "train from scratch (pretrained=False)")
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(cls, variant, False, feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+                                **kwargs)
+
+
+def _size_args(size: str) -> dict[str, int]:
+    d, depth, heads = SIZES[size]
+    return dict(embed_dim=d, depth=depth, num_heads=heads)
+
+
+@register_model
+def pevit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> PEViT:
+    """PEViT-Ti/16 for RS 224x224, P=16 (``rpe=False`` drops the RPE)."""
+    return _create(PEViT, "pevit_tiny_patch16_224", pretrained, **{**_size_args("tiny"), "patch_size": 16, **kwargs})
+
+
+@register_model
+def pevit_small_patch16_224(pretrained: bool = False, **kwargs) -> PEViT:
+    """PEViT-S/16 for RS 224x224, P=16."""
+    return _create(PEViT, "pevit_small_patch16_224", pretrained, **{**_size_args("small"), "patch_size": 16, **kwargs})
+
+
+@register_model
+def pevit_base_patch16_224(pretrained: bool = False, **kwargs) -> PEViT:
+    """PEViT-B/16 for RS 224x224, P=16."""
+    return _create(PEViT, "pevit_base_patch16_224", pretrained, **{**_size_args("base"), "patch_size": 16, **kwargs})
+
+
+@register_model
+def mivit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MIViT:
+    """MI-ViT-Ti for MI of 224x224 with P=16: 112x112 input, patch_size 8, 14x14 grid."""
+    return _create(MIViT, "mivit_tiny_patch16_224", pretrained, **{**_size_args("tiny"), "patch_size": 8, **kwargs})
+
+
+@register_model
+def mivit_small_patch16_224(pretrained: bool = False, **kwargs) -> MIViT:
+    """MI-ViT-S for MI of 224x224 with P=16: 112x112 input, patch_size 8, 14x14 grid."""
+    return _create(MIViT, "mivit_small_patch16_224", pretrained, **{**_size_args("small"), "patch_size": 8, **kwargs})
+
+
+@register_model
+def mivit_base_patch16_224(pretrained: bool = False, **kwargs) -> MIViT:
+    """MI-ViT-B for MI of 224x224 with P=16: 112x112 input, patch_size 8, 14x14 grid."""
+    return _create(MIViT, "mivit_base_patch16_224", pretrained, **{**_size_args("base"), "patch_size": 8, **kwargs})
+
+
+# ---------------------------------------------------------------- scheme <-> model
+_FROM_SCHEME = ("img_size", "patch_size", "pos_embed", "embed_layer")
+
+
+def _as_scheme(scheme: Scheme | Mapping[str, Any]) -> Scheme:
+    if isinstance(scheme, Scheme):
+        return scheme
+    if isinstance(scheme, Mapping):
+        return Scheme.from_dict(scheme)
+    raise TypeError(f"expected a Scheme or its dict, got {type(scheme).__name__}")
+
+
+def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str = "tiny", rpe: bool = True,
+                **kw) -> VisionTransformer:
+    """The model for data encrypted with ``scheme``.
+
+    * ``rs``   -> :class:`PEViT` on ``scheme.size`` with patch ``scheme.patch``
+      (``rpe`` picks the RPE);
+    * ``mi``   -> :class:`MIViT` on ``scheme.out_size`` (H/2 x W/2) with
+      patch ``scheme.out_cell`` (P/2): grid (H/P)x(W/P);
+    * ``none`` -> plain timm ViT with learned position embedding.
+
+    ``size`` (tiny/small/base) gives DeiT's embed_dim/depth/num_heads; explicit
+    ``embed_dim`` / ``depth`` / ``num_heads`` override them. Other ``kw`` go to
+    timm's VisionTransformer (``drop_path_rate``, ``patch_drop_rate``,
+    ``in_chans``, ...); the input geometry comes from the scheme only.
+    ``rpe`` only applies to ``rs``. The scheme is recorded as
+    ``model.himr_scheme`` (its ``to_dict()``).
+    """
+    scheme = _as_scheme(scheme)
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+    fixed = sorted(k for k in _FROM_SCHEME if k in kw)
+    if fixed:
+        raise ValueError(f"build_model takes {', '.join(fixed)} from the scheme ({scheme.to_dict()}), not from kwargs")
+    if num_classes is None or int(num_classes) < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    args = dict(_size_args(size), num_classes=int(num_classes))
+    args.update(kw)
+    in_chans = args.get("in_chans", 3)
+    args.update(img_size=scheme.out_size, patch_size=scheme.out_cell)
+    tag = f"{scheme.kind}_p{scheme.patch}_{scheme.height}x{scheme.width}"
+    if scheme.kind == "rs":
+        cls, variant, first_conv = PEViT, f"pevit_{size}_{tag}", "patch_embed.proj"
+        args["rpe"] = rpe
+    elif scheme.kind == "mi":
+        cls, variant, first_conv = MIViT, f"mivit_{size}_{tag}", "patch_embed.proj.0"
+    else:
+        cls, variant, first_conv = VisionTransformer, f"vit_{size}_{tag}", "patch_embed.proj"
+        args.update(pos_embed="learn")
+        args.setdefault("class_token", True)
+        args.setdefault("global_pool", "token")
+    cfg = _cfg(input_size=(in_chans, *scheme.out_size), first_conv=first_conv, num_classes=int(num_classes))
+    model = build_model_with_cfg(cls, variant, False, pretrained_cfg=cfg, **args)
+    model.himr_scheme = scheme.to_dict()
+    return model
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside torch.compile / DDP / DataParallel wrappers."""
+    for _ in range(8):
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif not hasattr(model, "patch_embed") and isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            break
+    return model
+
+
+def model_scheme(model: nn.Module) -> Scheme:
+    """The scheme a model expects, read from its structure (not from labels).
+
+    A :class:`MIPatchEmbed` means ``mi``; no position embedding means ``rs``
+    (order-invariant); a learned position embedding means ``none``. Patch and
+    size come from ``patch_embed`` (doubled for MI). Raises ``ValueError``
+    when the model is not a ViT whose geometry can be read.
+    """
+    m = _unwrap(model)
+    pe = getattr(m, "patch_embed", None)
+    if not isinstance(pe, PatchEmbed):
+        raise ValueError(f"cannot tell which data a {type(m).__name__} expects: it has no timm PatchEmbed "
+                         "(build it with himr_pipe.train.models.build_model)")
+    if pe.img_size is None:
+        raise ValueError(f"{type(m).__name__} has no fixed input size; cannot check it against the data")
+    ph, pw = pe.patch_size
+    if ph != pw:
+        raise ValueError(f"{type(m).__name__} has a non-square patch {pe.patch_size}; schemes use square patches")
+    first = pe.proj[0] if isinstance(pe, MIPatchEmbed) else pe.proj
+    if isinstance(first, nn.Conv2d) and (tuple(first.kernel_size) != pe.patch_size
+                                         or tuple(first.stride) != pe.patch_size):
+        raise ValueError(f"{type(m).__name__}: patch embedding conv kernel {tuple(first.kernel_size)} / stride "
+                         f"{tuple(first.stride)} disagrees with its patch_size {pe.patch_size}")
+    h, w = pe.img_size
+    if isinstance(pe, MIPatchEmbed):
+        kind, patch, h, w = "mi", 2 * ph, 2 * h, 2 * w
+    elif getattr(m, "pos_embed", None) is None:
+        kind, patch = "rs", ph
+    else:
+        kind, patch = "none", ph
+    try:
+        return Scheme(kind=kind, patch=patch, height=h, width=w)
+    except ValueError as e:
+        raise ValueError(f"{type(m).__name__} does not fit any scheme: {e}") from None
+
+
+_KIND_WHY = {
+    ("none", "rs"): "it has learned position embeddings, but RS shuffles the patches of every image at random, "
+                    "so positions carry nothing; use PEViT (no position embedding)",
+    ("mi", "rs"): "it has an MI patch embedding and position embeddings, but the shards are RS",
+    ("rs", "mi"): "it is an order-invariant PEViT with a plain patch embedding, but the shards are MI "
+                  "(half-size images whose patch positions are kept)",
+    ("none", "mi"): "it is a plain ViT, but the shards are MI (half-size images, cells of P/2)",
+    ("rs", "none"): "it is a PEViT for RS data, but the shards are not encrypted",
+    ("mi", "none"): "it is an MI-ViT for half-size MI images, but the shards are not encrypted",
+}
+
+
+def check_model_matches(model: nn.Module, scheme: Scheme | Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` unless ``model`` fits data encrypted with ``scheme``.
+
+    Checks the kind (an MI patch embedding for ``mi``, no position embedding
+    for ``rs``, learned position embedding for ``none``), the patch size P
+    (the model's grid must coincide with the encryption's), the input size,
+    and the scheme recorded by :func:`build_model`, if any.
+    """
+    scheme = _as_scheme(scheme)
+    m = _unwrap(model)
+    have = model_scheme(m)
+    problems = []
+    if have.kind != scheme.kind:
+        problems.append(f"kind: the model is for {have.kind!r} data, the shards are {scheme.kind!r}: "
+                        f"{_KIND_WHY.get((have.kind, scheme.kind), '')}")
+    if have.patch != scheme.patch:
+        problems.append(f"patch size: the model's patches are {have.patch}x{have.patch} (in the plain image), "
+                        f"the shards were encrypted with P={scheme.patch}; the model's patch grid must be the "
+                        "encryption's")
+    if getattr(m, "dynamic_img_size", False):
+        oh, ow = scheme.out_size
+        cell = have.out_cell if have.kind == scheme.kind else scheme.out_cell
+        if oh % cell or ow % cell:
+            problems.append(f"input size: the shards' {oh}x{ow} images are not a multiple of the model's cell {cell}")
+    elif have.size != scheme.size:
+        problems.append(f"input size: the model is for {have.height}x{have.width} images (input "
+                        f"{have.out_size[0]}x{have.out_size[1]}), the shards hold {scheme.height}x{scheme.width} "
+                        f"(stored {scheme.out_size[0]}x{scheme.out_size[1]})")
+    recorded = getattr(m, "himr_scheme", None)
+    if recorded is not None and _as_scheme(recorded) != scheme:
+        problems.append(f"the model was built for scheme {dict(recorded)}, the shards are {scheme.to_dict()}")
+    if problems:
+        raise ValueError("model does not match the data:\n  - " + "\n  - ".join(problems)
+                         + "\nbuild the model from the shards' scheme: build_model(scheme, num_classes, ...)")

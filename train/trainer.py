@@ -1,0 +1,268 @@
+"""The trainer behind ``himr-pipe train``: streaming from encrypted shards into PEViT / MI-ViT / ViT.
+
+* The model comes from the shard manifest (scheme, patch, input size) through
+  ``models.build_model``; ``check_model_matches`` refuses a model that does
+  not fit the data, and validation shards must use the same scheme.
+* AdamW (timm's ``create_optimizer_v2``), per-step warm-up + cosine
+  (timm's ``CosineLRScheduler``), label smoothing on the (mixed) soft
+  targets, drop-path, bf16 autocast on a GPU.
+* Augmentation in the encrypted domain (``augment.build_augment``), on the
+  device, from a generator seeded by (seed, epoch, rank).
+* DDP under ``torchrun`` (NCCL on GPUs, gloo on CPUs); every rank streams its
+  own part of each epoch; evaluation sums correct/total over ranks.
+* A checkpoint after every epoch (model, optimizer, scheduler, step, RNG
+  states). ``--resume`` continues from it; since each epoch's data stream and
+  augmentation draw only on (seed, epoch, rank), the resumed run computes what
+  the uninterrupted run would have.
+* A log line every ``log_interval`` steps with loss, lr, the loader's rate
+  (images per second of waiting for data) and the step's rate (images per
+  second of compute), and the share of time spent waiting: a starving loader
+  shows as a high wait share.
+
+The DeiT recipe of PAPER.md is the default for ImageNet-scale runs: lr
+5e-4 x batch/512, weight decay 0.05, 5 warm-up epochs, drop-path 0.1, label
+smoothing 0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .loader import DataError, eval_loader, manifest_scheme, read_manifest, train_loader
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TrainConfig:
+    shards: str
+    out: str
+    val: str | None = None
+    model: str = "tiny"                # tiny | small | base (DeiT sizes)
+    embed_dim: int | None = None       # overrides for small experiments
+    depth: int | None = None
+    num_heads: int | None = None
+    rpe: bool = True                   # PEViT's reference-based positional encoding (rs only)
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float | None = None            # default 5e-4 * global batch / 512
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 5
+    label_smoothing: float = 0.1
+    drop_path: float = 0.1
+    augment: bool = True
+    aug_config: dict | None = None
+    workers: int = 4
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    log_interval: int = 50
+    samples_per_epoch: int | None = None
+    resume: bool = False
+    stop_after: int | None = None      # end this invocation after N epochs (time-boxed or preemptible jobs)
+    eval_every: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, local
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    from .augment import build_augment
+    from .models import build_model, check_model_matches
+
+    rank, world, local = _dist_env()
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    main_rank = rank == 0
+
+    m = read_manifest(cfg.shards)
+    scheme = manifest_scheme(m)
+    num_classes = m["num_classes"] or (1 + max(0, _max_label(cfg.shards)))
+    if cfg.val:
+        mv = read_manifest(cfg.val)
+        if manifest_scheme(mv) != scheme:
+            raise DataError(f"--val shards use scheme {mv['job']['scheme']}, training shards {m['job']['scheme']}: "
+                            "a model can only be evaluated on data encrypted the same way")
+    _seed_all(cfg.seed)
+    overrides = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth),
+                                   ("num_heads", cfg.num_heads)) if v is not None}
+    model = build_model(scheme, num_classes, size=cfg.model, rpe=cfg.rpe, drop_path_rate=cfg.drop_path,
+                        **overrides).to(device)
+    check_model_matches(model, scheme)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+
+    global_batch = cfg.batch_size * world
+    lr = cfg.lr if cfg.lr is not None else 5e-4 * global_batch / 512
+    samples = cfg.samples_per_epoch or m["totals"]["written"]
+    steps_per_epoch = max(1, (samples // world) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    opt = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay)
+    sched = CosineLRScheduler(opt, t_initial=total_steps, lr_min=cfg.min_lr,
+                              warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=lr * 1e-3,
+                              t_in_epochs=False)
+    aug = build_augment(scheme, num_classes, cfg.aug_config if cfg.augment else {"enabled": False})
+    amp = cfg.amp and device.type == "cuda"
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint-last.pt"
+    start_epoch, step = 0, 0
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck["scheme"] != scheme.to_dict():
+            raise DataError(f"the checkpoint was trained on scheme {ck['scheme']}, the shards are {scheme.to_dict()}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, step = ck["epoch"], ck["step"]
+        _set_rng_state(ck["rng"])
+        if main_rank:
+            log(f"resumed from {ckpt_path} at epoch {start_epoch}, step {step}")
+
+    history = []
+    last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
+    for epoch in range(start_epoch, last_epoch):
+        net.train()
+        gen = torch.Generator(device=device)
+        gen.manual_seed(hash((cfg.seed, epoch, rank)) % 2**63)
+        loader = train_loader(cfg.shards, cfg.batch_size, epoch, cfg.seed, cfg.samples_per_epoch, cfg.workers,
+                              rank, world)
+        t_wait = t_step = 0.0
+        n_img = 0
+        loss_sum, loss_n = 0.0, 0
+        t0 = time.perf_counter()
+        for imgs, labels in loader:
+            t1 = time.perf_counter()
+            t_wait += t1 - t0
+            x = imgs.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+            y = labels.to(device, non_blocking=True)
+            x, y_soft = aug(x, y, gen)
+            if cfg.label_smoothing:
+                y_soft = y_soft * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
+            x = (x - mean) / std
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(x)
+            loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            sched.step_update(step)
+            loss_sum += loss.item()
+            loss_n += 1
+            n_img += len(imgs)
+            t0 = time.perf_counter()
+            t_step += t0 - t1
+            if main_rank and cfg.log_interval and step % cfg.log_interval == 0:
+                log(_line(epoch, step, total_steps, loss_sum / loss_n, opt, n_img, t_wait, t_step, world))
+        rec = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(1, loss_n),
+               "loader_img_s": n_img * world / max(t_wait, 1e-9), "step_img_s": n_img * world / max(t_step, 1e-9),
+               "wait_share": t_wait / max(t_wait + t_step, 1e-9)}
+        if cfg.val and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            rec["val_top1"] = evaluate(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std, rank, world, amp)
+        history.append(rec)
+        if main_rank:
+            log(_line(epoch, step, total_steps, rec["train_loss"], opt, n_img, t_wait, t_step, world)
+                + (f" | val top-1 {rec['val_top1']:.4f}" if "val_top1" in rec else ""))
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                  "epoch": epoch + 1, "step": step, "rng": _rng_state(), "scheme": scheme.to_dict(),
+                  "config": asdict(cfg), "num_classes": num_classes}
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save(ck, tmp)
+            os.replace(tmp, ckpt_path)
+        if world > 1:
+            dist.barrier()
+    return {"history": history, "model": model, "steps": step}
+
+
+def _line(epoch, step, total, loss, opt, n_img, t_wait, t_step, world) -> str:
+    lr = opt.param_groups[0]["lr"]
+    wait = t_wait / max(t_wait + t_step, 1e-9)
+    return (f"epoch {epoch} step {step}/{total} loss {loss:.4f} lr {lr:.2e} | loader {n_img * world / max(t_wait, 1e-9):.0f}"
+            f" img/s, step {n_img * world / max(t_step, 1e-9):.0f} img/s, waiting {100 * wait:.0f}% of the time")
+
+
+@torch.no_grad()
+def evaluate(net, shards: str, batch_size: int, workers: int, device, mean, std, rank: int = 0, world: int = 1,
+             amp: bool = False) -> float:
+    """Top-1 over every validation sample exactly once (summed over ranks)."""
+    was = net.training
+    net.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = torch.zeros((), dtype=torch.long, device=device)
+    for imgs, labels in eval_loader(shards, batch_size, workers, rank, world):
+        x = (imgs.to(device).permute(0, 3, 1, 2).float().div_(255) - mean) / std
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            pred = net(x).argmax(-1)
+        correct += (pred == labels.to(device)).sum()
+        total += len(labels)
+    if world > 1:
+        dist.all_reduce(correct)
+        dist.all_reduce(total)
+    net.train(was)
+    return (correct.float() / total.clamp(min=1)).item()
+
+
+def _max_label(shards: str) -> int:
+    m = read_manifest(shards)
+    from himr_pipe.shards import iter_samples
+
+    from .loader import shard_paths
+
+    return max(int(s["cls"]) for p in shard_paths(shards, m) for _, s in iter_samples(p))
