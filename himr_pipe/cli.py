@@ -65,9 +65,12 @@ def main():
                                       "on a GPU for JPEG.")
 @click.option("--kernels", type=click.Choice(["auto", "torch", "triton"]), default="auto", show_default=True,
               help="Encryption kernels. auto: Triton on a GPU, torch on the CPU.")
+@click.option("--views", type=int, default=1, show_default=True,
+              help="K > 1: bake K random-resized-crop + flip views of each input before encryption, each its own "
+                   "sample (offline encryption freezes the image; this restores the usual train-time crops).")
 def encrypt_shards_cmd(src, out, scheme, patch, size, fmt, quality, resize, shard_size, split, workers, threads,
                        batch_size, seed, shuffle, include_paths, state_dir, max_pixels, max_bytes, progress,
-                       device, decoder, encoder, kernels):
+                       device, decoder, encoder, kernels, views):
     """Encrypt the images of SRC into WebDataset shards in OUT.
 
     SRC is an ImageNet-style folder (one sub-folder per class), a WebDataset
@@ -88,7 +91,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, fmt, quality, resize, shar
         enc_name = resolve_encoder(encoder, fmt, device)
         ifmt = choose_format(fmt, sch, quality, allow_420=enc_name != "torchvision")
         cfg = JobConfig(sch, ifmt, resize, shard_size, split, shuffle, seed is not None, include_paths,
-                        max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES, decoder, enc_name)
+                        max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES, decoder, enc_name, views)
         if batch_size < 1:
             raise JobError("--batch-size must be at least 1")
         if workers is None:
@@ -103,7 +106,9 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, fmt, quality, resize, shar
     t = res.manifest["totals"]
     rate = res.processed / res.seconds if res.seconds > 0 else 0.0
     reasons = ", ".join(f"{k}: {v}" for k, v in res.manifest["skip_reasons"].items())
-    line = (f"himr-pipe: {t['inputs']} inputs, {t['written']} written, {t['skipped']} skipped"
+    line = (f"himr-pipe: {t['inputs']} inputs, {t['inputs_written']} written"
+            + (f" as {t['written']} samples" if t["written"] != t["inputs_written"] else "")
+            + f", {t['skipped']} skipped"
             + (f" ({reasons})" if reasons else "")
             + f", {len(res.manifest['shards'])} shards, {res.seconds:.1f} s, {rate:.0f} img/s -> "
             + os.path.join(out, "manifest.json"))

@@ -73,6 +73,18 @@ def inspect_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
 
 DECODE_ERROR = "decode-error: the decoder rejected the data (corrupt or truncated image)"
 
+# A batch is a list of encoded images, or (list, views) where views is an (n, 5) array of
+# per-sample random views: crop anchor x, y and size w, h relative to the decoded image
+# (after EXIF orientation), then a horizontal flip when the fifth value is >= 0.5. The crop is
+# resized to the output size (so its aspect ratio is the view's own, as in RandomResizedCrop).
+VIEW_FIELDS = ("anchor_x", "anchor_y", "width", "height", "flip")
+
+
+def _split_batch(b):
+    if isinstance(b, tuple):
+        return b[0], b[1]
+    return b, None
+
 
 class DecodeFailed(Exception):
     pass
@@ -97,7 +109,7 @@ class DaliDecoder:
     """
 
     def __init__(self, size: tuple[int, int], resize: str = "crop", max_batch: int = 64,
-                 num_threads: int = 2, device_id: int | None = None):
+                 num_threads: int = 2, device_id: int | None = None, views: bool = False):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}")
         self.size = tuple(size)
@@ -105,6 +117,7 @@ class DaliDecoder:
         self.max_batch = max_batch
         self.num_threads = max(1, num_threads)
         self.device_id = device_id
+        self.views = views  # batches carry per-sample crop windows and flips (see VIEW_FIELDS)
         self._pipe = None
 
     # -- pipeline ---------------------------------------------------------
@@ -119,7 +132,15 @@ class DaliDecoder:
         def pipe():
             raw = fn.external_source(name="raw", dtype=types.UINT8, ndim=1)
             img = fn.decoders.image(raw, device="mixed" if gpu else "cpu", output_type=types.RGB)
-            if self.resize == "crop":
+            if self.views:
+                anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)
+                shape = fn.external_source(name="shape", dtype=types.FLOAT, ndim=1)
+                flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
+                img = fn.slice(img, anchor, shape, axis_names="WH", normalized_anchor=True, normalized_shape=True,
+                               out_of_bounds_policy="trim_to_shape")
+                img = fn.resize(img, size=[h, w], antialias=True)
+                img = fn.flip(img, horizontal=flip)
+            elif self.resize == "crop":
                 img = fn.resize(img, size=[h, w], mode="not_smaller", antialias=True)
                 img = fn.crop(img, crop=[h, w])
             else:
@@ -130,10 +151,15 @@ class DaliDecoder:
         p.build()
         return p
 
-    def _schedule(self, batch: list[np.ndarray]) -> None:
+    def _schedule(self, batch: list[np.ndarray], views: np.ndarray | None = None) -> None:
         if self._pipe is None:
             self._pipe = self._build()
         self._pipe.feed_input("raw", batch)
+        if self.views:
+            v = np.asarray(views, dtype=np.float32)
+            self._pipe.feed_input("anchor", [np.ascontiguousarray(r[0:2]) for r in v])
+            self._pipe.feed_input("shape", [np.ascontiguousarray(r[2:4]) for r in v])
+            self._pipe.feed_input("flip", [np.array(int(r[4] >= 0.5), dtype=np.int32) for r in v])
         self._pipe.schedule_run()
 
     def _collect(self):
@@ -150,13 +176,13 @@ class DaliDecoder:
             self._pipe = None  # DALI marks the pipeline invalid after an error
             raise DecodeFailed(str(e)) from None
 
-    def _isolate(self, batch: list[np.ndarray]) -> tuple[list[np.ndarray | None], dict[int, str]]:
+    def _isolate(self, batch: list[np.ndarray], views=None) -> tuple[list[np.ndarray | None], dict[int, str]]:
         """Decode one by one after a batch failed; returns per-item images and reasons."""
         images: list[np.ndarray | None] = []
         bad: dict[int, str] = {}
         for i, item in enumerate(batch):
             try:
-                self._schedule([item])
+                self._schedule([item], None if views is None else views[i:i + 1])
                 images.append(self._collect()[0])
             except DecodeFailed:
                 images.append(None)
@@ -172,25 +198,29 @@ class DaliDecoder:
         to a reason. The next batch decodes while the caller works on the
         current one (DALI runs asynchronously in its own threads).
         """
+        def prep(b):
+            if b is None:
+                return None
+            data, views = _split_batch(b)
+            return [np.frombuffer(x, dtype=np.uint8) for x in data], views
+
         it = iter(batches)
-        pending = next(it, None)
+        pending = prep(next(it, None))
         if pending is None:
             return
-        pending = [np.frombuffer(b, dtype=np.uint8) for b in pending]
-        self._schedule(pending)
+        self._schedule(*pending)
         while pending is not None:
             current = pending
             try:
                 result: tuple[np.ndarray, dict[int, str]] | None = (self._collect(), {})
             except DecodeFailed:
                 result = None
-            nxt = next(it, None)
-            pending = None if nxt is None else [np.frombuffer(b, dtype=np.uint8) for b in nxt]
+            pending = prep(next(it, None))
             if result is None:
-                images, bad = self._isolate(current)
+                images, bad = self._isolate(*current)
                 result = (_stack(images, self.size), bad)
             if pending is not None:
-                self._schedule(pending)
+                self._schedule(*pending)
             yield result
 
 
@@ -207,13 +237,31 @@ class TorchvisionDecoder:
     the same code runs on the CPU (the tests' stand-in for the GPU).
     """
 
-    def __init__(self, size: tuple[int, int], resize: str = "crop", max_batch: int = 64, device: str = "cuda"):
+    def __init__(self, size: tuple[int, int], resize: str = "crop", max_batch: int = 64, device: str = "cuda",
+                 views: bool = False):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}")
         self.size = tuple(size)
         self.resize = resize
         self.max_batch = max_batch
         self.device = device
+        self.views = views
+
+    def _view(self, img, v):
+        """One random view (see VIEW_FIELDS): crop the window, resize it to the output size, maybe flip."""
+        import torch
+        import torch.nn.functional as F
+
+        h, w = self.size
+        _, ih, iw = img.shape
+        x0, y0 = int(round(float(v[0]) * iw)), int(round(float(v[1]) * ih))
+        cw = max(1, min(iw - x0, int(round(float(v[2]) * iw))))
+        ch = max(1, min(ih - y0, int(round(float(v[3]) * ih))))
+        x = img[None, :, y0:y0 + ch, x0:x0 + cw].float()
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+        if v[4] >= 0.5:
+            x = x.flip(-1)
+        return x.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
 
     def _resize(self, imgs: list) -> list:
         """CHW uint8 images on the device -> HWC uint8 of self.size.
@@ -264,7 +312,8 @@ class TorchvisionDecoder:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        for batch in batches:
+        for item in batches:
+            batch, views = _split_batch(item)
             images: list = [None] * len(batch)
             bad: dict[int, str] = {}
             jpegs = [i for i, b in enumerate(batch) if b[:2] == b"\xff\xd8"]
@@ -282,17 +331,25 @@ class TorchvisionDecoder:
                         images[i] = self._decode_one(data)
                     except RuntimeError:
                         bad[i] = DECODE_ERROR
-            yield _stack(self._resize(images), self.size), bad
+            if self.views:
+                for i, im in enumerate(images):
+                    if im is not None:
+                        if im.dtype != torch.uint8:  # 16-bit PNG
+                            im = (im.to(torch.int32) >> 8).to(torch.uint8)
+                        images[i] = self._view(im, views[i])
+                yield _stack(images, self.size), bad
+            else:
+                yield _stack(self._resize(images), self.size), bad
 
 
 DECODERS = ("dali", "torchvision")
 
 
-def make_decoder(name: str, size, resize: str, max_batch: int, threads: int, device: str):
-    """The decode stage by name; ``device`` is "cpu" or "cuda[:N]"."""
+def make_decoder(name: str, size, resize: str, max_batch: int, threads: int, device: str, views: bool = False):
+    """The decode stage by name; ``device`` is "cpu" or "cuda[:N]"; ``views``: batches carry random views."""
     if name == "dali":
         dev_id = None if device == "cpu" else (int(device.split(":")[1]) if ":" in device else 0)
-        return DaliDecoder(size, resize, max_batch, threads, dev_id)
+        return DaliDecoder(size, resize, max_batch, threads, dev_id, views)
     if name == "torchvision":
-        return TorchvisionDecoder(size, resize, max_batch, device)
+        return TorchvisionDecoder(size, resize, max_batch, device, views)
     raise ValueError(f"unknown decoder {name!r}; choose one of {DECODERS}")

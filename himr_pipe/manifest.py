@@ -69,7 +69,8 @@ def seed_digest(seed: int, key_hex: str) -> str:
 
 
 def build_manifest(job: dict, classes: list[str] | None, empty_classes: list[str], shards: list[dict],
-                   inputs: int, skipped: list[dict], upscaled: int, status: str) -> dict:
+                   inputs: int, skipped: list[dict], upscaled: int, status: str, inputs_written: int = 0) -> dict:
+    """``inputs_written + skipped == inputs`` always; ``written`` counts samples (``views`` per input)."""
     written = sum(s["samples"] for s in shards)
     reasons: dict[str, int] = {}
     for s in skipped:
@@ -82,7 +83,8 @@ def build_manifest(job: dict, classes: list[str] | None, empty_classes: list[str
         "classes": classes,
         "num_classes": len(classes) if classes is not None else None,
         "empty_classes": empty_classes,
-        "totals": {"inputs": inputs, "written": written, "skipped": len(skipped), "upscaled": upscaled},
+        "totals": {"inputs": inputs, "written": written, "inputs_written": inputs_written, "skipped": len(skipped),
+                   "upscaled": upscaled},
         "skip_reasons": dict(sorted(reasons.items())),
         "shards": shards,
         "skipped": skipped,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -39,6 +40,8 @@ from .shards import ShardWriter, shard_name
 from .sources import DEFAULT_MAX_BYTES, Input, InputError, Source, open_source, read_input
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+# --views K > 1: torchvision's RandomResizedCrop defaults, then a horizontal flip half of the time
+VIEW_TRANSFORM = {"random_resized_crop": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}, "hflip": 0.5}
 FAILPOINT_ENV = "HIMR_PIPE_FAILPOINT"  # "kill-after=N": SIGKILL the worker after N samples (tests)
 
 
@@ -62,12 +65,15 @@ class JobConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     decoder: str = "dali"      # decode stage: they resize alike but not pixel for pixel
     encoder: str = "cpu"       # encode stage (resolved, never "auto"): codecs differ in bytes
+    views: int = 1             # >1: that many random-resized-crop + flip views per input, each a sample
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
             raise JobError(f"--resize must be one of {RESIZE_MODES}")
         if self.shard_size < 1:
             raise JobError("--shard-size must be at least 1")
+        if self.views < 1:
+            raise JobError("--views must be at least 1")
         if not self.split or any(c in self.split for c in "/\\{}. "):
             raise JobError(f"--split {self.split!r} must be a plain name (it prefixes the shard files)")
 
@@ -92,6 +98,8 @@ class JobConfig:
             "max_bytes": self.max_bytes,
             "decoder": self.decoder,
             "encoder": self.encoder,
+            "views": self.views,
+            "view_transform": VIEW_TRANSFORM if self.views > 1 else None,
         }
 
     @classmethod
@@ -102,7 +110,7 @@ class JobConfig:
         fmt = ImageFormat(f["name"], f.get("quality", 90), f.get("subsampling", "444"), f.get("compress_level", 1))
         return cls(Scheme.from_dict(d["scheme"]), fmt, d["resize"], d["shard_size"], d["split"], d["shuffle"],
                    d["randomness"] == "seeded", d["include_paths"], d["max_pixels"], d["max_bytes"],
-                   d.get("decoder", "dali"), d.get("encoder", "cpu"))
+                   d.get("decoder", "dali"), d.get("encoder", "cpu"), d.get("views", 1))
 
 
 @dataclass
@@ -146,11 +154,11 @@ def sort_keys(key_hex: str, context: tuple[int, ...], n: int) -> np.ndarray:
     return (np.frombuffer(h.digest(8 * n), dtype="<u8") >> np.uint64(1)).astype(np.int64)
 
 
-def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[Input]]:
-    """Cut the accepted inputs into shards, in an order drawn from the job key."""
+def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[tuple[Input, int]]]:
+    """Cut the accepted inputs (x their views) into shards, in an order drawn from the job key."""
     from himr_pipe.kernels import make_permutations
 
-    ok = [i for i in source.inputs if i.skip is None]
+    ok = [(i, v) for i in source.inputs if i.skip is None for v in range(cfg.views)]
     if cfg.shuffle:
         order = make_permutations(sort_keys(key_hex, (0,), len(ok))[None])[0]
         ok = [ok[j] for j in order]
@@ -183,7 +191,8 @@ class _Worker:
         self.batch_size = batch_size
         self.device = device
         self.kernels = kernels
-        self.decoder = make_decoder(cfg.decoder, cfg.scheme.size, cfg.resize, batch_size, threads, device)
+        self.decoder = make_decoder(cfg.decoder, cfg.scheme.size, cfg.resize, batch_size, threads, device,
+                                    views=cfg.views > 1)
         self.encoder = make_encoder(cfg.encoder, cfg.fmt, threads, device)
         self.progress = progress
         s = cfg.scheme
@@ -192,11 +201,11 @@ class _Worker:
         self.kill_after = int(fp.split("=", 1)[1]) if fp.startswith("kill-after=") else None
         self.done_samples = 0
 
-    def _batches(self, items, metas: list, skipped: list):
-        """Read and screen inputs; yield batches of bytes, remembering what each holds."""
+    def _batches(self, items, metas: list, skipped: list, draws: np.ndarray | None = None):
+        """Read and screen inputs; yield batches of bytes (with their views' windows), remembering what each holds."""
         cfg = self.cfg
-        batch, meta = [], []
-        for pos, (idx, ref, label, loc) in enumerate(items):
+        batch, meta, wins = [], [], []
+        for pos, (idx, ref, label, loc, view) in enumerate(items):
             try:
                 data = read_input(loc, cfg.max_bytes)
                 hdr = inspect_header(data, cfg.max_pixels)
@@ -204,14 +213,16 @@ class _Worker:
                 skipped.append((idx, ref, e.reason))
                 continue
             batch.append(data)
-            meta.append((pos, idx, ref, label, hdr))
+            meta.append((pos, idx, ref, label, hdr, view))
+            if draws is not None:
+                wins.append(view_window(draws[pos], hdr.width, hdr.height))
             if len(batch) == self.batch_size:
                 metas.append(meta)
-                yield batch
-                batch, meta = [], []
+                yield (batch, np.array(wins, np.float32)) if draws is not None else batch
+                batch, meta, wins = [], [], []
         if batch:
             metas.append(meta)
-            yield batch
+            yield (batch, np.array(wins, np.float32)) if draws is not None else batch
 
     def _report(self, n: int) -> int:
         if self.progress is not None and n:
@@ -225,9 +236,12 @@ class _Worker:
 
         cfg, s = self.cfg, self.cfg.scheme
         keys = None  # RS: one row of sort keys per planned sample; sorted on the device per batch
+        n = len(task.items)
         if s.kind == "rs":
-            n = len(task.items)
             keys = sort_keys(self.key_hex, (1, task.index), n * s.num_patches).reshape(n, s.num_patches)
+        draws = None  # --views: five uniform draws per planned sample (crop window and flip)
+        if cfg.views > 1:
+            draws = sort_keys(self.key_hex, (2, task.index), n * 5).reshape(n, 5) / float(2**63)
         writer = ShardWriter(self.out_dir, task.name)
         skipped: list[tuple[int, str, str]] = []
         written: list[tuple[str, int, str]] = []
@@ -245,11 +259,14 @@ class _Worker:
                 blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
                 t2 = clock()
                 timing["encode"] += t2 - t1
-                for (pos, idx, ref, label, hdr), blob in zip(meta, blobs):
+                for (pos, idx, ref, label, hdr, view), blob in zip(meta, blobs):
                     key = f"{task.index:06d}_{pos:06d}"
                     members = {ext: blob, "cls": str(label).encode(), "json": self.sample_json}
-                    if cfg.include_paths:
-                        members["json"] = json.dumps({**json.loads(self.sample_json), "source": ref}).encode()
+                    if cfg.include_paths or cfg.views > 1:
+                        extra = {"view": view} if cfg.views > 1 else {}
+                        if cfg.include_paths:
+                            extra["source"] = ref
+                        members["json"] = json.dumps({**json.loads(self.sample_json), **extra}).encode()
                     writer.add(key, members)
                     written.append((key, idx, ref))
                     count["upscaled"] += _upscaled(hdr, s.size, cfg.resize)
@@ -261,11 +278,11 @@ class _Worker:
 
         try:
             t = clock()
-            for images, bad in self.decoder.run(self._batches(task.items, metas, skipped)):
+            for images, bad in self.decoder.run(self._batches(task.items, metas, skipped, draws)):
                 timing["read_decode"] += clock() - t
                 meta = metas.pop(0)
                 for j in sorted(bad):
-                    _, idx, ref, _, _ = meta[j]
+                    _, idx, ref, _, _, _ = meta[j]
                     skipped.append((idx, ref, bad[j]))
                 meta = [m for j, m in enumerate(meta) if j not in bad]
                 enc = None
@@ -292,6 +309,7 @@ class _Worker:
             "index": task.index, "name": task.name, "planned": len(task.items),
             "samples": info.samples, "bytes": info.bytes, "sha256": info.sha256, "upscaled": count["upscaled"],
             "written": written, "skipped": sorted(skipped), "seconds": timing,
+            "inputs_written": sorted({w[1] for w in written}),
         }
         if info.samples == 0:
             writer.abort()  # an empty tar helps no reader; the stats still account for every input
@@ -301,6 +319,23 @@ class _Worker:
         if info.samples:
             writer.publish()
         return {k: v for k, v in stats.items() if k not in ("written",)}
+
+
+def view_window(u, width: int, height: int) -> tuple[float, float, float, float, float]:
+    """RandomResizedCrop's window from five uniform draws, relative to the image (see decode.VIEW_FIELDS).
+
+    Area fraction uniform in ``scale``, log aspect ratio uniform in ``ratio``;
+    a window too large for the image is clipped to it (torchvision retries
+    instead; clipping keeps one draw per view, which keeps resume exact).
+    """
+    rrc = VIEW_TRANSFORM["random_resized_crop"]
+    lo, hi = rrc["scale"]
+    area = lo + float(u[0]) * (hi - lo)
+    lr0, lr1 = math.log(rrc["ratio"][0]), math.log(rrc["ratio"][1])
+    r = math.exp(lr0 + float(u[1]) * (lr1 - lr0))
+    rw = min(1.0, math.sqrt(area * r * height / width))
+    rh = min(1.0, math.sqrt(area / r * width / height))
+    return (float(u[2]) * (1 - rw), float(u[3]) * (1 - rh), rw, rh, float(u[4]))
 
 
 def _upscaled(hdr, size, resize) -> bool:
@@ -451,7 +486,7 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
                 st["samples"] == 0 or (os.path.exists(final) and os.path.getsize(final) == st["bytes"])):
             done[i] = st
             continue
-        todo.append(ShardTask(i, names[i], tuple((x.index, x.ref, x.label, x.loc) for x in items)))
+        todo.append(ShardTask(i, names[i], tuple((x.index, x.ref, x.label, x.loc, v) for x, v in items)))
 
     total_inputs = len(source.inputs)
     pre_skipped = [(x.index, x.ref, x.skip) for x in source.inputs if x.skip is not None]
@@ -481,24 +516,28 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
         bar.close()
 
     # The manifest is assembled from the per-shard stats, complete or not.
-    shard_recs, skipped, upscaled = [], [], 0
+    shard_recs, skipped, upscaled, inputs_written = [], {}, 0, set()
     for idx, ref, reason in pre_skipped:
-        skipped.append((idx, ref, reason))
+        skipped[idx] = (idx, ref, reason)
     for i in sorted(done):
         st = done[i]
-        skipped += [tuple(x) for x in st["skipped"]]
+        for x in st["skipped"]:  # with --views an input is planned once per view: count it once
+            skipped[x[0]] = tuple(x)
+        inputs_written.update(st["inputs_written"])
         upscaled += st.get("upscaled", 0)
         if st["samples"]:
             shard_recs.append({"name": st["name"], "samples": st["samples"], "bytes": st["bytes"],
                                "sha256": st["sha256"]})
-    skipped.sort()
+    skipped = sorted(skipped.values())
     skip_recs = [({"input": i, "reason": r, "path": ref} if cfg.include_paths else {"input": i, "reason": r})
                  for i, ref, r in skipped]
     complete = failure is None and len(done) == len(shards)
     manifest = build_manifest(cfg.public(), source.classes, source.empty_classes, shard_recs, total_inputs,
-                              skip_recs, upscaled, "complete" if complete else "incomplete")
+                              skip_recs, upscaled, "complete" if complete else "incomplete", len(inputs_written))
     if complete:
-        assert manifest["totals"]["written"] + manifest["totals"]["skipped"] == total_inputs, manifest["totals"]
+        t = manifest["totals"]
+        assert t["inputs_written"] + t["skipped"] == total_inputs, t
+        assert t["written"] == t["inputs_written"] * cfg.views, t
         write_json_atomic(os.path.join(out, TIMM_INFO), build_timm_info(cfg.split, shard_recs))
         # the owner's copy of what was skipped, by name
         write_json_atomic(state / "skipped.json", [{"input": i, "path": ref, "reason": r} for i, ref, r in skipped],

@@ -38,8 +38,12 @@ def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
     scheme = Scheme.from_dict(job["scheme"])
     ext = job["format"]["ext"]
     t = m["totals"]
-    if t["written"] + t["skipped"] != t["inputs"]:
-        problems.append(f"totals do not add up: written {t['written']} + skipped {t['skipped']} != inputs {t['inputs']}")
+    views = job.get("views", 1)
+    if t["inputs_written"] + t["skipped"] != t["inputs"]:
+        problems.append(f"totals do not add up: inputs written {t['inputs_written']} + skipped {t['skipped']} "
+                        f"!= inputs {t['inputs']}")
+    if t["written"] != t["inputs_written"] * views:
+        problems.append(f"totals do not add up: {t['written']} samples for {t['inputs_written']} inputs x {views} views")
     if sum(s["samples"] for s in m["shards"]) != t["written"]:
         problems.append("the shard sample counts do not add up to totals.written")
     if len(m["skipped"]) != t["skipped"]:

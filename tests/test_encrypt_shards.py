@@ -76,7 +76,7 @@ def test_manifest_and_timm_split_file(runs, sample_src):
     m = manifest(runs["rs"])
     assert m["status"] == "complete"
     assert m["classes"] == sorted(os.listdir(sample_src))
-    assert m["totals"] == {"inputs": 18, "written": 18, "skipped": 0, "upscaled": 0}
+    assert m["totals"] == {"inputs": 18, "written": 18, "inputs_written": 18, "skipped": 0, "upscaled": 0}
     assert m["job"]["scheme"]["kind"] == "rs" and m["job"]["scheme"]["patch"] == 16
     assert m["job"]["randomness"] == "seeded"
     assert [s["samples"] for s in m["shards"]] == [5, 5, 5, 3]
@@ -233,3 +233,44 @@ def test_rerun_of_a_complete_job_changes_nothing(sample_src, tmp_path):
     before = shard_bytes(out), manifest(out)
     encrypt(sample_src, out, "--shard-size", "7")
     assert (shard_bytes(out), manifest(out)) == before
+
+
+def test_views_bake_random_crops_each_its_own_sample(sample_src, tmp_path):
+    out, state = tmp_path / "v", tmp_path / "v.state"
+    args = ("--views", "3", "--scheme", "rs", "--format", "png", "--seed", "5", "--shard-size", "10")
+    r = encrypt(sample_src, out, *args, state=state)
+    assert "as 54 samples" in r.output
+    m = manifest(out)
+    assert m["totals"]["inputs"] == 18 and m["totals"]["inputs_written"] == 18 and m["totals"]["written"] == 54
+    assert m["job"]["views"] == 3 and m["job"]["view_transform"]["random_resized_crop"]["scale"] == [0.08, 1.0]
+    by_input = {}
+    for p in (state / "shards").iterdir():
+        for key, idx, _ in json.loads(p.read_text())["written"]:
+            by_input.setdefault(idx, []).append(key)
+    assert len(by_input) == 18 and all(len(v) == 3 for v in by_input.values())
+    imgs = load(out)
+    metas = {}
+    for tar in sorted(out.glob("*.tar")):
+        for key, mem in iter_samples(str(tar)):
+            metas[key] = json.loads(mem["json"])
+    for keys in by_input.values():
+        assert sorted(metas[k]["view"] for k in keys) == [0, 1, 2]
+        a, b, c = (imgs[k][0] for k in keys)
+        assert not np.array_equal(a, b) and not np.array_equal(b, c)  # three different crops
+    assert cli("verify", out).exit_code == 0
+    encrypt(sample_src, tmp_path / "again", *args)
+    assert shard_bytes(out) == shard_bytes(tmp_path / "again")  # reproducible under --seed
+
+
+def test_views_count_a_bad_input_once(sample_src, tmp_path):
+    src = tmp_path / "src" / "cls"
+    src.mkdir(parents=True)
+    files = sorted(sample_src.glob("*/*.jpg"))[:2]
+    for f in files:
+        (src / f.name).write_bytes(f.read_bytes())
+    (src / "broken.jpg").write_bytes(files[0].read_bytes()[:4000])
+    for decoder in ("dali", "torchvision"):
+        out = tmp_path / f"out_{decoder}"
+        encrypt(tmp_path / "src", out, "--views", "2", "--decoder", decoder, "--shard-size", "2", expect=3)
+        t = manifest(out)["totals"]
+        assert (t["inputs"], t["inputs_written"], t["written"], t["skipped"]) == (3, 2, 4, 1)
