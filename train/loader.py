@@ -3,13 +3,15 @@
 Built from WebDataset's stages (``tarfile_to_samples``, ``shuffle``) so the
 stream never holds the dataset:
 
-* training: every (rank, loader worker) pair is one stream. It draws shards
-  with replacement from its own RNG (``random.Random`` seeded by seed, epoch
-  and stream), reads them through a shuffle buffer, and stops after its share
-  of the epoch's sample count. So an epoch has the same number of samples on
-  every rank (DDP never waits on a rank that ran dry), different ranks and
-  workers see different streams, and epoch e is the same stream whether the
-  run was interrupted before it or not (exact resume at epoch boundaries).
+* training: every (rank, loader worker) pair is one stream. Each epoch the
+  shard list is shuffled the same way on every rank (seeded by seed and
+  epoch) and dealt out shard by shard: stream s reads every n-th shard (a
+  disjoint share, so ranks and workers see different data), through a
+  shuffle buffer seeded by (seed, epoch, stream), cycling through its share
+  until it has produced its part of the epoch's sample count. So an epoch has
+  the same number of samples on every rank (DDP never waits on a rank that ran
+  dry), and epoch e is the same stream whether the run was interrupted before
+  it or not (exact resume at epoch boundaries).
 * evaluation: shards are dealt round-robin to the (rank, worker) streams and
   read once, in order: every validation sample is seen exactly once.
 
@@ -95,10 +97,16 @@ class TrainStream(IterableDataset):
         wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
         quota = self.samples_per_rank // nw + (1 if wid < self.samples_per_rank % nw else 0)
         rng = random.Random(f"himr-train:{self.seed}:{self.epoch}:{sid}")
+        # shard-level split: the epoch's shard order is the same on every rank; stream sid takes every
+        # n-th shard (a disjoint share), and cycles through it until its sample quota is met
+        order = list(self.urls)
+        random.Random(f"himr-epoch:{self.seed}:{self.epoch}").shuffle(order)
+        mine = order[sid::n] or [order[sid % len(order)]]  # more streams than shards: share some
 
         def shards():
             while True:
-                yield {"url": rng.choice(self.urls)}
+                for u in mine:
+                    yield {"url": u}
 
         samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(shards())
         samples = wds.shuffle(self.buf, initial=min(self.buf, 100), rng=random.Random(rng.random()))(samples)
