@@ -345,14 +345,12 @@ def _upscaled(hdr, size, resize) -> bool:
 
 
 _WORKER: _Worker | None = None
-_QUEUE = None
 
 
 def _init_worker(cfg_public: dict, key_hex: str, out_dir: str, state_dir: str, threads: int,
                  batch_size: int, device: str, kernels: str, queue) -> None:
-    global _WORKER, _QUEUE
+    global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
-    _QUEUE = queue
     cfg = JobConfig.from_public(cfg_public)
     _WORKER = _Worker(cfg, key_hex, out_dir, state_dir, threads, batch_size, device, kernels,
                       progress=lambda n: queue.put(n))

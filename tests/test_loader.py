@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import encrypt
-from himr_pipe.train.loader import EvalStream, TrainStream, eval_loader, read_manifest, shard_paths, train_loader
+from himr_pipe.train.loader import TrainStream, eval_loader, read_manifest, shard_paths, train_loader
 
 
 @pytest.fixture(scope="module")

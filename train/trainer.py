@@ -27,11 +27,10 @@ smoothing 0.1.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +73,6 @@ class TrainConfig:
     resume: bool = False
     stop_after: int | None = None      # end this invocation after N epochs (time-boxed or preemptible jobs)
     eval_every: int = 1
-    extra: dict = field(default_factory=dict)
 
 
 def _dist_env() -> tuple[int, int, int]:
