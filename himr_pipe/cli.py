@@ -178,11 +178,14 @@ def sample_data_cmd(dest, per_class, seed):
 @click.option("--log-interval", type=int, default=50, show_default=True)
 @click.option("--samples-per-epoch", type=int, default=None, help="Default: the samples in the shards.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint-last.pt.")
+@click.option("--decode", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
+              help="Where JPEG shards are decoded: in the loader workers (CPU) or in one batched call on the device "
+                   "(nvJPEG on a GPU). auto: device on a GPU.")
 @click.option("--stop-after", type=int, default=None,
               help="End this run after N epochs (for time-boxed jobs); --resume continues it exactly.")
 def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs, batch_size, lr, weight_decay,
               warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
-              samples_per_epoch, resume, stop_after):
+              samples_per_epoch, resume, decode, stop_after):
     """Train on encrypted SHARDS (an OUT folder of encrypt-shards), streaming.
 
     Multi-GPU or multi-process: torchrun --nproc_per_node N -m himr_pipe.cli train ...
@@ -195,7 +198,7 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
                       weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                       drop_path=drop_path, augment=aug, workers=workers, seed=seed, device=device, amp=amp,
                       log_interval=log_interval, samples_per_epoch=samples_per_epoch, resume=resume,
-                      stop_after=stop_after)
+                      stop_after=stop_after, decode=decode)
     try:
         res = train(cfg, log=lambda s: click.echo(f"himr-pipe train: {s}"))
     except (DataError, ValueError) as e:

@@ -73,3 +73,24 @@ def test_ddp_two_cpu_processes(tiny_shards, tmp_path):
     assert len(log) == 2 and 0.0 <= log[-1]["val_top1"] <= 1.0
     # each rank streams half of the 18 samples per epoch: 9 // 4 = 2 steps per epoch on each
     assert log[-1]["step"] == 4
+
+
+def test_decode_on_the_device_path(sample_src, tmp_path):
+    """The GPU-side decoding path (batched torchvision decode_jpeg), run on the CPU as its stand-in."""
+    import torch
+
+    from himr_pipe.train.loader import decode_on_device, train_loader
+
+    shards = tmp_path / "jpg"
+    encrypt(sample_src, shards, "--scheme", "rs", "--size", "32", "--patch", "16", "--seed", "3", "--shard-size", "6")
+    cpu = list(train_loader(str(shards), 4, epoch=0, workers=0))
+    raw = list(train_loader(str(shards), 4, epoch=0, workers=0, raw=True))
+    assert [y.tolist() for _, y in cpu] == [y.tolist() for _, y in raw]
+    for (a, _), (blobs, _) in zip(cpu, raw):
+        b = decode_on_device(blobs, "cpu")
+        assert b.shape == a.shape and (b.int() - a.int()).abs().float().mean() < 2  # two libjpeg decoders agree
+    res = cli("train", shards, "--val", shards, "--out", tmp_path / "run", "--epochs", "1", "--decode", "device",
+              *TINY)
+    assert "val top-1" in res.output
+    r = cli("train", sample_src.parent / "nope", "--out", tmp_path / "x", *TINY, expect=2)
+    assert "does not exist" in r.output or "manifest" in r.output

@@ -16,8 +16,10 @@ stream never holds the dataset:
   read once, in order: every validation sample is seen exactly once.
 
 Decoding happens in the loader workers on the CPU (simplejpeg for JPEG, Pillow
-for PNG, numpy for raw); batches leave as uint8 NHWC tensors plus int64
-labels, and the trainer moves them to the device.
+for PNG, numpy for raw) and batches leave as uint8 NHWC tensors plus int64
+labels; or, with ``raw=True`` (the trainer's choice on a GPU with JPEG
+shards), the workers only read and the batch is decoded on the device in one
+nvJPEG call (:func:`decode_on_device`), which frees the CPU cores.
 """
 
 from __future__ import annotations
@@ -60,8 +62,11 @@ def shard_paths(shards_dir: str, m: dict) -> list[str]:
     return [os.path.join(shards_dir, s["name"]) for s in m["shards"]]
 
 
-def decode_sample(sample: dict, ext: str) -> tuple[torch.Tensor, int]:
+def decode_sample(sample: dict, ext: str, raw: bool = False) -> tuple[torch.Tensor, int]:
+    """(uint8 HWC image, label); with ``raw`` the encoded bytes as a 1-D uint8 tensor, to decode on the device."""
     blob = sample[ext]
+    if raw:
+        return torch.frombuffer(bytearray(blob), dtype=torch.uint8), int(sample["cls"])
     if ext == "jpg":
         import simplejpeg
 
@@ -86,8 +91,8 @@ def _stream_id(rank: int, world: int) -> tuple[int, int]:
 
 class TrainStream(IterableDataset):
     def __init__(self, urls: list[str], ext: str, samples_per_rank: int, epoch: int, seed: int,
-                 rank: int = 0, world: int = 1, shuffle_buffer: int = 2000):
-        self.urls, self.ext = urls, ext
+                 rank: int = 0, world: int = 1, shuffle_buffer: int = 2000, raw: bool = False):
+        self.urls, self.ext, self.raw = urls, ext, raw
         self.samples_per_rank, self.epoch, self.seed = samples_per_rank, epoch, seed
         self.rank, self.world, self.buf = rank, world, shuffle_buffer
 
@@ -111,33 +116,51 @@ class TrainStream(IterableDataset):
         samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(shards())
         samples = wds.shuffle(self.buf, initial=min(self.buf, 100), rng=random.Random(rng.random()))(samples)
         for s in islice(samples, quota):
-            yield decode_sample(s, self.ext)
+            yield decode_sample(s, self.ext, self.raw)
 
 
 class EvalStream(IterableDataset):
-    def __init__(self, urls: list[str], ext: str, rank: int = 0, world: int = 1):
-        self.urls, self.ext, self.rank, self.world = urls, ext, rank, world
+    def __init__(self, urls: list[str], ext: str, rank: int = 0, world: int = 1, raw: bool = False):
+        self.urls, self.ext, self.rank, self.world, self.raw = urls, ext, rank, world, raw
 
     def __iter__(self):
         sid, n = _stream_id(self.rank, self.world)
         mine = [{"url": u} for u in self.urls[sid::n]]
         for s in wds.tarfile_to_samples()(iter(mine)):
-            yield decode_sample(s, self.ext)
+            yield decode_sample(s, self.ext, self.raw)
+
+
+def _raw_collate(batch):
+    return [b[0] for b in batch], torch.tensor([b[1] for b in batch], dtype=torch.int64)
 
 
 def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, samples_per_epoch: int | None = None,
-                 workers: int = 2, rank: int = 0, world: int = 1, shuffle_buffer: int = 2000) -> DataLoader:
-    """The loader of one training epoch (build one per epoch: its stream depends on the epoch)."""
+                 workers: int = 2, rank: int = 0, world: int = 1, shuffle_buffer: int = 2000,
+                 raw: bool = False) -> DataLoader:
+    """The loader of one training epoch (build one per epoch: its stream depends on the epoch).
+
+    ``raw``: batches of encoded JPEG bytes (a list of 1-D uint8 tensors) for :func:`decode_on_device`.
+    """
     m = read_manifest(shards_dir)
     total = samples_per_epoch or m["totals"]["written"]
     per_rank = total // world
     ds = TrainStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], per_rank, epoch, seed, rank, world,
-                     shuffle_buffer)
-    return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+                     shuffle_buffer, raw)
+    return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available() and not raw, collate_fn=_raw_collate if raw else None)
 
 
-def eval_loader(shards_dir: str, batch_size: int, workers: int = 2, rank: int = 0, world: int = 1) -> DataLoader:
+def eval_loader(shards_dir: str, batch_size: int, workers: int = 2, rank: int = 0, world: int = 1,
+                raw: bool = False) -> DataLoader:
     m = read_manifest(shards_dir)
-    ds = EvalStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], rank, world)
-    return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False)
+    ds = EvalStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], rank, world, raw)
+    return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False,
+                      collate_fn=_raw_collate if raw else None)
+
+
+def decode_on_device(blobs: list[torch.Tensor], device) -> torch.Tensor:
+    """Decode a batch of JPEGs in one call on ``device`` (nvJPEG on a GPU) -> uint8 NHWC."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    imgs = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
+    return torch.stack(imgs).permute(0, 2, 3, 1)

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .loader import DataError, eval_loader, manifest_scheme, read_manifest, train_loader
+from .loader import DataError, decode_on_device, eval_loader, manifest_scheme, read_manifest, train_loader
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -69,6 +69,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     log_interval: int = 50
+    decode: str = "auto"               # where JPEGs are decoded: "workers" (CPU), "device", or "auto" (device on a GPU)
     samples_per_epoch: int | None = None
     resume: bool = False
     stop_after: int | None = None      # end this invocation after N epochs (time-boxed or preemptible jobs)
@@ -151,6 +152,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
                               t_in_epochs=False)
     aug = build_augment(scheme, num_classes, cfg.aug_config if cfg.augment else {"enabled": False})
     amp = cfg.amp and device.type == "cuda"
+    if cfg.decode not in ("auto", "workers", "device"):
+        raise ValueError("decode must be auto, workers or device")
+    jpeg = m["job"]["format"]["ext"] == "jpg"
+    raw = jpeg and (cfg.decode == "device" or (cfg.decode == "auto" and device.type == "cuda"))
+    if cfg.decode == "device" and not jpeg:
+        raise DataError("decoding on the device needs JPEG shards; these hold " + m["job"]["format"]["name"])
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
 
@@ -178,7 +185,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         gen = torch.Generator(device=device)
         gen.manual_seed(hash((cfg.seed, epoch, rank)) % 2**63)
         loader = train_loader(cfg.shards, cfg.batch_size, epoch, cfg.seed, cfg.samples_per_epoch, cfg.workers,
-                              rank, world)
+                              rank, world, raw=raw)
         t_wait = t_step = 0.0
         n_img = 0
         loss_sum, loss_n = 0.0, 0
@@ -186,7 +193,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         for imgs, labels in loader:
             t1 = time.perf_counter()
             t_wait += t1 - t0
-            x = imgs.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+            imgs = decode_on_device(imgs, device) if raw else imgs.to(device, non_blocking=True)
+            x = imgs.permute(0, 3, 1, 2).float().div_(255)
             y = labels.to(device, non_blocking=True)
             x, y_soft = aug(x, y, gen)
             if cfg.label_smoothing:
@@ -211,7 +219,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                "loader_img_s": n_img * world / max(t_wait, 1e-9), "step_img_s": n_img * world / max(t_step, 1e-9),
                "wait_share": t_wait / max(t_wait + t_step, 1e-9)}
         if cfg.val and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            rec["val_top1"] = evaluate(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std, rank, world, amp)
+            rec["val_top1"] = evaluate(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std, rank, world, amp,
+                                       raw)
         history.append(rec)
         if main_rank:
             log(_line(epoch, step, total_steps, rec["train_loss"], opt, n_img, t_wait, t_step, world)
@@ -238,14 +247,15 @@ def _line(epoch, step, total, loss, opt, n_img, t_wait, t_step, world) -> str:
 
 @torch.no_grad()
 def evaluate(net, shards: str, batch_size: int, workers: int, device, mean, std, rank: int = 0, world: int = 1,
-             amp: bool = False) -> float:
+             amp: bool = False, raw: bool = False) -> float:
     """Top-1 over every validation sample exactly once (summed over ranks)."""
     was = net.training
     net.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = torch.zeros((), dtype=torch.long, device=device)
-    for imgs, labels in eval_loader(shards, batch_size, workers, rank, world):
-        x = (imgs.to(device).permute(0, 3, 1, 2).float().div_(255) - mean) / std
+    for imgs, labels in eval_loader(shards, batch_size, workers, rank, world, raw):
+        imgs = decode_on_device(imgs, device) if raw else imgs.to(device)
+        x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             pred = net(x).argmax(-1)
         correct += (pred == labels.to(device)).sum()
