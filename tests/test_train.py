@@ -77,7 +77,6 @@ def test_ddp_two_cpu_processes(tiny_shards, tmp_path):
 
 def test_decode_on_the_device_path(sample_src, tmp_path):
     """The GPU-side decoding path (batched torchvision decode_jpeg), run on the CPU as its stand-in."""
-    import torch
 
     from himr_pipe.train.loader import decode_on_device, train_loader
 
