@@ -1,0 +1,1 @@
+"""Privacy audit: attacks on encrypted images and the scores of what they recover."""
