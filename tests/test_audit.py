@@ -68,3 +68,20 @@ def test_mi_inverses_are_consistent_and_the_ls_one_beats_the_naive_one():
     assert q_ls["psnr"] > q_naive["psnr"] and q_ls["ssim"] > q_naive["ssim"]
     base = image_quality(downsampled_baseline(plain), plain)
     assert 15 < q_naive["psnr"] < base["psnr"] + 10  # figures in a sane range, compared side by side
+
+
+def test_preview_shows_plain_rs_and_mi(sample_src, tmp_path):
+    from collections import Counter
+
+    from conftest import cli
+
+    img = next(iter(sorted(sample_src.glob("*/*.jpg"))))
+    out = tmp_path / "p.png"
+    res = cli("preview", img, out, "--seed", "3")
+    assert "plain | RS | MI" in res.output
+    pic = np.asarray(Image.open(out))
+    assert pic.shape == (224, 3 * 224 + 2 * 8, 3)
+    plain, rs = pic[:, :224], pic[:, 232:456]
+    assert Counter(map(bytes, cut(plain, 16))) == Counter(map(bytes, cut(rs, 16)))
+    assert not np.array_equal(plain, rs)
+    assert "does not divide" in cli("preview", img, out, "--patch", "15", expect=2).output
