@@ -259,5 +259,28 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed):
                + f" (P={patch}, {h}x{w})")
 
 
+@main.command("audit")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--plain", "plain", type=click.Path(exists=True, file_okay=False), required=True,
+              help="The plain SRC folder the shards were made from (the owner's copy).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for report.json, report.md and grid.png.")
+@click.option("--samples", type=int, default=16, show_default=True, help="Images to attack.")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="The owner state of the run (default: as encrypt-shards).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which samples are drawn.")
+def audit_cmd(out, plain, report_dir, samples, state_dir, seed):
+    """Attack a sample of OUT's encrypted images and report what an attacker recovers."""
+    from .audit.report import AuditError, run_audit
+
+    try:
+        rep = run_audit(out, plain, report_dir, samples, state_dir, seed)
+    except AuditError as e:
+        _fail_usage(str(e))
+    figs = ", ".join(f"{k} {v:.3f}" for k, v in rep["mean"].items())
+    click.echo(f"himr-pipe audit: {rep['samples']} images, {rep['scheme']['kind']} P={rep['scheme']['patch']}: "
+               f"{figs} -> {report_dir}")
+
+
 if __name__ == "__main__":
     main()

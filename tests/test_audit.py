@@ -85,3 +85,33 @@ def test_preview_shows_plain_rs_and_mi(sample_src, tmp_path):
     assert Counter(map(bytes, cut(plain, 16))) == Counter(map(bytes, cut(rs, 16)))
     assert not np.array_equal(plain, rs)
     assert "does not divide" in cli("preview", img, out, "--patch", "15", expect=2).output
+
+
+@pytest.mark.parametrize("scheme", ["rs", "mi"])
+def test_audit_report_files_match_the_json(sample_src, tmp_path, scheme):
+    import json
+    import re
+
+    from conftest import cli, encrypt
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    encrypt(sample_src, out, "--scheme", scheme, "--format", "png", "--seed", "1", state=state)
+    res = cli("audit", out, "--plain", sample_src, "--report", tmp_path / "rep", "--state-dir", state,
+              "--samples", "4")
+    assert "4 images" in res.output
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["samples"] == 4 and len(rep["images"]) == 4
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for k, v in rep["mean"].items():
+        assert re.search(rf"\| {k} \| {v:.4f} \|", md), k
+    for r in rep["images"]:
+        vals = [v for k, v in r.items() if k != "key"]
+        assert all(np.isfinite(v) or v == float("inf") for v in vals)
+    if scheme == "rs":
+        assert all(0 <= r["direct_accuracy"] <= 1 and 0 <= r["neighbour_accuracy"] <= 1 for r in rep["images"])
+    else:
+        assert all(r["ls_psnr"] > r["naive_psnr"] for r in rep["images"])
+    grid = np.asarray(Image.open(tmp_path / "rep" / "grid.png"))
+    assert grid.shape[0] >= 4 * 224 and grid.shape[1] >= 3 * 224
+    assert "owner state" in cli("audit", out, "--plain", sample_src, "--report", tmp_path / "r2",
+                                "--state-dir", tmp_path / "nowhere", expect=2).output
