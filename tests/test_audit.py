@@ -109,6 +109,7 @@ def test_audit_report_files_match_the_json(sample_src, tmp_path, scheme):
         assert all(np.isfinite(v) or v == float("inf") for v in vals)
     if scheme == "rs":
         assert all(0 <= r["direct_accuracy"] <= 1 and 0 <= r["neighbour_accuracy"] <= 1 for r in rep["images"])
+        assert 0 <= rep["mean"]["exact_reconstructions"] <= 1 and rep["mean"]["psnr"] <= 100
     else:
         assert all(r["ls_psnr"] > r["naive_psnr"] for r in rep["images"])
     grid = np.asarray(Image.open(tmp_path / "rep" / "grid.png"))
