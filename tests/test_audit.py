@@ -114,5 +114,7 @@ def test_audit_report_files_match_the_json(sample_src, tmp_path, scheme):
         assert all(r["ls_psnr"] > r["naive_psnr"] for r in rep["images"])
     grid = np.asarray(Image.open(tmp_path / "rep" / "grid.png"))
     assert grid.shape[0] >= 4 * 224 and grid.shape[1] >= 3 * 224
+    assert "inside OUT" in cli("audit", out, "--plain", sample_src, "--report", out / "rep",
+                               "--state-dir", state, expect=2).output
     assert "owner state" in cli("audit", out, "--plain", sample_src, "--report", tmp_path / "r2",
                                 "--state-dir", tmp_path / "nowhere", expect=2).output

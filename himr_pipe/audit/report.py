@@ -60,6 +60,9 @@ def true_layout(stored: np.ndarray, plain: np.ndarray, patch: int) -> np.ndarray
 
 def run_audit(out: str, plain_root: str, report_dir: str, samples: int = 16, state_dir: str | None = None,
               seed: int = 0) -> dict:
+    rd, od = Path(report_dir).resolve(), Path(out).resolve()
+    if rd == od or od in rd.parents:
+        raise AuditError("the report shows plain images: it must not be written inside OUT")
     m = read_json(os.path.join(out, MANIFEST))
     job = m["job"]
     scheme = Scheme.from_dict(job["scheme"])
