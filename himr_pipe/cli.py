@@ -34,6 +34,10 @@ def main():
               help="rs: shuffle PxP patches per image; mi: mean of 2x2 sub-patches; none: plain.")
 @click.option("--patch", type=int, default=16, show_default=True, help="Patch size P.")
 @click.option("--size", default="224", show_default=True, help="Image size before encryption: N or HxW.")
+@click.option("--gap", type=int, default=0, show_default=True,
+              help="RS defence: blank a border of this many pixels inside every patch (seams stop matching).")
+@click.option("--drop", type=float, default=0.0, show_default=True,
+              help="RS defence: blank this fraction of every image's patches.")
 @click.option("--format", "fmt", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True,
               help="Image encoding in the shards (png/raw are lossless; raw is .npy uint8).")
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
@@ -68,7 +72,7 @@ def main():
 @click.option("--views", type=int, default=1, show_default=True,
               help="K > 1: bake K random-resized-crop + flip views of each input before encryption, each its own "
                    "sample (offline encryption freezes the image; this restores the usual train-time crops).")
-def encrypt_shards_cmd(src, out, scheme, patch, size, fmt, quality, resize, shard_size, split, workers, threads,
+def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, resize, shard_size, split, workers, threads,
                        batch_size, seed, shuffle, include_paths, state_dir, max_pixels, max_bytes, progress,
                        device, decoder, encoder, kernels, views):
     """Encrypt the images of SRC into WebDataset shards in OUT.
@@ -85,7 +89,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, fmt, quality, resize, shar
 
     try:
         h, w = parse_size(size)
-        sch = Scheme(scheme, patch, h, w)
+        sch = Scheme(scheme, patch, h, w, gap, drop)
         if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
             raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
         enc_name = resolve_encoder(encoder, fmt, device)
@@ -216,7 +220,9 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
 @click.option("--size", default="224", show_default=True, help="N or HxW, as for encrypt-shards.")
 @click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
 @click.option("--seed", type=int, default=None, help="Reproducible permutation (default: a cryptographic one).")
-def preview_cmd(image, out_png, scheme, patch, size, resize, seed):
+@click.option("--gap", type=int, default=0, show_default=True, help="RS defence (see encrypt-shards).")
+@click.option("--drop", type=float, default=0.0, show_default=True, help="RS defence (see encrypt-shards).")
+def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
     """Write a picture of IMAGE and its encrypted forms (plain | RS | MI) to OUT_PNG, to look before a run."""
     import secrets
 
@@ -233,7 +239,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed):
     try:
         h, w = parse_size(size)
         kinds = ["rs", "mi"] if scheme == "both" else [scheme]
-        schemes = [Scheme(k, patch, h, w) for k in kinds]
+        schemes = [Scheme(k, patch, h, w, *((gap, drop) if k == "rs" else (0, 0.0))) for k in kinds]
         data = open(image, "rb").read()
         inspect_header(data)
     except (SchemeError, InputError) as e:

@@ -13,6 +13,13 @@ Schemes (see ../shared/PAPER.md):
            sub-patches. Output is (H/2)x(W/2); patch positions are kept, so
            the output grid has cells of (P/2)x(P/2).
 * ``none`` no encryption: the plain resized image (baseline and tests).
+
+RS takes two defences against jigsaw attacks (the paper's "interval" and
+patch dropping): ``gap`` blanks a border of that many pixels inside every
+patch, so neighbouring seams carry nothing to match; ``drop`` blanks a
+fraction of every image's patches (the first slots after shuffling, which are
+a uniformly random subset of the image's patches). Both keep the geometry,
+so models and loaders work unchanged; both cost accuracy (benchmarks).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ class Scheme:
     patch: int = 16
     height: int = 224
     width: int = 224
+    gap: int = 0        # RS defence: blank a border of this many pixels inside every patch (seams no longer match)
+    drop: float = 0.0   # RS defence: blank this fraction of each image's patches (pieces missing from the puzzle)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -48,6 +57,13 @@ class Scheme:
             )
         if self.kind == "mi" and self.patch % 2:
             raise SchemeError(f"scheme mi needs an even patch size (2x2 sub-patches), got {self.patch}")
+        if self.gap or self.drop:
+            if self.kind != "rs":
+                raise SchemeError("the gap and drop defences belong to scheme rs (they act on shuffled patches)")
+            if not isinstance(self.gap, int) or not 0 <= 2 * self.gap < self.patch:
+                raise SchemeError(f"gap must be an integer with 0 <= 2*gap < patch ({self.patch}), got {self.gap!r}")
+            if not 0.0 <= float(self.drop) < 1.0:
+                raise SchemeError(f"drop must be in [0, 1), got {self.drop!r}")
 
     # -- geometry -------------------------------------------------------
     @property
@@ -73,6 +89,11 @@ class Scheme:
         return self.size
 
     @property
+    def dropped(self) -> int:
+        """Patches blanked per image by the drop defence."""
+        return int(self.drop * self.num_patches + 0.5)
+
+    @property
     def out_cell(self) -> int:
         """Side of one patch cell in the encrypted image (P, or P/2 for mi)."""
         return self.patch // 2 if self.kind == "mi" else self.patch
@@ -86,7 +107,8 @@ class Scheme:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Scheme":
-        s = cls(kind=d["kind"], patch=int(d["patch"]), height=int(d["height"]), width=int(d["width"]))
+        s = cls(kind=d["kind"], patch=int(d["patch"]), height=int(d["height"]), width=int(d["width"]),
+                gap=int(d.get("gap", 0)), drop=float(d.get("drop", 0.0)))
         if "out_height" in d and (d["out_height"], d["out_width"]) != s.out_size:
             raise SchemeError(f"inconsistent scheme record: {d}")
         return s

@@ -41,4 +41,27 @@ def encrypt(scheme: Scheme, x: torch.Tensor, perms: torch.Tensor | np.ndarray | 
     if perms is None:
         raise ValueError("scheme rs needs per-image permutations")
     perms = torch.as_tensor(perms).to(x.device, non_blocking=True)
-    return mod.rs_permute(x, perms, scheme.patch)
+    y = mod.rs_permute(x, perms, scheme.patch)
+    if scheme.gap or scheme.drop:
+        y = y * _defence_mask(scheme, x.device)
+    return y
+
+
+def _defence_mask(scheme: Scheme, device) -> torch.Tensor:
+    """(H, W, 1) uint8 mask of the RS defences: 0 on every patch's gap border and on the dropped slots.
+
+    The dropped slots are the first ``scheme.dropped`` output slots: after a uniform shuffle they
+    hold a uniformly random subset of the image's patches, so no extra randomness is needed.
+    """
+    p, g = scheme.patch, scheme.gap
+    gh, gw = scheme.grid
+    cell = torch.ones((p, p), dtype=torch.uint8, device=device)
+    if g:
+        cell[:g] = 0
+        cell[-g:] = 0
+        cell[:, :g] = 0
+        cell[:, -g:] = 0
+    keep = torch.ones(gh * gw, dtype=torch.uint8, device=device)
+    keep[:scheme.dropped] = 0
+    m = keep.view(gh, 1, gw, 1) * cell.view(1, p, 1, p)
+    return m.reshape(gh * p, gw * p, 1)

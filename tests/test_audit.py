@@ -118,3 +118,21 @@ def test_audit_report_files_match_the_json(sample_src, tmp_path, scheme):
                                "--state-dir", state, expect=2).output
     assert "owner state" in cli("audit", out, "--plain", sample_src, "--report", tmp_path / "r2",
                                 "--state-dir", tmp_path / "nowhere", expect=2).output
+
+
+def test_gap_defence_breaks_the_solver_where_it_otherwise_wins():
+    import torch
+
+    from himr_pipe.kernels import encrypt, make_permutations
+    from himr_pipe.scheme import Scheme
+
+    img = np.asarray(Image.fromarray(data.astronaut()).resize((224, 224)))
+    keys = np.random.default_rng(3).integers(0, 2**63, (1, 49))
+    res = {}
+    for gap in (0, 4):
+        s = Scheme("rs", 32, 224, 224, gap=gap)
+        perms = make_permutations(keys)
+        enc = encrypt(s, torch.from_numpy(img[None].copy()), perms)[0].numpy()
+        truth = np.argsort(perms[0]).reshape(7, 7)
+        res[gap] = neighbour_accuracy(solve(cut(enc, 32), (7, 7)), truth)
+    assert res[0] == 1.0 and res[4] < 0.5

@@ -274,3 +274,21 @@ def test_views_count_a_bad_input_once(sample_src, tmp_path):
         encrypt(tmp_path / "src", out, "--views", "2", "--decoder", decoder, "--shard-size", "2", expect=3)
         t = manifest(out)["totals"]
         assert (t["inputs"], t["inputs_written"], t["written"], t["skipped"]) == (3, 2, 4, 1)
+
+
+def test_rs_defences_blank_gaps_and_dropped_patches(sample_src, tmp_path):
+    args = ("--format", "png", "--seed", "7", "--shard-size", "5")
+    encrypt(sample_src, tmp_path / "none", "--scheme", "none", *args)
+    encrypt(sample_src, tmp_path / "def", "--scheme", "rs", "--gap", "2", "--drop", "0.25", *args)
+    m = manifest(tmp_path / "def")
+    assert (m["job"]["scheme"]["gap"], m["job"]["scheme"]["drop"]) == (2, 0.25)
+    plain, enc = load(tmp_path / "none"), load(tmp_path / "def")
+    for key in plain:
+        pb = np.stack([np.frombuffer(b, np.uint8).reshape(P, P, 3) for b in patches(enc[key][0])])
+        pa = np.stack([np.frombuffer(b, np.uint8).reshape(P, P, 3) for b in patches(plain[key][0])])
+        assert (pb[:, :2] == 0).all() and (pb[:, -2:] == 0).all() and (pb[:, :, :2] == 0).all()
+        blank = [(p == 0).all() for p in pb]
+        assert sum(blank) >= 49
+        inner_a = Counter(bytes(p[2:-2, 2:-2]) for p in pa)
+        inner_b = Counter(bytes(p[2:-2, 2:-2]) for p, z in zip(pb, blank) if not z)
+        assert not inner_b - inner_a  # every kept patch is a plain patch's inner part

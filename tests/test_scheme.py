@@ -45,3 +45,15 @@ def test_jpeg_subsampling_keeps_blocks_inside_patches():
     with pytest.raises(FormatError, match="multiple of 8"):
         choose_format("jpeg", Scheme("rs", 4, 32, 32))
     assert choose_format("png", Scheme("rs", 4, 32, 32)).name == "png"
+
+
+def test_rs_defences_are_validated_and_recorded():
+    s = Scheme("rs", 16, 224, 224, gap=2, drop=0.25)
+    assert s.dropped == 49 and Scheme.from_dict(s.to_dict()) == s
+    assert Scheme.from_dict({"kind": "rs", "patch": 16, "height": 224, "width": 224}).gap == 0  # older manifests
+    with pytest.raises(SchemeError, match="belong to scheme rs"):
+        Scheme("mi", 16, 224, 224, gap=2)
+    with pytest.raises(SchemeError, match="gap"):
+        Scheme("rs", 8, 64, 64, gap=4)
+    with pytest.raises(SchemeError, match="drop"):
+        Scheme("rs", 8, 64, 64, drop=1.0)

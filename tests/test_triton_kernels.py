@@ -76,7 +76,7 @@ def test_encrypt_dispatch_gives_the_same_result_for_both_implementations(kind):
     from himr_pipe.kernels import encrypt
     from himr_pipe.scheme import Scheme
 
-    s = Scheme(kind, 8, 16, 24)
+    s = Scheme(kind, 8, 16, 24, *((1, 0.25) if kind == "rs" else (0, 0.0)))  # rs with both defences
     x, perms, _ = _batch((2, 2, 3, 8, 3), 3)
     want = encrypt(s, x, perms, impl="torch")
     got = encrypt(s, x.to(DEV), perms, impl="triton" if DEV == "cpu" else "auto")
