@@ -196,7 +196,8 @@ class _Worker:
         self.encoder = make_encoder(cfg.encoder, cfg.fmt, threads, device)
         self.progress = progress
         s = cfg.scheme
-        self.sample_json = json.dumps({"scheme": s.kind, "size": list(s.out_size), "patch": s.out_cell}).encode()
+        self.sample_meta = {"scheme": s.kind, "size": list(s.out_size), "patch": s.out_cell}
+        self.sample_json = json.dumps(self.sample_meta).encode()
         fp = os.environ.get(FAILPOINT_ENV, "")
         self.kill_after = int(fp.split("=", 1)[1]) if fp.startswith("kill-after=") else None
         self.done_samples = 0
@@ -266,7 +267,7 @@ class _Worker:
                         extra = {"view": view} if cfg.views > 1 else {}
                         if cfg.include_paths:
                             extra["source"] = ref
-                        members["json"] = json.dumps({**json.loads(self.sample_json), **extra}).encode()
+                        members["json"] = json.dumps({**self.sample_meta, **extra}).encode()
                     writer.add(key, members)
                     written.append((key, idx, ref))
                     count["upscaled"] += _upscaled(hdr, s.size, cfg.resize)

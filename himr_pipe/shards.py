@@ -108,6 +108,28 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+def decode_image(blob: bytes, ext: str):
+    """A stored image (``jpg``, ``png`` or ``npy`` member) as a writable, contiguous uint8 HWC array."""
+    import io
+
+    import numpy as np
+
+    if ext == "jpg":
+        import simplejpeg
+
+        arr = simplejpeg.decode_jpeg(blob, colorspace="RGB")
+    elif ext == "npy":
+        arr = np.load(io.BytesIO(blob), allow_pickle=False)
+    else:
+        from PIL import Image
+
+        arr = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # Pillow hands out read-only views
+        arr = arr.copy()
+    return arr
+
+
 def iter_samples(path: str):
     """Yield (key, {ext: bytes}) from a shard in order (for verify and tests)."""
     with tarfile.open(path, "r:") as tf:

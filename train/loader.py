@@ -24,20 +24,19 @@ nvJPEG call (:func:`decode_on_device`), which frees the CPU cores.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from himr_pipe.manifest import MANIFEST
 from himr_pipe.scheme import Scheme
+from himr_pipe.shards import decode_image
 
 
 class DataError(ValueError):
@@ -67,19 +66,7 @@ def decode_sample(sample: dict, ext: str, raw: bool = False) -> tuple[torch.Tens
     blob = sample[ext]
     if raw:
         return torch.frombuffer(bytearray(blob), dtype=torch.uint8), int(sample["cls"])
-    if ext == "jpg":
-        import simplejpeg
-
-        arr = simplejpeg.decode_jpeg(blob, colorspace="RGB")
-    elif ext == "npy":
-        arr = np.load(io.BytesIO(blob), allow_pickle=False)
-    else:
-        from PIL import Image
-
-        arr = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
-    arr = np.ascontiguousarray(arr)
-    if not arr.flags.writeable:  # Pillow hands out read-only views
-        arr = arr.copy()
+    arr = decode_image(blob, ext)
     return torch.from_numpy(arr), int(sample["cls"])
 
 

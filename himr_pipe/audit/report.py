@@ -19,7 +19,6 @@ encrypted | each reconstruction, one row per image).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -30,7 +29,7 @@ from PIL import Image
 
 from ..manifest import MANIFEST, default_state_dir, read_json
 from ..scheme import Scheme
-from ..shards import iter_samples
+from ..shards import decode_image, iter_samples
 from .jigsaw import assemble, cut, solve
 from .mi_inverse import downsampled_baseline, ls_inverse, naive_inverse
 from .scores import direct_accuracy, image_quality, neighbour_accuracy
@@ -41,12 +40,6 @@ PSNR_CAP = 100.0
 
 class AuditError(ValueError):
     pass
-
-
-def _decode(blob: bytes, ext: str) -> np.ndarray:
-    if ext == "npy":
-        return np.load(io.BytesIO(blob), allow_pickle=False)
-    return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
 
 
 def true_layout(stored: np.ndarray, plain: np.ndarray, patch: int) -> np.ndarray:
@@ -91,7 +84,7 @@ def run_audit(out: str, plain_root: str, report_dir: str, samples: int = 16, sta
     for shard, keys in by_shard.items():
         for k, mem in iter_samples(os.path.join(out, shard)):
             if k in keys:
-                stored[k] = _decode(mem[ext], ext)
+                stored[k] = decode_image(mem[ext], ext)
     for shard, key, ref in pick:
         src = os.path.join(plain_root, ref)
         if not os.path.isfile(src):
