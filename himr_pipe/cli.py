@@ -30,14 +30,16 @@ def main():
 @main.command("encrypt-shards")
 @click.argument("src")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--scheme", type=click.Choice(["rs", "mi", "none"]), default="rs", show_default=True,
-              help="rs: shuffle PxP patches per image; mi: mean of 2x2 sub-patches; none: plain.")
+@click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "none"]), default="rs", show_default=True,
+              help="rs: shuffle PxP patches per image; mi: mean of 2x2 sub-patches (keeps positions: a blurred "
+                   "picture); mi-shuffle: mi, then shuffle its cells per image; none: plain.")
 @click.option("--patch", type=int, default=16, show_default=True, help="Patch size P.")
 @click.option("--size", default="224", show_default=True, help="Image size before encryption: N or HxW.")
 @click.option("--gap", type=int, default=0, show_default=True,
-              help="RS defence: blank a border of this many pixels inside every patch (seams stop matching).")
+              help="Defence of rs / mi-shuffle: blank a border of this many pixels inside every stored cell "
+                   "(seams stop matching).")
 @click.option("--drop", type=float, default=0.0, show_default=True,
-              help="RS defence: blank this fraction of every image's patches.")
+              help="Defence of rs / mi-shuffle: blank this fraction of every image's cells.")
 @click.option("--format", "fmt", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True,
               help="Image encoding in the shards (png/raw are lossless; raw is .npy uint8).")
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
@@ -89,7 +91,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
 
     try:
         h, w = parse_size(size)
-        sch = Scheme(scheme, patch, h, w, gap, drop)
+        sch = Scheme.named(scheme, patch, h, w, gap, drop)
         if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
             raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
         enc_name = resolve_encoder(encoder, fmt, device)
@@ -215,15 +217,15 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
 @main.command("preview")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out_png", type=click.Path(dir_okay=False))
-@click.option("--scheme", type=click.Choice(["rs", "mi", "both"]), default="both", show_default=True)
+@click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "all"]), default="all", show_default=True)
 @click.option("--patch", type=int, default=16, show_default=True)
 @click.option("--size", default="224", show_default=True, help="N or HxW, as for encrypt-shards.")
 @click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
 @click.option("--seed", type=int, default=None, help="Reproducible permutation (default: a cryptographic one).")
-@click.option("--gap", type=int, default=0, show_default=True, help="RS defence (see encrypt-shards).")
-@click.option("--drop", type=float, default=0.0, show_default=True, help="RS defence (see encrypt-shards).")
+@click.option("--gap", type=int, default=0, show_default=True, help="Defence of the shuffled schemes (see encrypt-shards).")
+@click.option("--drop", type=float, default=0.0, show_default=True, help="Defence of the shuffled schemes (see encrypt-shards).")
 def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
-    """Write a picture of IMAGE and its encrypted forms (plain | RS | MI) to OUT_PNG, to look before a run."""
+    """Write a picture of IMAGE and its encrypted forms (plain | RS | MI | MI-SHUFFLE) to OUT_PNG, to look before a run."""
     import secrets
 
     import numpy as np
@@ -238,8 +240,8 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
 
     try:
         h, w = parse_size(size)
-        kinds = ["rs", "mi"] if scheme == "both" else [scheme]
-        schemes = [Scheme(k, patch, h, w, *((gap, drop) if k == "rs" else (0, 0.0))) for k in kinds]
+        kinds = ["rs", "mi", "mi-shuffle"] if scheme == "all" else [scheme]
+        schemes = [Scheme.named(k, patch, h, w, *((gap, drop) if k != "mi" else (0, 0.0))) for k in kinds]
         data = open(image, "rb").read()
         inspect_header(data)
     except (SchemeError, InputError) as e:
@@ -252,7 +254,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
     panels = [imgs[0]]
     for s in schemes:
         perms = None
-        if s.kind == "rs":
+        if s.shuffled:
             perms = make_permutations(sort_keys(key, (1, 0), s.num_patches).reshape(1, -1))
         y = encrypt(s, x, perms)[0].numpy()
         if s.kind == "mi":  # shown at the plain image's size (each value as a 2x2 block)
@@ -286,6 +288,27 @@ def audit_cmd(out, plain, report_dir, samples, state_dir, seed):
     figs = ", ".join(f"{k} {v:.3f}" for k, v in rep["mean"].items())
     click.echo(f"himr-pipe audit: {rep['samples']} images, {rep['scheme']['kind']} P={rep['scheme']['patch']}: "
                f"{figs} -> {report_dir}")
+
+
+@main.command("decrypt")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="The owner state of the run (default: as encrypt-shards). It holds the job key.")
+@click.option("--limit", type=int, default=None, help="Decrypt only the first N samples.")
+def decrypt_cmd(out, dest, state_dir, limit):
+    """Owner only: rebuild every sample of OUT at its plain geometry into DEST/{key}.png.
+
+    RS and mi-shuffle are inverted exactly (up to the codec's loss); MI is shown at full size (its averaging
+    has no inverse). Needs the owner's state (the job key); refuses without it.
+    """
+    from .decrypt import DecryptError, decrypt_out
+
+    try:
+        res = decrypt_out(out, dest, state_dir, limit)
+    except DecryptError as e:
+        _fail_usage(str(e))
+    click.echo(f"himr-pipe decrypt: {res['images']} images ({res['scheme']}) -> {res['dest']}")
 
 
 if __name__ == "__main__":

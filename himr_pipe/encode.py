@@ -85,11 +85,11 @@ def choose_format(name: str, scheme: Scheme, quality: int = 90, allow_420: bool 
     h, w = scheme.out_size
     if cell % 16 == 0:
         sub = "420"
-    elif cell % 8 == 0 or scheme.kind != "rs":
+    elif cell % 8 == 0 or not scheme.shuffled:
         sub = "444"
     else:
         raise FormatError(
-            f"--format jpeg with scheme rs needs a patch size that is a multiple of 8 (got {cell}): "
+            f"--format jpeg with scheme {scheme.name} needs a stored cell that is a multiple of 8 (got {cell}): "
             "JPEG's 8x8 blocks would mix unrelated patches across their borders; use --format png or raw"
         )
     if sub == "420" and (h % 16 or w % 16 or not allow_420):

@@ -154,6 +154,14 @@ def sort_keys(key_hex: str, context: tuple[int, ...], n: int) -> np.ndarray:
     return (np.frombuffer(h.digest(8 * n), dtype="<u8") >> np.uint64(1)).astype(np.int64)
 
 
+def shard_sort_keys(key_hex: str, shard_index: int, planned: int, scheme: Scheme) -> np.ndarray:
+    """(planned, cells) sort keys of a shard's permutations: row ``pos`` is the planned sample at that
+    position (its output key is ``{shard:06d}_{pos:06d}``). The worker sorts them per batch; the
+    owner's ``decrypt`` regenerates them from the key in the state."""
+    n = scheme.num_patches
+    return sort_keys(key_hex, (1, shard_index), planned * n).reshape(planned, n)
+
+
 def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[tuple[Input, int]]]:
     """Cut the accepted inputs (x their views) into shards, in an order drawn from the job key."""
     from himr_pipe.kernels import make_permutations
@@ -196,7 +204,7 @@ class _Worker:
         self.encoder = make_encoder(cfg.encoder, cfg.fmt, threads, device)
         self.progress = progress
         s = cfg.scheme
-        self.sample_meta = {"scheme": s.kind, "size": list(s.out_size), "patch": s.out_cell}
+        self.sample_meta = {"scheme": s.name, "size": list(s.out_size), "patch": s.out_cell}
         self.sample_json = json.dumps(self.sample_meta).encode()
         fp = os.environ.get(FAILPOINT_ENV, "")
         self.kill_after = int(fp.split("=", 1)[1]) if fp.startswith("kill-after=") else None
@@ -238,8 +246,8 @@ class _Worker:
         cfg, s = self.cfg, self.cfg.scheme
         keys = None  # RS: one row of sort keys per planned sample; sorted on the device per batch
         n = len(task.items)
-        if s.kind == "rs":
-            keys = sort_keys(self.key_hex, (1, task.index), n * s.num_patches).reshape(n, s.num_patches)
+        if s.shuffled:
+            keys = shard_sort_keys(self.key_hex, task.index, n, s)
         draws = None  # --views: five uniform draws per planned sample (crop window and flip)
         if cfg.views > 1:
             draws = sort_keys(self.key_hex, (2, task.index), n * 5).reshape(n, 5) / float(2**63)
@@ -495,7 +503,7 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
     from tqdm import tqdm
 
     bar = tqdm(total=remaining, unit="img", disable=not show, dynamic_ncols=True, smoothing=0.1,
-               desc=f"encrypt-shards {cfg.scheme.kind}")
+               desc=f"encrypt-shards {cfg.scheme.name}")
     failure = None
     try:
         if opts.workers == 0:

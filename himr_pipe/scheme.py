@@ -12,14 +12,22 @@ Schemes (see ../shared/PAPER.md):
 * ``mi``   replace every PxP patch by the mean of its four (P/2)x(P/2)
            sub-patches. Output is (H/2)x(W/2); patch positions are kept, so
            the output grid has cells of (P/2)x(P/2).
+* ``mi`` with ``shuffle=True`` ("mi-shuffle" on the command line): MI, then
+           the (P/2)x(P/2) cells of the MI image are shuffled with a fresh
+           permutation per image, as RS shuffles patches. Positions are gone
+           (so no recognisable blurred picture) and MI's averaging has blurred
+           the seams a jigsaw solver reads. For classification with an
+           order-invariant model (MI patch embedding + RPE, no positions).
 * ``none`` no encryption: the plain resized image (baseline and tests).
 
-RS takes two defences against jigsaw attacks (the paper's "interval" and
-patch dropping): ``gap`` blanks a border of that many pixels inside every
-patch, so neighbouring seams carry nothing to match; ``drop`` blanks a
-fraction of every image's patches (the first slots after shuffling, which are
-a uniformly random subset of the image's patches). Both keep the geometry,
-so models and loaders work unchanged; both cost accuracy (benchmarks).
+Every *shuffled* scheme (``rs``, ``mi`` with ``shuffle``) takes two defences
+against jigsaw attacks (the paper's "interval" and patch dropping), applied
+to the cells of the stored image (``out_cell``): ``gap`` blanks a border of
+that many pixels inside every cell, so neighbouring seams carry nothing to
+match; ``drop`` blanks a fraction of every image's cells (the first slots
+after shuffling, which are a uniformly random subset of the image's cells).
+Both keep the geometry, so models and loaders work unchanged; both cost
+accuracy (benchmarks).
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 KINDS = ("rs", "mi", "none")
+# command-line names of the schemes: kind plus options
+NAMES = ("rs", "mi", "mi-shuffle", "none")
 
 
 class SchemeError(ValueError):
@@ -40,8 +50,9 @@ class Scheme:
     patch: int = 16
     height: int = 224
     width: int = 224
-    gap: int = 0        # RS defence: blank a border of this many pixels inside every patch (seams no longer match)
-    drop: float = 0.0   # RS defence: blank this fraction of each image's patches (pieces missing from the puzzle)
+    gap: int = 0        # defence: blank a border of this many pixels inside every stored cell (seams no longer match)
+    drop: float = 0.0   # defence: blank this fraction of each image's cells (pieces missing from the puzzle)
+    shuffle: bool = False  # mi only: shuffle the MI cells per image (rs always shuffles)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -57,13 +68,48 @@ class Scheme:
             )
         if self.kind == "mi" and self.patch % 2:
             raise SchemeError(f"scheme mi needs an even patch size (2x2 sub-patches), got {self.patch}")
+        if not isinstance(self.shuffle, bool):
+            raise SchemeError(f"shuffle must be True or False, got {self.shuffle!r}")
+        if self.shuffle and self.kind != "mi":
+            raise SchemeError("shuffle is an option of scheme mi (rs always shuffles, none never does)")
         if self.gap or self.drop:
-            if self.kind != "rs":
-                raise SchemeError("the gap and drop defences belong to scheme rs (they act on shuffled patches)")
-            if not isinstance(self.gap, int) or not 0 <= 2 * self.gap < self.patch:
-                raise SchemeError(f"gap must be an integer with 0 <= 2*gap < patch ({self.patch}), got {self.gap!r}")
+            if not self.shuffled:
+                raise SchemeError("the gap and drop defences belong to the shuffled schemes rs and mi-shuffle "
+                                  "(they act on shuffled cells)")
+            cell = self.out_cell
+            if not isinstance(self.gap, int) or not 0 <= 2 * self.gap < cell:
+                raise SchemeError(f"gap must be an integer with 0 <= 2*gap < the stored cell ({cell}), got {self.gap!r}")
             if not 0.0 <= float(self.drop) < 1.0:
                 raise SchemeError(f"drop must be in [0, 1), got {self.drop!r}")
+
+    # -- what the scheme does ---------------------------------------------
+    @property
+    def name(self) -> str:
+        """The command-line name: rs, mi, mi-shuffle or none."""
+        return "mi-shuffle" if self.shuffle else self.kind
+
+    @property
+    def shuffled(self) -> bool:
+        """Are the stored cells shuffled per image (rs, mi-shuffle)? Then positions carry nothing."""
+        return self.kind == "rs" or self.shuffle
+
+    @classmethod
+    def named(cls, name: str, patch: int = 16, height: int = 224, width: int = 224, gap: int = 0,
+              drop: float = 0.0) -> "Scheme":
+        """The scheme of a command-line name (see :data:`NAMES`)."""
+        if name not in NAMES:
+            raise SchemeError(f"unknown scheme {name!r}; choose one of {', '.join(NAMES)}")
+        kind, shuffle = ("mi", True) if name == "mi-shuffle" else (name, False)
+        return cls(kind, patch, height, width, gap, drop, shuffle)
+
+    def describe(self) -> str:
+        """A short human label: 'rs P=16 gap 1', 'mi-shuffle P=16', ..."""
+        s = f"{self.name} P={self.patch}"
+        if self.gap:
+            s += f" gap {self.gap}"
+        if self.drop:
+            s += f" drop {self.drop:g}"
+        return s
 
     # -- geometry -------------------------------------------------------
     @property
@@ -90,7 +136,7 @@ class Scheme:
 
     @property
     def dropped(self) -> int:
-        """Patches blanked per image by the drop defence."""
+        """Cells blanked per image by the drop defence."""
         return int(self.drop * self.num_patches + 0.5)
 
     @property
@@ -108,7 +154,7 @@ class Scheme:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Scheme":
         s = cls(kind=d["kind"], patch=int(d["patch"]), height=int(d["height"]), width=int(d["width"]),
-                gap=int(d.get("gap", 0)), drop=float(d.get("drop", 0.0)))
+                gap=int(d.get("gap", 0)), drop=float(d.get("drop", 0.0)), shuffle=bool(d.get("shuffle", False)))
         if "out_height" in d and (d["out_height"], d["out_width"]) != s.out_size:
             raise SchemeError(f"inconsistent scheme record: {d}")
         return s

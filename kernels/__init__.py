@@ -13,6 +13,8 @@ import importlib
 
 _EXPORTS = {
     "encrypt": ".api",
+    "decrypt": ".api",
+    "defence_mask": ".api",
     "mi_mix": ".reference",
     "rs_permute": ".reference",
     "rs_unpermute": ".reference",

@@ -36,24 +36,45 @@ def encrypt(scheme: Scheme, x: torch.Tensor, perms: torch.Tensor | np.ndarray | 
     if scheme.kind == "none":
         return x
     mod = _module(x, impl)
-    if scheme.kind == "mi":
-        return mod.mi_mix(x, scheme.patch)
+    y = mod.mi_mix(x, scheme.patch) if scheme.kind == "mi" else x
+    if not scheme.shuffled:
+        return y
     if perms is None:
-        raise ValueError("scheme rs needs per-image permutations")
+        raise ValueError(f"scheme {scheme.name} needs per-image permutations")
     perms = torch.as_tensor(perms).to(x.device, non_blocking=True)
-    y = mod.rs_permute(x, perms, scheme.patch)
+    # mi-shuffle: the same RS kernel on the MI image's cells (P/2); both implementations compose
+    # the same two kernels, so they stay bit-identical
+    y = mod.rs_permute(y, perms, scheme.out_cell)
     if scheme.gap or scheme.drop:
-        y = y * _defence_mask(scheme, x.device)
+        y = y * defence_mask(scheme, x.device)
     return y
 
 
-def _defence_mask(scheme: Scheme, device) -> torch.Tensor:
-    """(H, W, 1) uint8 mask of the RS defences: 0 on every patch's gap border and on the dropped slots.
+def decrypt(scheme: Scheme, y: torch.Tensor, perms: torch.Tensor | np.ndarray | None = None,
+            impl: str = "auto") -> torch.Tensor:
+    """The owner's inverse: put every stored cell back where it came from (uint8 NHWC, stored size).
+
+    RS and mi-shuffle are inverted exactly (blanked gap borders and dropped cells stay blank);
+    MI's averaging has no inverse, so MI images come back as they are (positions already right).
+    """
+    if tuple(y.shape[1:3]) != scheme.out_size:
+        raise ValueError(f"batch images are {tuple(y.shape[1:3])}, scheme stores {scheme.out_size}")
+    if not scheme.shuffled:
+        return y
+    if perms is None:
+        raise ValueError(f"scheme {scheme.name} needs the per-image permutations to decrypt")
+    perms = torch.as_tensor(perms).to(y.device, non_blocking=True)
+    return _module(y, impl).rs_unpermute(y, perms, scheme.out_cell)
+
+
+def defence_mask(scheme: Scheme, device="cpu") -> torch.Tensor:
+    """(H, W, 1) uint8 mask of the defences on the stored image: 0 on every cell's gap border and
+    on the dropped slots.
 
     The dropped slots are the first ``scheme.dropped`` output slots: after a uniform shuffle they
-    hold a uniformly random subset of the image's patches, so no extra randomness is needed.
+    hold a uniformly random subset of the image's cells, so no extra randomness is needed.
     """
-    p, g = scheme.patch, scheme.gap
+    p, g = scheme.out_cell, scheme.gap
     gh, gw = scheme.grid
     cell = torch.ones((p, p), dtype=torch.uint8, device=device)
     if g:

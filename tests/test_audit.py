@@ -78,12 +78,15 @@ def test_preview_shows_plain_rs_and_mi(sample_src, tmp_path):
     img = next(iter(sorted(sample_src.glob("*/*.jpg"))))
     out = tmp_path / "p.png"
     res = cli("preview", img, out, "--seed", "3")
-    assert "plain | RS | MI" in res.output
+    assert "plain | RS | MI | MI-SHUFFLE" in res.output
     pic = np.asarray(Image.open(out))
-    assert pic.shape == (224, 3 * 224 + 2 * 8, 3)
-    plain, rs = pic[:, :224], pic[:, 232:456]
+    assert pic.shape == (224, 4 * 224 + 3 * 8, 3)
+    plain, rs, mi, mis = (pic[:, i * 232:i * 232 + 224] for i in range(4))
     assert Counter(map(bytes, cut(plain, 16))) == Counter(map(bytes, cut(rs, 16)))
     assert not np.array_equal(plain, rs)
+    # mi-shuffle shows MI's cells (drawn 2x) in another order
+    assert Counter(map(bytes, cut(mi, 16))) == Counter(map(bytes, cut(mis, 16)))
+    assert not np.array_equal(mi, mis)
     assert "does not divide" in cli("preview", img, out, "--patch", "15", expect=2).output
 
 

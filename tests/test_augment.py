@@ -281,12 +281,14 @@ def test_grid_crop_flip_draws_are_grid_aligned_candidates(photos):
 
 
 # ----------------------------------------------------------------- build_augment
-@pytest.mark.parametrize("kind", ["rs", "mi", "none"])
+@pytest.mark.parametrize("kind", ["rs", "mi", "mi-shuffle", "none"])
 def test_build_augment_runs_and_returns_soft_targets(photos, kind):
     p = 8
-    scheme = Scheme(kind=kind, patch=p, height=SIZE, width=SIZE)
+    scheme = Scheme.named(kind, patch=p, height=SIZE, width=SIZE)
     if kind == "rs":
         enc = rs_permute(photos, perms_for(4, scheme.num_patches, 8), p)
+    elif kind == "mi-shuffle":
+        enc = rs_permute(mi_mix(photos, p), perms_for(4, scheme.num_patches, 8), p // 2)
     elif kind == "mi":
         enc = mi_mix(photos, p)
     else:
@@ -351,3 +353,31 @@ def test_mi_box_cutmix_is_mi_of_patch_aligned_cutmix(photos, p):
     aug = build_augment(Scheme(kind="mi", patch=p, height=SIZE, width=SIZE), 4, {"cutmix_alpha": 1.0})
     out, ys = aug(to_float(mi_mix(photos, p)), torch.arange(4), gen(0))
     assert out.shape == (4, 3, SIZE // 2, SIZE // 2) and torch.allclose(ys.sum(1), torch.ones(4))
+
+
+# ----------------------------------------------------------------- mi-shuffle
+@pytest.mark.parametrize("p", [8, 16])
+def test_cell_hflip_of_mi_shuffle_is_mi_shuffle_of_hflip(photos, p):
+    """Flipping every stored cell of mi-shuffle(x) gives exactly mi-shuffle(hflip x) with a matching permutation:
+    flipping a patch swaps and flips its sub-patches, so their (rounded) mean is the flipped cell."""
+    gw = SIZE // p
+    perms = perms_for(4, gw * gw, 5)
+    enc = to_float(rs_permute(mi_mix(photos, p), perms, p // 2))
+    out = patch_hflip(enc, p // 2, p=1.0, generator=gen(0))
+    perm2 = (perms // gw) * gw + (gw - 1 - perms % gw)
+    want = to_float(rs_permute(mi_mix(photos.flip(2).contiguous(), p), perm2, p // 2))
+    assert torch.equal(out, want)
+    assert not torch.equal(out, enc)
+
+
+def test_mi_shuffle_augment_is_the_shuffled_recipe(photos):
+    """mi-shuffle takes the order-free recipe of rs (cell flips, patch dropout, token mixing) on the MI cell,
+    never grid shifts (positions mean nothing once the cells are shuffled)."""
+    aug = build_augment(Scheme.named("mi-shuffle", 8, SIZE, SIZE), 10)
+    assert aug.config["shift_cells"] == 0 and aug.config["patch_drop_prob"] == 0.25
+    enc = to_float(rs_permute(mi_mix(photos, 8), perms_for(4, 64, 2), 4))
+    only_flip = build_augment(Scheme.named("mi-shuffle", 8, SIZE, SIZE), 10,
+                              {"brightness": 0, "contrast": 0, "saturation": 0, "mixup_alpha": 0, "cutmix_alpha": 0,
+                               "patch_drop_prob": 0, "hflip": 1.0})
+    out, _ = only_flip(enc, torch.arange(4), gen(0))
+    assert torch.equal(out, patch_hflip(enc, 4, p=1.0, generator=gen(0)))

@@ -73,6 +73,32 @@ def test_pevit_is_invariant_to_patch_order(rpe):
     assert (a[0] - a[1]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("rpe", [True, False])
+def test_mi_shuffle_model_is_invariant_to_cell_order(rpe):
+    """mi-shuffle's MI-ViT has no positions: its logits do not depend on the order of the MI cells."""
+    from himr_pipe.train.models import RPEMIPatchEmbed
+
+    torch.manual_seed(0)
+    s = Scheme.named("mi-shuffle", patch=8, height=32, width=32)
+    model = build_model(s, 5, rpe=rpe, **TINY).eval()
+    assert isinstance(model, MIViT) and model.pos_embed is None and model.shuffled
+    assert isinstance(model.patch_embed, RPEMIPatchEmbed) is rpe
+    m = mi_mix(photo(32, n=2), 8)  # 16x16 MI images, cells of 4
+    ms = shuffled(m, 4)
+    assert not torch.equal(m, ms)
+    with torch.no_grad():
+        a, b = model(to_input(m)), model(to_input(ms))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert (a[0] - a[1]).abs().max() > 1e-3
+    assert model_scheme(model) == Scheme.named("mi-shuffle", 8, 32, 32)
+    check_model_matches(model, s)
+    # an MI-ViT with positions is refused for shuffled cells, and the other way round
+    with pytest.raises(ValueError, match="shuffled per image"):
+        check_model_matches(build_model(Scheme("mi", 8, 32, 32), 5, **TINY), s)
+    with pytest.raises(ValueError, match="keep MI's cell positions"):
+        check_model_matches(model, Scheme("mi", 8, 32, 32))
+
+
 def test_plain_vit_depends_on_patch_order():
     torch.manual_seed(0)
     model = build_model(Scheme("none", patch=8, height=32, width=32), 5, **TINY).eval()

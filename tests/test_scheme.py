@@ -51,9 +51,28 @@ def test_rs_defences_are_validated_and_recorded():
     s = Scheme("rs", 16, 224, 224, gap=2, drop=0.25)
     assert s.dropped == 49 and Scheme.from_dict(s.to_dict()) == s
     assert Scheme.from_dict({"kind": "rs", "patch": 16, "height": 224, "width": 224}).gap == 0  # older manifests
-    with pytest.raises(SchemeError, match="belong to scheme rs"):
+    with pytest.raises(SchemeError, match="belong to the shuffled schemes"):
         Scheme("mi", 16, 224, 224, gap=2)
     with pytest.raises(SchemeError, match="gap"):
         Scheme("rs", 8, 64, 64, gap=4)
     with pytest.raises(SchemeError, match="drop"):
         Scheme("rs", 8, 64, 64, drop=1.0)
+
+
+def test_mi_shuffle_is_mi_with_shuffled_cells_and_takes_the_defences_on_its_cell():
+    s = Scheme.named("mi-shuffle", 16, 224, 224, gap=1, drop=0.25)
+    assert (s.kind, s.shuffle, s.name, s.shuffled) == ("mi", True, "mi-shuffle", True)
+    assert s.out_size == (112, 112) and s.out_cell == 8 and s.num_patches == 196
+    assert Scheme.from_dict(s.to_dict()) == s and s.to_dict()["shuffle"] is True
+    assert Scheme.from_dict({"kind": "mi", "patch": 16, "height": 224, "width": 224}).shuffle is False  # older
+    assert not Scheme("mi", 16, 224, 224).shuffled and Scheme("rs").shuffled
+    with pytest.raises(SchemeError, match="gap"):
+        Scheme.named("mi-shuffle", 16, 224, 224, gap=4)  # 2*4 is not < the stored cell 8
+    with pytest.raises(SchemeError, match="shuffle is an option of scheme mi"):
+        Scheme("rs", 16, 224, 224, shuffle=True)
+    with pytest.raises(SchemeError, match="unknown scheme"):
+        Scheme.named("mix")
+    # JPEG: the stored cell is 8, so 4:4:4 (blocks stay inside cells); a 4-pixel cell refuses JPEG
+    assert choose_format("jpeg", s).subsampling == "444"
+    with pytest.raises(FormatError, match="multiple of 8"):
+        choose_format("jpeg", Scheme.named("mi-shuffle", 8, 64, 64))

@@ -71,13 +71,34 @@ def test_same_errors_as_the_reference():
     assert tk.rs_permute(x[:0], torch.zeros((0, 4), dtype=torch.int64), 4).shape == (0, 8, 8, 3)
 
 
-@pytest.mark.parametrize("kind", ["rs", "mi", "none"])
-def test_encrypt_dispatch_gives_the_same_result_for_both_implementations(kind):
-    from himr_pipe.kernels import encrypt
+@pytest.mark.parametrize("name,gap,drop", [("rs", 1, 0.25), ("mi", 0, 0.0), ("none", 0, 0.0),
+                                            ("mi-shuffle", 0, 0.0), ("mi-shuffle", 1, 0.25)])
+def test_encrypt_dispatch_gives_the_same_result_for_both_implementations(name, gap, drop):
+    from himr_pipe.kernels import decrypt, encrypt
     from himr_pipe.scheme import Scheme
 
-    s = Scheme(kind, 8, 16, 24, *((1, 0.25) if kind == "rs" else (0, 0.0)))  # rs with both defences
+    s = Scheme.named(name, 8, 16, 24, gap, drop)  # the shuffled schemes also with both defences
     x, perms, _ = _batch((2, 2, 3, 8, 3), 3)
+    impl = "triton" if DEV == "cpu" else "auto"
     want = encrypt(s, x, perms, impl="torch")
-    got = encrypt(s, x.to(DEV), perms, impl="triton" if DEV == "cpu" else "auto")
+    got = encrypt(s, x.to(DEV), perms, impl=impl)
     assert torch.equal(got.cpu(), want)
+    assert torch.equal(decrypt(s, got, perms, impl=impl).cpu(), decrypt(s, want, perms, impl="torch"))
+
+
+@settings(max_examples=15, deadline=None)
+@given(shapes, st.integers(0, 2**32 - 1))
+def test_mi_shuffle_is_rs_of_mi_on_cells_and_decrypt_inverts_it(shape, seed):
+    """mi-shuffle = RS with the MI cell (P/2) on the MI image, on both implementations; decrypt gives MI back."""
+    from himr_pipe.kernels import decrypt, encrypt
+    from himr_pipe.scheme import Scheme
+
+    x, perms, p = _batch(shape, seed)
+    b, h, w, _ = x.shape
+    s = Scheme.named("mi-shuffle", p, h, w)
+    mi = ref.mi_mix(x, p)
+    want = ref.rs_permute(mi, perms, p // 2)
+    got = encrypt(s, x.to(DEV), perms.to(DEV), impl="triton" if DEV == "cpu" else "auto")
+    assert torch.equal(got.cpu(), want)
+    assert torch.equal(encrypt(s, x, perms, impl="torch"), want)
+    assert torch.equal(decrypt(s, want, perms, impl="torch"), mi)

@@ -522,6 +522,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "rs": {"patch_drop_prob": 0.25},  # dropout like DeiT's random erasing 0.25
     "mi": {"cutmix_alpha": 0.0},      # mixup only by default; > 0 gives cell-aligned box cutmix
+    "mi-shuffle": {"patch_drop_prob": 0.25},  # shuffled cells: as rs, on the MI cell
     "none": {},
 }
 
@@ -567,7 +568,7 @@ class EncryptedAugment:
             return x, y_soft
         _check_gen(generator, x.device)
         cell = s.out_cell
-        if s.kind == "rs":
+        if s.shuffled:  # rs, mi-shuffle: cells in random order; flip each cell on its own
             if cfg["hflip"] > 0:
                 x = patch_hflip(x, cell, cfg["hflip"], generator)
         elif s.kind == "mi":
@@ -582,7 +583,7 @@ class EncryptedAugment:
             x = patch_dropout(x, cell, cfg["patch_drop_ratio"], generator, p=cfg["patch_drop_prob"],
                               fill=cfg["patch_drop_fill"])
         if (cfg["mixup_alpha"] > 0 or cfg["cutmix_alpha"] > 0) and cfg["mix_prob"] > 0:
-            mode, mix_cell = ("token", cell) if s.kind == "rs" else ("box", cell if s.kind == "mi" else 1)
+            mode, mix_cell = ("token", cell) if s.shuffled else ("box", cell if s.kind == "mi" else 1)
             x, y_soft = token_mixup_cutmix(x, y_soft, mix_cell, cfg["mixup_alpha"], cfg["cutmix_alpha"],
                                            cfg["switch_prob"], generator, mix_prob=cfg["mix_prob"],
                                            cutmix_mode=mode)
@@ -596,6 +597,9 @@ def build_augment(scheme: Scheme, num_classes: int,
     * rs:   :func:`patch_hflip`, :func:`color_jitter`, :func:`patch_dropout`
             (p 0.25, ratio 0.25), token mixup/cutmix (:func:`token_mixup_cutmix`,
             mode "token", cell P).
+    * mi-shuffle: as rs on the MI cell (P/2): flipping a PxP patch in place
+            swaps and flips its sub-patches, so MI of it is the flipped cell;
+            with an order-invariant model that is MI of the flipped image.
     * mi:   :func:`grid_crop_flip` (cell P/2, shift up to ``shift_cells``),
             :func:`color_jitter`, mixup (cutmix off unless ``cutmix_alpha`` > 0,
             then cell-aligned boxes).
@@ -615,14 +619,14 @@ def build_augment(scheme: Scheme, num_classes: int,
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     cfg = dict(DEFAULTS["common"])
-    cfg.update(DEFAULTS[scheme.kind])
+    cfg.update(DEFAULTS[scheme.name])
     unknown = set(config or {}) - set(cfg)
     if unknown:
         raise ValueError(f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(cfg)}")
     cfg.update(config or {})
     if cfg["shift_cells"] is None:
         gh, gw = scheme.grid
-        cfg["shift_cells"] = max(1, int(round(min(gh, gw) / 8))) if scheme.kind == "mi" else 0
+        cfg["shift_cells"] = max(1, int(round(min(gh, gw) / 8))) if scheme.name == "mi" else 0
     cfg["shift_cells"] = int(cfg["shift_cells"])
     if cfg["value_range"] is not None:
         cfg["value_range"] = tuple(float(v) for v in cfg["value_range"])

@@ -15,6 +15,9 @@ only the patch embedding and the position embedding differ (see
   embedding (:class:`MIPatchEmbed`) is Conv(P/2, stride P/2) -> GELU ->
   Conv 1x1 on it, giving the same (H/P)x(W/P) grid as the plain image, and
   learned absolute position embeddings are kept (MI keeps patch positions).
+  For ``mi-shuffle`` (MI cells shuffled per image) the MI-ViT drops the
+  position embedding and adds the RPE (:class:`RPEMIPatchEmbed`), like PEViT:
+  order invariant.
 * **plain ViT** (scheme ``none``): timm's ViT with learned position embedding
   (DeiT sizes), the baseline on unencrypted images.
 
@@ -44,7 +47,7 @@ from timm.models.vision_transformer import VisionTransformer
 from himr_pipe.scheme import Scheme
 
 __all__ = [
-    "RPEPatchEmbed", "MIPatchEmbed", "PEViT", "MIViT", "SIZES",
+    "RPEPatchEmbed", "MIPatchEmbed", "RPEMIPatchEmbed", "PEViT", "MIViT", "SIZES",
     "build_model", "model_scheme", "check_model_matches",
 ]
 
@@ -57,18 +60,18 @@ SIZES: dict[str, tuple[int, int, int]] = {
 
 
 # ---------------------------------------------------------------- patch embeddings
-class RPEPatchEmbed(PatchEmbed):
-    """Patch embedding followed by the reference-based positional encoding.
+class _RPE:
+    """Mixin: the reference-based positional encoding after a patch embedding.
 
-    ``t -> t + g(t - r)`` for every patch token ``t`` (after timm's
-    projection and optional norm), with a learnable reference ``r`` (shape
-    (D,), so timm's optimizer factory keeps it out of weight decay like other
-    1-D parameters) and ``g = Linear(D,D) -> ReLU -> Linear(D,D) -> Sigmoid``.
+    ``t -> t + g(t - r)`` for every patch token ``t`` (after the projection
+    and optional norm), with a learnable reference ``r`` (shape (D,), so
+    timm's optimizer factory keeps it out of weight decay like other 1-D
+    parameters) and ``g = Linear(D,D) -> ReLU -> Linear(D,D) -> Sigmoid``.
     Token-wise, hence independent of the order of the patches.
     """
 
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, **kwargs):
-        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, **kwargs)
+    def __init__(self, *args, embed_dim=768, **kwargs):
+        super().__init__(*args, embed_dim=embed_dim, **kwargs)
         dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         self.ref = nn.Parameter(torch.empty(embed_dim, **dd))
         self.rpe_mlp = nn.Sequential(
@@ -127,6 +130,14 @@ class MIPatchEmbed(PatchEmbed):
         super().set_input_size(img_size=img_size)
 
 
+class RPEPatchEmbed(_RPE, PatchEmbed):
+    """timm's patch embedding followed by the RPE (PEViT, scheme ``rs``)."""
+
+
+class RPEMIPatchEmbed(_RPE, MIPatchEmbed):
+    """The MI patch embedding followed by the RPE (scheme ``mi-shuffle``: MI cells in random order)."""
+
+
 # ---------------------------------------------------------------- models
 class PEViT(VisionTransformer):
     """PEViT: timm ViT without position embedding, class-token head, optional RPE.
@@ -153,16 +164,28 @@ class MIViT(VisionTransformer):
     """ViT on MI images: :class:`MIPatchEmbed` and learned position embedding.
 
     ``img_size`` / ``patch_size`` are the MI image's: (H/2, W/2) and P/2.
+    ``shuffled=True`` is the model for ``mi-shuffle`` (MI cells in a random
+    order per image): like PEViT, no position embedding, a class-token head
+    and the RPE after the MI patch embedding (``rpe=False`` drops it), so the
+    logits are invariant to the order of the cells.
     """
 
     himr_kind = "mi"
 
-    def __init__(self, img_size=112, patch_size=8, **kwargs):
+    def __init__(self, img_size=112, patch_size=8, shuffled: bool = False, rpe: bool = True, **kwargs):
         for key in ("pos_embed", "embed_layer"):
             if key in kwargs:
                 raise ValueError(f"MIViT fixes {key}; got {key}={kwargs[key]!r}")
-        super().__init__(img_size=img_size, patch_size=patch_size, pos_embed="learn",
-                         embed_layer=MIPatchEmbed, **kwargs)
+        if shuffled:
+            kwargs.setdefault("class_token", True)
+            kwargs.setdefault("global_pool", "token")
+            super().__init__(img_size=img_size, patch_size=patch_size, pos_embed="none",
+                             embed_layer=RPEMIPatchEmbed if rpe else MIPatchEmbed, **kwargs)
+        else:
+            super().__init__(img_size=img_size, patch_size=patch_size, pos_embed="learn",
+                             embed_layer=MIPatchEmbed, **kwargs)
+        self.shuffled = bool(shuffled)
+        self.rpe = bool(rpe and shuffled)
 
 
 # ---------------------------------------------------------------- timm registry
@@ -260,14 +283,15 @@ def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str 
     * ``rs``   -> :class:`PEViT` on ``scheme.size`` with patch ``scheme.patch``
       (``rpe`` picks the RPE);
     * ``mi``   -> :class:`MIViT` on ``scheme.out_size`` (H/2 x W/2) with
-      patch ``scheme.out_cell`` (P/2): grid (H/P)x(W/P);
+      patch ``scheme.out_cell`` (P/2): grid (H/P)x(W/P); for ``mi-shuffle``
+      without position embedding and with the RPE (``rpe``), order invariant;
     * ``none`` -> plain timm ViT with learned position embedding.
 
     ``size`` (tiny/small/base) gives DeiT's embed_dim/depth/num_heads; explicit
     ``embed_dim`` / ``depth`` / ``num_heads`` override them. Other ``kw`` go to
     timm's VisionTransformer (``drop_path_rate``, ``patch_drop_rate``,
     ``in_chans``, ...); the input geometry comes from the scheme only.
-    ``rpe`` only applies to ``rs``. The scheme is recorded as
+    ``rpe`` only applies to the shuffled schemes (rs, mi-shuffle). The scheme is recorded as
     ``model.himr_scheme`` (its ``to_dict()``).
     """
     scheme = _as_scheme(scheme)
@@ -288,6 +312,9 @@ def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str 
         args["rpe"] = rpe
     elif scheme.kind == "mi":
         cls, variant, first_conv = MIViT, f"mivit_{size}_{tag}", "patch_embed.proj.0"
+        if scheme.shuffle:
+            variant = f"mivit_{size}_shuffle_{tag}"
+            args.update(shuffled=True, rpe=rpe)
     else:
         cls, variant, first_conv = VisionTransformer, f"vit_{size}_{tag}", "patch_embed.proj"
         args.update(pos_embed="learn")
@@ -335,14 +362,16 @@ def model_scheme(model: nn.Module) -> Scheme:
         raise ValueError(f"{type(m).__name__}: patch embedding conv kernel {tuple(first.kernel_size)} / stride "
                          f"{tuple(first.stride)} disagrees with its patch_size {pe.patch_size}")
     h, w = pe.img_size
+    shuffle = False
     if isinstance(pe, MIPatchEmbed):
         kind, patch, h, w = "mi", 2 * ph, 2 * h, 2 * w
+        shuffle = getattr(m, "pos_embed", None) is None  # no positions: the cells come shuffled
     elif getattr(m, "pos_embed", None) is None:
         kind, patch = "rs", ph
     else:
         kind, patch = "none", ph
     try:
-        return Scheme(kind=kind, patch=patch, height=h, width=w)
+        return Scheme(kind=kind, patch=patch, height=h, width=w, shuffle=shuffle)
     except ValueError as e:
         raise ValueError(f"{type(m).__name__} does not fit any scheme: {e}") from None
 
@@ -374,6 +403,12 @@ def check_model_matches(model: nn.Module, scheme: Scheme | Mapping[str, Any]) ->
     if have.kind != scheme.kind:
         problems.append(f"kind: the model is for {have.kind!r} data, the shards are {scheme.kind!r}: "
                         f"{_KIND_WHY.get((have.kind, scheme.kind), '')}")
+    elif have.shuffle != scheme.shuffle:
+        problems.append(f"kind: the model is for {have.name!r} data, the shards are {scheme.name!r}: "
+                        + ("the shards' MI cells are shuffled per image, so a model with position embeddings "
+                           "learns nothing from positions; use the order-invariant MI model (no positions, RPE)"
+                           if scheme.shuffle else
+                           "the shards keep MI's cell positions, which an order-invariant model throws away"))
     if have.patch != scheme.patch:
         problems.append(f"patch size: the model's patches are {have.patch}x{have.patch} (in the plain image), "
                         f"the shards were encrypted with P={scheme.patch}; the model's patch grid must be the "

@@ -1,0 +1,141 @@
+"""The owner's decrypt: put every stored cell back where it came from.
+
+Only the owner can do this: the permutations derive from the job key, which
+lives in the owner's state and never in OUT (DESIGN.md, "What OUT may hold").
+For every sample the key names its shard and planned position
+(``{shard:06d}_{pos:06d}``); the state's per-shard record gives the shard's
+index and planned count, so the sort keys of that shard are regenerated
+exactly as the worker drew them (:func:`himr_pipe.pipeline.shard_sort_keys`).
+
+What comes back, at the plain image's geometry (scheme.size):
+
+* ``rs``: the stored patches in their true places: exact, up to the codec's
+  loss (pixel-equal for PNG and raw shards); gap borders and dropped patches
+  stay blank, they were never stored;
+* ``mi``: the MI image shown at full size (each value as a 2x2 block): its
+  averaging has no inverse, and positions were never moved;
+* ``mi-shuffle``: the cells put back, then shown at full size as ``mi``.
+
+The audit uses :func:`true_permutations` for its ground truth instead of
+matching patches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import MANIFEST, default_state_dir, read_json
+from .scheme import Scheme
+from .shards import decode_image, iter_samples
+
+
+class DecryptError(ValueError):
+    """OUT and the owner's state do not allow a decrypt (missing, mismatched, or not ours)."""
+
+
+@dataclass(frozen=True)
+class OwnerView:
+    """OUT as the owner sees it: the public manifest plus the private state."""
+
+    out: str
+    manifest: dict
+    scheme: Scheme
+    ext: str
+    key_hex: str
+    shards: dict  # shard file name -> per-shard state record (index, planned, written...)
+    state_dir: str
+
+
+def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
+    mpath = os.path.join(out, MANIFEST)
+    if not os.path.isfile(mpath):
+        raise DecryptError(f"{out} holds no {MANIFEST}: not a himr-pipe OUT")
+    m = read_json(mpath)
+    job = m["job"]
+    state = Path(state_dir) if state_dir else default_state_dir(out)
+    jpath = state / "job.json"
+    if not jpath.is_file():
+        raise DecryptError(f"the owner's state of this OUT is not at {state}: decrypting needs the job key, which "
+                           "OUT never holds. Pass --state-dir (the folder encrypt-shards used); without it the "
+                           "permutations cannot be recovered")
+    jstate = read_json(jpath)
+    from .pipeline import _diff
+
+    diff = _diff(jstate.get("job", {}), job)
+    if diff:
+        raise DecryptError(f"the owner state at {state} belongs to a different job ({'; '.join(diff[:3])})")
+    shards = {}
+    for p in sorted((state / "shards").glob("*.json")):
+        st = read_json(p)
+        shards[st["name"]] = st
+    return OwnerView(out, m, Scheme.from_dict(job["scheme"]), job["format"]["ext"], jstate["key"], shards, str(state))
+
+
+def true_permutations(view: OwnerView, shard: str, keys: list[str]) -> dict[str, np.ndarray]:
+    """The permutation of each sample (``out_cell j = plain cell perm[j]``), by key; shuffled schemes only."""
+    from himr_pipe.kernels import make_permutations
+
+    from .pipeline import shard_sort_keys
+
+    st = view.shards.get(shard)
+    if st is None:
+        raise DecryptError(f"the owner state has no record of shard {shard}")
+    rows = shard_sort_keys(view.key_hex, st["index"], st["planned"], view.scheme)
+    out = {}
+    for k in keys:
+        pos = int(k.rsplit("_", 1)[1])
+        out[k] = make_permutations(rows[pos:pos + 1])[0]
+    return out
+
+
+def plain_geometry(view: OwnerView, stored: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
+    """One stored image (uint8 HWC, as decoded) back at the plain image's geometry."""
+    import torch
+
+    from himr_pipe.kernels import decrypt
+
+    s = view.scheme
+    img = decrypt(s, torch.from_numpy(np.ascontiguousarray(stored))[None],
+                  None if perm is None else perm[None])[0].numpy()
+    if s.kind == "mi":
+        img = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)
+    return img
+
+
+def iter_decrypted(view: OwnerView, keys: set[str] | None = None):
+    """Yield (shard, key, stored image, plain-geometry image) for every sample (or those in ``keys``)."""
+    for e in view.manifest["shards"]:
+        name = e["name"]
+        samples = [(k, mem) for k, mem in iter_samples(os.path.join(view.out, name)) if keys is None or k in keys]
+        if not samples:
+            continue
+        perms = (true_permutations(view, name, [k for k, _ in samples]) if view.scheme.shuffled
+                 else {k: None for k, _ in samples})
+        for k, mem in samples:
+            stored = decode_image(mem[view.ext], view.ext)
+            yield name, k, stored, plain_geometry(view, stored, perms[k])
+
+
+def decrypt_out(out: str, dest: str, state_dir: str | None = None, limit: int | None = None) -> dict:
+    """Write every sample of OUT (or the first ``limit``) as ``DEST/{key}.png`` at plain geometry."""
+    d, o = Path(dest).resolve(), Path(out).resolve()
+    if d == o or o in d.parents:
+        raise DecryptError("decrypted images show the data: DEST must not be inside OUT")
+    view = open_owner(out, state_dir)
+    if view.manifest.get("status") != "complete":
+        raise DecryptError("OUT is incomplete (an interrupted run): finish it by rerunning encrypt-shards first")
+    from PIL import Image
+
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)  # these are the owner's eyes only
+    n = 0
+    for _, key, _, img in iter_decrypted(view):
+        if limit is not None and n >= limit:
+            break
+        Image.fromarray(img).save(d / f"{key}.png", compress_level=1)
+        n += 1
+    return {"images": n, "scheme": view.scheme.describe(), "dest": str(d)}

@@ -1,0 +1,79 @@
+"""The owner's decrypt: exact inverse of the shuffle with the state, a clear refusal without it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import cli, encrypt
+
+from himr_pipe.kernels import defence_mask
+from himr_pipe.scheme import Scheme
+from himr_pipe.shards import decode_image, iter_samples
+
+
+def stored(out, ext="png") -> dict[str, np.ndarray]:
+    return {k: decode_image(m[ext], ext) for t in sorted(out.glob("*.tar")) for k, m in iter_samples(str(t))}
+
+
+@pytest.fixture(scope="module")
+def outs(sample_src, tmp_path_factory):
+    """The same sample, same seed (so the same keys hold the same inputs), in four schemes, lossless."""
+    base = tmp_path_factory.mktemp("decrypt")
+    args = ("--format", "png", "--seed", "5", "--shard-size", "7")
+    for name, extra in (("none", ()), ("rs", ()), ("mi", ()), ("mi-shuffle", ()),
+                        ("rs-def", ("--gap", "1", "--drop", "0.25"))):
+        scheme = name.split("-def")[0]
+        encrypt(sample_src, base / name, "--scheme", scheme, *args, *extra, state=base / f"{name}.state")
+    return base
+
+
+def decrypted(outs, name, tmp_path) -> dict[str, np.ndarray]:
+    dest = tmp_path / f"dec-{name}"
+    res = cli("decrypt", outs / name, dest, "--state-dir", outs / f"{name}.state")
+    assert "18 images" in res.output
+    return {p.stem: np.asarray(Image.open(p)) for p in dest.glob("*.png")}
+
+
+def test_decrypt_inverts_rs_exactly_on_lossless_shards(outs, tmp_path):
+    plain = stored(outs / "none")
+    got = decrypted(outs, "rs", tmp_path)
+    assert set(got) == set(plain) and len(plain) == 18
+    for k in plain:
+        assert np.array_equal(got[k], plain[k]), k
+    enc = stored(outs / "rs")
+    assert sum(np.array_equal(enc[k], plain[k]) for k in plain) == 0  # they were shuffled
+
+
+def test_decrypt_of_mi_shuffle_is_mi_and_mi_is_shown_at_full_size(outs, tmp_path):
+    mi = stored(outs / "mi")
+    got_mis, got_mi = decrypted(outs, "mi-shuffle", tmp_path), decrypted(outs, "mi", tmp_path)
+    for k in mi:
+        full = np.repeat(np.repeat(mi[k], 2, 0), 2, 1)
+        assert got_mi[k].shape == (224, 224, 3) and np.array_equal(got_mi[k], full)
+        assert np.array_equal(got_mis[k], full), k
+
+
+def test_decrypt_with_defences_puts_every_kept_patch_back(outs, tmp_path):
+    plain = stored(outs / "none")
+    got = decrypted(outs, "rs-def", tmp_path)
+    mask = defence_mask(Scheme("rs", 16, 224, 224, 1)).numpy()  # the gap border of every cell
+    for k in plain:
+        g = got[k]
+        cells = g.reshape(14, 16, 14, 16, 3).transpose(0, 2, 1, 3, 4).reshape(196, -1)
+        blank = ~cells.any(axis=1)
+        assert blank.sum() >= 49  # the dropped cells, in their true places
+        keep = np.repeat(~blank.reshape(14, 14), 16, 0).repeat(16, 1)[..., None] & (mask > 0)
+        assert np.array_equal(np.where(keep, g, 0), np.where(keep, plain[k], 0))
+
+
+def test_decrypt_refuses_without_the_state_and_inside_out(outs, tmp_path):
+    res = cli("decrypt", outs / "rs", tmp_path / "d", "--state-dir", tmp_path / "nowhere", expect=2)
+    assert "job key" in res.output and "OUT never holds" in res.output
+    assert not (tmp_path / "d").exists()
+    res = cli("decrypt", outs / "rs", outs / "rs" / "peek", "--state-dir", outs / "rs.state", expect=2)
+    assert "must not be inside OUT" in res.output
+    # another job's state is refused, not silently used with the wrong key
+    res = cli("decrypt", outs / "rs", tmp_path / "d", "--state-dir", outs / "mi.state", expect=2)
+    assert "different job" in res.output
