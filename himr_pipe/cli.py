@@ -74,9 +74,12 @@ def main():
 @click.option("--views", type=int, default=1, show_default=True,
               help="K > 1: bake K random-resized-crop + flip views of each input before encryption, each its own "
                    "sample (offline encryption freezes the image; this restores the usual train-time crops).")
+@click.option("--audit/--no-audit", default=True, show_default=True,
+              help="End with a quick audit of a few samples (seconds): the strongest attack we have, its figures "
+                   "written into the manifest, and a warning when the setting is over the leak budget.")
 def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, resize, shard_size, split, workers, threads,
                        batch_size, seed, shuffle, include_paths, state_dir, max_pixels, max_bytes, progress,
-                       device, decoder, encoder, kernels, views):
+                       device, decoder, encoder, kernels, views, audit):
     """Encrypt the images of SRC into WebDataset shards in OUT.
 
     SRC is an ImageNet-style folder (one sub-folder per class), a WebDataset
@@ -85,7 +88,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
     """
     from .decode import DEFAULT_MAX_PIXELS
     from .encode import FormatError, choose_format, resolve_encoder
-    from .pipeline import EXIT_PARTIAL, JobConfig, JobError, RunOptions, encrypt_shards
+    from .pipeline import AUDIT_SAMPLES, EXIT_PARTIAL, JobConfig, JobError, RunOptions, encrypt_shards
     from .scheme import Scheme, SchemeError, parse_size
     from .sources import DEFAULT_MAX_BYTES
 
@@ -105,7 +108,8 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
         if workers < 0:
             raise JobError("--workers must be 0 or more")
         opts = RunOptions(workers=workers, threads=threads, batch_size=batch_size, state_dir=state_dir,
-                          progress=progress, device=device, kernels=kernels)
+                          progress=progress, device=device, kernels=kernels,
+                          audit_samples=AUDIT_SAMPLES if audit else 0)
         res = encrypt_shards(src, out, cfg, seed, opts)
     except (SchemeError, FormatError, JobError) as e:
         _fail_usage(str(e))
@@ -121,6 +125,12 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
     for m in res.messages:
         click.echo(f"himr-pipe: {m}", err=True)
     click.echo(line)
+    a = res.manifest.get("audit")
+    if a and "mean" in a:
+        click.echo(f"himr-pipe: quick audit of {a['samples']} samples ({a['seconds']:.0f} s): the attack recovered "
+                   f"{a['mean']['neighbour_accuracy']:.3f} of the neighbours, {a['mean']['direct_accuracy']:.3f} of the "
+                   f"cells in place; " + ("within the leak budget" if a["meets_budget"] else "OVER the leak budget")
+                   + " (manifest.json 'audit'; himr-pipe audit OUT --report DIR for more)")
     if res.exit_code == EXIT_PARTIAL:
         click.echo(f"himr-pipe: skipped inputs by name: {os.path.join(res.state_dir, 'skipped.json')}", err=True)
     sys.exit(res.exit_code)
@@ -269,25 +279,27 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
 
 @main.command("audit")
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
-@click.option("--plain", "plain", type=click.Path(exists=True, file_okay=False), required=True,
-              help="The plain SRC folder the shards were made from (the owner's copy).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), required=True,
-              help="Folder for report.json, report.md and grid.png.")
+              help="Folder for report.json, report.md and grid.png (they show plain images: not inside OUT).")
+@click.option("--plain", "plain", type=click.Path(exists=True), default=None,
+              help="The plain SRC the shards were made from (default: where the owner state says it was).")
 @click.option("--samples", type=int, default=16, show_default=True, help="Images to attack.")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="The owner state of the run (default: as encrypt-shards).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which samples are drawn.")
-def audit_cmd(out, plain, report_dir, samples, state_dir, seed):
-    """Attack a sample of OUT's encrypted images and report what an attacker recovers."""
+def audit_cmd(out, report_dir, plain, samples, state_dir, seed):
+    """Owner only: attack a sample of OUT's encrypted images and report what an attacker recovers."""
     from .audit.report import AuditError, run_audit
 
+    if samples < 1:
+        _fail_usage("--samples must be at least 1")
     try:
         rep = run_audit(out, plain, report_dir, samples, state_dir, seed)
     except AuditError as e:
         _fail_usage(str(e))
     figs = ", ".join(f"{k} {v:.3f}" for k, v in rep["mean"].items())
-    click.echo(f"himr-pipe audit: {rep['samples']} images, {rep['scheme']['kind']} P={rep['scheme']['patch']}: "
-               f"{figs} -> {report_dir}")
+    verdict = "within the leak budget" if rep["meets_budget"] else "OVER the leak budget"
+    click.echo(f"himr-pipe audit: {rep['samples']} images, {rep['setting']}: {figs}; {verdict} -> {report_dir}")
 
 
 @main.command("decrypt")

@@ -48,6 +48,7 @@ class OwnerView:
     key_hex: str
     shards: dict  # shard file name -> per-shard state record (index, planned, written...)
     state_dir: str
+    source_root: str | None = None  # where SRC was when encrypt-shards ran (the owner's plain images)
 
 
 def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
@@ -72,7 +73,8 @@ def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
     for p in sorted((state / "shards").glob("*.json")):
         st = read_json(p)
         shards[st["name"]] = st
-    return OwnerView(out, m, Scheme.from_dict(job["scheme"]), job["format"]["ext"], jstate["key"], shards, str(state))
+    return OwnerView(out, m, Scheme.from_dict(job["scheme"]), job["format"]["ext"], jstate["key"], shards, str(state),
+                     jstate.get("source", {}).get("root"))
 
 
 def true_permutations(view: OwnerView, shard: str, keys: list[str]) -> dict[str, np.ndarray]:

@@ -7,7 +7,10 @@ hold"). So the two records are kept apart:
     the job (scheme with all parameters, format, shard size, whether the run
     was seeded - never the seed), class names, every shard with its sample
     count, size and sha256, totals, and every skipped input as its sample id
-    and reason. Source paths appear only with ``--include-paths``.
+    and reason. Source paths appear only with ``--include-paths``. ``audit``:
+    the quick audit's figures (attack name, neighbour and direct accuracy,
+    PSNR/SSIM, the leak budget and whether it is met): numbers only, never
+    pictures (DESIGN.md allows measured leak figures).
 ``OUT/_info.json`` (public)
     the split file timm's ``ReaderWds`` reads (splits -> name, num_samples,
     filenames, shard_lengths), so timm reads OUT unchanged.

@@ -42,6 +42,7 @@ from .sources import DEFAULT_MAX_BYTES, Input, InputError, Source, open_source, 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 # --views K > 1: torchvision's RandomResizedCrop defaults, then a horizontal flip half of the time
 VIEW_TRANSFORM = {"random_resized_crop": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}, "hflip": 0.5}
+AUDIT_SAMPLES = 4  # the quick audit that ends a run: a few seconds, figures into the manifest
 FAILPOINT_ENV = "HIMR_PIPE_FAILPOINT"  # "kill-after=N": SIGKILL the worker after N samples (tests)
 
 
@@ -124,6 +125,7 @@ class RunOptions:
     progress: bool | None = None   # None: on when stderr is a terminal
     device: str = "cpu"            # "cpu" or "cuda[:N]": where decode, encryption and encode run
     kernels: str = "auto"          # "auto" (Triton on CUDA, torch on CPU), "torch" or "triton"
+    audit_samples: int = AUDIT_SAMPLES  # quick audit of this many samples at the end (0: none)
 
 
 @dataclass
@@ -549,15 +551,41 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
         # the owner's copy of what was skipped, by name
         write_json_atomic(state / "skipped.json", [{"input": i, "path": ref, "reason": r} for i, ref, r in skipped],
                           private=True)
+    msgs = []
+    if complete and opts.audit_samples > 0 and cfg.scheme.kind != "none" and manifest["totals"]["written"]:
+        manifest["audit"] = quick_audit(out, str(state), opts.audit_samples, source, msgs)
     write_json_atomic(os.path.join(out, MANIFEST), manifest)
     secs = time.time() - t0
-    msgs = []
     if failure:
         msgs.append(f"run stopped: {failure}. Complete shards are kept; rerun the same command to resume.")
         code = EXIT_FAILED
     else:
         code = EXIT_PARTIAL if skipped else EXIT_OK
     return RunResult(manifest, code, secs, remaining, str(state), msgs)
+
+
+def quick_audit(out: str, state: str, samples: int, source, msgs: list) -> dict:
+    """Attack a few samples of the finished OUT; the figures (numbers only) go into the manifest.
+
+    The same sampler and attack as ``himr-pipe audit OUT --samples N --seed 0``, so that command
+    reproduces these figures. A setting over the leak budget adds one plain warning line.
+    """
+    from .audit.attack import warning_line
+    from .audit.report import audit_out, manifest_figures
+    from .scheme import Scheme
+
+    t = time.perf_counter()
+    try:
+        report, _ = audit_out(out, samples, state, seed=0, source=source)
+    except Exception as e:  # the audit must never cost the user a finished run
+        msgs.append(f"the quick audit failed ({type(e).__name__}: {e}); run himr-pipe audit OUT to measure the leak")
+        return {"error": f"{type(e).__name__}: {e}"}
+    fig = manifest_figures(report)
+    fig["seconds"] = round(time.perf_counter() - t, 2)
+    warn = warning_line(Scheme.from_dict(report["scheme"]), report["mean"])
+    if warn:
+        msgs.append(warn)
+    return fig
 
 
 def _run_pool(cfg, key, out, state, threads, opts, todo, done, bar) -> str | None:

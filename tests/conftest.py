@@ -42,17 +42,19 @@ def cli(*args, expect: int | None = 0):
     return res
 
 
-def encrypt(src, out, *args, state=None, expect: int | None = 0):
+def encrypt(src, out, *args, state=None, expect: int | None = 0, audit: bool = False):
+    """encrypt-shards in this process. The quick audit is off unless asked (tests about it ask): it adds
+    seconds per run, and only the audit tests are about it."""
     state = state or f"{out}.state"
-    return cli("encrypt-shards", src, out, "--workers", "0", "--no-progress", "--state-dir", state, *args,
-               expect=expect)
+    return cli("encrypt-shards", src, out, "--workers", "0", "--no-progress", "--state-dir", state,
+               *(() if audit else ("--no-audit",)), *args, expect=expect)
 
 
 def encrypt_subprocess(src, out, *args, state=None, env=None, timeout=300):
     """Run encrypt-shards in its own process (for crashes and worker processes)."""
     state = state or f"{out}.state"
     cmd = [sys.executable, "-m", "himr_pipe.cli", "encrypt-shards", str(src), str(out), "--no-progress",
-           "--state-dir", str(state), *[str(a) for a in args]]
+           "--no-audit", "--state-dir", str(state), *[str(a) for a in args]]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 

@@ -20,7 +20,7 @@ TINY = ("--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "4"
 def tiny_shards(sample_src, tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny")
     outs = {}
-    for scheme in ("rs", "mi", "none"):
+    for scheme in ("rs", "mi", "mi-shuffle", "none"):
         out = base / scheme
         encrypt(sample_src, out, "--scheme", scheme, "--size", "32", "--patch", "8", "--format", "png",
                 "--seed", "3", "--shard-size", "6")
@@ -28,7 +28,7 @@ def tiny_shards(sample_src, tmp_path_factory):
     return outs
 
 
-@pytest.mark.parametrize("scheme", ["rs", "mi", "none"])
+@pytest.mark.parametrize("scheme", ["rs", "mi", "mi-shuffle", "none"])
 def test_train_and_evaluate(tiny_shards, tmp_path, scheme):
     res = cli("train", tiny_shards[scheme], "--val", tiny_shards[scheme], "--out", tmp_path / "run",
               "--epochs", "2", *TINY)

@@ -1,4 +1,8 @@
-"""A jigsaw-puzzle attack on RS: recover the patch layout of a shuffled image.
+"""The first jigsaw attack on RS (v1), kept as the baseline the audit's attack must beat.
+
+The audit runs :mod:`.solver` (v2), which reads the stored bytes (JPEG chroma
+at its stored resolution) and places far better; ``benchmarks/bench_attack.py``
+prints both side by side. :func:`cut` and :func:`assemble` are shared.
 
 The attacker sees only the stored (possibly JPEG-compressed) patches and
 knows the grid size (it follows from the image size and P). Two classic

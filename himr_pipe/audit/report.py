@@ -1,20 +1,17 @@
 """``himr-pipe audit``: attack a sample of encrypted shards and report what leaks.
 
-Runs on the owner's side: it needs the plain sources and the owner's state
-(which maps every output key to its source file), neither of which is in OUT.
-For each sampled image it rebuilds the exact image that was encrypted (same
-decoder, same resize), attacks the encrypted one, and scores the result:
+Runs on the owner's side: it needs the owner's state (the job key, which
+gives the true permutation of every sample, and the map from samples to
+source files), never in OUT. For each sampled image it rebuilds the exact
+plain image that was encrypted (same decoder, same resize, same view), runs
+the attack of :mod:`.attack` on the stored bytes and scores it.
 
-* RS: the jigsaw solver (:mod:`.jigsaw`) on the stored (possibly JPEG)
-  patches; direct and neighbour accuracy against the true layout (found by
-  matching stored patches to plain ones), PSNR/SSIM of the reconstruction;
-* MI: the naive and the regularised least-squares inverse
-  (:mod:`.mi_inverse`), PSNR/SSIM, next to a same-information baseline (the
-  plain image 2x down and up).
-
-The report folder gets ``report.json`` (every figure), ``report.md`` (the
-summary table, generated from the same numbers) and ``grid.png`` (original |
-encrypted | each reconstruction, one row per image).
+:func:`audit_out` is the one sampler and scorer. ``encrypt-shards`` ends with
+it (a few samples, figures into the manifest) and ``himr-pipe audit`` runs it
+with more samples and writes ``report.json`` (every figure), ``report.md``
+(the summary table) and ``grid.png`` (original | stored | attacker's
+picture, one row per image). The same OUT, sample count and seed give the
+same figures from both.
 """
 
 from __future__ import annotations
@@ -27,101 +24,103 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..manifest import MANIFEST, default_state_dir, read_json
-from ..scheme import Scheme
-from ..shards import decode_image, iter_samples
-from .jigsaw import assemble, cut, solve
-from .mi_inverse import downsampled_baseline, ls_inverse, naive_inverse
-from .scores import direct_accuracy, image_quality, neighbour_accuracy
-
-
-PSNR_CAP = 100.0
+from ..decrypt import DecryptError, open_owner, true_permutations
+from ..shards import iter_samples
+from .attack import BUDGET, PSNR_CAP, attack_name, attack_sample, meets_budget, summarise
 
 
 class AuditError(ValueError):
     pass
 
 
-def true_layout(stored: np.ndarray, plain: np.ndarray, patch: int) -> np.ndarray:
-    """Which stored patch belongs at each plain position (nearest match; exact for lossless output)."""
-    a = cut(stored, patch).reshape(-1, patch * patch * 3).astype(np.float32)
-    b = cut(plain, patch).reshape(-1, patch * patch * 3).astype(np.float32)
-    d = (b * b).sum(1)[:, None] - 2 * b @ a.T + (a * a).sum(1)[None, :]
-    gh, gw = plain.shape[0] // patch, plain.shape[1] // patch
-    return d.argmin(axis=1).reshape(gh, gw)
+def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tuple[dict, str | None]:
+    """Rebuild the plain images of the picked samples: {key: HxWx3}, or ({}, why not)."""
+    from ..decode import inspect_header, make_decoder
+    from ..pipeline import sort_keys, view_window
+    from ..sources import InputError, SourceError, open_source, read_input
+
+    job = view.manifest["job"]
+    if source is None:
+        root = plain_root or view.source_root
+        if not root:
+            return {}, "the owner state does not say where SRC was; pass --plain"
+        try:
+            source = open_source(root)
+        except SourceError as e:
+            return {}, f"SRC is not readable ({e}); pass --plain"
+    views = job.get("views", 1)
+    dec = make_decoder(job.get("decoder", "dali"), view.scheme.size, job["resize"], 1, 1, "cpu", views=views > 1)
+    out = {}
+    for shard, key, idx, ref in picks:
+        if idx >= len(source.inputs) or source.inputs[idx].ref != ref:
+            return {}, "SRC changed since the run (its inputs no longer match the owner state)"
+        try:
+            data = read_input(source.inputs[idx].loc)
+            batch = [data]
+            if views > 1:
+                st = view.shards[shard]
+                pos = int(key.rsplit("_", 1)[1])
+                u = sort_keys(view.key_hex, (2, st["index"]), st["planned"] * 5).reshape(-1, 5)[pos] / float(2**63)
+                hdr = inspect_header(data)
+                batch = ([data], np.array([view_window(u, hdr.width, hdr.height)], np.float32))
+        except InputError as e:
+            return {}, f"a plain source can't be read ({e.reason})"
+        (imgs, bad), = list(dec.run([batch]))
+        if bad:
+            return {}, f"a plain source no longer decodes ({bad[0]})"
+        out[key] = np.asarray(imgs[0])
+    return out, None
 
 
-def run_audit(out: str, plain_root: str, report_dir: str, samples: int = 16, state_dir: str | None = None,
+def audit_out(out: str, samples: int = 16, state_dir: str | None = None, seed: int = 0, source=None,
+              plain_root: str | None = None) -> tuple[dict, list]:
+    """Attack ``samples`` samples of OUT (drawn with ``seed``); returns (report, grid rows)."""
+    try:
+        view = open_owner(out, state_dir)
+    except DecryptError as e:
+        raise AuditError(str(e)) from None
+    scheme = view.scheme
+    if scheme.kind == "none":
+        raise AuditError("OUT holds unencrypted images (scheme none): there is nothing to attack")
+    written = [(st["name"], k, idx, ref) for _, st in sorted(view.shards.items()) for k, idx, ref in st["written"]]
+    if not written:
+        raise AuditError("no written samples in the owner state")
+    picks = sorted(random.Random(seed).sample(written, min(samples, len(written))))
+    plain, why_no_plain = _plain_images(view, picks, source, plain_root)
+    blobs, perms = {}, {}
+    for shard in sorted({p[0] for p in picks}):
+        keys = {p[1] for p in picks if p[0] == shard}
+        for k, mem in iter_samples(os.path.join(out, shard)):
+            if k in keys:
+                blobs[k] = mem[view.ext]
+        if scheme.shuffled:
+            perms.update(true_permutations(view, shard, sorted(keys)))
+    rows, grid = [], []
+    for _, key, _, _ in picks:
+        row, pictures = attack_sample(scheme, blobs[key], view.ext, perms.get(key), plain.get(key))
+        rows.append({"key": key, **row})
+        grid.append(([plain[key]] if key in plain else []) + pictures)
+    mean = summarise([{k: v for k, v in r.items() if k != "key"} for r in rows])
+    ok, why = meets_budget(scheme, mean)
+    report = {"scheme": scheme.to_dict(), "setting": scheme.describe(), "format": view.manifest["job"]["format"],
+              "attack": attack_name(scheme), "samples": len(rows), "seed": seed, "mean": mean,
+              "budget": BUDGET, "meets_budget": ok, "over_budget": why,
+              "plain": "rebuilt from SRC" if plain else f"unavailable: {why_no_plain}", "images": rows}
+    return report, grid
+
+
+def manifest_figures(report: dict) -> dict:
+    """What the manifest carries of an audit: numbers only, never pictures, keys or paths."""
+    return {k: report[k] for k in ("attack", "samples", "seed", "mean", "budget", "meets_budget", "over_budget")}
+
+
+def run_audit(out: str, plain_root: str | None, report_dir: str, samples: int = 16, state_dir: str | None = None,
               seed: int = 0) -> dict:
     rd, od = Path(report_dir).resolve(), Path(out).resolve()
     if rd == od or od in rd.parents:
         raise AuditError("the report shows plain images: it must not be written inside OUT")
-    m = read_json(os.path.join(out, MANIFEST))
-    job = m["job"]
-    scheme = Scheme.from_dict(job["scheme"])
-    if scheme.kind == "none":
-        raise AuditError("OUT holds unencrypted images (scheme none): there is nothing to attack")
-    state = Path(state_dir) if state_dir else default_state_dir(out)
-    if not (state / "shards").is_dir():
-        raise AuditError(f"the owner state of this OUT is not at {state}: pass --state-dir (the audit needs the "
-                         "map from samples to source files, which OUT never holds)")
-    written = []
-    for p in sorted((state / "shards").glob("*.json")):
-        st = read_json(p)
-        written += [(st["name"], k, ref) for k, _, ref in st["written"]]
-    if not written:
-        raise AuditError("no written samples in the owner state")
-    pick = sorted(random.Random(seed).sample(written, min(samples, len(written))))
-    from ..decode import make_decoder
-
-    dec = make_decoder(job.get("decoder", "dali"), scheme.size, job["resize"], 1, 1, "cpu")
-    ext = job["format"]["ext"]
-    rows, grid = [], []
-    by_shard: dict[str, set] = {}
-    for shard, key, _ in pick:
-        by_shard.setdefault(shard, set()).add(key)
-    stored = {}
-    for shard, keys in by_shard.items():
-        for k, mem in iter_samples(os.path.join(out, shard)):
-            if k in keys:
-                stored[k] = decode_image(mem[ext], ext)
-    for shard, key, ref in pick:
-        src = os.path.join(plain_root, ref)
-        if not os.path.isfile(src):
-            raise AuditError(f"the plain source of a sample is missing under --plain: {ref}")
-        (imgs, bad), = list(dec.run([[open(src, "rb").read()]]))
-        if bad:
-            raise AuditError(f"{ref}: {bad[0]}")
-        plain = np.asarray(imgs[0])
-        enc = stored[key]
-        row = {"key": key}
-        panels = [plain, enc if scheme.kind == "rs" else np.repeat(np.repeat(enc, 2, 0), 2, 1)]
-        if scheme.kind == "rs":
-            truth = true_layout(enc, plain, scheme.patch)
-            layout = solve(cut(enc, scheme.patch), scheme.grid)
-            recon = assemble(cut(enc, scheme.patch), layout)
-            row.update(direct_accuracy=direct_accuracy(layout, truth),
-                       neighbour_accuracy=neighbour_accuracy(layout, truth), **image_quality(recon, plain))
-            panels.append(recon)
-        else:
-            naive, ls = naive_inverse(enc, scheme.patch), ls_inverse(enc, scheme.patch)
-            base = downsampled_baseline(plain)
-            for name, img in (("naive", naive), ("ls", ls), ("baseline_2x_down_up", base)):
-                q = image_quality(img, plain)
-                row[f"{name}_psnr"], row[f"{name}_ssim"] = q["psnr"], q["ssim"]
-            panels += [naive, ls]
-        rows.append(row)
-        grid.append(panels)
-    metrics = [k for k in rows[0] if k != "key"]
-    # a perfect reconstruction has infinite PSNR: the mean caps it at 100 dB, and says how many there were
-    mean = {k: float(np.mean([min(r[k], PSNR_CAP) if k.endswith("psnr") else r[k] for r in rows])) for k in metrics}
-    if scheme.kind == "rs":
-        mean["exact_reconstructions"] = float(np.mean([r["psnr"] == float("inf") for r in rows]))
-    report = {"out": os.path.abspath(out), "scheme": scheme.to_dict(), "format": job["format"],
-              "samples": len(rows), "mean": mean, "images": rows,
-              "attacks": (["jigsaw (MGC compatibility + greedy placement)"] if scheme.kind == "rs"
-                          else ["naive inverse", "regularised least squares"])}
-    rd = Path(report_dir)
+    report, grid = audit_out(out, samples, state_dir, seed, plain_root=plain_root)
+    report["out"] = os.path.abspath(out)
     rd.mkdir(parents=True, exist_ok=True)
     (rd / "report.json").write_text(json.dumps(report, indent=1))
     (rd / "report.md").write_text(markdown(report))
@@ -131,25 +130,31 @@ def run_audit(out: str, plain_root: str, report_dir: str, samples: int = 16, sta
 
 def markdown(report: dict) -> str:
     s = report["scheme"]
-    lines = [f"# Privacy audit: {s['kind']} P={s['patch']} {s['height']}x{s['width']}, "
-             f"{report['format']['name']}, {report['samples']} images", "",
-             "Attacks: " + "; ".join(report["attacks"]) + ".", "",
+    lines = [f"# Privacy audit: {report['setting']} {s['height']}x{s['width']}, {report['format']['name']}, "
+             f"{report['samples']} images", "",
+             f"Attack: {report['attack']}.", "",
+             f"Plain images: {report['plain']}.", "",
              f"PSNR in dB, capped at {PSNR_CAP:.0f} for exact reconstructions.", "", "| figure | mean |", "|---|---|"]
     for k, v in report["mean"].items():
         lines.append(f"| {k} | {v:.4f} |")
-    lines += ["", "Columns of grid.png: original | encrypted | "
-              + ("jigsaw reconstruction" if s["kind"] == "rs" else "naive inverse | least-squares inverse"), ""]
+    verdict = ("within the leak budget" if report["meets_budget"]
+               else "OVER the leak budget: " + "; ".join(report["over_budget"]))
+    lines += ["", f"Budget: direct <= {BUDGET['direct_accuracy']}, neighbour <= {BUDGET['neighbour_accuracy']}, "
+              f"an MI-like picture below the same-information baseline's SSIM. This setting is {verdict}.", "",
+              "Columns of grid.png: original | stored (MI drawn at full size) | the attacker's picture", ""]
     return "\n".join(lines)
 
 
 def _grid(rows: list[list[np.ndarray]], path: Path, cap: int = 8) -> None:
     gap = 4
+    h = max(p.shape[0] for r in rows for p in r)
     lines = []
     for panels in rows[:cap]:
-        h = panels[0].shape[0]
         parts = []
         for p in panels:
-            parts += [p[:h], np.full((h, gap, 3), 255, np.uint8)]
-        lines += [np.concatenate(parts[:-1], axis=1), np.full((gap, sum(x.shape[1] for x in parts[:-1]), 3), 255,
-                                                             np.uint8)]
-    Image.fromarray(np.concatenate(lines[:-1], axis=0)).save(path)
+            p = np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0)), constant_values=255)
+            parts += [p, np.full((h, gap, 3), 255, np.uint8)]
+        lines.append(np.concatenate(parts[:-1], axis=1))
+    w = max(x.shape[1] for x in lines)
+    lines = [np.pad(x, ((0, gap), (0, w - x.shape[1]), (0, 0)), constant_values=255) for x in lines]
+    Image.fromarray(np.concatenate(lines, axis=0)[:-gap]).save(path)

@@ -29,3 +29,37 @@ def image_quality(recon: np.ndarray, plain: np.ndarray) -> dict:
     exact = np.array_equal(recon, plain)  # skimage would divide by a zero error
     return {"psnr": float("inf") if exact else float(peak_signal_noise_ratio(plain, recon, data_range=255)),
             "ssim": float(structural_similarity(plain, recon, channel_axis=-1, data_range=255))}
+
+
+def layout_scores(layout: np.ndarray, truth: np.ndarray, blank: np.ndarray | None = None) -> dict:
+    """Direct and neighbour accuracy of ``layout`` against ``truth``, ignoring blank (dropped) pieces.
+
+    ``layout`` and ``truth`` are (gh, gw) arrays of piece indices; ``blank`` is
+    a bool (N,) array of pieces that carry nothing (dropped: all wildcards).
+
+    * direct: share of the true positions holding a non-blank piece that the
+      layout fills with that same piece;
+    * neighbour: share of the true adjacent pairs (right and down) of two
+      non-blank pieces that the layout also has (same pieces, same relation).
+
+    Without blank pieces these equal :func:`direct_accuracy` and
+    :func:`neighbour_accuracy`.
+    """
+    layout, truth = np.asarray(layout), np.asarray(truth)
+    if layout.shape != truth.shape:
+        raise ValueError(f"layout {layout.shape} and truth {truth.shape} differ in shape")
+    n = truth.size
+    blank = np.zeros(n, bool) if blank is None else np.asarray(blank, bool)
+    real = ~blank[truth]
+    direct = float((layout == truth)[real].sum() / max(1, real.sum()))
+    # successor of every piece in the layout, per relation (-1: none)
+    succ = -np.ones((2, n), int)
+    succ[0, layout[:, :-1].ravel()] = layout[:, 1:].ravel()
+    succ[1, layout[:-1].ravel()] = layout[1:].ravel()
+    hits, total = 0, 0
+    for rel, (a, b) in enumerate(((truth[:, :-1], truth[:, 1:]), (truth[:-1], truth[1:]))):
+        a, b = a.ravel(), b.ravel()
+        keep = ~blank[a] & ~blank[b]
+        total += int(keep.sum())
+        hits += int((succ[rel, a[keep]] == b[keep]).sum())
+    return {"direct": direct, "neighbour": hits / max(1, total)}
