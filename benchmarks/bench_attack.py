@@ -107,6 +107,7 @@ class Puzzle:
     gap: int
     truth: np.ndarray     # (gh, gw): slot holding the plain patch of each position
     blank: np.ndarray     # (N,) bool: slots that were dropped (the true wildcards)
+    mixed: bool = False   # MI cells (the attacker knows the scheme)
 
 
 def make_puzzle(img: np.ndarray, st: Setting, seed: int) -> Puzzle:
@@ -130,7 +131,7 @@ def make_puzzle(img: np.ndarray, st: Setting, seed: int) -> Puzzle:
         blank[:k] = True
     out = jigsaw.assemble(pieces, np.arange(n).reshape(gh, gw))
     fmt = ImageFormat("jpeg", 90, "420" if cell % 16 == 0 else "444") if st.fmt == "jpeg" else ImageFormat("png")
-    return Puzzle(fmt.encode(out), fmt.ext, cell, (gh, gw), st.gap, np.argsort(perm).reshape(gh, gw), blank)
+    return Puzzle(fmt.encode(out), fmt.ext, cell, (gh, gw), st.gap, np.argsort(perm).reshape(gh, gw), blank, st.mi)
 
 
 def decode_default(blob: bytes, ext: str) -> np.ndarray:
@@ -149,7 +150,7 @@ def old_attack(pz: Puzzle) -> np.ndarray:
 
 
 def new_attack(pz: Puzzle) -> np.ndarray:
-    return solve_stored(load_stored(pz.blob, pz.ext), pz.cell, pz.grid, gap=pz.gap)
+    return solve_stored(load_stored(pz.blob, pz.ext), pz.cell, pz.grid, gap=pz.gap, mixed=pz.mixed)
 
 
 def run_setting(st: Setting, imgs: list[np.ndarray], old: bool = True) -> dict:

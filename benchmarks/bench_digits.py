@@ -51,13 +51,13 @@ def make_digits(root: Path, size: int = 32, seed: int = 0) -> dict:
     return {"train": len(idx_tr), "val": len(idx_va)}
 
 
-def encrypt(src: Path, out: Path, scheme: str, seed: int, patch: int, defence: tuple = (0, 0.0)) -> None:
+def encrypt(src: Path, out: Path, scheme: str, seed: int, patch: int, defence: tuple = (0, 0.0), size: int = 32) -> None:
     from click.testing import CliRunner
 
     from himr_pipe.cli import main
 
     r = CliRunner().invoke(main, ["encrypt-shards", str(src), str(out), "--scheme", scheme, "--patch", str(patch), "--gap", str(defence[0]), "--drop", str(defence[1]),
-                                  "--size", "32", "--format", "png", "--seed", str(seed), "--shard-size", "200",
+                                  "--size", str(size), "--format", "png", "--seed", str(seed), "--shard-size", "200",
                                   "--workers", "0", "--no-progress", "--state-dir", str(out) + ".state"])
     if r.exit_code != 0:
         raise SystemExit(f"encrypt-shards failed: {r.output}")

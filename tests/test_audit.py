@@ -133,7 +133,7 @@ def test_quick_audit_figures_in_the_manifest_match_a_separate_audit(sample_src, 
     from conftest import cli, encrypt, manifest
 
     out, state = tmp_path / "out", tmp_path / "state"
-    res = encrypt(sample_src, out, "--format", "png", "--seed", "2", state=state, audit=True)
+    res = encrypt(sample_src, out, "--scheme", "rs", "--format", "png", "--seed", "2", state=state, audit=True)
     warn = [ln for ln in res.output.splitlines() if "warning:" in ln]
     assert len(warn) == 1 and "over the leak budget" in warn[0] and "rs P=16" in warn[0]
     a = manifest(out)["audit"]
@@ -141,7 +141,7 @@ def test_quick_audit_figures_in_the_manifest_match_a_separate_audit(sample_src, 
 
     assert a["samples"] == 4 and a["meets_budget"] is False and a["attack"] == ATTACK_NAME
     assert set(a["mean"]) >= {"direct_accuracy", "neighbour_accuracy", "psnr", "ssim"}
-    assert f"{a['mean']['direct_accuracy']:.2f} of the cells" in warn[0]
+    assert f"{a['mean']['direct_accuracy']:.3f} of the cells" in warn[0]
     text = (out / "manifest.json").read_text()
     assert "key" not in json.dumps(a) and str(sample_src) not in text  # figures, no keys, no paths
     cli("audit", out, "--report", tmp_path / "rep", "--state-dir", state, "--samples", "4", "--seed", "0")
@@ -150,7 +150,7 @@ def test_quick_audit_figures_in_the_manifest_match_a_separate_audit(sample_src, 
     assert {k: v for k, v in rep["mean"].items() if k not in skip} == \
         {k: v for k, v in a["mean"].items() if k not in skip}
     # --no-audit: no figures, no warning; verify accepts both manifests
-    res = encrypt(sample_src, tmp_path / "o2", "--format", "png", "--seed", "2")
+    res = encrypt(sample_src, tmp_path / "o2", "--scheme", "rs", "--format", "png", "--seed", "2")
     assert "audit" not in manifest(tmp_path / "o2") and "warning" not in res.output
     cli("verify", out)
 

@@ -144,13 +144,19 @@ def test_seed_reproduces_bytes_and_no_seed_draws_fresh(sample_src, tmp_path):
     assert shard_bytes(tmp_path / "c") != shard_bytes(tmp_path / "d")
 
 
-def test_jpeg_output_default(sample_src, tmp_path):
+def test_defaults_are_mi_shuffle_as_jpeg(sample_src, tmp_path):
+    """The default setting (README "Privacy"): mi-shuffle P=16 at 224, JPEG q90 4:4:4 (8-pixel cells)."""
     out = tmp_path / "o"
     encrypt(sample_src, out)
     imgs = load(out, "jpg")
-    assert len(imgs) == 18 and all(v[0].shape == (224, 224, 3) for v in imgs.values())
-    assert manifest(out)["job"]["format"] == {"name": "jpeg", "ext": "jpg", "quality": 90, "subsampling": "420"}
+    assert len(imgs) == 18 and all(v[0].shape == (112, 112, 3) for v in imgs.values())
+    m = manifest(out)
+    assert m["job"]["format"] == {"name": "jpeg", "ext": "jpg", "quality": 90, "subsampling": "444"}
+    assert (m["job"]["scheme"]["kind"], m["job"]["scheme"]["shuffle"], m["job"]["scheme"]["patch"]) == ("mi", True, 16)
     assert cli("verify", out, "--decode").exit_code == 0
+    rs = tmp_path / "rs"
+    encrypt(sample_src, rs, "--scheme", "rs")
+    assert manifest(rs)["job"]["format"]["subsampling"] == "420"  # 16-pixel cells take 4:2:0
 
 
 def test_raw_format_and_non_square(sample_src, tmp_path):
@@ -221,8 +227,10 @@ def test_clear_errors_before_any_work(sample_src, tmp_path):
     assert "not empty" in encrypt(sample_src, foreign, expect=2).output
     out = tmp_path / "job"
     encrypt(sample_src, out, "--seed", "1")
-    r = encrypt(sample_src, out, "--seed", "1", "--scheme", "mi", expect=2)
+    r = encrypt(sample_src, out, "--seed", "1", "--scheme", "rs", expect=2)
     assert "different job" in r.output and "scheme.kind" in r.output
+    r = encrypt(sample_src, out, "--seed", "1", "--scheme", "mi", expect=2)
+    assert "different job" in r.output and "scheme.shuffle" in r.output
     r = encrypt(sample_src, out, "--seed", "1", "--patch", "32", expect=2)
     assert "different job" in r.output
 

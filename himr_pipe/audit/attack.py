@@ -67,7 +67,7 @@ def attack_sample(scheme: Scheme, blob: bytes, ext: str, perm: np.ndarray | None
         truth = np.argsort(perm).reshape(grid)
         blank = np.zeros(scheme.num_patches, bool)
         blank[:scheme.dropped] = True   # the owner knows which slots were dropped: they score as wildcards
-        layout = solve_stored(load_stored(blob, ext), cell, grid, scheme.gap)
+        layout = solve_stored(load_stored(blob, ext), cell, grid, scheme.gap, mixed=scheme.kind == "mi")
         sc = layout_scores(layout, truth, blank)
         row["direct_accuracy"], row["neighbour_accuracy"] = sc["direct"], sc["neighbour"]
         row["solved"] = float(sc["direct"] == 1.0)  # the whole layout recovered
@@ -123,6 +123,6 @@ def warning_line(scheme: Scheme, mean: dict) -> str | None:
                 f"blurred picture{pic}; mi-shuffle removes the positions")
     extra = [w for w in why if not w.startswith(("direct", "neighbour"))]
     return (f"warning: {scheme.describe()} is over the leak budget: the audit's attack put "
-            f"{mean['direct_accuracy']:.2f} of the cells back in place and rebuilt {mean['neighbour_accuracy']:.2f} "
+            f"{mean['direct_accuracy']:.3f} of the cells back in place and rebuilt {mean['neighbour_accuracy']:.3f} "
             f"of the neighbours (budget: <= {BUDGET['direct_accuracy']} and <= {BUDGET['neighbour_accuracy']})"
             + "".join(f"; {w}" for w in extra))
