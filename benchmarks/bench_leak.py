@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +46,8 @@ SETTINGS = [
 
 
 def slug(label: str) -> str:
-    return label.replace(" ", "_").replace("=", "").replace(".", "")
+    """A folder name for a setting's shards: letters, digits, '-' and '_' only."""
+    return re.sub(r"[^A-Za-z0-9-]+", "_", label.replace(".", "")).strip("_")
 
 
 def leak_table(settings=SETTINGS, n: int = 24, work: Path | None = None, seed: int = 0) -> dict:

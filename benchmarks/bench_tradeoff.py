@@ -41,19 +41,19 @@ reason to drop it: without RPE rs did 4.7 points better with augmentation off
 but 3.9 points worse with it on, each from a single seed. ``none`` and ``mi``
 have no RPE (they keep positions) and are trained without augmentation too.
 
-Budget: 15 epochs by default, so that the full table (18 trainings: 8 at P=4, 10
-at P=8) finishes in about 20 minutes on a 2-core machine (about 65-80 s per
-training when the machine is shared; a 64 px input costs little more than a
-32 px one). That is half bench_digits' 30 epochs: ``none`` reaches about 0.82
-here against 0.97 there, so read every figure as "after 15 epochs", and the
-costs as upper bounds at this budget, not as converged accuracies.
+Budget: 30 epochs by default, bench_digits' budget, at which ``none`` reaches
+0.97 (18 trainings: 8 at P=4, 10 at P=8; about 45 minutes on a 2-core machine,
+120-160 s per training). At 15 epochs (``--epochs 15``, about 22 minutes) every
+model is still rising and the shuffled ones take off late, so their costs came
+out up to 0.25 higher: read such a run as a smoke test, not as the table.
 
 A setting the scheme refuses at a patch size (a gap needs 2*gap < the stored
 cell: P for rs, P/2 for mi-shuffle; so no mi-shuffle gap at P=4, no rs gap 2
 at P=4) is printed as "n/a" with the scheme's reason and not trained.
 
-Run:  python benchmarks/bench_tradeoff.py [--epochs 15] [--settings "none,rs,rs gap 1"] [--patches 4,8]
-                                          [--json PATH] [--work DIR] [--seed 0]
+Run:  python benchmarks/bench_tradeoff.py [--epochs 30] [--settings "none,rs,rs gap 1"] [--patches 4,8]
+                                          [--json PATH] [--work DIR] [--seed 0] [--photos 24]
+                                          [--accuracy-json PATH] [--leak-json PATH]
 
 Settings are picked by their labels; spaces, '+' and '-' are ignored in the
 match ("rs gap 1 + drop 0.25" = "rsgap1drop0.25"). Another script can import
@@ -124,7 +124,7 @@ def _refusal(scheme: str, patch: int, size: int, gap: int, drop: float) -> str |
     return None
 
 
-def accuracy_table(settings=None, patches=(4, 8), epochs: int = 15, seed: int = 0, work=None, log=print) -> dict:
+def accuracy_table(settings=None, patches=(4, 8), epochs: int = 30, seed: int = 0, work=None, log=print) -> dict:
     """Train every setting at every patch size with the same budget; return all results.
 
     ``settings``: candidates as in :data:`CANDIDATES` (tuples) or their labels (None: all).
@@ -291,7 +291,7 @@ def trade_off_table(acc: dict, leak: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--settings", default=None, help="comma list of labels (default: all): "
                     + ", ".join(c[0] for c in CANDIDATES))
     ap.add_argument("--patches", default="4,8", help="patch sizes P (images are 8P x 8P)")

@@ -129,11 +129,13 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
             + f", {len(res.manifest['shards'])} shards, {res.seconds:.1f} s, {rate:.0f} img/s -> "
             + os.path.join(out, "manifest.json"))
     for m in res.messages:
-        click.echo(f"himr-pipe: {m}", err=True)
+        if not m.startswith("quick audit:"):
+            click.echo(f"himr-pipe: {m}", err=True)
     click.echo(line)
     a = res.manifest.get("audit")
     if a and "mean" in a:
-        click.echo(f"himr-pipe: quick audit of {a['samples']} samples ({a['seconds']:.0f} s): the attack recovered "
+        took = next((m.split(": ", 1)[1] for m in res.messages if m.startswith("quick audit:")), "")
+        click.echo(f"himr-pipe: quick audit of {a['samples']} samples ({took}): the attack recovered "
                    f"{a['mean']['neighbour_accuracy']:.3f} of the neighbours, {a['mean']['direct_accuracy']:.3f} of the "
                    f"cells in place; " + ("within the leak budget" if a["meets_budget"] else "OVER the leak budget")
                    + " (manifest.json 'audit'; himr-pipe audit OUT --report DIR for more)")
@@ -184,7 +186,8 @@ def sample_data_cmd(dest, per_class, seed):
 @click.option("--embed-dim", type=int, default=None, help="Override the width (small experiments).")
 @click.option("--depth", type=int, default=None, help="Override the number of blocks.")
 @click.option("--heads", type=int, default=None, help="Override the number of attention heads.")
-@click.option("--rpe/--no-rpe", default=True, show_default=True, help="PEViT's reference-based positional encoding.")
+@click.option("--rpe/--no-rpe", default=True, show_default=True,
+              help="The reference-based positional encoding of the order-invariant models (rs, mi-shuffle).")
 @click.option("--epochs", type=int, default=300, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Per process.")
 @click.option("--lr", type=float, default=None, help="Default: 5e-4 x global batch / 512 (DeiT).")

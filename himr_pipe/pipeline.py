@@ -551,11 +551,13 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
         # the owner's copy of what was skipped, by name
         write_json_atomic(state / "skipped.json", [{"input": i, "path": ref, "reason": r} for i, ref, r in skipped],
                           private=True)
+    write_json_atomic(os.path.join(out, MANIFEST), manifest)
+    secs = time.time() - t0  # the run's own time; the quick audit's is recorded with its figures
     msgs = []
     if complete and opts.audit_samples > 0 and cfg.scheme.kind != "none" and manifest["totals"]["written"]:
+        # after the complete manifest is on disk: an interrupted audit never leaves OUT unfinished
         manifest["audit"] = quick_audit(out, str(state), opts.audit_samples, source, msgs)
-    write_json_atomic(os.path.join(out, MANIFEST), manifest)
-    secs = time.time() - t0
+        write_json_atomic(os.path.join(out, MANIFEST), manifest)
     if failure:
         msgs.append(f"run stopped: {failure}. Complete shards are kept; rerun the same command to resume.")
         code = EXIT_FAILED
@@ -581,7 +583,7 @@ def quick_audit(out: str, state: str, samples: int, source, msgs: list) -> dict:
         msgs.append(f"the quick audit failed ({type(e).__name__}: {e}); run himr-pipe audit OUT to measure the leak")
         return {"error": f"{type(e).__name__}: {e}"}
     fig = manifest_figures(report)
-    fig["seconds"] = round(time.perf_counter() - t, 2)
+    msgs.append(f"quick audit: {time.perf_counter() - t:.0f} s")
     warn = warning_line(Scheme.from_dict(report["scheme"]), report["mean"])
     if warn:
         msgs.append(warn)

@@ -53,7 +53,7 @@ class TrainConfig:
     embed_dim: int | None = None       # overrides for small experiments
     depth: int | None = None
     num_heads: int | None = None
-    rpe: bool = True                   # PEViT's reference-based positional encoding (rs only)
+    rpe: bool = True                   # the reference-based positional encoding (rs, mi-shuffle)
     epochs: int = 300
     batch_size: int = 128
     lr: float | None = None            # default 5e-4 * global batch / 512

@@ -110,8 +110,11 @@ def audit_out(out: str, samples: int = 16, state_dir: str | None = None, seed: i
 
 
 def manifest_figures(report: dict) -> dict:
-    """What the manifest carries of an audit: numbers only, never pictures, keys or paths."""
-    return {k: report[k] for k in ("attack", "samples", "seed", "mean", "budget", "meets_budget", "over_budget")}
+    """What the manifest carries of an audit: numbers only, never pictures, keys or paths; and no timings,
+    so that a rerun of the same job writes the same manifest."""
+    fig = {k: report[k] for k in ("attack", "samples", "seed", "mean", "budget", "meets_budget", "over_budget")}
+    fig["mean"] = {k: v for k, v in fig["mean"].items() if k != "attack_seconds"}
+    return fig
 
 
 def run_audit(out: str, plain_root: str | None, report_dir: str, samples: int = 16, state_dir: str | None = None,
