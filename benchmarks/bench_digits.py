@@ -58,7 +58,7 @@ def encrypt(src: Path, out: Path, scheme: str, seed: int, patch: int, defence: t
 
     r = CliRunner().invoke(main, ["encrypt-shards", str(src), str(out), "--scheme", scheme, "--patch", str(patch), "--gap", str(defence[0]), "--drop", str(defence[1]),
                                   "--size", str(size), "--format", "png", "--seed", str(seed), "--shard-size", "200",
-                                  "--workers", "0", "--no-progress", "--state-dir", str(out) + ".state"])
+                                  "--workers", "0", "--no-progress", "--no-audit", "--state-dir", str(out) + ".state"])
     if r.exit_code != 0:
         raise SystemExit(f"encrypt-shards failed: {r.output}")
 
@@ -96,8 +96,8 @@ def loader_vs_step(work: Path, seconds: float = 20.0) -> dict:
 
     from himr_pipe.cli import main
 
-    r = CliRunner().invoke(main, ["encrypt-shards", str(src), str(out), "--shard-size", "60", "--no-progress",
-                                  "--state-dir", str(out) + ".state"])
+    r = CliRunner().invoke(main, ["encrypt-shards", str(src), str(out), "--scheme", "rs", "--shard-size", "60",
+                                  "--no-progress", "--no-audit", "--state-dir", str(out) + ".state"])
     assert r.exit_code == 0, r.output
     batch = 16
     n, t = 0, time.perf_counter()

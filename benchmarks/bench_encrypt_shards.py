@@ -155,7 +155,7 @@ class PeakRSS:
 def encrypt_shards(scheme: str, src: Path, out: Path, state: Path) -> tuple[int, int]:
     """Run the CLI; returns (written, peak RSS bytes). Fails loudly on any problem."""
     cmd = [sys.executable, "-m", "himr_pipe.cli", "encrypt-shards", str(src), str(out), "--scheme", scheme,
-           "--shard-size", str(SHARD_SIZE), "--state-dir", str(state), "--no-progress"]
+           "--shard-size", str(SHARD_SIZE), "--state-dir", str(state), "--no-progress", "--no-audit"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mon = PeakRSS(proc.pid)
     log, _ = proc.communicate()

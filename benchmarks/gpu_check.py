@@ -240,7 +240,7 @@ def main():
         f = choose_format(fmt, s, 90, allow_420=enc != "torchvision")
         cfg = JobConfig(s, f, shard_size=500 if not workers else 250, seeded=True, decoder="torchvision", encoder=enc)
         opts = RunOptions(workers=workers, threads=8 if not workers else max(1, 16 // workers), batch_size=B,
-                          state_dir=str(work / "state"), progress=False, device=DEV)
+                          state_dir=str(work / "state"), progress=False, device=DEV, audit_samples=0)
         sync()
         t = time.perf_counter()
         res = encrypt_shards(str(src), str(out), cfg, seed=seed, opts=opts)
