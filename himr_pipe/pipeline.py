@@ -33,6 +33,7 @@ import numpy as np
 from . import __version__
 from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, inspect_header
 from .encode import ImageFormat
+from .lock import LOCK_NAME, OutLock, OutLocked
 from .manifest import (MANIFEST, MANIFEST_FORMAT, TIMM_INFO, build_manifest, build_timm_info,
                        default_state_dir, read_json, seed_digest, write_json_atomic)
 from .scheme import Scheme
@@ -393,7 +394,7 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 def _own_files(out: Path, prefix: str) -> bool:
     """True when every entry of OUT is something this tool writes."""
     for e in os.listdir(out):
-        if e in (MANIFEST, TIMM_INFO, MANIFEST + ".tmp", TIMM_INFO + ".tmp"):
+        if e in (MANIFEST, TIMM_INFO, MANIFEST + ".tmp", TIMM_INFO + ".tmp", LOCK_NAME):
             continue
         if e.endswith(".tar") or e.endswith(".tar.tmp"):
             continue
@@ -402,7 +403,10 @@ def _own_files(out: Path, prefix: str) -> bool:
 
 
 def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptions):
-    """All checks that must pass before any work; returns (source, state_dir, key, job_state)."""
+    """All checks that must pass before any work; returns (source, state_dir, key, lock).
+
+    From the moment OUT exists this run holds its lock (:mod:`.lock`): a second run on the same OUT is
+    refused here, before it reads or writes anything. The caller releases the lock when the run ends."""
     if (seed is not None) != cfg.seeded:
         raise ValueError("cfg.seeded must match whether a seed is given")
     from .sources import SourceError
@@ -415,6 +419,19 @@ def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptio
     if outp.exists() and not outp.is_dir():
         raise JobError(f"OUT {out!r} exists and is not a folder")
     outp.mkdir(parents=True, exist_ok=True)
+    lock = OutLock(out)
+    try:
+        lock.__enter__()
+    except OutLocked as e:
+        raise JobError(str(e)) from None
+    try:
+        return (*_prepare_locked(src, out, outp, cfg, seed, opts, source), lock)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+
+
+def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | None, opts: RunOptions, source):
     srcp = Path(src)
     if srcp.exists() and srcp.is_dir() and (outp.resolve() == srcp.resolve() or srcp.resolve() in outp.resolve().parents):
         raise JobError("OUT must not be inside SRC")
@@ -478,7 +495,14 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
                    opts: RunOptions | None = None, log=print) -> RunResult:
     opts = opts or RunOptions()
     t0 = time.time()
-    source, state, key = prepare(src, out, cfg, seed, opts)
+    source, state, key, lock = prepare(src, out, cfg, seed, opts)
+    try:
+        return _run(src, out, cfg, opts, t0, source, state, key)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source, state, key) -> RunResult:
     shards = plan_shards(source, key, cfg)
     names = [shard_name(cfg.split, i) for i in range(len(shards))]
     for e in os.listdir(out):

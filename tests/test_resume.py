@@ -98,3 +98,32 @@ def test_disk_error_mid_run_stops_cleanly_and_resumes(sample_src, tmp_path, monk
     monkeypatch.setattr(shards.ShardWriter, "add", real_add)
     encrypt(sample_src, out, *args)
     assert shard_bytes(out) == shard_bytes(clean)
+
+
+def test_out_is_owned_by_one_run_and_a_killed_runs_lock_is_taken_over(sample_src, tmp_path):
+    """A second run on an OUT that a live run holds is refused (exit 2, naming the holder); once the holder is
+    killed (kill -9: no clean-up), the next run takes the lock over and finishes; the lock file goes with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from himr_pipe.lock import LOCK_NAME
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from himr_pipe.lock import OutLock\n"
+        f"with OutLock({str(out)!r}):\n    print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = encrypt(sample_src, out, "--seed", "1", expect=2)
+        assert "another himr-pipe run" in r.output and f"pid {holder.pid}" in r.output
+        assert not (out / "manifest.json").exists()  # refused before it wrote anything
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (out / LOCK_NAME).exists()  # the killed run left its (now dead) lock behind
+    encrypt(sample_src, out, "--seed", "1")
+    assert not (out / LOCK_NAME).exists() and (out / "manifest.json").exists()

@@ -379,7 +379,7 @@ def model_scheme(model: nn.Module) -> Scheme:
 _KIND_WHY = {
     ("none", "rs"): "it has learned position embeddings, but RS shuffles the patches of every image at random, "
                     "so positions carry nothing; use PEViT (no position embedding)",
-    ("mi", "rs"): "it has an MI patch embedding and position embeddings, but the shards are RS",
+    ("mi", "rs"): "it has an MI patch embedding (for half-size MI images), but the shards are RS",
     ("rs", "mi"): "it is an order-invariant PEViT with a plain patch embedding, but the shards are MI "
                   "(half-size images whose patch positions are kept)",
     ("none", "mi"): "it is a plain ViT, but the shards are MI (half-size images, cells of P/2)",
