@@ -182,10 +182,10 @@ def main():
     keys = rng.integers(0, 2**63, (B, n))
     keys_dev = torch.from_numpy(keys).to(DEV)
     t_full = bench(lambda: tk.rs_permute(x, make_permutations(keys_dev), P))  # device argsort + kernel
-    from himr_pipe.pipeline import sort_keys
+    from himr_pipe.keys import permutation_keys
 
     t_shake = bench(lambda: tk.rs_permute(x, make_permutations(
-        torch.from_numpy(sort_keys("ab" * 32, (1, 0), B * n).reshape(B, n)).to(DEV)), P), reps=25)
+        torch.from_numpy(permutation_keys("ab" * 32, 0, B, n)).to(DEV)), P), reps=25)
     R["vs_baselines"] = {
         "research_loop_s": t_loop, "torch_token_gather_s": t_gather, "torch_reference_on_device_s": t_ref,
         "triton_rs_s": t_rs, "triton_rs_with_device_argsort_s": t_full,

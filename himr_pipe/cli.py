@@ -245,15 +245,13 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
 @click.option("--drop", type=float, default=0.0, show_default=True, help="Defence of the shuffled schemes (see encrypt-shards).")
 def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
     """Write a picture of IMAGE and its encrypted forms (plain | RS | MI | MI-SHUFFLE) to OUT_PNG, to look before a run."""
-    import secrets
-
     import numpy as np
     import torch
     from PIL import Image
 
     from .decode import DaliDecoder, inspect_header
     from .kernels import encrypt, make_permutations
-    from .pipeline import key_from_seed, sort_keys
+    from . import keys
     from .scheme import Scheme, SchemeError, parse_size
     from .sources import InputError
 
@@ -269,12 +267,12 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
     if bad:
         _fail_usage(f"{image}: {bad[0]}")
     x = torch.from_numpy(imgs)
-    key = key_from_seed(seed) if seed is not None else secrets.token_hex(32)
+    key = keys.key_from_seed(seed) if seed is not None else keys.new_key()
     panels = [imgs[0]]
     for s in schemes:
         perms = None
         if s.shuffled:
-            perms = make_permutations(sort_keys(key, (1, 0), s.num_patches).reshape(1, -1))
+            perms = make_permutations(keys.permutation_keys(key, 0, 1, s.num_patches))
         y = encrypt(s, x, perms)[0].numpy()
         if s.kind == "mi":  # shown at the plain image's size (each value as a 2x2 block)
             y = np.repeat(np.repeat(y, 2, axis=0), 2, axis=1)

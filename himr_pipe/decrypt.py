@@ -5,7 +5,7 @@ lives in the owner's state and never in OUT (DESIGN.md, "What OUT may hold").
 For every sample the key names its shard and planned position
 (``{shard:06d}_{pos:06d}``); the state's per-shard record gives the shard's
 index and planned count, so the sort keys of that shard are regenerated
-exactly as the worker drew them (:func:`himr_pipe.pipeline.shard_sort_keys`).
+exactly as the worker drew them (:func:`himr_pipe.keys.permutation_keys`).
 
 What comes back, at the plain image's geometry (scheme.size):
 
@@ -81,12 +81,12 @@ def true_permutations(view: OwnerView, shard: str, keys: list[str]) -> dict[str,
     """The permutation of each sample (``out_cell j = plain cell perm[j]``), by key; shuffled schemes only."""
     from himr_pipe.kernels import make_permutations
 
-    from .pipeline import shard_sort_keys
+    from .keys import permutation_keys
 
     st = view.shards.get(shard)
     if st is None:
         raise DecryptError(f"the owner state has no record of shard {shard}")
-    rows = shard_sort_keys(view.key_hex, st["index"], st["planned"], view.scheme)
+    rows = permutation_keys(view.key_hex, st["index"], st["planned"], view.scheme.num_patches)
     out = {}
     for k in keys:
         pos = int(k.rsplit("_", 1)[1])

@@ -66,11 +66,6 @@ def default_state_dir(out_dir: str) -> Path:
     return Path(base) / f"{Path(out_dir).resolve().name}-{tag}"
 
 
-def seed_digest(seed: int, key_hex: str) -> str:
-    """A check value for 'same seed as before' that can't be brute-forced without the key."""
-    return hashlib.sha256(f"{key_hex}:{seed}".encode()).hexdigest()
-
-
 def build_manifest(job: dict, classes: list[str] | None, empty_classes: list[str], shards: list[dict],
                    inputs: int, skipped: list[dict], upscaled: int, status: str, inputs_written: int = 0) -> dict:
     """``inputs_written + skipped == inputs`` always; ``written`` counts samples (``views`` per input)."""

@@ -14,11 +14,9 @@ shard, the result is byte-identical to an uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -30,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, keys
 from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, inspect_header
 from .encode import ImageFormat
 from .lock import LOCK_NAME, OutLock, OutLocked
 from .manifest import (MANIFEST, MANIFEST_FORMAT, TIMM_INFO, build_manifest, build_timm_info,
-                       default_state_dir, read_json, seed_digest, write_json_atomic)
+                       default_state_dir, read_json, write_json_atomic)
 from .scheme import Scheme
 from .shards import ShardWriter, shard_name
 from .sources import DEFAULT_MAX_BYTES, Input, InputError, Source, open_source, read_input
@@ -139,40 +137,12 @@ class RunResult:
     messages: list[str] = field(default_factory=list)
 
 
-# -- keys and randomness ------------------------------------------------------
-def key_from_seed(seed: int) -> str:
-    return hashlib.sha256(f"himr-pipe/v1/seed:{seed}".encode()).hexdigest()
-
-
-def sort_keys(key_hex: str, context: tuple[int, ...], n: int) -> np.ndarray:
-    """``n`` uniform 63-bit sort keys (int64) from SHAKE-256 keyed by the job key and a context.
-
-    A cryptographic stream rather than a statistical PRNG: even an attacker
-    who solves some images' jigsaws learns nothing about the permutations of
-    the others, and the stream of one shard can be regenerated on resume
-    without touching any other. 63 bits so that numpy and torch (no uint64
-    sort) order them alike.
-    """
-    h = hashlib.shake_256(bytes.fromhex(key_hex) + b"|himr-pipe|" + ",".join(map(str, context)).encode())
-    return (np.frombuffer(h.digest(8 * n), dtype="<u8") >> np.uint64(1)).astype(np.int64)
-
-
-def shard_sort_keys(key_hex: str, shard_index: int, planned: int, scheme: Scheme) -> np.ndarray:
-    """(planned, cells) sort keys of a shard's permutations: row ``pos`` is the planned sample at that
-    position (its output key is ``{shard:06d}_{pos:06d}``). The worker sorts them per batch; the
-    owner's ``decrypt`` regenerates them from the key in the state."""
-    n = scheme.num_patches
-    return sort_keys(key_hex, (1, shard_index), planned * n).reshape(planned, n)
-
-
+# -- the plan -----------------------------------------------------------------------
 def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[tuple[Input, int]]]:
     """Cut the accepted inputs (x their views) into shards, in an order drawn from the job key."""
-    from himr_pipe.kernels import make_permutations
-
     ok = [(i, v) for i in source.inputs if i.skip is None for v in range(cfg.views)]
     if cfg.shuffle:
-        order = make_permutations(sort_keys(key_hex, (0,), len(ok))[None])[0]
-        ok = [ok[j] for j in order]
+        ok = [ok[j] for j in keys.sample_order(key_hex, len(ok))]
     return [ok[s:s + cfg.shard_size] for s in range(0, len(ok), cfg.shard_size)]
 
 
@@ -247,13 +217,13 @@ class _Worker:
         from himr_pipe.kernels import encrypt, make_permutations
 
         cfg, s = self.cfg, self.cfg.scheme
-        keys = None  # RS: one row of sort keys per planned sample; sorted on the device per batch
+        perm_keys = None  # shuffled schemes: one row of sort keys per planned sample; sorted on the device per batch
         n = len(task.items)
         if s.shuffled:
-            keys = shard_sort_keys(self.key_hex, task.index, n, s)
+            perm_keys = keys.permutation_keys(self.key_hex, task.index, n, s.num_patches)
         draws = None  # --views: five uniform draws per planned sample (crop window and flip)
         if cfg.views > 1:
-            draws = sort_keys(self.key_hex, (2, task.index), n * 5).reshape(n, 5) / float(2**63)
+            draws = keys.view_draws(self.key_hex, task.index, n)
         writer = ShardWriter(self.out_dir, task.name)
         skipped: list[tuple[int, str, str]] = []
         written: list[tuple[str, int, str]] = []
@@ -303,8 +273,8 @@ class _Worker:
                     x = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
                     x = x.to(self.device)
                     perms = None
-                    if keys is not None:
-                        rows = torch.from_numpy(keys[[m[0] for m in meta]]).to(self.device, non_blocking=True)
+                    if perm_keys is not None:
+                        rows = torch.from_numpy(perm_keys[[m[0] for m in meta]]).to(self.device, non_blocking=True)
                         perms = make_permutations(rows)
                     enc = encrypt(s, x, perms, impl=self.kernels)
                     timing["encrypt"] += clock() - t
@@ -466,8 +436,8 @@ def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | 
                 raise JobError(f"OUT holds a partial run but the owner state for it is missing ({state}); "
                                "pass the --state-dir of that run, or start again in an empty OUT")
         if jstate is None:
-            key = key_from_seed(seed) if seed is not None else secrets.token_hex(32)
-            jstate = {"job": job, "key": key, "seed_check": seed_digest(seed, key) if seed is not None else None,
+            key = keys.key_from_seed(seed) if seed is not None else keys.new_key()
+            jstate = {"job": job, "key": key, "seed_check": keys.seed_digest(seed, key) if seed is not None else None,
                       "source": {"kind": source.kind, "root": os.path.abspath(src), "fingerprint": source.fingerprint,
                                  "inputs": len(source.inputs)},
                       "out": os.path.abspath(out)}
@@ -480,7 +450,7 @@ def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | 
         diff = _diff(jstate["job"], job)
         if diff:
             raise JobError(f"the owner state at {state} belongs to a different job ({'; '.join(diff[:5])})")
-        if seed is not None and jstate.get("seed_check") != seed_digest(seed, jstate["key"]):
+        if seed is not None and jstate.get("seed_check") != keys.seed_digest(seed, jstate["key"]):
             raise JobError("--seed differs from the seed of the interrupted run; rerun with the same seed")
         if jstate["source"]["fingerprint"] != source.fingerprint:
             raise JobError("SRC changed since the interrupted run (files added, removed or modified); "

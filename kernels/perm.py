@@ -1,7 +1,7 @@
 """Permutations for RS from random sort keys.
 
 The caller supplies the randomness as sort keys (a keyed cryptographic stream
-in the pipeline, see ``himr_pipe.pipeline.sort_keys``; any generator in
+in the pipeline, see ``himr_pipe.keys``; any generator in
 tests). Keys are non-negative int64, so numpy (CPU) and torch (any device)
 sort them alike and the CPU and GPU paths draw the same permutations.
 """

@@ -88,18 +88,37 @@ def test_permutations_are_permutations_and_independent():
 
 
 def test_keystream_permutations_are_uniform_and_keyed():
-    from himr_pipe.pipeline import sort_keys
+    from himr_pipe.keys import permutation_keys
 
     key = "ab" * 32
-    a = make_permutations(sort_keys(key, (1, 0), 4000 * 4).reshape(4000, 4))
+    a = make_permutations(permutation_keys(key, 0, 4000, 4))
     # all 24 orderings of 4 patches, each close to 1/24 of the time
     counts = np.unique(a @ np.array([64, 16, 4, 1]), return_counts=True)[1]
     assert len(counts) == 24 and counts.min() > 4000 / 24 * 0.7 and counts.max() < 4000 / 24 * 1.3
-    b = make_permutations(sort_keys(key, (1, 1), 16).reshape(4, 4))
+    b = make_permutations(permutation_keys(key, 1, 4, 4))
     assert not np.array_equal(a[:4], b)  # another shard, another stream
-    assert np.array_equal(sort_keys(key, (1, 0), 8), sort_keys(key, (1, 0), 8))
-    assert not np.array_equal(sort_keys(key, (1, 0), 8), sort_keys("cd" * 32, (1, 0), 8))
+    assert np.array_equal(permutation_keys(key, 0, 2, 4), permutation_keys(key, 0, 2, 4))
+    assert not np.array_equal(permutation_keys(key, 0, 2, 4), permutation_keys("cd" * 32, 0, 2, 4))
 
+
+def test_key_streams_are_the_ones_every_existing_output_was_made_with():
+    """The named streams reproduce, value for value, what the pipeline drew before they had names (the stream
+    contexts are part of the output's definition: a change would change every shard of a seeded job)."""
+    import hashlib
+
+    from himr_pipe import keys
+
+    k = keys.key_from_seed(7)
+    assert k[:16] == "578ab8ed713dec0f"
+    assert keys.sample_order(k, 12).tolist() == [10, 8, 4, 11, 1, 7, 5, 2, 9, 6, 3, 0]
+    assert keys.permutation_keys(k, 3, 2, 4).tolist() == [
+        [2778922032070096471, 747538780792956532, 5969390369646693092, 7108599857316342819],
+        [6893716494819273074, 1454269947286082596, 4253383430452024785, 5280328972334158814]]
+    assert hashlib.sha256(keys.permutation_keys(k, 0, 1000, 196).tobytes()).hexdigest() == \
+        "6e089f9fa9591a735d344bd87011492db7469bf86cf286a47e54ce2ae44958af"
+    assert hashlib.sha256(keys.view_draws(k, 5, 7).tobytes()).hexdigest() == \
+        "d43178438277fd3bfa356ee14e128ac7e7f5cd9caeea98932649172ea64240ca"
+    assert keys.seed_digest(7, k) != keys.seed_digest(8, k) and len(keys.new_key()) == 64
 
 def test_encrypt_dispatch_checks_shapes():
     s = Scheme("rs", 4, 8, 8)

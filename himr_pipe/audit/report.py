@@ -36,7 +36,8 @@ class AuditError(ValueError):
 def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tuple[dict, str | None]:
     """Rebuild the plain images of the picked samples: {key: HxWx3}, or ({}, why not)."""
     from ..decode import inspect_header, make_decoder
-    from ..pipeline import sort_keys, view_window
+    from ..keys import view_draws
+    from ..pipeline import view_window
     from ..sources import InputError, SourceError, open_source, read_input
 
     job = view.manifest["job"]
@@ -60,7 +61,7 @@ def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tu
             if views > 1:
                 st = view.shards[shard]
                 pos = int(key.rsplit("_", 1)[1])
-                u = sort_keys(view.key_hex, (2, st["index"]), st["planned"] * 5).reshape(-1, 5)[pos] / float(2**63)
+                u = view_draws(view.key_hex, st["index"], st["planned"])[pos]
                 hdr = inspect_header(data)
                 batch = ([data], np.array([view_window(u, hdr.width, hdr.height)], np.float32))
         except InputError as e:
