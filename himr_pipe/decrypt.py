@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import MANIFEST, default_state_dir, read_json
+from .manifest import Manifest, ManifestError, default_state_dir, read_json
 from .scheme import Scheme
 from .shards import decode_image, iter_samples
 
@@ -52,11 +52,11 @@ class OwnerView:
 
 
 def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
-    mpath = os.path.join(out, MANIFEST)
-    if not os.path.isfile(mpath):
-        raise DecryptError(f"{out} holds no {MANIFEST}: not a himr-pipe OUT")
-    m = read_json(mpath)
-    job = m["job"]
+    try:
+        man = Manifest.load(out)
+    except ManifestError as e:
+        raise DecryptError(str(e)) from None
+    m, job = man.data, man.job
     state = Path(state_dir) if state_dir else default_state_dir(out)
     jpath = state / "job.json"
     if not jpath.is_file():
@@ -73,7 +73,7 @@ def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
     for p in sorted((state / "shards").glob("*.json")):
         st = read_json(p)
         shards[st["name"]] = st
-    return OwnerView(out, m, Scheme.from_dict(job["scheme"]), job["format"]["ext"], jstate["key"], shards, str(state),
+    return OwnerView(out, m, man.scheme, man.ext, jstate["key"], shards, str(state),
                      jstate.get("source", {}).get("root"))
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,73 @@ def default_state_dir(out_dir: str) -> Path:
         base = os.path.join(xdg, "himr-pipe")
     tag = hashlib.sha256(os.path.realpath(out_dir).encode()).hexdigest()[:16]
     return Path(base) / f"{Path(out_dir).resolve().name}-{tag}"
+
+
+class ManifestError(ValueError):
+    """OUT has no usable manifest: missing, unreadable, not ours, malformed, or (when required) incomplete."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The public manifest of an OUT, read and checked in one place: every reader uses :meth:`load`."""
+
+    path: str
+    data: dict
+
+    @classmethod
+    def load(cls, out: str | os.PathLike, require_complete: bool = False) -> "Manifest":
+        path = os.path.join(out, MANIFEST)
+        if not os.path.isfile(path):
+            raise ManifestError(f"{out} holds no {MANIFEST}: not an OUT written by himr-pipe encrypt-shards")
+        try:
+            data = read_json(path)
+        except (OSError, ValueError) as e:
+            raise ManifestError(f"{path} is not readable JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            raise ManifestError(f"{path} is not a himr-pipe manifest")
+        missing = [k for k in ("status", "job", "shards", "totals", "skipped") if k not in data]
+        if missing:
+            raise ManifestError(f"{path} lacks {', '.join(missing)}")
+        m = cls(path, data)
+        try:
+            m.scheme, m.ext  # noqa: B018 - parse them now, so that a malformed job fails here, clearly
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"{path}: malformed job record ({type(e).__name__}: {e})") from None
+        if require_complete and not m.complete:
+            raise ManifestError(f"{out}: the encryption run is incomplete; rerun the same encrypt-shards command "
+                                "to finish it")
+        return m
+
+    @property
+    def complete(self) -> bool:
+        return self.data["status"] == "complete"
+
+    @property
+    def job(self) -> dict:
+        return self.data["job"]
+
+    @property
+    def scheme(self):
+        from .scheme import Scheme
+
+        return Scheme.from_dict(self.job["scheme"])
+
+    @property
+    def ext(self) -> str:
+        """The image member's extension in the shards (jpg, png or npy)."""
+        return self.job["format"]["ext"]
+
+    @property
+    def views(self) -> int:
+        return int(self.job.get("views", 1))
+
+    @property
+    def shards(self) -> list[dict]:
+        return self.data["shards"]
+
+    @property
+    def totals(self) -> dict:
+        return self.data["totals"]
 
 
 def build_manifest(job: dict, classes: list[str] | None, empty_classes: list[str], shards: list[dict],

@@ -32,7 +32,7 @@ from . import __version__, keys
 from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, inspect_header
 from .encode import ImageFormat
 from .lock import LOCK_NAME, OutLock, OutLocked
-from .manifest import (MANIFEST, MANIFEST_FORMAT, TIMM_INFO, build_manifest, build_timm_info,
+from .manifest import (MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manifest, build_timm_info,
                        default_state_dir, read_json, write_json_atomic)
 from .scheme import Scheme
 from .shards import ShardWriter, shard_name
@@ -413,11 +413,9 @@ def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | 
     manifest = None
     if mpath.exists():
         try:
-            manifest = read_json(mpath)
-        except (OSError, ValueError) as e:
-            raise JobError(f"OUT holds an unreadable manifest.json ({e}); use an empty OUT") from None
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise JobError("OUT holds a manifest.json that is not a himr-pipe manifest; use an empty OUT")
+            manifest = Manifest.load(out).data
+        except ManifestError as e:
+            raise JobError(f"{e}; use an empty OUT") from None
         diff = _diff(manifest.get("job", {}), job)
         if diff:
             raise JobError("OUT holds the manifest of a different job (" + "; ".join(diff[:5]) +

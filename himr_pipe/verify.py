@@ -15,30 +15,21 @@ import json
 import os
 import tarfile
 
-from .manifest import MANIFEST, MANIFEST_FORMAT, TIMM_INFO, read_json
-from .scheme import Scheme
+from .manifest import TIMM_INFO, Manifest, ManifestError, read_json
 from .shards import file_sha256, iter_samples
 
 
 def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
     """Return (problems, summary). No problems means OUT is sound."""
     problems: list[str] = []
-    mpath = os.path.join(out, MANIFEST)
-    if not os.path.isfile(mpath):
-        return [f"no {MANIFEST} in {out}"], {}
     try:
-        m = read_json(mpath)
-    except ValueError as e:
-        return [f"{MANIFEST} is not valid JSON: {e}"], {}
-    if m.get("format") != MANIFEST_FORMAT:
-        return [f"{MANIFEST} is not a himr-pipe manifest"], {}
-    if m.get("status") != "complete":
+        man = Manifest.load(out)
+    except ManifestError as e:
+        return [str(e)], {}
+    m = man.data
+    if not man.complete:
         problems.append("the run is incomplete (status: %s); rerun encrypt-shards to finish it" % m.get("status"))
-    job = m["job"]
-    scheme = Scheme.from_dict(job["scheme"])
-    ext = job["format"]["ext"]
-    t = m["totals"]
-    views = job.get("views", 1)
+    scheme, ext, t, views = man.scheme, man.ext, man.totals, man.views
     if t["inputs_written"] + t["skipped"] != t["inputs"]:
         problems.append(f"totals do not add up: inputs written {t['inputs_written']} + skipped {t['skipped']} "
                         f"!= inputs {t['inputs']}")
@@ -96,7 +87,7 @@ def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
             problems.append(f"{TIMM_INFO} (timm's split file) is missing")
         else:
             info = read_json(info_path)
-            split = info.get("splits", {}).get(job["split"], {})
+            split = info.get("splits", {}).get(man.job["split"], {})
             if list(split.get("filenames", [])) != [s["name"] for s in m["shards"]] or \
                     list(split.get("shard_lengths", [])) != [s["samples"] for s in m["shards"]]:
                 problems.append(f"{TIMM_INFO} does not match the manifest's shards")

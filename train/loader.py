@@ -24,17 +24,15 @@ nvJPEG call (:func:`decode_on_device`), which frees the CPU cores.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from itertools import islice
-from pathlib import Path
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from himr_pipe.manifest import MANIFEST
+from himr_pipe.manifest import Manifest, ManifestError
 from himr_pipe.scheme import Scheme
 from himr_pipe.shards import decode_image
 
@@ -44,13 +42,11 @@ class DataError(ValueError):
 
 
 def read_manifest(shards_dir: str) -> dict:
-    path = Path(shards_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{shards_dir} holds no {MANIFEST}: point at an OUT folder written by himr-pipe encrypt-shards")
-    m = json.loads(path.read_text())
-    if m.get("status") != "complete":
-        raise DataError(f"{shards_dir}: the encryption run is incomplete; finish it before training on it")
-    return m
+    """The manifest of a complete OUT (DataError otherwise: missing, not ours, malformed or incomplete)."""
+    try:
+        return Manifest.load(shards_dir, require_complete=True).data
+    except ManifestError as e:
+        raise DataError(f"{e}; point at a complete OUT folder written by himr-pipe encrypt-shards") from None
 
 
 def manifest_scheme(m: dict) -> Scheme:
