@@ -140,7 +140,9 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
                    f"cells in place; " + ("within the leak budget" if a["meets_budget"] else "OVER the leak budget")
                    + " (manifest.json 'audit'; himr-pipe audit OUT --report DIR for more)")
     if res.exit_code == EXIT_PARTIAL:
-        click.echo(f"himr-pipe: skipped inputs by name: {os.path.join(res.state_dir, 'skipped.json')}", err=True)
+        from .state import OwnerState
+
+        click.echo(f"himr-pipe: skipped inputs by name: {OwnerState(res.state_dir).skipped_path}", err=True)
     sys.exit(res.exit_code)
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import Manifest, ManifestError, default_state_dir, read_json
+from .manifest import Manifest, ManifestError
+from .state import OwnerState
 from .scheme import Scheme
 from .shards import decode_image, iter_samples
 
@@ -57,22 +58,19 @@ def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
     except ManifestError as e:
         raise DecryptError(str(e)) from None
     m, job = man.data, man.job
-    state = Path(state_dir) if state_dir else default_state_dir(out)
-    jpath = state / "job.json"
-    if not jpath.is_file():
+    ostate = OwnerState.for_out(out, state_dir)
+    state = ostate.path
+    jstate = ostate.read_job()
+    if jstate is None:
         raise DecryptError(f"the owner's state of this OUT is not at {state}: decrypting needs the job key, which "
                            "OUT never holds. Pass --state-dir (the folder encrypt-shards used); without it the "
                            "permutations cannot be recovered")
-    jstate = read_json(jpath)
     from .pipeline import _diff
 
     diff = _diff(jstate.get("job", {}), job)
     if diff:
         raise DecryptError(f"the owner state at {state} belongs to a different job ({'; '.join(diff[:3])})")
-    shards = {}
-    for p in sorted((state / "shards").glob("*.json")):
-        st = read_json(p)
-        shards[st["name"]] = st
+    shards = ostate.shards()
     return OwnerView(out, m, man.scheme, man.ext, jstate["key"], shards, str(state),
                      jstate.get("source", {}).get("root"))
 

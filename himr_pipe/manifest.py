@@ -15,7 +15,7 @@ hold"). So the two records are kept apart:
     the split file timm's ``ReaderWds`` reads (splits -> name, num_samples,
     filenames, shard_lengths), so timm reads OUT unchanged.
 
-the owner's state directory (private, mode 0700)
+the owner's state directory (private, mode 0700; :mod:`himr_pipe.state`)
     ``job.json``: the job, the 256-bit key that derives sample order and
     permutations (from ``secrets`` unless ``--seed``), a hash of the seed, and
     a fingerprint of SRC; ``shards/NNNNNN.json``: per-shard stats with the
@@ -56,15 +56,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, private: bool = False) 
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
-
-
-def default_state_dir(out_dir: str) -> Path:
-    base = os.environ.get("HIMR_PIPE_STATE_HOME")
-    if not base:
-        xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-        base = os.path.join(xdg, "himr-pipe")
-    tag = hashlib.sha256(os.path.realpath(out_dir).encode()).hexdigest()[:16]
-    return Path(base) / f"{Path(out_dir).resolve().name}-{tag}"
 
 
 class ManifestError(ValueError):

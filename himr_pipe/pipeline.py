@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -33,7 +32,8 @@ from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, inspect_header
 from .encode import ImageFormat
 from .lock import LOCK_NAME, OutLock, OutLocked
 from .manifest import (MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manifest, build_timm_info,
-                       default_state_dir, read_json, write_json_atomic)
+                       write_json_atomic)
+from .state import OwnerState
 from .scheme import Scheme
 from .shards import ShardWriter, shard_name
 from .sources import DEFAULT_MAX_BYTES, Input, InputError, Source, open_source, read_input
@@ -297,7 +297,7 @@ class _Worker:
             writer.abort()  # an empty tar helps no reader; the stats still account for every input
             stats.update(bytes=0, sha256=None)
         # state first, then the rename: a shard under its final name always has its stats
-        write_json_atomic(_shard_state_path(self.state_dir, task.index), stats, private=True)
+        OwnerState(self.state_dir).write_shard(stats)
         if info.samples:
             writer.publish()
         return {k: v for k, v in stats.items() if k not in ("written",)}
@@ -341,10 +341,6 @@ def _init_worker(cfg_public: dict, key_hex: str, out_dir: str, state_dir: str, t
 def _run_task(task: ShardTask) -> dict:
     assert _WORKER is not None
     return _WORKER.run(task)
-
-
-def _shard_state_path(state_dir: str, index: int) -> str:
-    return os.path.join(state_dir, "shards", f"{index:06d}.json")
 
 
 # -- the job ----------------------------------------------------------------------
@@ -405,7 +401,8 @@ def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | 
     srcp = Path(src)
     if srcp.exists() and srcp.is_dir() and (outp.resolve() == srcp.resolve() or srcp.resolve() in outp.resolve().parents):
         raise JobError("OUT must not be inside SRC")
-    state = Path(opts.state_dir) if opts.state_dir else default_state_dir(out)
+    ostate = OwnerState.for_out(out, opts.state_dir)
+    state = ostate.path
     if state.resolve() == outp.resolve() or outp.resolve() in state.resolve().parents:
         raise JobError("the state folder holds the owner's secrets and must not be inside OUT")
     job = cfg.public()
@@ -423,8 +420,7 @@ def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | 
     elif not _own_files(outp, cfg.split):
         raise JobError(f"OUT {out!r} is not empty and holds no himr-pipe manifest; use an empty or new folder")
 
-    jpath = state / "job.json"
-    jstate = read_json(jpath) if jpath.exists() else None
+    jstate = ostate.read_job()
     fresh = manifest is None and not any(e.endswith(".tar") for e in os.listdir(outp))
     if fresh or jstate is None:
         if not fresh:
@@ -439,11 +435,7 @@ def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | 
                       "source": {"kind": source.kind, "root": os.path.abspath(src), "fingerprint": source.fingerprint,
                                  "inputs": len(source.inputs)},
                       "out": os.path.abspath(out)}
-            if state.exists():
-                shutil.rmtree(state / "shards", ignore_errors=True)
-            (state / "shards").mkdir(parents=True, exist_ok=True)
-            os.chmod(state, 0o700)
-            write_json_atomic(jpath, jstate, private=True)
+            ostate.start(jstate)
     else:
         diff = _diff(jstate["job"], job)
         if diff:
@@ -480,8 +472,7 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
     done: dict[int, dict] = {}
     todo: list[ShardTask] = []
     for i, items in enumerate(shards):
-        sp = _shard_state_path(str(state), i)
-        st = read_json(sp) if os.path.exists(sp) else None
+        st = OwnerState(state).read_shard(i)
         final = os.path.join(out, names[i])
         if st is not None and st.get("planned") == len(items) and (
                 st["samples"] == 0 or (os.path.exists(final) and os.path.getsize(final) == st["bytes"])):
@@ -541,8 +532,7 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
         assert t["written"] == t["inputs_written"] * cfg.views, t
         write_json_atomic(os.path.join(out, TIMM_INFO), build_timm_info(cfg.split, shard_recs))
         # the owner's copy of what was skipped, by name
-        write_json_atomic(state / "skipped.json", [{"input": i, "path": ref, "reason": r} for i, ref, r in skipped],
-                          private=True)
+        OwnerState(state).write_skipped([{"input": i, "path": ref, "reason": r} for i, ref, r in skipped])
     write_json_atomic(os.path.join(out, MANIFEST), manifest)
     secs = time.time() - t0  # the run's own time; the quick audit's is recorded with its figures
     msgs = []

@@ -1,0 +1,90 @@
+"""The owner's private state: one reader and writer for everything a job keeps outside OUT.
+
+Layout of a state folder (mode 0700; default location: :func:`default_state_dir`, never inside OUT):
+
+* ``job.json``: the job (as in the manifest), the job key, a check value of
+  the seed, SRC's location and fingerprint, OUT's location;
+* ``shards/NNNNNN.json``: per-shard stats: planned and written counts, bytes,
+  sha256, the map from every output key to its input (index and source
+  path), the skipped inputs by name, seconds per stage;
+* ``skipped.json``: every skipped input of a finished run, by name.
+
+Written by the pipeline; read by resume, ``decrypt`` and ``audit``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from .manifest import read_json, write_json_atomic
+
+
+def default_state_dir(out_dir: str) -> Path:
+    """``$HIMR_PIPE_STATE_HOME`` or ``$XDG_STATE_HOME/himr-pipe`` or ``~/.local/state/himr-pipe``, then one
+    folder per OUT (its name and a hash of its absolute path)."""
+    base = os.environ.get("HIMR_PIPE_STATE_HOME")
+    if not base:
+        xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        base = os.path.join(xdg, "himr-pipe")
+    tag = hashlib.sha256(os.path.realpath(out_dir).encode()).hexdigest()[:16]
+    return Path(base) / f"{Path(out_dir).resolve().name}-{tag}"
+
+
+class OwnerState:
+    """The state folder of one job."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @classmethod
+    def for_out(cls, out: str, state_dir: str | None = None) -> "OwnerState":
+        return cls(state_dir if state_dir else default_state_dir(out))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # -- the job record ----------------------------------------------------------------
+    @property
+    def job_path(self) -> Path:
+        return self.path / "job.json"
+
+    def read_job(self) -> dict | None:
+        return read_json(self.job_path) if self.job_path.exists() else None
+
+    def start(self, job_record: dict) -> None:
+        """A new job: forget any per-shard stats of an earlier one, then write the job record (0700)."""
+        if self.path.exists():
+            shutil.rmtree(self.path / "shards", ignore_errors=True)
+        (self.path / "shards").mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        write_json_atomic(self.job_path, job_record, private=True)
+
+    # -- per-shard stats ----------------------------------------------------------------
+    def shard_path(self, index: int) -> Path:
+        return self.path / "shards" / f"{index:06d}.json"
+
+    def read_shard(self, index: int) -> dict | None:
+        p = self.shard_path(index)
+        return read_json(p) if p.exists() else None
+
+    def write_shard(self, stats: dict) -> None:
+        write_json_atomic(self.shard_path(stats["index"]), stats, private=True)
+
+    def shards(self) -> dict[str, dict]:
+        """Every recorded shard's stats, by shard file name."""
+        out = {}
+        for p in sorted((self.path / "shards").glob("*.json")):
+            st = read_json(p)
+            out[st["name"]] = st
+        return out
+
+    # -- the end of a run ---------------------------------------------------------------
+    def write_skipped(self, skipped: list[dict]) -> None:
+        write_json_atomic(self.path / "skipped.json", skipped, private=True)
+
+    @property
+    def skipped_path(self) -> Path:
+        return self.path / "skipped.json"
