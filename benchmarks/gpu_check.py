@@ -318,7 +318,7 @@ def main():
     list(dec.run(batches[:1]))
     sync()
     t = time.perf_counter()
-    for imgs, _ in dec.run(batches):
+    for _ in dec.run(batches):
         pass
     sync()
     decode_rate = len(blobs) / (time.perf_counter() - t)

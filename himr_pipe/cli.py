@@ -265,7 +265,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
         inspect_header(data)
     except (SchemeError, InputError) as e:
         _fail_usage(str(e.reason if isinstance(e, InputError) else e))
-    (imgs, bad), = list(DaliDecoder((h, w), resize, 1, 1).run([[data]]))
+    (_, imgs, bad), = list(DaliDecoder((h, w), resize, 1, 1).run([[data]]))
     if bad:
         _fail_usage(f"{image}: {bad[0]}")
     x = torch.from_numpy(imgs)

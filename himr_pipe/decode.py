@@ -73,17 +73,27 @@ def inspect_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
 
 DECODE_ERROR = "decode-error: the decoder rejected the data (corrupt or truncated image)"
 
-# A batch is a list of encoded images, or (list, views) where views is an (n, 5) array of
+# A batch (DecodeBatch) carries its encoded images and, for --views, an (n, 5) array of
 # per-sample random views: crop anchor x, y and size w, h relative to the decoded image
 # (after EXIF orientation), then a horizontal flip when the fifth value is >= 0.5. The crop is
 # resized to the output size (so its aspect ratio is the view's own, as in RandomResizedCrop).
 VIEW_FIELDS = ("anchor_x", "anchor_y", "width", "height", "flip")
 
 
-def _split_batch(b):
-    if isinstance(b, tuple):
-        return b[0], b[1]
-    return b, None
+@dataclass
+class DecodeBatch:
+    """One batch for a decoder: the encoded images, their views' windows (``--views``: (n, 5), see
+    VIEW_FIELDS; None otherwise), and the caller's own record of what the batch holds (``tag``), handed
+    back with the batch's result so that the caller never keeps a side list in step with the decoder."""
+
+    data: list
+    windows: np.ndarray | None = None
+    tag: object = None
+
+    @classmethod
+    def of(cls, b) -> "DecodeBatch":
+        """A DecodeBatch as it is, or a plain list of encoded images as one."""
+        return b if isinstance(b, DecodeBatch) else cls(list(b))
 
 
 class DecodeFailed(Exception):
@@ -190,8 +200,8 @@ class DaliDecoder:
         return images, bad
 
     # -- public -------------------------------------------------------------
-    def run(self, batches: Iterable[list[bytes]]) -> Iterator[tuple[np.ndarray, dict[int, str]]]:
-        """For each batch of encoded images yield (images, failures).
+    def run(self, batches: Iterable) -> Iterator[tuple[DecodeBatch, np.ndarray, dict[int, str]]]:
+        """For each batch (a :class:`DecodeBatch`, or a list of encoded images) yield (batch, images, failures).
 
         ``images`` holds the decoded images of the batch in order, without the
         failed ones; ``failures`` maps a failed item's position in the batch
@@ -201,16 +211,16 @@ class DaliDecoder:
         def prep(b):
             if b is None:
                 return None
-            data, views = _split_batch(b)
-            return [np.frombuffer(x, dtype=np.uint8) for x in data], views
+            b = DecodeBatch.of(b)
+            return b, ([np.frombuffer(x, dtype=np.uint8) for x in b.data], b.windows)
 
         it = iter(batches)
         pending = prep(next(it, None))
         if pending is None:
             return
-        self._schedule(*pending)
+        self._schedule(*pending[1])
         while pending is not None:
-            current = pending
+            batch, current = pending
             try:
                 result: tuple[np.ndarray, dict[int, str]] | None = (self._collect(), {})
             except DecodeFailed:
@@ -220,8 +230,8 @@ class DaliDecoder:
                 images, bad = self._isolate(*current)
                 result = (_stack(images, self.size), bad)
             if pending is not None:
-                self._schedule(*pending)
-            yield result
+                self._schedule(*pending[1])
+            yield (batch, *result)
 
 
 class TorchvisionDecoder:
@@ -308,12 +318,14 @@ class TorchvisionDecoder:
         img = decode_image(t, mode=ImageReadMode.RGB, apply_exif_orientation=True)
         return img.to(self.device)
 
-    def run(self, batches: Iterable[list[bytes]]):
+    def run(self, batches: Iterable):
+        """As :meth:`DaliDecoder.run`: yield (batch, images, failures) per batch."""
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
         for item in batches:
-            batch, views = _split_batch(item)
+            item = DecodeBatch.of(item)
+            batch, views = item.data, item.windows
             images: list = [None] * len(batch)
             bad: dict[int, str] = {}
             jpegs = [i for i, b in enumerate(batch) if b[:2] == b"\xff\xd8"]
@@ -337,9 +349,9 @@ class TorchvisionDecoder:
                         if im.dtype != torch.uint8:  # 16-bit PNG
                             im = (im.to(torch.int32) >> 8).to(torch.uint8)
                         images[i] = self._view(im, views[i])
-                yield _stack(images, self.size), bad
+                yield item, _stack(images, self.size), bad
             else:
-                yield _stack(self._resize(images), self.size), bad
+                yield item, _stack(self._resize(images), self.size), bad
 
 
 DECODERS = ("dali", "torchvision")

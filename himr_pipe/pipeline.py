@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, keys
-from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, inspect_header
+from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, DecodeBatch, Header, inspect_header
 from .encode import ImageFormat
 from .lock import LOCK_NAME, OutLock, OutLocked
 from .manifest import (MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manifest, build_timm_info,
@@ -148,10 +148,30 @@ def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[tuple
 
 # -- the worker -----------------------------------------------------------------
 @dataclass(frozen=True)
+class PlannedSample:
+    """One sample of a shard's plan: an input (or one of its views) at a position of the shard."""
+
+    pos: int        # position in the shard's plan: the output key is {shard:06d}_{pos:06d}
+    index: int      # the input's sample id (its position in the sorted source listing)
+    ref: str        # owner-side name; never written to OUT unless --include-paths
+    label: int
+    loc: tuple      # where its bytes are (sources.read_input)
+    view: int = 0   # which of --views
+
+
+@dataclass(frozen=True)
+class ScreenedSample:
+    """A planned sample whose bytes passed the header check, on its way through the decoder."""
+
+    sample: PlannedSample
+    header: Header
+
+
+@dataclass(frozen=True)
 class ShardTask:
     index: int
     name: str
-    items: tuple  # of (input index, ref, label, loc)
+    items: tuple  # of PlannedSample, in plan order
 
 
 class _Worker:
@@ -183,28 +203,30 @@ class _Worker:
         self.kill_after = int(fp.split("=", 1)[1]) if fp.startswith("kill-after=") else None
         self.done_samples = 0
 
-    def _batches(self, items, metas: list, skipped: list, draws: np.ndarray | None = None):
-        """Read and screen inputs; yield batches of bytes (with their views' windows), remembering what each holds."""
+    def _batches(self, items, skipped: list, draws: np.ndarray | None = None):
+        """Read and screen inputs; yield DecodeBatches whose tag lists the ScreenedSamples they hold."""
         cfg = self.cfg
-        batch, meta, wins = [], [], []
-        for pos, (idx, ref, label, loc, view) in enumerate(items):
+
+        def batch(data, screened, wins):
+            return DecodeBatch(data, np.array(wins, np.float32) if draws is not None else None, screened)
+
+        data, screened, wins = [], [], []
+        for it in items:
             try:
-                data = read_input(loc, cfg.max_bytes)
-                hdr = inspect_header(data, cfg.max_pixels)
+                blob = read_input(it.loc, cfg.max_bytes)
+                hdr = inspect_header(blob, cfg.max_pixels)
             except InputError as e:
-                skipped.append((idx, ref, e.reason))
+                skipped.append((it.index, it.ref, e.reason))
                 continue
-            batch.append(data)
-            meta.append((pos, idx, ref, label, hdr, view))
+            data.append(blob)
+            screened.append(ScreenedSample(it, hdr))
             if draws is not None:
-                wins.append(view_window(draws[pos], hdr.width, hdr.height))
-            if len(batch) == self.batch_size:
-                metas.append(meta)
-                yield (batch, np.array(wins, np.float32)) if draws is not None else batch
-                batch, meta, wins = [], [], []
-        if batch:
-            metas.append(meta)
-            yield (batch, np.array(wins, np.float32)) if draws is not None else batch
+                wins.append(view_window(draws[it.pos], hdr.width, hdr.height))
+            if len(data) == self.batch_size:
+                yield batch(data, screened, wins)
+                data, screened, wins = [], [], []
+        if data:
+            yield batch(data, screened, wins)
 
     def _report(self, n: int) -> int:
         if self.progress is not None and n:
@@ -228,7 +250,6 @@ class _Worker:
         skipped: list[tuple[int, str, str]] = []
         written: list[tuple[str, int, str]] = []
         count = {"upscaled": 0, "reported": 0}
-        metas: list[list] = []
         # seconds per stage, kept in the owner's state: where a shard's time went
         timing = {"read_decode": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0}
         ext = cfg.fmt.ext
@@ -241,17 +262,18 @@ class _Worker:
                 blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
                 t2 = clock()
                 timing["encode"] += t2 - t1
-                for (pos, idx, ref, label, hdr, view), blob in zip(meta, blobs):
-                    key = f"{task.index:06d}_{pos:06d}"
-                    members = {ext: blob, "cls": str(label).encode(), "json": self.sample_json}
+                for sc, blob in zip(meta, blobs):
+                    it = sc.sample
+                    key = f"{task.index:06d}_{it.pos:06d}"
+                    members = {ext: blob, "cls": str(it.label).encode(), "json": self.sample_json}
                     if cfg.include_paths or cfg.views > 1:
-                        extra = {"view": view} if cfg.views > 1 else {}
+                        extra = {"view": it.view} if cfg.views > 1 else {}
                         if cfg.include_paths:
-                            extra["source"] = ref
+                            extra["source"] = it.ref
                         members["json"] = json.dumps({**self.sample_meta, **extra}).encode()
                     writer.add(key, members)
-                    written.append((key, idx, ref))
-                    count["upscaled"] += _upscaled(hdr, s.size, cfg.resize)
+                    written.append((key, it.index, it.ref))
+                    count["upscaled"] += _upscaled(sc.header, s.size, cfg.resize)
                 timing["write"] += clock() - t2
                 self.done_samples += len(meta)
             count["reported"] += self._report(len(meta) + n_bad)
@@ -260,12 +282,11 @@ class _Worker:
 
         try:
             t = clock()
-            for images, bad in self.decoder.run(self._batches(task.items, metas, skipped, draws)):
+            for batch, images, bad in self.decoder.run(self._batches(task.items, skipped, draws)):
                 timing["read_decode"] += clock() - t
-                meta = metas.pop(0)
+                meta = batch.tag  # the ScreenedSamples of this batch, in batch order
                 for j in sorted(bad):
-                    _, idx, ref, _, _, _ = meta[j]
-                    skipped.append((idx, ref, bad[j]))
+                    skipped.append((meta[j].sample.index, meta[j].sample.ref, bad[j]))
                 meta = [m for j, m in enumerate(meta) if j not in bad]
                 enc = None
                 if meta:
@@ -274,7 +295,8 @@ class _Worker:
                     x = x.to(self.device)
                     perms = None
                     if perm_keys is not None:
-                        rows = torch.from_numpy(perm_keys[[m[0] for m in meta]]).to(self.device, non_blocking=True)
+                        rows = torch.from_numpy(perm_keys[[m.sample.pos for m in meta]]).to(self.device,
+                                                                                             non_blocking=True)
                         perms = make_permutations(rows)
                     enc = encrypt(s, x, perms, impl=self.kernels)
                     timing["encrypt"] += clock() - t
@@ -478,7 +500,8 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
                 st["samples"] == 0 or (os.path.exists(final) and os.path.getsize(final) == st["bytes"])):
             done[i] = st
             continue
-        todo.append(ShardTask(i, names[i], tuple((x.index, x.ref, x.label, x.loc, v) for x, v in items)))
+        todo.append(ShardTask(i, names[i], tuple(PlannedSample(pos, x.index, x.ref, x.label, x.loc, v)
+                                                for pos, (x, v) in enumerate(items))))
 
     total_inputs = len(source.inputs)
     pre_skipped = [(x.index, x.ref, x.skip) for x in source.inputs if x.skip is not None]

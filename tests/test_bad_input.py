@@ -150,10 +150,12 @@ def test_one_corrupt_file_in_a_batch_skips_only_itself(corpus, tmp_path):
     good = (root / "good/a.jpg").read_bytes()
     trunc = (root / "bad/truncated.jpg").read_bytes()
     dec = DaliDecoder((64, 64), "crop", max_batch=4, num_threads=1)
-    res = list(dec.run([[good, trunc, good, good], [good, good], [trunc], [good]]))
-    assert [len(a) for a, _ in res] == [3, 2, 0, 1]
-    assert [sorted(b) for _, b in res] == [[1], [], [0], []]
-    assert np.array_equal(res[0][0][0], res[3][0][0])
+    batches = [[good, trunc, good, good], [good, good], [trunc], [good]]
+    res = list(dec.run(batches))
+    assert [b.data for b, _, _ in res] == batches  # each result comes with its own batch
+    assert [len(a) for _, a, _ in res] == [3, 2, 0, 1]
+    assert [sorted(b) for _, _, b in res] == [[1], [], [0], []]
+    assert np.array_equal(res[0][1][0], res[3][1][0])
 
 
 def _tar_source(path: Path, photo_jpg: bytes):

@@ -58,7 +58,7 @@ def test_torchvision_decoder_isolates_a_bad_file_and_keeps_the_rest(sample_src):
     files = sorted(sample_src.glob("*/*.jpg"))[:3]
     good = [f.read_bytes() for f in files]
     dec = TorchvisionDecoder((64, 96), "crop", 8, "cpu")
-    (imgs, bad), = list(dec.run([[good[0], good[1][:3000], b"junk", good[2]]]))
+    (_, imgs, bad), = list(dec.run([[good[0], good[1][:3000], b"junk", good[2]]]))
     assert tuple(imgs.shape) == (2, 64, 96, 3) and sorted(bad) == [1, 2]
 
 

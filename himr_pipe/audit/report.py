@@ -35,7 +35,7 @@ class AuditError(ValueError):
 
 def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tuple[dict, str | None]:
     """Rebuild the plain images of the picked samples: {key: HxWx3}, or ({}, why not)."""
-    from ..decode import inspect_header, make_decoder
+    from ..decode import DecodeBatch, inspect_header, make_decoder
     from ..keys import view_draws
     from ..pipeline import view_window
     from ..sources import InputError, SourceError, open_source, read_input
@@ -57,16 +57,16 @@ def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tu
             return {}, "SRC changed since the run (its inputs no longer match the owner state)"
         try:
             data = read_input(source.inputs[idx].loc)
-            batch = [data]
+            batch = DecodeBatch([data])
             if views > 1:
                 st = view.shards[shard]
                 pos = int(key.rsplit("_", 1)[1])
                 u = view_draws(view.key_hex, st["index"], st["planned"])[pos]
                 hdr = inspect_header(data)
-                batch = ([data], np.array([view_window(u, hdr.width, hdr.height)], np.float32))
+                batch = DecodeBatch([data], np.array([view_window(u, hdr.width, hdr.height)], np.float32))
         except InputError as e:
             return {}, f"a plain source can't be read ({e.reason})"
-        (imgs, bad), = list(dec.run([batch]))
+        (_, imgs, bad), = list(dec.run([batch]))
         if bad:
             return {}, f"a plain source no longer decodes ({bad[0]})"
         out[key] = np.asarray(imgs[0])
