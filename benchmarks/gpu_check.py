@@ -203,7 +203,8 @@ def main():
 
     from himr_pipe.decode import TorchvisionDecoder  # noqa: E402
     from himr_pipe.encode import NvImageCodecEncoder, TorchvisionJpegEncoder, choose_format  # noqa: E402
-    from himr_pipe.pipeline import JobConfig, RunOptions, encrypt_shards  # noqa: E402
+    from himr_pipe.job import JobConfig, RunOptions  # noqa: E402
+    from himr_pipe.pipeline import encrypt_shards  # noqa: E402
     from himr_pipe.sample_data import PHOTOS  # noqa: E402
     from himr_pipe.scheme import Scheme  # noqa: E402
     from himr_pipe.shards import iter_samples  # noqa: E402

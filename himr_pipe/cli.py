@@ -94,7 +94,8 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
     """
     from .decode import DEFAULT_MAX_PIXELS
     from .encode import FormatError, choose_format, resolve_encoder
-    from .pipeline import AUDIT_SAMPLES, EXIT_PARTIAL, JobConfig, JobError, RunOptions, encrypt_shards
+    from .job import AUDIT_SAMPLES, EXIT_PARTIAL, JobConfig, JobError, RunOptions
+    from .pipeline import encrypt_shards
     from .scheme import Scheme, SchemeError, parse_size
     from .sources import DEFAULT_MAX_BYTES
 

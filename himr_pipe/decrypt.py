@@ -65,7 +65,7 @@ def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
         raise DecryptError(f"the owner's state of this OUT is not at {state}: decrypting needs the job key, which "
                            "OUT never holds. Pass --state-dir (the folder encrypt-shards used); without it the "
                            "permutations cannot be recovered")
-    from .pipeline import _diff
+    from .job import _diff
 
     diff = _diff(jstate.get("job", {}), job)
     if diff:

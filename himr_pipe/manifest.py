@@ -29,11 +29,9 @@ the owner's state directory (private, mode 0700; :mod:`himr_pipe.state`)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"

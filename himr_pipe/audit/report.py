@@ -37,7 +37,7 @@ def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tu
     """Rebuild the plain images of the picked samples: {key: HxWx3}, or ({}, why not)."""
     from ..decode import DecodeBatch, inspect_header, make_decoder
     from ..keys import view_draws
-    from ..pipeline import view_window
+    from ..worker import view_window
     from ..sources import InputError, SourceError, open_source, read_input
 
     job = view.manifest["job"]

@@ -1,0 +1,103 @@
+"""Distributors: who runs the shards of a job, under one failure policy.
+
+A distributor takes the shards to do and a callback for each finished one,
+and returns None when every shard finished, else the reason the run stopped.
+Every distributor follows the same policy (:func:`failure_reason`):
+
+* a shard that raises (an I/O error such as a full disk, or a bug) stops the
+  run: the other shards are cancelled, the finished ones are kept;
+* a worker process that dies (killed, crashed) stops the run the same way;
+* Ctrl-C stops the run the same way.
+
+Nothing is retried inside a run: a failed shard left nothing under its final
+name (the shard's atomic commit), so rerunning the same command redoes
+exactly the unfinished shards and writes the same bytes.
+
+* :class:`Serial`: in this process (``--workers 0``);
+* :class:`LocalProcesses`: a pool of spawned processes on this machine.
+
+A new engine (Ray, ...) is one more class here with the same ``run``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable
+
+from .worker import ShardTask, ShardWorker, init_process_worker, run_in_process_worker
+
+
+def failure_reason(task: ShardTask | None, exc: BaseException) -> str:
+    """The one wording of why a run stopped."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, BrokenProcessPool):
+        return "a worker process died (killed or crashed)"
+    return f"shard {task.name if task else '?'} failed: {type(exc).__name__}: {exc}"
+
+
+class Serial:
+    """Every shard in this process, one after another."""
+
+    def __init__(self, make_worker: Callable[[Callable[[int], None]], ShardWorker]):
+        self.make_worker = make_worker
+
+    def run(self, todo: list[ShardTask], on_done: Callable[[dict], None], progress: Callable[[int], None]) -> str | None:
+        if not todo:
+            return None
+        worker = self.make_worker(progress)
+        for t in todo:
+            try:
+                on_done(worker.run(t))
+            except (Exception, KeyboardInterrupt) as e:
+                return failure_reason(t, e)
+        return None
+
+
+class LocalProcesses:
+    """Shards on ``workers`` spawned processes of this machine (DALI and torch threads do not survive fork)."""
+
+    def __init__(self, workers: int, worker_args: tuple):
+        self.workers = workers
+        self.worker_args = worker_args  # (job's public config, key, out, state, threads, batch, device, kernels)
+
+    def run(self, todo: list[ShardTask], on_done: Callable[[dict], None], progress: Callable[[int], None]) -> str | None:
+        import multiprocessing as mp
+
+        if not todo:
+            return None
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        failure = None
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=ctx,
+                                 initializer=init_process_worker, initargs=(*self.worker_args, queue)) as ex:
+            futs = {ex.submit(run_in_process_worker, t): t for t in todo}
+            pending = set(futs)
+            try:
+                while pending and failure is None:
+                    fin, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    _drain(queue, progress)
+                    for f in fin:
+                        try:
+                            on_done(f.result())
+                        except Exception as e:
+                            failure = failure or failure_reason(futs[f], e)
+            except KeyboardInterrupt as e:
+                failure = failure_reason(None, e)
+            for f in pending:
+                f.cancel()
+            _drain(queue, progress)
+        return failure
+
+
+def _drain(queue, progress) -> None:
+    import queue as q
+
+    while True:
+        try:
+            progress(queue.get_nowait())
+        except q.Empty:
+            return
+        except (OSError, ValueError, EOFError):
+            return

@@ -1,0 +1,260 @@
+"""The job: what defines an output (JobConfig), the plan of shards, and the checks before any work.
+
+* :class:`JobConfig` is everything that defines OUT: two runs with equal configs write the same OUT.
+  :class:`RunOptions` is how to run it, which never changes the output.
+* :func:`plan_shards` orders the accepted inputs (x their views) with the job key's order stream and
+  cuts them into shards: the shard is the unit of work, of resume and of distribution.
+* :func:`prepare` runs every check that must pass before any work, takes OUT's lock and starts or
+  resumes the owner's state; :func:`resume_scan` splits the plan into shards already done (their
+  stats in the state, their file complete) and shards to do.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__, keys
+from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES
+from .encode import ImageFormat
+from .lock import LOCK_NAME, OutLock, OutLocked
+from .manifest import MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manifest, write_json_atomic
+from .scheme import Scheme
+from .shards import shard_name
+from .sources import DEFAULT_MAX_BYTES, Input, Source, open_source
+from .state import OwnerState
+from .worker import VIEW_TRANSFORM, PlannedSample, ShardTask
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+AUDIT_SAMPLES = 4  # the quick audit that ends a run: a few seconds, figures into the manifest
+
+
+class JobError(Exception):
+    """A problem found before any work: the run does not start."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """What defines the output. Two runs with equal configs write the same OUT."""
+
+    scheme: Scheme
+    fmt: ImageFormat
+    resize: str = "crop"
+    shard_size: int = 1000
+    split: str = "train"
+    shuffle: bool = True
+    seeded: bool = False
+    include_paths: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    decoder: str = "dali"      # decode stage: they resize alike but not pixel for pixel
+    encoder: str = "cpu"       # encode stage (resolved, never "auto"): codecs differ in bytes
+    views: int = 1             # >1: that many random-resized-crop + flip views per input, each a sample
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise JobError(f"--resize must be one of {RESIZE_MODES}")
+        if self.shard_size < 1:
+            raise JobError("--shard-size must be at least 1")
+        if self.views < 1:
+            raise JobError("--views must be at least 1")
+        if not self.split or any(c in self.split for c in "/\\{}. "):
+            raise JobError(f"--split {self.split!r} must be a plain name (it prefixes the shard files)")
+
+    def public(self) -> dict:
+        """The job as written into the manifest: all parameters, never a seed."""
+        return {
+            "tool": f"himr-pipe {__version__}",
+            "scheme": self.scheme.to_dict(),
+            "format": self.fmt.to_dict(),
+            "resize": self.resize,
+            "shard_size": self.shard_size,
+            "split": self.split,
+            "shuffle": self.shuffle,
+            "randomness": "seeded" if self.seeded else "cryptographic",
+            "randomness_note": (
+                "sample order and permutations are reproducible by whoever holds the seed; the seed is not stored here"
+                if self.seeded else
+                "sample order and permutations come from a key drawn from the OS's cryptographic source; "
+                "it is kept only in the owner's state, never in this folder"),
+            "include_paths": self.include_paths,
+            "max_pixels": self.max_pixels,
+            "max_bytes": self.max_bytes,
+            "decoder": self.decoder,
+            "encoder": self.encoder,
+            "views": self.views,
+            "view_transform": VIEW_TRANSFORM if self.views > 1 else None,
+        }
+
+    @classmethod
+    def from_public(cls, d: dict) -> "JobConfig":
+        from .encode import ImageFormat
+
+        f = d["format"]
+        fmt = ImageFormat(f["name"], f.get("quality", 90), f.get("subsampling", "444"), f.get("compress_level", 1))
+        return cls(Scheme.from_dict(d["scheme"]), fmt, d["resize"], d["shard_size"], d["split"], d["shuffle"],
+                   d["randomness"] == "seeded", d["include_paths"], d["max_pixels"], d["max_bytes"],
+                   d.get("decoder", "dali"), d.get("encoder", "cpu"), d.get("views", 1))
+
+
+@dataclass
+class RunOptions:
+    """How to run; does not change the output."""
+
+    workers: int = 1           # worker processes; 0 runs in this process
+    threads: int = 0           # DALI + encoder threads per worker; 0 = cpu_count // workers
+    batch_size: int = 64
+    state_dir: str | None = None
+    progress: bool | None = None   # None: on when stderr is a terminal
+    device: str = "cpu"            # "cpu" or "cuda[:N]": where decode, encryption and encode run
+    kernels: str = "auto"          # "auto" (Triton on CUDA, torch on CPU), "torch" or "triton"
+    audit_samples: int = AUDIT_SAMPLES  # quick audit of this many samples at the end (0: none)
+
+
+@dataclass
+class RunResult:
+    manifest: dict
+    exit_code: int
+    seconds: float
+    processed: int = 0
+    state_dir: str = ""
+    messages: list[str] = field(default_factory=list)
+
+
+# -- the plan -----------------------------------------------------------------------
+def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[tuple[Input, int]]]:
+    """Cut the accepted inputs (x their views) into shards, in an order drawn from the job key."""
+    ok = [(i, v) for i in source.inputs if i.skip is None for v in range(cfg.views)]
+    if cfg.shuffle:
+        ok = [ok[j] for j in keys.sample_order(key_hex, len(ok))]
+    return [ok[s:s + cfg.shard_size] for s in range(0, len(ok), cfg.shard_size)]
+
+
+
+def resume_scan(shards: list, cfg: JobConfig, out: str, state) -> tuple[dict[int, dict], list[ShardTask]]:
+    """(done, todo): shards whose stats are in the state and whose file is complete, and the rest as tasks."""
+    names = [shard_name(cfg.split, i) for i in range(len(shards))]
+    for e in os.listdir(out):
+        if e.startswith(f".{cfg.split}-") and e.endswith(".tar.tmp"):
+            os.remove(os.path.join(out, e))  # leftovers of an interrupted run (OUT's lock makes this safe)
+    done: dict[int, dict] = {}
+    todo: list[ShardTask] = []
+    for i, items in enumerate(shards):
+        st = OwnerState(state).read_shard(i)
+        final = os.path.join(out, names[i])
+        if st is not None and st.get("planned") == len(items) and (
+                st["samples"] == 0 or (os.path.exists(final) and os.path.getsize(final) == st["bytes"])):
+            done[i] = st
+            continue
+        todo.append(ShardTask(i, names[i], tuple(PlannedSample(pos, x.index, x.ref, x.label, x.loc, v)
+                                                for pos, (x, v) in enumerate(items))))
+    return done, todo
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in ("tool", "randomness_note"):
+            continue
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, prefix + k + ".")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def _own_files(out: Path, prefix: str) -> bool:
+    """True when every entry of OUT is something this tool writes."""
+    for e in os.listdir(out):
+        if e in (MANIFEST, TIMM_INFO, MANIFEST + ".tmp", TIMM_INFO + ".tmp", LOCK_NAME):
+            continue
+        if e.endswith(".tar") or e.endswith(".tar.tmp"):
+            continue
+        return False
+    return True
+
+
+def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptions):
+    """All checks that must pass before any work; returns (source, state_dir, key, lock).
+
+    From the moment OUT exists this run holds its lock (:mod:`.lock`): a second run on the same OUT is
+    refused here, before it reads or writes anything. The caller releases the lock when the run ends."""
+    if (seed is not None) != cfg.seeded:
+        raise ValueError("cfg.seeded must match whether a seed is given")
+    from .sources import SourceError
+
+    try:
+        source = open_source(src)
+    except SourceError as e:
+        raise JobError(str(e)) from None
+    outp = Path(out)
+    if outp.exists() and not outp.is_dir():
+        raise JobError(f"OUT {out!r} exists and is not a folder")
+    outp.mkdir(parents=True, exist_ok=True)
+    lock = OutLock(out)
+    try:
+        lock.__enter__()
+    except OutLocked as e:
+        raise JobError(str(e)) from None
+    try:
+        return (*_prepare_locked(src, out, outp, cfg, seed, opts, source), lock)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+
+
+def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | None, opts: RunOptions, source):
+    srcp = Path(src)
+    if srcp.exists() and srcp.is_dir() and (outp.resolve() == srcp.resolve() or srcp.resolve() in outp.resolve().parents):
+        raise JobError("OUT must not be inside SRC")
+    ostate = OwnerState.for_out(out, opts.state_dir)
+    state = ostate.path
+    if state.resolve() == outp.resolve() or outp.resolve() in state.resolve().parents:
+        raise JobError("the state folder holds the owner's secrets and must not be inside OUT")
+    job = cfg.public()
+    mpath = outp / MANIFEST
+    manifest = None
+    if mpath.exists():
+        try:
+            manifest = Manifest.load(out).data
+        except ManifestError as e:
+            raise JobError(f"{e}; use an empty OUT") from None
+        diff = _diff(manifest.get("job", {}), job)
+        if diff:
+            raise JobError("OUT holds the manifest of a different job (" + "; ".join(diff[:5]) +
+                           "). Rerun with the same options to resume it, or use an empty OUT.")
+    elif not _own_files(outp, cfg.split):
+        raise JobError(f"OUT {out!r} is not empty and holds no himr-pipe manifest; use an empty or new folder")
+
+    jstate = ostate.read_job()
+    fresh = manifest is None and not any(e.endswith(".tar") for e in os.listdir(outp))
+    if fresh or jstate is None:
+        if not fresh:
+            if manifest is not None and manifest.get("status") == "complete":
+                jstate = None  # complete and traceable from the manifest alone: nothing to resume
+            else:
+                raise JobError(f"OUT holds a partial run but the owner state for it is missing ({state}); "
+                               "pass the --state-dir of that run, or start again in an empty OUT")
+        if jstate is None:
+            key = keys.key_from_seed(seed) if seed is not None else keys.new_key()
+            jstate = {"job": job, "key": key, "seed_check": keys.seed_digest(seed, key) if seed is not None else None,
+                      "source": {"kind": source.kind, "root": os.path.abspath(src), "fingerprint": source.fingerprint,
+                                 "inputs": len(source.inputs)},
+                      "out": os.path.abspath(out)}
+            ostate.start(jstate)
+    else:
+        diff = _diff(jstate["job"], job)
+        if diff:
+            raise JobError(f"the owner state at {state} belongs to a different job ({'; '.join(diff[:5])})")
+        if seed is not None and jstate.get("seed_check") != keys.seed_digest(seed, jstate["key"]):
+            raise JobError("--seed differs from the seed of the interrupted run; rerun with the same seed")
+        if jstate["source"]["fingerprint"] != source.fingerprint:
+            raise JobError("SRC changed since the interrupted run (files added, removed or modified); "
+                           "rerun on the same SRC or start again in an empty OUT")
+    if manifest is None or manifest.get("status") != "complete":
+        write_json_atomic(mpath, build_manifest(job, source.classes, source.empty_classes, [],
+                                                len(source.inputs), [], 0, "incomplete"))
+    return source, state, jstate["key"]
+

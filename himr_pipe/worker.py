@@ -1,0 +1,257 @@
+"""The worker: one shard, start to end, on any device.
+
+It reads and screens the bytes of its planned samples, decodes and resizes
+them in batches (DALI or torchvision), encrypts each batch with one kernel
+call, encodes the images in a thread pool (simplejpeg releases the GIL)
+while the decoder already works on the next batch, and writes the shard
+under a temporary name. Its stats go to the owner's state, then the shard is
+renamed into place: a shard under its final name always has its stats, and
+a shard redone after a crash is byte-identical, because order and
+permutations derive from the job key, shard by shard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import keys
+from .decode import DecodeBatch, Header, inspect_header
+from .shards import ShardWriter
+from .sources import InputError, read_input
+from .state import OwnerState
+
+if TYPE_CHECKING:
+    from .job import JobConfig
+
+FAILPOINT_ENV = "HIMR_PIPE_FAILPOINT"  # "kill-after=N": SIGKILL the worker after N samples (tests)
+# --views K > 1: torchvision's RandomResizedCrop defaults, then a horizontal flip half of the time
+VIEW_TRANSFORM = {"random_resized_crop": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}, "hflip": 0.5}
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    """One sample of a shard's plan: an input (or one of its views) at a position of the shard."""
+
+    pos: int        # position in the shard's plan: the output key is {shard:06d}_{pos:06d}
+    index: int      # the input's sample id (its position in the sorted source listing)
+    ref: str        # owner-side name; never written to OUT unless --include-paths
+    label: int
+    loc: tuple      # where its bytes are (sources.read_input)
+    view: int = 0   # which of --views
+
+
+@dataclass(frozen=True)
+class ScreenedSample:
+    """A planned sample whose bytes passed the header check, on its way through the decoder."""
+
+    sample: PlannedSample
+    header: Header
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int
+    name: str
+    items: tuple  # of PlannedSample, in plan order
+
+
+class ShardWorker:
+    """Per-process state: one DALI pipeline and one encoder pool, reused across shards."""
+
+    def __init__(self, cfg: JobConfig, key_hex: str, out_dir: str, state_dir: str, threads: int,
+                 batch_size: int, device: str = "cpu", kernels: str = "auto", progress=None):
+        import torch
+
+        from .decode import make_decoder
+        from .encode import make_encoder
+
+        torch.set_num_threads(1)
+        self.cfg = cfg
+        self.key_hex = key_hex
+        self.out_dir = out_dir
+        self.state_dir = state_dir
+        self.batch_size = batch_size
+        self.device = device
+        self.kernels = kernels
+        self.decoder = make_decoder(cfg.decoder, cfg.scheme.size, cfg.resize, batch_size, threads, device,
+                                    views=cfg.views > 1)
+        self.encoder = make_encoder(cfg.encoder, cfg.fmt, threads, device)
+        self.progress = progress
+        s = cfg.scheme
+        self.sample_meta = {"scheme": s.name, "size": list(s.out_size), "patch": s.out_cell}
+        self.sample_json = json.dumps(self.sample_meta).encode()
+        fp = os.environ.get(FAILPOINT_ENV, "")
+        self.kill_after = int(fp.split("=", 1)[1]) if fp.startswith("kill-after=") else None
+        self.done_samples = 0
+
+    def _batches(self, items, skipped: list, draws: np.ndarray | None = None):
+        """Read and screen inputs; yield DecodeBatches whose tag lists the ScreenedSamples they hold."""
+        cfg = self.cfg
+
+        def batch(data, screened, wins):
+            return DecodeBatch(data, np.array(wins, np.float32) if draws is not None else None, screened)
+
+        data, screened, wins = [], [], []
+        for it in items:
+            try:
+                blob = read_input(it.loc, cfg.max_bytes)
+                hdr = inspect_header(blob, cfg.max_pixels)
+            except InputError as e:
+                skipped.append((it.index, it.ref, e.reason))
+                continue
+            data.append(blob)
+            screened.append(ScreenedSample(it, hdr))
+            if draws is not None:
+                wins.append(view_window(draws[it.pos], hdr.width, hdr.height))
+            if len(data) == self.batch_size:
+                yield batch(data, screened, wins)
+                data, screened, wins = [], [], []
+        if data:
+            yield batch(data, screened, wins)
+
+    def _report(self, n: int) -> int:
+        if self.progress is not None and n:
+            self.progress(n)
+        return n
+
+    def run(self, task: ShardTask) -> dict:
+        import torch
+
+        from himr_pipe.kernels import encrypt, make_permutations
+
+        cfg, s = self.cfg, self.cfg.scheme
+        perm_keys = None  # shuffled schemes: one row of sort keys per planned sample; sorted on the device per batch
+        n = len(task.items)
+        if s.shuffled:
+            perm_keys = keys.permutation_keys(self.key_hex, task.index, n, s.num_patches)
+        draws = None  # --views: five uniform draws per planned sample (crop window and flip)
+        if cfg.views > 1:
+            draws = keys.view_draws(self.key_hex, task.index, n)
+        writer = ShardWriter(self.out_dir, task.name)
+        skipped: list[tuple[int, str, str]] = []
+        written: list[tuple[str, int, str]] = []
+        count = {"upscaled": 0, "reported": 0}
+        # seconds per stage, kept in the owner's state: where a shard's time went
+        timing = {"read_decode": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0}
+        ext = cfg.fmt.ext
+        clock = time.perf_counter
+
+        def sink(enc, meta, n_bad):
+            """Encode and write one batch, in batch order."""
+            if meta:
+                t1 = clock()
+                blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
+                t2 = clock()
+                timing["encode"] += t2 - t1
+                for sc, blob in zip(meta, blobs):
+                    it = sc.sample
+                    key = f"{task.index:06d}_{it.pos:06d}"
+                    members = {ext: blob, "cls": str(it.label).encode(), "json": self.sample_json}
+                    if cfg.include_paths or cfg.views > 1:
+                        extra = {"view": it.view} if cfg.views > 1 else {}
+                        if cfg.include_paths:
+                            extra["source"] = it.ref
+                        members["json"] = json.dumps({**self.sample_meta, **extra}).encode()
+                    writer.add(key, members)
+                    written.append((key, it.index, it.ref))
+                    count["upscaled"] += _upscaled(sc.header, s.size, cfg.resize)
+                timing["write"] += clock() - t2
+                self.done_samples += len(meta)
+            count["reported"] += self._report(len(meta) + n_bad)
+            if self.kill_after is not None and self.done_samples >= self.kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        try:
+            t = clock()
+            for batch, images, bad in self.decoder.run(self._batches(task.items, skipped, draws)):
+                timing["read_decode"] += clock() - t
+                meta = batch.tag  # the ScreenedSamples of this batch, in batch order
+                for j in sorted(bad):
+                    skipped.append((meta[j].sample.index, meta[j].sample.ref, bad[j]))
+                meta = [m for j, m in enumerate(meta) if j not in bad]
+                enc = None
+                if meta:
+                    t = clock()
+                    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
+                    x = x.to(self.device)
+                    perms = None
+                    if perm_keys is not None:
+                        rows = torch.from_numpy(perm_keys[[m.sample.pos for m in meta]]).to(self.device,
+                                                                                             non_blocking=True)
+                        perms = make_permutations(rows)
+                    enc = encrypt(s, x, perms, impl=self.kernels)
+                    timing["encrypt"] += clock() - t
+                # No sink thread: measured, encoding and writing in a thread of their own (overlapping the
+                # next batch) ran no faster on the CPU or on an H100 (the GIL; DALI already decodes ahead).
+                sink(enc, meta, len(bad))
+                t = clock()
+            self._report(len(task.items) - count["reported"])  # inputs rejected before decoding
+            info = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        stats = {
+            "index": task.index, "name": task.name, "planned": len(task.items),
+            "samples": info.samples, "bytes": info.bytes, "sha256": info.sha256, "upscaled": count["upscaled"],
+            "written": written, "skipped": sorted(skipped), "seconds": timing,
+            "inputs_written": sorted({w[1] for w in written}),
+        }
+        if info.samples == 0:
+            writer.abort()  # an empty tar helps no reader; the stats still account for every input
+            stats.update(bytes=0, sha256=None)
+        # state first, then the rename: a shard under its final name always has its stats
+        OwnerState(self.state_dir).write_shard(stats)
+        if info.samples:
+            writer.publish()
+        return {k: v for k, v in stats.items() if k not in ("written",)}
+
+
+def view_window(u, width: int, height: int) -> tuple[float, float, float, float, float]:
+    """RandomResizedCrop's window from five uniform draws, relative to the image (see decode.VIEW_FIELDS).
+
+    Area fraction uniform in ``scale``, log aspect ratio uniform in ``ratio``;
+    a window too large for the image is clipped to it (torchvision retries
+    instead; clipping keeps one draw per view, which keeps resume exact).
+    """
+    rrc = VIEW_TRANSFORM["random_resized_crop"]
+    lo, hi = rrc["scale"]
+    area = lo + float(u[0]) * (hi - lo)
+    lr0, lr1 = math.log(rrc["ratio"][0]), math.log(rrc["ratio"][1])
+    r = math.exp(lr0 + float(u[1]) * (lr1 - lr0))
+    rw = min(1.0, math.sqrt(area * r * height / width))
+    rh = min(1.0, math.sqrt(area / r * width / height))
+    return (float(u[2]) * (1 - rw), float(u[3]) * (1 - rh), rw, rh, float(u[4]))
+
+
+def _upscaled(hdr, size, resize) -> bool:
+    h, w = size
+    return hdr.width < w or hdr.height < h if resize == "stretch" else (
+        min(hdr.width / w, hdr.height / h) < 1.0)
+
+
+_WORKER: ShardWorker | None = None
+
+
+def init_process_worker(cfg_public: dict, key_hex: str, out_dir: str, state_dir: str, threads: int,
+                 batch_size: int, device: str, kernels: str, queue) -> None:
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    from .job import JobConfig
+
+    cfg = JobConfig.from_public(cfg_public)
+    _WORKER = ShardWorker(cfg, key_hex, out_dir, state_dir, threads, batch_size, device, kernels,
+                      progress=lambda n: queue.put(n))
+
+
+def run_in_process_worker(task: ShardTask) -> dict:
+    assert _WORKER is not None
+    return _WORKER.run(task)
+
