@@ -80,12 +80,18 @@ def main():
 @click.option("--views", type=int, default=1, show_default=True,
               help="K > 1: bake K random-resized-crop + flip views of each input before encryption, each its own "
                    "sample (offline encryption freezes the image; this restores the usual train-time crops).")
+@click.option("--distributor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Who runs the shards: local (this process with --workers 0, else local processes) or ray (each "
+                   "shard a Ray task; a worker that dies is retried).")
+@click.option("--ray-address", default=None,
+              help="With --distributor ray: an existing Ray cluster ('auto', 'ray://host:10001'); default: a local one "
+                   "with --workers CPUs (all CPUs when --workers is not given).")
 @click.option("--audit/--no-audit", default=True, show_default=True,
               help="End with a quick audit of a few samples (seconds): the strongest attack we have, its figures "
                    "written into the manifest, and a warning when the setting is over the leak budget.")
 def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, resize, shard_size, split, workers, threads,
                        batch_size, seed, shuffle, include_paths, state_dir, max_pixels, max_bytes, progress,
-                       device, decoder, encoder, kernels, views, audit):
+                       device, decoder, encoder, kernels, views, distributor, ray_address, audit):
     """Encrypt the images of SRC into WebDataset shards in OUT.
 
     SRC is an ImageNet-style folder (one sub-folder per class), a WebDataset
@@ -110,13 +116,22 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
                         max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES, decoder, enc_name, views)
         if batch_size < 1:
             raise JobError("--batch-size must be at least 1")
-        if workers is None:
+        if ray_address and distributor != "ray":
+            raise JobError("--ray-address needs --distributor ray")
+        if distributor == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                raise JobError("--distributor ray needs Ray: pip install 'himr-pipe[ray]'") from None
+            workers = workers or 0  # ray: the local cluster's CPUs (0: all of them)
+        elif workers is None:
             workers = max(1, (os.cpu_count() or 1) // 8)
         if workers < 0:
             raise JobError("--workers must be 0 or more")
         opts = RunOptions(workers=workers, threads=threads, batch_size=batch_size, state_dir=state_dir,
                           progress=progress, device=device, kernels=kernels,
-                          audit_samples=AUDIT_SAMPLES if audit else 0)
+                          audit_samples=AUDIT_SAMPLES if audit else 0, distributor=distributor,
+                          ray_address=ray_address)
         res = encrypt_shards(src, out, cfg, seed, opts)
     except (SchemeError, FormatError, JobError) as e:
         _fail_usage(str(e))

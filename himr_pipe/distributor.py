@@ -14,9 +14,13 @@ name (the shard's atomic commit), so rerunning the same command redoes
 exactly the unfinished shards and writes the same bytes.
 
 * :class:`Serial`: in this process (``--workers 0``);
-* :class:`LocalProcesses`: a pool of spawned processes on this machine.
+* :class:`LocalProcesses`: a pool of spawned processes on this machine;
+* :class:`RayTasks`: each shard a Ray task, on a local Ray or an existing cluster (``--distributor ray``).
+  Ray retries a task whose worker process died (up to ``max_retries``): safe, because a shard is
+  committed atomically and redone byte for byte. An exception raised by a shard is not retried (it
+  would fail the same way); it stops the run as above.
 
-A new engine (Ray, ...) is one more class here with the same ``run``.
+A new engine is one more class here with the same ``run``.
 """
 
 from __future__ import annotations
@@ -101,3 +105,73 @@ def _drain(queue, progress) -> None:
             return
         except (OSError, ValueError, EOFError):
             return
+
+
+class RayTasks:
+    """Each shard a Ray task (one CPU each). Uses the Ray already initialised in this process, or starts one
+    (``address``: an existing cluster; None: a local one) and shuts it down after the run."""
+
+    def __init__(self, address: str | None, worker_args: tuple, max_retries: int = 3, num_cpus: int | None = None):
+        self.address = address
+        self.worker_args = worker_args
+        self.max_retries = max_retries
+        self.num_cpus = num_cpus
+
+    def run(self, todo: list[ShardTask], on_done: Callable[[dict], None], progress: Callable[[int], None]) -> str | None:
+        import os
+
+        import ray
+
+        from .worker import FAILPOINT_ENV
+
+        if not todo:
+            return None
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
+                     include_dashboard=False, log_to_driver=False)
+        env = {FAILPOINT_ENV: os.environ[FAILPOINT_ENV]} if FAILPOINT_ENV in os.environ else {}
+        task_fn = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False,
+                             runtime_env={"env_vars": env} if env else None)(_ray_shard)
+        args = ray.put(self.worker_args)
+        refs = {task_fn.remote(args, t): t for t in todo}
+        failure = None
+        try:
+            while refs and failure is None:
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+                for r in ready:
+                    t = refs.pop(r)
+                    try:
+                        st = ray.get(r)
+                    except Exception as e:  # RayTaskError wraps the shard's own exception
+                        failure = failure_reason(t, getattr(e, "cause", None) or e)
+                        break
+                    progress(len(t.items))
+                    on_done(st)
+        except KeyboardInterrupt as e:
+            failure = failure_reason(None, e)
+        finally:
+            for r in refs:
+                ray.cancel(r, force=True)
+            if started:
+                ray.shutdown()
+        return failure
+
+
+_RAY_WORKERS: dict = {}
+
+
+def _ray_shard(worker_args: tuple, task: ShardTask) -> dict:
+    """One shard in a Ray worker process; the ShardWorker (decoder, encoder pool) is kept per process."""
+    import json
+
+    tag = json.dumps(worker_args, sort_keys=True)
+    w = _RAY_WORKERS.get(tag)
+    if w is None:
+        from .job import JobConfig
+
+        cfg_public, key, out, state, threads, batch, device, kernels = worker_args
+        w = ShardWorker(JobConfig.from_public(cfg_public), key, out, state, threads, batch, device, kernels)
+        _RAY_WORKERS.clear()
+        _RAY_WORKERS[tag] = w
+    return w.run(task)

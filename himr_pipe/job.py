@@ -110,6 +110,8 @@ class RunOptions:
     device: str = "cpu"            # "cpu" or "cuda[:N]": where decode, encryption and encode run
     kernels: str = "auto"          # "auto" (Triton on CUDA, torch on CPU), "torch" or "triton"
     audit_samples: int = AUDIT_SAMPLES  # quick audit of this many samples at the end (0: none)
+    distributor: str = "local"     # "local" (this process with workers=0, else local processes) or "ray"
+    ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None: a local one
 
 
 @dataclass

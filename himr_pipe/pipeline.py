@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from .distributor import LocalProcesses, Serial
+from .distributor import LocalProcesses, RayTasks, Serial
 from .job import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, JobConfig, RunOptions, RunResult, plan_shards, prepare, resume_scan
 from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info, write_json_atomic
 from .state import OwnerState
@@ -41,18 +41,21 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
     total_inputs = len(source.inputs)
     pre_skipped = [(x.index, x.ref, x.skip) for x in source.inputs if x.skip is not None]
     remaining = sum(len(t.items) for t in todo)
-    threads = opts.threads or max(1, (os.cpu_count() or 1) // max(1, opts.workers))
+    # threads per worker: a share of this machine; a Ray task takes one CPU, so one thread unless asked
+    threads = opts.threads or (1 if opts.distributor == "ray" else max(1, (os.cpu_count() or 1) // max(1, opts.workers)))
     show = sys.stderr.isatty() if opts.progress is None else opts.progress
     from tqdm import tqdm
 
     bar = tqdm(total=remaining, unit="img", disable=not show, dynamic_ncols=True, smoothing=0.1,
                desc=f"encrypt-shards {cfg.scheme.name}")
-    if opts.workers == 0:
+    worker_args = (cfg.public(), key, out, str(state), threads, opts.batch_size, opts.device, opts.kernels)
+    if opts.distributor == "ray":
+        dist = RayTasks(opts.ray_address, worker_args, num_cpus=opts.workers or None)
+    elif opts.workers == 0:
         dist = Serial(lambda progress: ShardWorker(cfg, key, out, str(state), threads, opts.batch_size, opts.device,
                                                    opts.kernels, progress=progress))
     else:
-        dist = LocalProcesses(opts.workers, (cfg.public(), key, out, str(state), threads, opts.batch_size,
-                                             opts.device, opts.kernels))
+        dist = LocalProcesses(opts.workers, worker_args)
     try:
         failure = dist.run(todo, lambda st: done.__setitem__(st["index"], st), bar.update)
     finally:

@@ -31,7 +31,9 @@ from .state import OwnerState
 if TYPE_CHECKING:
     from .job import JobConfig
 
-FAILPOINT_ENV = "HIMR_PIPE_FAILPOINT"  # "kill-after=N": SIGKILL the worker after N samples (tests)
+# tests: "kill-after=N" SIGKILLs the worker process after N samples; "kill-once-after=N:MARKER" does so only
+# if the file MARKER does not exist yet, and creates it first (a retried task then runs through)
+FAILPOINT_ENV = "HIMR_PIPE_FAILPOINT"
 # --views K > 1: torchvision's RandomResizedCrop defaults, then a horizontal flip half of the time
 VIEW_TRANSFORM = {"random_resized_crop": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}, "hflip": 0.5}
 
@@ -89,7 +91,12 @@ class ShardWorker:
         self.sample_meta = {"scheme": s.name, "size": list(s.out_size), "patch": s.out_cell}
         self.sample_json = json.dumps(self.sample_meta).encode()
         fp = os.environ.get(FAILPOINT_ENV, "")
-        self.kill_after = int(fp.split("=", 1)[1]) if fp.startswith("kill-after=") else None
+        self.kill_after, self.kill_marker = None, None
+        if fp.startswith("kill-after="):
+            self.kill_after = int(fp.split("=", 1)[1])
+        elif fp.startswith("kill-once-after="):
+            n, self.kill_marker = fp.split("=", 1)[1].split(":", 1)
+            self.kill_after = None if os.path.exists(self.kill_marker) else int(n)
         self.done_samples = 0
 
     def _batches(self, items, skipped: list, draws: np.ndarray | None = None):
@@ -167,6 +174,8 @@ class ShardWorker:
                 self.done_samples += len(meta)
             count["reported"] += self._report(len(meta) + n_bad)
             if self.kill_after is not None and self.done_samples >= self.kill_after:
+                if self.kill_marker:
+                    open(self.kill_marker, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
 
         try:

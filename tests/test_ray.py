@@ -1,0 +1,46 @@
+"""--distributor ray on a local 2-CPU Ray, started once for this module: the same bytes as the local
+distributor, and a Ray worker killed mid-shard is retried to the same bytes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import cli, encrypt, manifest, shard_bytes
+
+ray = pytest.importorskip("ray", reason="Ray is in the test extras; without it the Ray distributor is untestable")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+ARGS = ("--scheme", "rs", "--format", "png", "--seed", "5", "--shard-size", "5", "--batch-size", "2")
+
+
+def test_ray_writes_the_same_bytes_and_manifest_as_local_processes(sample_src, tmp_path, local_ray):
+    encrypt(sample_src, tmp_path / "local", *ARGS)
+    encrypt(sample_src, tmp_path / "ray", *ARGS, "--distributor", "ray")
+    assert shard_bytes(tmp_path / "ray") == shard_bytes(tmp_path / "local") and len(shard_bytes(tmp_path / "ray")) == 4
+    assert manifest(tmp_path / "ray") == manifest(tmp_path / "local")
+
+
+def test_a_killed_ray_worker_is_retried_to_the_same_bytes(sample_src, tmp_path, local_ray, monkeypatch):
+    encrypt(sample_src, tmp_path / "local", *ARGS)
+    marker = tmp_path / "killed"
+    # the first worker to reach 3 samples SIGKILLs itself mid-shard; Ray retries its task in a new process
+    monkeypatch.setenv("HIMR_PIPE_FAILPOINT", f"kill-once-after=3:{marker}")
+    encrypt(sample_src, tmp_path / "ray", *ARGS, "--distributor", "ray")
+    assert marker.exists()  # a worker did die
+    assert shard_bytes(tmp_path / "ray") == shard_bytes(tmp_path / "local")
+    assert not [e for e in os.listdir(tmp_path / "ray") if e.endswith(".tmp")]
+    cli("verify", tmp_path / "ray", "--decode")
+
+
+def test_ray_address_needs_the_ray_distributor(sample_src, tmp_path):
+    r = encrypt(sample_src, tmp_path / "o", "--ray-address", "auto", expect=2)
+    assert "--distributor ray" in r.output
