@@ -90,14 +90,6 @@ def prepare(im: Image.Image, size: int = 224) -> np.ndarray:
     return np.asarray(im.crop((x, y, x + size, y + size)), dtype=np.uint8).copy()
 
 
-def mi_numpy(img: np.ndarray, patch: int) -> np.ndarray:
-    """MI as ``himr_pipe.kernels.reference.mi_mix``: (a+b+c+d+2)//4 of the 2x2 sub-patches of each patch."""
-    h, w, c = img.shape
-    s = patch // 2
-    v = img.astype(np.int32).reshape(h // patch, 2, s, w // patch, 2, s, c)
-    return ((v.sum(axis=(1, 4)) + 2) // 4).astype(np.uint8).reshape(h // 2, w // 2, c)
-
-
 @dataclass
 class Puzzle:
     blob: bytes
@@ -111,27 +103,22 @@ class Puzzle:
 
 
 def make_puzzle(img: np.ndarray, st: Setting, seed: int) -> Puzzle:
-    """Encrypt ``img`` as the product does for setting ``st`` and store it."""
-    x = mi_numpy(img, st.patch) if st.mi else img
-    cell = st.patch // 2 if st.mi else st.patch
-    gh, gw = x.shape[0] // cell, x.shape[1] // cell
-    n = gh * gw
-    perm = np.random.default_rng(seed).permutation(n)
-    pieces = jigsaw.cut(x, cell)[perm].copy()                  # out slot j <- plain patch perm[j]
-    if st.gap:
-        g = st.gap
-        pieces[:, :g] = 0
-        pieces[:, -g:] = 0
-        pieces[:, :, :g] = 0
-        pieces[:, :, -g:] = 0
+    """Encrypt ``img`` with the product's own kernels (:func:`himr_pipe.kernels.encrypt`) and store it."""
+    import torch
+
+    from himr_pipe.kernels import encrypt
+    from himr_pipe.scheme import Scheme
+
+    scheme = Scheme.named("mi-shuffle" if st.mi else "rs", st.patch, img.shape[0], img.shape[1], st.gap, st.drop)
+    n = scheme.num_patches
+    perm = np.random.default_rng(seed).permutation(n)       # out slot j <- plain cell perm[j]
+    out = encrypt(scheme, torch.from_numpy(img[None].copy()), perm[None])[0].numpy()
     blank = np.zeros(n, bool)
-    if st.drop:
-        k = int(round(st.drop * n))
-        pieces[:k] = 0
-        blank[:k] = True
-    out = jigsaw.assemble(pieces, np.arange(n).reshape(gh, gw))
+    blank[:scheme.dropped] = True                            # the dropped slots: the true wildcards
+    cell = scheme.out_cell
     fmt = ImageFormat("jpeg", 90, "420" if cell % 16 == 0 else "444") if st.fmt == "jpeg" else ImageFormat("png")
-    return Puzzle(fmt.encode(out), fmt.ext, cell, (gh, gw), st.gap, np.argsort(perm).reshape(gh, gw), blank, st.mi)
+    return Puzzle(fmt.encode(out), fmt.ext, cell, scheme.grid, st.gap, np.argsort(perm).reshape(scheme.grid), blank,
+                  st.mi)
 
 
 def decode_default(blob: bytes, ext: str) -> np.ndarray:

@@ -8,7 +8,6 @@ that are multiples of 16) or PNG, and both attacks read the stored bytes.
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
@@ -17,7 +16,9 @@ from PIL import Image
 from himr_pipe.audit import jigsaw
 from himr_pipe.audit.scores import direct_accuracy, layout_scores, neighbour_accuracy
 from himr_pipe.audit.solver import ATTACK_NAME, detect_blank, load_stored, solve_stored
-from himr_pipe.encode import ImageFormat
+from himr_pipe.encode import choose_format
+from himr_pipe.scheme import Scheme
+from himr_pipe.shards import decode_image
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
@@ -38,34 +39,25 @@ def photos():
 
 
 def make_puzzle(img, cell, fmt, seed, gap=0, drop=0.0):
-    gh, gw = img.shape[0] // cell, img.shape[1] // cell
-    n = gh * gw
+    """An RS puzzle made by the product's own kernels and encoder settings."""
+    import torch
+
+    from himr_pipe.kernels import encrypt
+
+    scheme = Scheme("rs", cell, img.shape[0], img.shape[1], gap, drop)
+    n = scheme.num_patches
     perm = np.random.default_rng(seed).permutation(n)
-    pieces = jigsaw.cut(img, cell)[perm].copy()
-    if gap:
-        pieces[:, :gap] = pieces[:, -gap:] = 0
-        pieces[:, :, :gap] = pieces[:, :, -gap:] = 0
+    out = encrypt(scheme, torch.from_numpy(img[None].copy()), perm[None])[0].numpy()
     blank = np.zeros(n, bool)
-    k = int(round(drop * n))
-    pieces[:k] = 0
-    blank[:k] = True
-    out = jigsaw.assemble(pieces, np.arange(n).reshape(gh, gw))
-    f = ImageFormat("jpeg", 90, "420" if cell % 16 == 0 else "444") if fmt == "jpeg" else ImageFormat("png")
-    return f.encode(out), f.ext, (gh, gw), np.argsort(perm).reshape(gh, gw), blank
-
-
-def decode(blob, ext):
-    if ext == "jpg":
-        import simplejpeg
-
-        return simplejpeg.decode_jpeg(blob, colorspace="RGB")
-    return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+    blank[:scheme.dropped] = True
+    f = choose_format(fmt, scheme)
+    return f.encode(out), f.ext, scheme.grid, np.argsort(perm).reshape(scheme.grid), blank
 
 
 def both(img, cell, fmt, seed, gap=0, drop=0.0):
     """(old scores, new scores, new layout, truth, blank) for one puzzle."""
     blob, ext, grid, truth, blank = make_puzzle(img, cell, fmt, seed, gap, drop)
-    old = jigsaw.solve(jigsaw.cut(decode(blob, ext), cell), grid)
+    old = jigsaw.solve(jigsaw.cut(decode_image(blob, ext), cell), grid)
     new = solve_stored(load_stored(blob, ext), cell, grid, gap=gap)
     assert sorted(new.ravel().tolist()) == list(range(grid[0] * grid[1]))   # a permutation
     return layout_scores(old, truth, blank), layout_scores(new, truth, blank), new, truth, blank
