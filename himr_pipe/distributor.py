@@ -131,8 +131,7 @@ class RayTasks:
             ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
                      include_dashboard=False, log_to_driver=False)
         env = {FAILPOINT_ENV: os.environ[FAILPOINT_ENV]} if FAILPOINT_ENV in os.environ else {}
-        task_fn = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False,
-                             runtime_env={"env_vars": env} if env else None)(_ray_shard)
+        task_fn = ray.remote(**ray_task_options(self.worker_args[6], self.max_retries, env))(_ray_shard)
         args = ray.put(self.worker_args)
         refs = {task_fn.remote(args, t): t for t in todo}
         failure = None
@@ -158,6 +157,18 @@ class RayTasks:
         return failure
 
 
+def ray_task_options(device: str, max_retries: int, env: dict | None = None) -> dict:
+    """The resources of one shard task: one CPU; on ``--device cuda`` also one whole GPU, which Ray makes the
+    task's only visible device (so the worker runs on ``cuda``, i.e. that GPU). Ray keeps a worker process
+    per GPU alive between tasks, and the ShardWorker (decoder, encoder, CUDA context) lives on in it."""
+    opts = {"num_cpus": 1, "max_retries": max_retries, "retry_exceptions": False}
+    if device != "cpu":
+        opts["num_gpus"] = 1
+    if env:
+        opts["runtime_env"] = {"env_vars": env}
+    return opts
+
+
 _RAY_WORKERS: dict = {}
 
 
@@ -171,6 +182,8 @@ def _ray_shard(worker_args: tuple, task: ShardTask) -> dict:
         from .job import JobConfig
 
         cfg_public, key, out, state, threads, batch, device, kernels = worker_args
+        if device != "cpu":
+            device = "cuda"  # the one GPU Ray gave this task (CUDA_VISIBLE_DEVICES)
         w = ShardWorker(JobConfig.from_public(cfg_public), key, out, state, threads, batch, device, kernels)
         _RAY_WORKERS.clear()
         _RAY_WORKERS[tag] = w

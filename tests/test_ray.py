@@ -44,3 +44,13 @@ def test_a_killed_ray_worker_is_retried_to_the_same_bytes(sample_src, tmp_path, 
 def test_ray_address_needs_the_ray_distributor(sample_src, tmp_path):
     r = encrypt(sample_src, tmp_path / "o", "--ray-address", "auto", expect=2)
     assert "--distributor ray" in r.output
+
+
+def test_ray_tasks_take_one_gpu_each_on_cuda():
+    """--device cuda: each shard task asks Ray for one whole GPU (a GPU is truly required to run it; the
+    resource request is what can be checked here)."""
+    from himr_pipe.distributor import ray_task_options
+
+    assert ray_task_options("cpu", 3) == {"num_cpus": 1, "max_retries": 3, "retry_exceptions": False}
+    gpu = ray_task_options("cuda:1", 3, {"X": "1"})
+    assert gpu["num_gpus"] == 1 and gpu["runtime_env"] == {"env_vars": {"X": "1"}}
