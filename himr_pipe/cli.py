@@ -267,6 +267,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
     import torch
     from PIL import Image
 
+    from .audit.mi_inverse import full_size
     from .decode import DaliDecoder, inspect_header
     from .kernels import encrypt, make_permutations
     from . import keys
@@ -293,7 +294,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
             perms = make_permutations(keys.permutation_keys(key, 0, 1, s.num_patches))
         y = encrypt(s, x, perms)[0].numpy()
         if s.kind == "mi":  # shown at the plain image's size (each value as a 2x2 block)
-            y = np.repeat(np.repeat(y, 2, axis=0), 2, axis=1)
+            y = full_size(y)
         panels.append(y)
     gap = np.full((h, 8, 3), 255, np.uint8)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)

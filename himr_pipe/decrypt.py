@@ -102,15 +102,17 @@ def plain_geometry(view: OwnerView, stored: np.ndarray, perm: np.ndarray | None)
     img = decrypt(s, torch.from_numpy(np.ascontiguousarray(stored))[None],
                   None if perm is None else perm[None])[0].numpy()
     if s.kind == "mi":
-        img = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)
+        from .audit.mi_inverse import full_size
+
+        img = full_size(img)
     return img
 
 
-def iter_decrypted(view: OwnerView, keys: set[str] | None = None):
-    """Yield (shard, key, stored image, plain-geometry image) for every sample (or those in ``keys``)."""
+def iter_decrypted(view: OwnerView):
+    """Yield (shard, key, stored image, plain-geometry image) for every sample."""
     for e in view.manifest["shards"]:
         name = e["name"]
-        samples = [(k, mem) for k, mem in iter_samples(os.path.join(view.out, name)) if keys is None or k in keys]
+        samples = list(iter_samples(os.path.join(view.out, name)))
         if not samples:
             continue
         perms = (true_permutations(view, name, [k for k, _ in samples]) if view.scheme.shuffled

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..scheme import Scheme
 from .jigsaw import assemble, cut
-from .mi_inverse import downsampled_baseline, ls_inverse
+from .mi_inverse import downsampled_baseline, full_size, ls_inverse
 from .scores import image_quality, layout_scores
 
 BUDGET = {"direct_accuracy": 0.02, "neighbour_accuracy": 0.10}
@@ -77,7 +77,7 @@ def attack_sample(scheme: Scheme, blob: bytes, ext: str, perm: np.ndarray | None
         row["direct_accuracy"] = row["neighbour_accuracy"] = 1.0
         recon = stored
     row["attack_seconds"] = time.perf_counter() - t0
-    pictures = [np.repeat(np.repeat(stored, 2, 0), 2, 1) if scheme.kind == "mi" else stored]
+    pictures = [full_size(stored) if scheme.kind == "mi" else stored]
     if scheme.kind == "mi":
         recon = ls_inverse(recon, scheme.patch)  # the attacker's best picture at plain geometry
     pictures.append(recon)
