@@ -19,6 +19,23 @@ from . import __version__
 DEFAULT_SCHEME = "mi-shuffle"
 
 
+class Where(click.ParamType):
+    """A folder given as a local path or an fsspec URL (s3://, gs://, memory://; see himr_pipe.storage).
+    Local paths are checked as click.Path checks them; URLs when they are opened."""
+
+    name = "path-or-url"
+
+    def __init__(self, exists: bool = False):
+        self.exists = exists
+
+    def convert(self, value, param, ctx):
+        from .storage import is_url
+
+        if is_url(str(value)):
+            return str(value)
+        return click.Path(exists=self.exists, file_okay=False).convert(value, param, ctx)
+
+
 def _fail_usage(msg: str):
     click.echo(f"himr-pipe: error: {msg}", err=True)
     sys.exit(2)
@@ -32,7 +49,7 @@ def main():
 
 @main.command("encrypt-shards")
 @click.argument("src")
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out", type=Where())
 @click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "none"]), default=DEFAULT_SCHEME,
               show_default=True,
               help="mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled per image "
@@ -163,7 +180,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
 
 
 @main.command("verify")
-@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=Where(exists=True))
 @click.option("--decode", is_flag=True, help="Also decode every image and check its size.")
 def verify_cmd(out, decode):
     """Check every shard of OUT against its manifest (counts, sizes, sha256, sample structure)."""
@@ -194,8 +211,8 @@ def sample_data_cmd(dest, per_class, seed):
 
 
 @main.command("train")
-@click.argument("shards", type=click.Path(exists=True, file_okay=False))
-@click.option("--val", type=click.Path(exists=True, file_okay=False), default=None,
+@click.argument("shards", type=Where(exists=True))
+@click.option("--val", type=Where(exists=True), default=None,
               help="Validation shards (same scheme); top-1 after every epoch.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder for checkpoint-last.pt and log.jsonl.")
@@ -304,7 +321,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
 
 
 @main.command("audit")
-@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=Where(exists=True))
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), required=True,
               help="Folder for report.json, report.md and grid.png (they show plain images: not inside OUT).")
 @click.option("--plain", "plain", type=click.Path(exists=True), default=None,
@@ -329,7 +346,7 @@ def audit_cmd(out, report_dir, plain, samples, state_dir, seed):
 
 
 @main.command("decrypt")
-@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=Where(exists=True))
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="The owner state of the run (default: as encrypt-shards). It holds the job key.")

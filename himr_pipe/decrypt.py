@@ -31,7 +31,7 @@ import numpy as np
 from .manifest import Manifest, ManifestError
 from .state import OwnerState
 from .scheme import Scheme
-from .shards import decode_image, iter_samples
+from .shards import decode_image, iter_shard
 
 
 class DecryptError(ValueError):
@@ -112,7 +112,7 @@ def iter_decrypted(view: OwnerView):
     """Yield (shard, key, stored image, plain-geometry image) for every sample."""
     for e in view.manifest["shards"]:
         name = e["name"]
-        samples = list(iter_samples(os.path.join(view.out, name)))
+        samples = list(iter_shard(view.out, name))
         if not samples:
             continue
         perms = (true_permutations(view, name, [k for k, _ in samples]) if view.scheme.shuffled
@@ -124,8 +124,10 @@ def iter_decrypted(view: OwnerView):
 
 def decrypt_out(out: str, dest: str, state_dir: str | None = None, limit: int | None = None) -> dict:
     """Write every sample of OUT (or the first ``limit``) as ``DEST/{key}.png`` at plain geometry."""
-    d, o = Path(dest).resolve(), Path(out).resolve()
-    if d == o or o in d.parents:
+    from .storage import Location
+
+    d = Path(dest).resolve()
+    if Location(out).contains(Location(str(d))):
         raise DecryptError("decrypted images show the data: DEST must not be inside OUT")
     view = open_owner(out, state_dir)
     if view.manifest.get("status") != "complete":

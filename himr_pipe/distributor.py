@@ -64,7 +64,7 @@ class LocalProcesses:
 
     def __init__(self, workers: int, worker_args: tuple):
         self.workers = workers
-        self.worker_args = worker_args  # (job's public config, key, out, state, threads, batch, device, kernels)
+        self.worker_args = worker_args  # (job's public config, key, out, threads, batch, device, kernels)
 
     def run(self, todo: list[ShardTask], on_done: Callable[[dict], None], progress: Callable[[int], None]) -> str | None:
         import multiprocessing as mp
@@ -131,7 +131,7 @@ class RayTasks:
             ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
                      include_dashboard=False, log_to_driver=False)
         env = {FAILPOINT_ENV: os.environ[FAILPOINT_ENV]} if FAILPOINT_ENV in os.environ else {}
-        task_fn = ray.remote(**ray_task_options(self.worker_args[6], self.max_retries, env))(_ray_shard)
+        task_fn = ray.remote(**ray_task_options(self.worker_args[5], self.max_retries, env))(_ray_shard)
         args = ray.put(self.worker_args)
         refs = {task_fn.remote(args, t): t for t in todo}
         failure = None
@@ -181,10 +181,10 @@ def _ray_shard(worker_args: tuple, task: ShardTask) -> dict:
     if w is None:
         from .job import JobConfig
 
-        cfg_public, key, out, state, threads, batch, device, kernels = worker_args
+        cfg_public, key, out, threads, batch, device, kernels = worker_args
         if device != "cpu":
             device = "cuda"  # the one GPU Ray gave this task (CUDA_VISIBLE_DEVICES)
-        w = ShardWorker(JobConfig.from_public(cfg_public), key, out, state, threads, batch, device, kernels)
+        w = ShardWorker(JobConfig.from_public(cfg_public), key, out, threads, batch, device, kernels)
         _RAY_WORKERS.clear()
         _RAY_WORKERS[tag] = w
     return w.run(task)

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import __version__, keys
 from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from .encode import ImageFormat
-from .lock import LOCK_NAME, OutLock, OutLocked
-from .manifest import MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manifest, write_json_atomic
+from .lock import LOCK_NAME, OutLocked, lock_for
+from .manifest import MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manifest
 from .scheme import Scheme
 from .shards import shard_name
 from .sources import DEFAULT_MAX_BYTES, Input, Source, open_source
 from .state import OwnerState
+from .storage import Location, StorageError, in_process_only, is_url
 from .worker import VIEW_TRANSFORM, PlannedSample, ShardTask
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -134,19 +134,21 @@ def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[tuple
 
 
 
-def resume_scan(shards: list, cfg: JobConfig, out: str, state) -> tuple[dict[int, dict], list[ShardTask]]:
-    """(done, todo): shards whose stats are in the state and whose file is complete, and the rest as tasks."""
+def resume_scan(shards: list, cfg: JobConfig, out: Location, state) -> tuple[dict[int, dict], list[ShardTask]]:
+    """(done, todo): shards whose stats are in the state and whose file is complete, and the rest as tasks.
+
+    OUT is listed once (one request on an object store), not asked about shard by shard."""
     names = [shard_name(cfg.split, i) for i in range(len(shards))]
-    for e in os.listdir(out):
+    sizes = out.sizes()
+    for e in sizes:
         if e.startswith(f".{cfg.split}-") and e.endswith(".tar.tmp"):
-            os.remove(os.path.join(out, e))  # leftovers of an interrupted run (OUT's lock makes this safe)
+            out.remove(e)  # leftovers of an interrupted run (OUT's lock makes this safe)
     done: dict[int, dict] = {}
     todo: list[ShardTask] = []
     for i, items in enumerate(shards):
         st = OwnerState(state).read_shard(i)
-        final = os.path.join(out, names[i])
         if st is not None and st.get("planned") == len(items) and (
-                st["samples"] == 0 or (os.path.exists(final) and os.path.getsize(final) == st["bytes"])):
+                st["samples"] == 0 or sizes.get(names[i]) == st["bytes"]):
             done[i] = st
             continue
         todo.append(ShardTask(i, names[i], tuple(PlannedSample(pos, x.index, x.ref, x.label, x.loc, v)
@@ -167,15 +169,19 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _own_files(out: Path, prefix: str) -> bool:
+def _own_files(out: Location) -> bool:
     """True when every entry of OUT is something this tool writes."""
-    for e in os.listdir(out):
+    for e in out.listdir():
         if e in (MANIFEST, TIMM_INFO, MANIFEST + ".tmp", TIMM_INFO + ".tmp", LOCK_NAME):
             continue
         if e.endswith(".tar") or e.endswith(".tar.tmp"):
             continue
         return False
     return True
+
+
+def _abs(p: str) -> str:
+    return p if is_url(p) else os.path.abspath(p)
 
 
 def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptions):
@@ -188,37 +194,41 @@ def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptio
     from .sources import SourceError
 
     try:
+        outl = Location(out)
         source = open_source(src)
-    except SourceError as e:
+    except (SourceError, StorageError) as e:
         raise JobError(str(e)) from None
-    outp = Path(out)
-    if outp.exists() and not outp.is_dir():
+    if (source.in_process or in_process_only(out)) and (opts.workers > 0 or opts.distributor != "local"):
+        raise JobError("memory:// lives in one process, where worker processes cannot see it; "
+                       "run with --workers 0 (or use a local folder or an object store)")
+    if outl.is_file_root():
         raise JobError(f"OUT {out!r} exists and is not a folder")
-    outp.mkdir(parents=True, exist_ok=True)
-    lock = OutLock(out)
+    outl.makedirs()
+    lock = lock_for(outl)
     try:
         lock.__enter__()
     except OutLocked as e:
         raise JobError(str(e)) from None
+    except OSError as e:  # an object store refused the lease: no bucket, no credentials, no permission
+        raise JobError(f"cannot write to OUT {out!r} ({type(e).__name__}: {e})") from None
     try:
-        return (*_prepare_locked(src, out, outp, cfg, seed, opts, source), lock)
+        return (*_prepare_locked(src, outl, cfg, seed, opts, source), lock)
     except BaseException:
         lock.__exit__(None, None, None)
         raise
 
 
-def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | None, opts: RunOptions, source):
-    srcp = Path(src)
-    if srcp.exists() and srcp.is_dir() and (outp.resolve() == srcp.resolve() or srcp.resolve() in outp.resolve().parents):
+def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, opts: RunOptions, source):
+    out = outl.root
+    if not any(c in src for c in "{}") and not Location(src).is_file_root() and Location(src).contains(outl):
         raise JobError("OUT must not be inside SRC")
     ostate = OwnerState.for_out(out, opts.state_dir)
     state = ostate.path
-    if state.resolve() == outp.resolve() or outp.resolve() in state.resolve().parents:
+    if outl.contains(Location(str(state))):
         raise JobError("the state folder holds the owner's secrets and must not be inside OUT")
     job = cfg.public()
-    mpath = outp / MANIFEST
     manifest = None
-    if mpath.exists():
+    if outl.exists(MANIFEST):
         try:
             manifest = Manifest.load(out).data
         except ManifestError as e:
@@ -227,11 +237,11 @@ def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | 
         if diff:
             raise JobError("OUT holds the manifest of a different job (" + "; ".join(diff[:5]) +
                            "). Rerun with the same options to resume it, or use an empty OUT.")
-    elif not _own_files(outp, cfg.split):
+    elif not _own_files(outl):
         raise JobError(f"OUT {out!r} is not empty and holds no himr-pipe manifest; use an empty or new folder")
 
     jstate = ostate.read_job()
-    fresh = manifest is None and not any(e.endswith(".tar") for e in os.listdir(outp))
+    fresh = manifest is None and not any(e.endswith(".tar") for e in outl.listdir())
     if fresh or jstate is None:
         if not fresh:
             if manifest is not None and manifest.get("status") == "complete":
@@ -242,9 +252,9 @@ def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | 
         if jstate is None:
             key = keys.key_from_seed(seed) if seed is not None else keys.new_key()
             jstate = {"job": job, "key": key, "seed_check": keys.seed_digest(seed, key) if seed is not None else None,
-                      "source": {"kind": source.kind, "root": os.path.abspath(src), "fingerprint": source.fingerprint,
+                      "source": {"kind": source.kind, "root": _abs(src), "fingerprint": source.fingerprint,
                                  "inputs": len(source.inputs)},
-                      "out": os.path.abspath(out)}
+                      "out": _abs(out)}
             ostate.start(jstate)
     else:
         diff = _diff(jstate["job"], job)
@@ -256,7 +266,6 @@ def _prepare_locked(src: str, out: str, outp: Path, cfg: JobConfig, seed: int | 
             raise JobError("SRC changed since the interrupted run (files added, removed or modified); "
                            "rerun on the same SRC or start again in an empty OUT")
     if manifest is None or manifest.get("status") != "complete":
-        write_json_atomic(mpath, build_manifest(job, source.classes, source.empty_classes, [],
-                                                len(source.inputs), [], 0, "incomplete"))
+        outl.write_json(MANIFEST, build_manifest(job, source.classes, source.empty_classes, [],
+                                                 len(source.inputs), [], 0, "incomplete"))
     return source, state, jstate["key"]
-

@@ -9,6 +9,18 @@ finished OUT holds no trace of the machine that wrote it.
 
 ``flock`` is reliable on local file systems. On NFS and other network file
 systems it may not exclude runs on different hosts; run one job per OUT there.
+
+An object store (OUT given as a URL) has no locks, so there OUT holds a
+*lease* (:class:`OutLease`): the same file, created only if absent (a
+conditional PUT, ``If-None-Match``, which S3 and fsspec's ``xb`` mode
+support) and renewed by the run every ``ttl / 4`` seconds. A run that dies
+stops renewing, and once its lease is older than ``ttl`` (default 120 s,
+``$HIMR_PIPE_LEASE_TTL``) the next run takes it over. Two runs taking over
+the same stale lease at the same instant can both believe they won: the
+loser finds another run's token at its next renewal and stops before it
+writes the manifest. Shards are the same bytes whoever writes them, so the
+race costs time, never data. Clocks of the hosts involved must agree to well
+within ``ttl``.
 """
 
 from __future__ import annotations
@@ -17,7 +29,9 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import socket
+import threading
 import time
 
 LOCK_NAME = ".himr-pipe.lock"
@@ -62,6 +76,9 @@ class OutLock:
             os.close(fd)
         raise OutLocked("could not take OUT's lock: its lock file keeps changing under this run")
 
+    def check(self) -> None:
+        """The flock cannot be lost while this process lives; nothing to check."""
+
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
             try:
@@ -78,3 +95,111 @@ def _read(fd: int) -> dict:
         return json.loads(os.read(fd, 4096).decode() or "{}")
     except (OSError, ValueError):
         return {}
+
+
+LEASE_TTL_ENV = "HIMR_PIPE_LEASE_TTL"
+DEFAULT_LEASE_TTL = 120.0
+
+
+def lock_for(out) -> "OutLock | OutLease":
+    """The lock of an OUT (a :class:`~himr_pipe.storage.Location`): flock locally, a lease on an object store."""
+    return OutLease(out) if out.remote else OutLock(out.root)
+
+
+class LeaseLost(RuntimeError):
+    """Another run took this run's lease over (it expired, or two runs raced for a stale one)."""
+
+
+class OutLease:
+    """``with OutLease(location):`` holds a renewed lease on an object-store OUT, or raises :class:`OutLocked`."""
+
+    def __init__(self, out, ttl: float | None = None):
+        self.out = out
+        self.ttl = float(ttl if ttl is not None else os.environ.get(LEASE_TTL_ENV, DEFAULT_LEASE_TTL))
+        self.token = secrets.token_hex(16)
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._held = False
+
+    def _record(self) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "since": self._since, "token": self.token,
+                "renewed": time.time(), "ttl": self.ttl}
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(self.out.read_bytes(LOCK_NAME).decode() or "{}")
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}
+
+    def _write(self, exclusive: bool) -> bool:
+        """Write our record; with ``exclusive``, only if no lease exists (False if one does)."""
+        data = json.dumps(self._record()).encode()
+        path = f"{self.out.base}/{LOCK_NAME}"
+        if exclusive:
+            try:
+                with self.out.fs.open(path, "xb") as f:
+                    f.write(data)
+                return True
+            except FileExistsError:
+                return False
+            except (NotImplementedError, ValueError):  # a backend without conditional writes
+                if self._read() is not None:
+                    return False
+        self.out.fs.pipe_file(path, data)
+        return True
+
+    def __enter__(self) -> "OutLease":
+        self._since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if not self._write(exclusive=True):
+            cur = self._read() or {}
+            age = time.time() - float(cur.get("renewed", 0) or 0)
+            if age < float(cur.get("ttl", self.ttl) or self.ttl):
+                raise OutLocked(f"OUT is being written by another himr-pipe run (host {cur.get('host', '?')}, "
+                                f"pid {cur.get('pid', '?')}, since {cur.get('since', '?')}; its lease was renewed "
+                                f"{age:.0f} s ago); wait for it to finish, or stop it (a stopped run's lease "
+                                f"is taken over {self.ttl:.0f} s after its last renewal)")
+            self._write(exclusive=False)  # stale: a run that stopped renewing; take it over
+            time.sleep(min(1.0, self.ttl / 20))
+            cur = self._read() or {}
+            if cur.get("token") != self.token:
+                raise OutLocked(f"OUT's stale lease was taken over by another run at the same moment (host "
+                                f"{cur.get('host', '?')}, pid {cur.get('pid', '?')})")
+        self._held = True
+        self._thread = threading.Thread(target=self._renew, name="himr-pipe-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                cur = self._read()
+                if cur is None or cur.get("token") != self.token:
+                    self.lost = True
+                    return
+                self._write(exclusive=False)
+            except Exception:  # a failed renewal is retried at the next tick; the lease outlives a few
+                continue
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` if another run holds OUT now."""
+        if self.lost or (self._read() or {}).get("token") != self.token:
+            self.lost = True
+            raise LeaseLost("another himr-pipe run took over OUT's lease while this run was writing (this run "
+                            "stalled for longer than the lease's ttl); its shards are kept, the other run "
+                            "finishes the job")
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._held:
+            self._held = False
+            try:
+                if (self._read() or {}).get("token") == self.token:
+                    self.out.remove(LOCK_NAME)
+            except Exception:
+                pass

@@ -69,11 +69,15 @@ class Manifest:
 
     @classmethod
     def load(cls, out: str | os.PathLike, require_complete: bool = False) -> "Manifest":
-        path = os.path.join(out, MANIFEST)
-        if not os.path.isfile(path):
-            raise ManifestError(f"{out} holds no {MANIFEST}: not an OUT written by himr-pipe encrypt-shards")
+        """``out``: a local folder or an object-store URL (:mod:`.storage`)."""
+        from .storage import Location
+
+        loc = Location(str(out))
+        path = loc.url(MANIFEST)
         try:
-            data = read_json(path)
+            data = loc.read_json(MANIFEST)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ManifestError(f"{out} holds no {MANIFEST}: not an OUT written by himr-pipe encrypt-shards") from None
         except (OSError, ValueError) as e:
             raise ManifestError(f"{path} is not readable JSON ({e})") from None
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:

@@ -19,8 +19,10 @@ import time
 
 from .distributor import LocalProcesses, RayTasks, Serial
 from .job import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, JobConfig, RunOptions, RunResult, plan_shards, prepare, resume_scan
-from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info, write_json_atomic
+from .lock import LeaseLost
+from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info
 from .state import OwnerState
+from .storage import Location
 from .worker import ShardWorker
 
 
@@ -30,14 +32,16 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
     t0 = time.time()
     source, state, key, lock = prepare(src, out, cfg, seed, opts)
     try:
-        return _run(src, out, cfg, opts, t0, source, state, key)
+        return _run(src, out, cfg, opts, t0, source, state, key, lock)
     finally:
         lock.__exit__(None, None, None)
 
 
-def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source, state, key) -> RunResult:
+def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source, state, key, lock) -> RunResult:
+    outl = Location(out)
     shards = plan_shards(source, key, cfg)
-    done, todo = resume_scan(shards, cfg, out, state)
+    done, todo = resume_scan(shards, cfg, outl, state)
+    ostate = OwnerState(state)
     total_inputs = len(source.inputs)
     pre_skipped = [(x.index, x.ref, x.skip) for x in source.inputs if x.skip is not None]
     remaining = sum(len(t.items) for t in todo)
@@ -48,16 +52,21 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
 
     bar = tqdm(total=remaining, unit="img", disable=not show, dynamic_ncols=True, smoothing=0.1,
                desc=f"encrypt-shards {cfg.scheme.name}")
-    worker_args = (cfg.public(), key, out, str(state), threads, opts.batch_size, opts.device, opts.kernels)
+    worker_args = (cfg.public(), key, outl.root, threads, opts.batch_size, opts.device, opts.kernels)
     if opts.distributor == "ray":
         dist = RayTasks(opts.ray_address, worker_args, num_cpus=opts.workers or None)
     elif opts.workers == 0:
-        dist = Serial(lambda progress: ShardWorker(cfg, key, out, str(state), threads, opts.batch_size, opts.device,
+        dist = Serial(lambda progress: ShardWorker(cfg, key, outl.root, threads, opts.batch_size, opts.device,
                                                    opts.kernels, progress=progress))
     else:
         dist = LocalProcesses(opts.workers, worker_args)
+    def record(st: dict) -> None:
+        """A finished shard: its stats into the owner's state (only the driver writes the state)."""
+        ostate.write_shard(st)
+        done[st["index"]] = st
+
     try:
-        failure = dist.run(todo, lambda st: done.__setitem__(st["index"], st), bar.update)
+        failure = dist.run(todo, record, bar.update)
     finally:
         bar.close()
 
@@ -78,22 +87,26 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
     skip_recs = [({"input": i, "reason": r, "path": ref} if cfg.include_paths else {"input": i, "reason": r})
                  for i, ref, r in skipped]
     complete = failure is None and len(done) == len(shards)
+    try:
+        lock.check()  # on an object store: is this run still OUT's owner? (the manifest is the last word)
+    except LeaseLost as e:
+        return RunResult({}, EXIT_FAILED, time.time() - t0, remaining, str(state), [f"run stopped: {e}"])
     manifest = build_manifest(cfg.public(), source.classes, source.empty_classes, shard_recs, total_inputs,
                               skip_recs, upscaled, "complete" if complete else "incomplete", len(inputs_written))
     if complete:
         t = manifest["totals"]
         assert t["inputs_written"] + t["skipped"] == total_inputs, t
         assert t["written"] == t["inputs_written"] * cfg.views, t
-        write_json_atomic(os.path.join(out, TIMM_INFO), build_timm_info(cfg.split, shard_recs))
+        outl.write_json(TIMM_INFO, build_timm_info(cfg.split, shard_recs))
         # the owner's copy of what was skipped, by name
-        OwnerState(state).write_skipped([{"input": i, "path": ref, "reason": r} for i, ref, r in skipped])
-    write_json_atomic(os.path.join(out, MANIFEST), manifest)
+        ostate.write_skipped([{"input": i, "path": ref, "reason": r} for i, ref, r in skipped])
+    outl.write_json(MANIFEST, manifest)  # last: after every shard and the split file
     secs = time.time() - t0  # the run's own time; the quick audit's is recorded with its figures
     msgs = []
     if complete and opts.audit_samples > 0 and cfg.scheme.kind != "none" and manifest["totals"]["written"]:
         # after the complete manifest is on disk: an interrupted audit never leaves OUT unfinished
         manifest["audit"] = quick_audit(out, str(state), opts.audit_samples, source, msgs)
-        write_json_atomic(os.path.join(out, MANIFEST), manifest)
+        outl.write_json(MANIFEST, manifest)
     if failure:
         msgs.append(f"run stopped: {failure}. Complete shards are kept; rerun the same command to resume.")
         code = EXIT_FAILED

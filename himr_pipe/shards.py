@@ -1,9 +1,10 @@
 """The shard sink: WebDataset tar shards written atomically and reproducibly.
 
-A shard is the unit of work. It is written under a temporary name inside OUT
-(``.{name}.tmp``), hashed while it is written, and renamed into place only
-when it is complete, so a crash never leaves a half-written shard under a
-final name. Tar headers carry no time, user or group, which makes a shard a
+A shard is the unit of work. It is written under a temporary name (``.{name}.tmp``
+inside a local OUT, a local spool file for an object store), hashed while it
+is written, and published (renamed, or uploaded in one piece) only when it is
+complete, so a crash never leaves a half-written shard under a final name
+(:mod:`.storage`). Tar headers carry no time, user or group, which makes a shard a
 pure function of its samples: a resumed run writes the same bytes as an
 uninterrupted one.
 """
@@ -53,13 +54,14 @@ class ShardInfo:
 class ShardWriter:
     """Write one shard: ``add`` samples, then ``commit`` (rename into place) or ``abort``."""
 
-    def __init__(self, out_dir: str, name: str):
+    def __init__(self, out, name: str):
         import webdataset as wds  # here, not at import: it loads torch (~0.5 GiB RSS), which the
                                   # main process of a run does not need
-        self.out_dir = out_dir
+        from .storage import Location
+
+        self.out = out if isinstance(out, Location) else Location(out)
         self.name = name
-        self.final = os.path.join(out_dir, name)
-        self.tmp = os.path.join(out_dir, tmp_name(name))
+        self.tmp = self.out.staging_path(name)
         self._raw = open(self.tmp, "wb")
         self._hf = _HashingFile(self._raw)
         # mtime=0 and empty owner names: reproducible bytes, nothing about the owner's machine.
@@ -81,7 +83,7 @@ class ShardWriter:
         return ShardInfo(self.name, self.samples, self._hf.bytes, self._hf.sha.hexdigest())
 
     def publish(self) -> None:
-        os.replace(self.tmp, self.final)
+        self.out.publish(self.tmp, self.name)
 
     def abort(self) -> None:
         try:
@@ -91,21 +93,7 @@ class ShardWriter:
                 pass
             self._raw.close()
         finally:
-            if os.path.exists(self.tmp):
-                os.remove(self.tmp)
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
+            self.out.discard(self.tmp)
 
 
 def decode_image(blob: bytes, ext: str):
@@ -130,9 +118,11 @@ def decode_image(blob: bytes, ext: str):
     return arr
 
 
-def iter_samples(path: str):
-    """Yield (key, {ext: bytes}) from a shard in order (for verify and tests)."""
-    with tarfile.open(path, "r:") as tf:
+def iter_samples(path: str, fileobj=None):
+    """Yield (key, {ext: bytes}) from a shard in order (for verify and tests); ``fileobj``: read it
+    from that open file instead (a shard on an object store: read as one stream)."""
+    with tarfile.open(path if fileobj is None else None, "r:" if fileobj is None else "r|",
+                      fileobj=fileobj) as tf:
         key, cur = None, {}
         for m in tf:
             if not m.isfile():
@@ -145,3 +135,15 @@ def iter_samples(path: str):
             cur[ext] = tf.extractfile(m).read()
         if key is not None:
             yield key, cur
+
+
+def iter_shard(out, name: str):
+    """(key, {ext: bytes}) of shard ``name`` in OUT (a :class:`~himr_pipe.storage.Location` or a path)."""
+    from .storage import Location
+
+    out = out if isinstance(out, Location) else Location(out)
+    if not out.remote:
+        yield from iter_samples(out.url(name))
+        return
+    with out.open(name) as f:
+        yield from iter_samples(name, fileobj=f)

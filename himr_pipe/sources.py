@@ -10,6 +10,10 @@ unsafe tar member name, a sample without a label) are listed too, with
 Reading the bytes of an input is :func:`read_input`, a plain function of the
 picklable ``loc`` tuple, so worker processes can read without the source.
 
+SRC may be a local path or an fsspec URL (``s3://bucket/imagenet/``, ``gs://``,
+``memory://``; see :mod:`.storage`); the listing, the order and the sample ids
+are the same for the same files wherever they live.
+
 Supported SRC:
 
 * an ImageNet-style folder: one sub-folder per class (sorted names give labels
@@ -28,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import braceexpand
+
+from .storage import in_process_only, is_url, local_path, url_fs
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
 # WebDataset member extensions that hold the image, in order of preference.
@@ -53,7 +59,7 @@ class Input:
     index: int                 # sample id: position in the stable source order
     ref: str                   # owner-side name; never written to OUT unless asked
     label: int                 # class index, -1 when the input is rejected before a label is known
-    loc: tuple = ()            # ("file", path) or ("tar", path, offset, size)
+    loc: tuple = ()            # ("file", path), ("url", url, size) or ("tar", path-or-url, offset, size)
     skip: str | None = None    # reason when the source rejects the input itself
 
 
@@ -65,10 +71,15 @@ class Source:
     classes: list[str] | None = None
     empty_classes: list[str] = field(default_factory=list)
     fingerprint: str = ""              # hash of names and sizes: detects a changed SRC on resume
+    in_process: bool = False           # memory://: readable in this process only
 
 
 def read_input(loc: tuple, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """Read the encoded bytes of one input. Raises InputError with a reason."""
+    """Read the encoded bytes of one input. Raises InputError with a reason.
+
+    On an object store, a missing or forbidden object is this input's problem (skipped with a reason);
+    any other error (the network, the service) is the run's: it propagates, the shard fails, and a
+    rerun resumes, so an outage never turns into a run of skipped inputs."""
     try:
         if loc[0] == "file":
             path = loc[1]
@@ -77,13 +88,20 @@ def read_input(loc: tuple, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
                 raise InputError(f"file-too-large: {size} bytes exceeds the limit of {max_bytes}")
             with open(path, "rb") as f:
                 return f.read()
+        if loc[0] == "url":
+            _, url, size = loc
+            if size > max_bytes:
+                raise InputError(f"file-too-large: {size} bytes exceeds the limit of {max_bytes}")
+            fs, p = url_fs(url)
+            data = fs.cat_file(p)
+            if len(data) > max_bytes:
+                raise InputError(f"file-too-large: {len(data)} bytes exceeds the limit of {max_bytes}")
+            return data
         if loc[0] == "tar":
             _, path, offset, size = loc
             if size > max_bytes:
                 raise InputError(f"file-too-large: {size} bytes exceeds the limit of {max_bytes}")
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read(size)
+            data = _read_range(path, offset, size)
             if len(data) != size:
                 raise InputError(f"unreadable: tar member cut short ({len(data)} of {size} bytes)")
             return data
@@ -96,12 +114,60 @@ def read_input(loc: tuple, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     except PermissionError:
         raise InputError("unreadable: permission denied") from None
     except OSError as e:
+        if loc[0] == "url" or (loc[0] == "tar" and is_url(loc[1])):
+            raise
         raise InputError(f"unreadable: {e.strerror or type(e).__name__}") from None
     raise ValueError(f"unknown input location {loc!r}")
 
 
+def _read_range(path: str, offset: int, size: int) -> bytes:
+    if is_url(path):
+        fs, p = url_fs(path)
+        return fs.cat_file(p, start=offset, end=offset + size)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def _open_bin(path: str):
+    if is_url(path):
+        fs, p = url_fs(path)
+        return fs.open(p, "rb", block_size=1 << 20, cache_type="readahead")
+    return open(path, "rb")
+
+
+def _file_row(path: str) -> tuple | None:
+    """(path, size, version) of a file, or None when it is not one: the fingerprint's row."""
+    if is_url(path):
+        fs, p = url_fs(path)
+        try:
+            info = fs.info(p)
+        except FileNotFoundError:
+            return None
+        if info.get("type") != "file":
+            return None
+        return (path, int(info.get("size") or 0), _version(info))
+    if not os.path.isfile(path):
+        return None
+    st = os.stat(path)
+    return (path, st.st_size, st.st_mtime_ns)
+
+
+def _version(info: dict) -> str:
+    """What changes when an object is rewritten: its ETag, else its modification time."""
+    for k in ("ETag", "etag", "md5Hash", "generation", "LastModified", "mtime", "updated", "created"):
+        if info.get(k) is not None:
+            return str(info[k])
+    return ""
+
+
 def open_source(src: str) -> Source:
     """Pick the source type for SRC and enumerate it."""
+    if is_url(src):
+        source = _open_remote(src)
+        source.in_process = in_process_only(src)
+        return source
+    src = local_path(src)
     if any(ch in src for ch in "{}") and not os.path.exists(src):
         return _webdataset_source(src, sorted(braceexpand.braceexpand(src)))
     p = Path(src)
@@ -121,6 +187,55 @@ def open_source(src: str) -> Source:
     raise SourceError(f"SRC {src!r} holds neither class sub-folders nor .tar shards")
 
 
+def _open_remote(src: str) -> Source:
+    """SRC on an object store: one listing of everything under the prefix, then the same rules as locally."""
+    if any(ch in src for ch in "{}"):
+        return _webdataset_source(src, sorted(braceexpand.braceexpand(src)))
+    root = src.rstrip("/")
+    fs, base = url_fs(root)
+    base = base.rstrip("/")
+    fs.invalidate_cache()
+    try:
+        if fs.isfile(base):
+            with _open_bin(root) as f:
+                if not tarfile.is_tarfile(f):
+                    raise SourceError(f"SRC {src!r} is a file but not a tar archive")
+            return _webdataset_source(src, [root])
+        found = fs.find(base, withdirs=False, detail=True)
+    except FileNotFoundError:
+        found = {}
+    scheme = root.split("://", 1)[0]
+    files = []  # (relative path, info), hidden folders left out as locally
+    for name, info in found.items():
+        rel = name[len(base):].lstrip("/") if name.startswith(base) else name
+        parts = rel.split("/")
+        if not rel or any(x.startswith(".") for x in parts[:-1]):
+            continue
+        files.append((rel, info))
+    if not files:
+        raise SourceError(f"SRC {src!r} does not exist or holds no files")
+    files.sort()
+    top = [r for r, _ in files if "/" not in r]
+    dirs = sorted({r.split("/", 1)[0] for r, _ in files if "/" in r})
+    tars = [f"{root}/{r}" for r in top if r.endswith(".tar")]
+    if tars and not dirs:
+        return _webdataset_source(src, tars)
+    if not dirs:
+        raise SourceError(f"SRC {src!r} holds neither class sub-folders nor .tar shards")
+
+    def url(rel: str) -> str:
+        return f"{root}/{rel}" if "://" in root else f"{scheme}://{base}/{rel}"
+
+    top_files = [(r, ("url", url(r), int(i.get("size") or 0)), (r, int(i.get("size") or 0), _version(i)))
+                 for r, i in files if "/" not in r]
+    by_class: dict[str, list] = {c: [] for c in dirs}
+    for r, i in files:
+        if "/" in r:
+            by_class[r.split("/", 1)[0]].append((r, ("url", url(r), int(i.get("size") or 0)),
+                                                  (r, int(i.get("size") or 0), _version(i))))
+    return _classify_folder(src, top_files, by_class)
+
+
 def _fingerprint(rows) -> str:
     h = hashlib.sha256()
     for r in rows:
@@ -131,43 +246,57 @@ def _fingerprint(rows) -> str:
 
 def _folder_source(root: Path) -> Source:
     classes = sorted(e for e in os.listdir(root) if (root / e).is_dir() and not e.startswith("."))
-    inputs: list[Input] = []
-    fp_rows = []
-    empty = []
+    if not classes:
+        raise SourceError(f"SRC {str(root)!r} has no class sub-folders")
 
-    def add(rel: str, path: str, label: int, skip: str | None):
+    def entry(rel: str, path: str) -> tuple:
         try:
             st = os.stat(path)
-            fp_rows.append((rel, st.st_size, st.st_mtime_ns))
+            fp = (rel, st.st_size, st.st_mtime_ns)
         except OSError:
-            fp_rows.append((rel, -1, -1))
-        inputs.append(Input(len(inputs), rel, label, ("file", path), skip))
+            fp = (rel, -1, -1)
+        return rel, ("file", path), fp
 
-    # Files directly under SRC belong to no class: accounted for, not guessed.
-    for e in sorted(os.listdir(root)):
-        if not (root / e).is_dir():
-            add(e, str(root / e), -1, "not-in-a-class-folder: files must sit inside a class sub-folder")
-    for label, cls in enumerate(classes):
+    top_files = [entry(e, str(root / e)) for e in sorted(os.listdir(root)) if not (root / e).is_dir()]
+    by_class = {}
+    for cls in classes:
         files = []
         for dirpath, dirnames, filenames in os.walk(root / cls):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in filenames:
                 full = os.path.join(dirpath, fn)
                 files.append((os.path.relpath(full, root), full))
-        files.sort()
+        by_class[cls] = [entry(rel, full) for rel, full in sorted(files)]
+    return _classify_folder(str(root), top_files, by_class)
+
+
+def _classify_folder(root: str, top_files: list, by_class: dict[str, list]) -> Source:
+    """The inputs of an ImageNet-style folder from its listing: (relative path, loc, fingerprint row) per file,
+    files directly under SRC, and the files of each class folder in sorted order."""
+    classes = sorted(by_class)
+    inputs: list[Input] = []
+    fp_rows = []
+    empty = []
+
+    def add(rel: str, loc: tuple, fp: tuple, label: int, skip: str | None):
+        fp_rows.append(fp)
+        inputs.append(Input(len(inputs), rel, label, loc, skip))
+
+    # Files directly under SRC belong to no class: accounted for, not guessed.
+    for rel, loc, fp in top_files:
+        add(rel, loc, fp, -1, "not-in-a-class-folder: files must sit inside a class sub-folder")
+    for label, cls in enumerate(classes):
         n_images = 0
-        for rel, full in files:
+        for rel, loc, fp in by_class[cls]:
             ext = os.path.splitext(rel)[1].lower()
             if ext in IMAGE_EXTS:
                 n_images += 1
-                add(rel, full, label, None)
+                add(rel, loc, fp, label, None)
             else:
-                add(rel, full, label, f"unsupported-extension: {ext or '(none)'} is not an image extension")
+                add(rel, loc, fp, label, f"unsupported-extension: {ext or '(none)'} is not an image extension")
         if n_images == 0:
             empty.append(cls)
-    if not classes:
-        raise SourceError(f"SRC {str(root)!r} has no class sub-folders")
-    return Source("folder", str(root), inputs, classes, empty, _fingerprint(fp_rows))
+    return Source("folder", root, inputs, classes, empty, _fingerprint(fp_rows))
 
 
 def _safe_member_name(name: str) -> bool:
@@ -189,7 +318,8 @@ def _split_key(name: str) -> tuple[str, str]:
 def _webdataset_source(src: str, tars: list[str]) -> Source:
     if not tars:
         raise SourceError(f"SRC {src!r} names no .tar shards")
-    missing = [t for t in tars if not os.path.isfile(t)]
+    rows = [_file_row(t) for t in tars]
+    missing = [t for t, r in zip(tars, rows) if r is None]
     if missing:
         raise SourceError(f"{len(missing)} shard(s) of SRC do not exist, e.g. {missing[0]!r}")
     inputs: list[Input] = []
@@ -221,9 +351,7 @@ def _webdataset_source(src: str, tars: list[str]) -> Source:
             inputs.append(Input(len(inputs), rel, -1, loc, "no-label: the sample has no .cls member"))
             return
         try:
-            with open(tar, "rb") as f:
-                f.seek(cls.offset_data)
-                label = int(f.read(min(cls.size, 64)).decode("utf-8").strip())
+            label = int(_read_range(tar, cls.offset_data, min(cls.size, 64)).decode("utf-8").strip())
             if label < 0:
                 raise ValueError
         except (ValueError, UnicodeDecodeError):
@@ -231,12 +359,11 @@ def _webdataset_source(src: str, tars: list[str]) -> Source:
             return
         inputs.append(Input(len(inputs), rel, label, loc, None))
 
-    for tar in tars:
-        st = os.stat(tar)
-        fp_rows.append((tar, st.st_size, st.st_mtime_ns))
+    for tar, row in zip(tars, rows):
+        fp_rows.append(row)
         cur_key, cur_members, cur_skips = None, [], []
         try:
-            with tarfile.open(tar, "r:") as tf:
+            with _open_bin(tar) as f, tarfile.open(fileobj=f, mode="r:") as tf:
                 for m in tf:
                     if m.isdir():
                         continue

@@ -4,6 +4,9 @@ Layout of a state folder (mode 0700; default location: :func:`default_state_dir`
 
 * ``job.json``: the job (as in the manifest), the job key, a check value of
   the seed, SRC's location and fingerprint, OUT's location;
+
+It is always a local folder, also when OUT is on an object store: the key
+never leaves the owner's machine except to the run's own workers.
 * ``shards/NNNNNN.json``: per-shard stats: planned and written counts, bytes,
   sha256, the map from every output key to its input (index and source
   path), the skipped inputs by name, seconds per stage;
@@ -29,8 +32,11 @@ def default_state_dir(out_dir: str) -> Path:
     if not base:
         xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
         base = os.path.join(xdg, "himr-pipe")
-    tag = hashlib.sha256(os.path.realpath(out_dir).encode()).hexdigest()[:16]
-    return Path(base) / f"{Path(out_dir).resolve().name}-{tag}"
+    from .storage import Location
+
+    out = Location(out_dir)  # a URL (an object-store OUT) is keyed by the URL itself
+    tag = hashlib.sha256(out.identity.encode()).hexdigest()[:16]
+    return Path(base) / f"{out.leaf}-{tag}"
 
 
 class OwnerState:

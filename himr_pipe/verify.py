@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 
-from .manifest import TIMM_INFO, Manifest, ManifestError, read_json
-from .shards import file_sha256, iter_samples
+from .manifest import TIMM_INFO, Manifest, ManifestError
+from .shards import iter_shard
+from .storage import Location
 
 
 def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
@@ -40,26 +40,27 @@ def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
     if len(m["skipped"]) != t["skipped"]:
         problems.append("the skipped list does not match totals.skipped")
     listed = {s["name"] for s in m["shards"]}
-    extra = sorted(e for e in os.listdir(out) if e.endswith(".tar") and e not in listed)
+    loc = Location(out)
+    sizes = loc.sizes()  # one listing (one request on an object store)
+    extra = sorted(e for e in sizes if e.endswith(".tar") and e not in listed)
     for e in extra:
         problems.append(f"{e}: a shard file the manifest does not list")
-    leftovers = sorted(e for e in os.listdir(out) if e.endswith(".tmp"))
+    leftovers = sorted(e for e in sizes if e.endswith(".tmp"))
     for e in leftovers:
         problems.append(f"{e}: a leftover of an interrupted run")
     samples_read = 0
     for s in m["shards"]:
-        path = os.path.join(out, s["name"])
-        if not os.path.isfile(path):
+        if s["name"] not in sizes:
             problems.append(f"{s['name']}: missing")
             continue
-        digest, size = file_sha256(path)
+        digest, size = loc.sha256(s["name"])
         if size != s["bytes"]:
             problems.append(f"{s['name']}: {size} bytes, manifest says {s['bytes']}")
         if digest != s["sha256"]:
             problems.append(f"{s['name']}: sha256 mismatch (the file was changed or damaged)")
         n = 0
         try:
-            for key, members in iter_samples(path):
+            for key, members in iter_shard(loc, s["name"]):
                 n += 1
                 missing = {ext, "cls", "json"} - set(members)
                 stray = set(members) - {ext, "cls", "json"}
@@ -81,12 +82,11 @@ def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
         if n != s["samples"]:
             problems.append(f"{s['name']}: {n} samples, manifest says {s['samples']}")
         samples_read += n
-    info_path = os.path.join(out, TIMM_INFO)
     if m.get("status") == "complete":
-        if not os.path.isfile(info_path):
+        if TIMM_INFO not in sizes:
             problems.append(f"{TIMM_INFO} (timm's split file) is missing")
         else:
-            info = read_json(info_path)
+            info = loc.read_json(TIMM_INFO)
             split = info.get("splits", {}).get(man.job["split"], {})
             if list(split.get("filenames", [])) != [s["name"] for s in m["shards"]] or \
                     list(split.get("shard_lengths", [])) != [s["samples"] for s in m["shards"]]:

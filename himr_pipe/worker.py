@@ -4,10 +4,13 @@ It reads and screens the bytes of its planned samples, decodes and resizes
 them in batches (DALI or torchvision), encrypts each batch with one kernel
 call, encodes the images in a thread pool (simplejpeg releases the GIL)
 while the decoder already works on the next batch, and writes the shard
-under a temporary name. Its stats go to the owner's state, then the shard is
-renamed into place: a shard under its final name always has its stats, and
-a shard redone after a crash is byte-identical, because order and
-permutations derive from the job key, shard by shard.
+under a temporary name (a local spool file when OUT is on an object store),
+then publishes it atomically (:mod:`.storage`). It returns the shard's stats
+and never touches the owner's state: the driver records them (so a worker
+on another node needs no access to the owner's machine). A shard published
+whose stats were not recorded (a crash in between) is simply redone, and a
+redone shard is byte-identical, because order and permutations derive from
+the job key, shard by shard.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from . import keys
 from .decode import DecodeBatch, Header, inspect_header
 from .shards import ShardWriter
 from .sources import InputError, read_input
-from .state import OwnerState
+from .storage import Location
 
 if TYPE_CHECKING:
     from .job import JobConfig
@@ -68,7 +71,7 @@ class ShardTask:
 class ShardWorker:
     """Per-process state: one DALI pipeline and one encoder pool, reused across shards."""
 
-    def __init__(self, cfg: JobConfig, key_hex: str, out_dir: str, state_dir: str, threads: int,
+    def __init__(self, cfg: JobConfig, key_hex: str, out_dir: str, threads: int,
                  batch_size: int, device: str = "cpu", kernels: str = "auto", progress=None):
         import torch
 
@@ -78,8 +81,9 @@ class ShardWorker:
         torch.set_num_threads(1)
         self.cfg = cfg
         self.key_hex = key_hex
-        self.out_dir = out_dir
-        self.state_dir = state_dir
+        self.out = Location(out_dir)
+        if self.out.remote:
+            Location.clean_spool()  # spool files left by a worker killed on this host
         self.batch_size = batch_size
         self.device = device
         self.kernels = kernels
@@ -142,7 +146,7 @@ class ShardWorker:
         draws = None  # --views: five uniform draws per planned sample (crop window and flip)
         if cfg.views > 1:
             draws = keys.view_draws(self.key_hex, task.index, n)
-        writer = ShardWriter(self.out_dir, task.name)
+        writer = ShardWriter(self.out, task.name)
         skipped: list[tuple[int, str, str]] = []
         written: list[tuple[str, int, str]] = []
         count = {"upscaled": 0, "reported": 0}
@@ -216,11 +220,9 @@ class ShardWorker:
         if info.samples == 0:
             writer.abort()  # an empty tar helps no reader; the stats still account for every input
             stats.update(bytes=0, sha256=None)
-        # state first, then the rename: a shard under its final name always has its stats
-        OwnerState(self.state_dir).write_shard(stats)
-        if info.samples:
+        else:
             writer.publish()
-        return {k: v for k, v in stats.items() if k not in ("written",)}
+        return stats
 
 
 def view_window(u, width: int, height: int) -> tuple[float, float, float, float, float]:
@@ -249,15 +251,15 @@ def _upscaled(hdr, size, resize) -> bool:
 _WORKER: ShardWorker | None = None
 
 
-def init_process_worker(cfg_public: dict, key_hex: str, out_dir: str, state_dir: str, threads: int,
-                 batch_size: int, device: str, kernels: str, queue) -> None:
+def init_process_worker(cfg_public: dict, key_hex: str, out_dir: str, threads: int,
+                        batch_size: int, device: str, kernels: str, queue) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     from .job import JobConfig
 
     cfg = JobConfig.from_public(cfg_public)
-    _WORKER = ShardWorker(cfg, key_hex, out_dir, state_dir, threads, batch_size, device, kernels,
-                      progress=lambda n: queue.put(n))
+    _WORKER = ShardWorker(cfg, key_hex, out_dir, threads, batch_size, device, kernels,
+                          progress=lambda n: queue.put(n))
 
 
 def run_in_process_worker(task: ShardTask) -> dict:

@@ -1,7 +1,9 @@
 """Streaming loaders from encrypted shards, deterministic per (seed, epoch, rank, worker).
 
-Built from WebDataset's stages (``tarfile_to_samples``, ``shuffle``) so the
-stream never holds the dataset:
+Built from WebDataset's stages (``tar_file_expander``, ``group_by_keys``,
+``shuffle``) so the stream never holds the dataset. Shards are opened by
+:func:`open_shards`: local files, or any fsspec URL (an OUT on ``s3://``
+streams straight into training):
 
 * training: every (rank, loader worker) pair is one stream. Each epoch the
   shard list is shuffled the same way on every rank (seeded by seed and
@@ -24,7 +26,6 @@ nvJPEG call (:func:`decode_on_device`), which frees the CPU cores.
 
 from __future__ import annotations
 
-import os
 import random
 from itertools import islice
 
@@ -54,7 +55,30 @@ def manifest_scheme(m: dict) -> Scheme:
 
 
 def shard_paths(shards_dir: str, m: dict) -> list[str]:
-    return [os.path.join(shards_dir, s["name"]) for s in m["shards"]]
+    from himr_pipe.storage import Location
+
+    loc = Location(shards_dir)
+    return [loc.url(s["name"]) for s in m["shards"]]
+
+
+def open_shards(urls, handler=wds.reraise_exception):
+    """WebDataset's url_opener with our storage: ``{"url"}`` -> ``{"url", "stream"}`` for a path or a URL."""
+    from himr_pipe.storage import open_url
+
+    for s in urls:
+        try:
+            yield {**s, "stream": open_url(s["url"])}
+        except Exception as e:
+            if handler(e):
+                continue
+            break
+
+
+def shard_samples(urls, handler=wds.reraise_exception):
+    """Samples ({"__key__", ext: bytes, ...}) of the shards named by an iterable of ``{"url": ...}``."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    return group_by_keys(tar_file_expander(open_shards(urls, handler), handler=handler), handler=handler)
 
 
 def decode_sample(sample: dict, ext: str, raw: bool = False) -> tuple[torch.Tensor, int]:
@@ -96,7 +120,7 @@ class TrainStream(IterableDataset):
                 for u in mine:
                     yield {"url": u}
 
-        samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(shards())
+        samples = shard_samples(shards(), handler=wds.warn_and_continue)
         samples = wds.shuffle(self.buf, initial=min(self.buf, 100), rng=random.Random(rng.random()))(samples)
         for s in islice(samples, quota):
             yield decode_sample(s, self.ext, self.raw)
@@ -109,7 +133,7 @@ class EvalStream(IterableDataset):
     def __iter__(self):
         sid, n = _stream_id(self.rank, self.world)
         mine = [{"url": u} for u in self.urls[sid::n]]
-        for s in wds.tarfile_to_samples()(iter(mine)):
+        for s in shard_samples(iter(mine)):
             yield decode_sample(s, self.ext, self.raw)
 
 

@@ -269,8 +269,6 @@ def evaluate(net, shards: str, batch_size: int, workers: int, device, mean, std,
 
 def _max_label(shards: str) -> int:
     m = read_manifest(shards)
-    from himr_pipe.shards import iter_samples
+    from himr_pipe.shards import iter_shard
 
-    from .loader import shard_paths
-
-    return max(int(s["cls"]) for p in shard_paths(shards, m) for _, s in iter_samples(p))
+    return max(int(s["cls"]) for e in m["shards"] for _, s in iter_shard(shards, e["name"]))

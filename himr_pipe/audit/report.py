@@ -17,7 +17,6 @@ same figures from both.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..decrypt import DecryptError, open_owner, true_permutations
-from ..shards import iter_samples
+from ..shards import iter_shard
 from .attack import BUDGET, PSNR_CAP, attack_name, attack_sample, meets_budget, summarise
 
 
@@ -91,7 +90,7 @@ def audit_out(out: str, samples: int = 16, state_dir: str | None = None, seed: i
     blobs, perms = {}, {}
     for shard in sorted({p[0] for p in picks}):
         keys = {p[1] for p in picks if p[0] == shard}
-        for k, mem in iter_samples(os.path.join(out, shard)):
+        for k, mem in iter_shard(out, shard):
             if k in keys:
                 blobs[k] = mem[view.ext]
         if scheme.shuffled:
@@ -120,11 +119,13 @@ def manifest_figures(report: dict) -> dict:
 
 def run_audit(out: str, plain_root: str | None, report_dir: str, samples: int = 16, state_dir: str | None = None,
               seed: int = 0) -> dict:
-    rd, od = Path(report_dir).resolve(), Path(out).resolve()
-    if rd == od or od in rd.parents:
+    from ..storage import Location
+
+    rd = Path(report_dir).resolve()
+    if Location(out).contains(Location(str(rd))):
         raise AuditError("the report shows plain images: it must not be written inside OUT")
     report, grid = audit_out(out, samples, state_dir, seed, plain_root=plain_root)
-    report["out"] = os.path.abspath(out)
+    report["out"] = Location(out).identity
     rd.mkdir(parents=True, exist_ok=True)
     (rd / "report.json").write_text(json.dumps(report, indent=1))
     (rd / "report.md").write_text(markdown(report))

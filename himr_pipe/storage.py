@@ -1,0 +1,282 @@
+"""Where SRC and OUT live: a local folder, or an fsspec URL (``s3://``, ``gs://``, ``memory://``, ...).
+
+Every read and write of OUT goes through one :class:`Location`, so the job,
+the worker, verify, decrypt, the audit and the training loader treat a local
+folder and a bucket prefix alike:
+
+* a local path (or a ``file://`` URL, which is the same thing) keeps the
+  local behaviour exactly: a shard is written as ``OUT/.NAME.tmp``, made
+  durable (fsync) and renamed into place;
+* any other URL is an object store. A shard is spooled to a local temporary
+  file while it is written and hashed, then uploaded to its final name in
+  one upload (``put_file``: a single PUT, or a multipart upload for a large
+  shard, which the store also publishes only when it completes). An object
+  store has no rename, and it never shows a partly uploaded object, so a
+  crash leaves either no object or the whole shard; nothing in OUT is ever
+  named ``*.tmp``. JSON (the manifest, last) is one PUT too.
+
+Credentials and endpoints come from the environment, as each fsspec backend
+reads them (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL`` for MinIO or another S3-compatible store, or a profile).
+Object listings are never cached across calls: other processes write OUT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import IO, Any
+
+LOCAL_SCHEMES = ("file://",)
+SPOOL_PREFIX = "himr-pipe-spool-"
+
+
+def is_url(path: str) -> bool:
+    """True for an fsspec URL other than ``file://`` (which is handled as the local path it names)."""
+    return "://" in str(path) and not str(path).startswith(LOCAL_SCHEMES)
+
+
+def local_path(path: str) -> str:
+    """``file:///a/b`` -> ``/a/b``; anything else unchanged."""
+    p = str(path)
+    return p[len("file://"):] if p.startswith("file://") else p
+
+
+def url_fs(url: str):
+    """(filesystem, path within it) of a URL; fsspec caches filesystem instances per process."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        scheme = url.split("://", 1)[0]
+        raise StorageError(f"cannot open {scheme}:// URLs ({e}); install the fsspec backend for it "
+                           f"(s3fs for s3://, gcsfs for gs://)") from None
+
+
+def in_process_only(path: str) -> bool:
+    """``memory://`` lives in one process: other processes (workers, Ray tasks) cannot see it."""
+    return str(path).startswith("memory://")
+
+
+def open_url(path: str) -> IO[bytes]:
+    """A binary stream of one file, by path or URL (read sequentially)."""
+    path = local_path(path)
+    if not is_url(path):
+        return open(path, "rb")
+    fs, p = url_fs(path)
+    return fs.open(p, "rb", block_size=8 << 20, cache_type="readahead")
+
+
+class StorageError(OSError):
+    """A location can't be used (unknown scheme, missing backend)."""
+
+
+class Location:
+    """A folder that is a local path or a URL prefix; names within it are plain file names."""
+
+    def __init__(self, root: str | os.PathLike):
+        root = local_path(str(root))
+        self.remote = is_url(root)
+        if self.remote:
+            self.root = root.rstrip("/")
+            self.fs, self.base = url_fs(self.root)
+            self.base = self.base.rstrip("/")
+        else:
+            self.root = root
+            self.fs, self.base = None, root
+
+    def __str__(self) -> str:
+        return self.root
+
+    def __repr__(self) -> str:
+        return f"Location({self.root!r})"
+
+    def url(self, name: str) -> str:
+        """The full location of ``name``: a path or a URL."""
+        return f"{self.root}/{name}" if self.remote else os.path.join(self.root, name)
+
+    def _p(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    @property
+    def identity(self) -> str:
+        """A stable, absolute name for this folder (keys the owner's default state folder)."""
+        return self.root if self.remote else os.path.realpath(self.root)
+
+    @property
+    def leaf(self) -> str:
+        """The folder's own name (its last path component)."""
+        return self.root.rstrip("/").rsplit("/", 1)[-1] if self.remote else os.path.basename(
+            os.path.realpath(self.root))
+
+    # -- the folder ---------------------------------------------------------------
+    def exists(self, name: str | None = None) -> bool:
+        if not self.remote:
+            return os.path.exists(self.root if name is None else os.path.join(self.root, name))
+        if name is None:
+            return self._exists_prefix()
+        return self.fs.exists(self._p(name))
+
+    def _exists_prefix(self) -> bool:
+        self.fs.invalidate_cache(self.base)
+        try:
+            return self.fs.isdir(self.base) or self.fs.exists(self.base)
+        except FileNotFoundError:
+            return False
+
+    def is_file_root(self) -> bool:
+        """True when the root itself is a file (not a folder)."""
+        if not self.remote:
+            return os.path.isfile(self.root)
+        try:
+            return self.fs.isfile(self.base)
+        except FileNotFoundError:
+            return False
+
+    def makedirs(self) -> None:
+        """Create a local folder. On an object store, nothing: a prefix needs no creating, and a missing
+        bucket is an error at the first write (creating buckets, with their policies, is the owner's call)."""
+        if not self.remote:
+            os.makedirs(self.root, exist_ok=True)
+
+    def listdir(self) -> list[str]:
+        """The names directly in the folder (files and sub-folders), sorted; [] when it does not exist."""
+        if not self.remote:
+            return sorted(os.listdir(self.root)) if os.path.isdir(self.root) else []
+        self.fs.invalidate_cache(self.base)
+        try:
+            entries = self.fs.ls(self.base, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != self.base})
+
+    def sizes(self) -> dict[str, int]:
+        """Every file directly in the folder and its size: one listing (one request on an object store)."""
+        if not self.remote:
+            out = {}
+            for e in self.listdir():
+                p = os.path.join(self.root, e)
+                if os.path.isfile(p):
+                    out[e] = os.path.getsize(p)
+            return out
+        self.fs.invalidate_cache(self.base)
+        try:
+            entries = self.fs.ls(self.base, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+                for e in entries if e.get("type") == "file"}
+
+    def size(self, name: str) -> int | None:
+        try:
+            if not self.remote:
+                return os.path.getsize(os.path.join(self.root, name))
+            return int(self.fs.info(self._p(name))["size"])
+        except (FileNotFoundError, KeyError):
+            return None
+
+    # -- reading ------------------------------------------------------------------
+    def open(self, name: str) -> IO[bytes]:
+        """A binary file object to read ``name`` (sequential reads are cheap on every backend)."""
+        return open_url(self.url(name))
+
+    def read_bytes(self, name: str) -> bytes:
+        if not self.remote:
+            with open(os.path.join(self.root, name), "rb") as f:
+                return f.read()
+        return self.fs.cat_file(self._p(name))
+
+    def read_json(self, name: str) -> Any:
+        return json.loads(self.read_bytes(name).decode("utf-8"))
+
+    def sha256(self, name: str, chunk: int = 1 << 20) -> tuple[str, int]:
+        h, n = hashlib.sha256(), 0
+        with self.open(name) as f:
+            while True:
+                b = f.read(chunk)
+                if not b:
+                    break
+                h.update(b)
+                n += len(b)
+        return h.hexdigest(), n
+
+    # -- writing ------------------------------------------------------------------
+    def write_json(self, name: str, obj: Any) -> None:
+        """Atomically: a local temporary file renamed into place, or one PUT."""
+        if not self.remote:
+            from .manifest import write_json_atomic
+
+            write_json_atomic(os.path.join(self.root, name), obj)
+            return
+        self.fs.pipe_file(self._p(name), (json.dumps(obj, indent=1) + "\n").encode())
+
+    def remove(self, name: str) -> None:
+        try:
+            if not self.remote:
+                os.remove(os.path.join(self.root, name))
+            else:
+                self.fs.rm_file(self._p(name))
+        except FileNotFoundError:
+            pass
+
+    def staging_path(self, name: str) -> str:
+        """Where a file is written before :meth:`publish`: beside it (local) or a local spool file (remote)."""
+        if not self.remote:
+            from .shards import tmp_name
+
+            return os.path.join(self.root, tmp_name(name))
+        fd, path = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", suffix=f"-{name}")
+        os.close(fd)
+        return path
+
+    def publish(self, staged: str, name: str) -> None:
+        """Put a finished staged file in place under ``name``, atomically (see the module's docstring)."""
+        if not self.remote:
+            os.replace(staged, os.path.join(self.root, name))
+            return
+        try:
+            self.fs.put_file(staged, self._p(name))
+        finally:
+            os.remove(staged)
+
+    def discard(self, staged: str) -> None:
+        try:
+            os.remove(staged)
+        except FileNotFoundError:
+            pass
+
+    @staticmethod
+    def clean_spool() -> int:
+        """Remove spool files of processes that died on this host (a worker killed mid-shard); returns how many."""
+        n = 0
+        d = tempfile.gettempdir()
+        for e in os.listdir(d):
+            if not e.startswith(SPOOL_PREFIX):
+                continue
+            try:
+                pid = int(e[len(SPOOL_PREFIX):].split("-", 1)[0])
+                os.kill(pid, 0)
+                continue  # alive (or not ours to signal): leave it
+            except ProcessLookupError:
+                pass
+            except (ValueError, PermissionError):
+                continue
+            try:
+                os.remove(os.path.join(d, e))
+                n += 1
+            except OSError:
+                pass
+        return n
+
+    def contains(self, other: "Location") -> bool:
+        """True when ``other`` is this folder or lies inside it."""
+        if self.remote != other.remote:
+            return False
+        if self.remote:
+            a, b = self.root.rstrip("/") + "/", other.root.rstrip("/") + "/"
+            return b.startswith(a)
+        a, b = os.path.realpath(self.root), os.path.realpath(other.root)
+        return b == a or b.startswith(a.rstrip(os.sep) + os.sep)

@@ -1,0 +1,175 @@
+"""SRC and OUT on object stores: an S3-compatible server on this machine (moto's, started once for the
+module) and ``memory://``. The same bytes and manifest as local folders; a run killed mid-way resumes to
+them; the lease that replaces flock there refuses a second run and is taken over when stale."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, encrypt, encrypt_subprocess, manifest, shard_bytes
+
+moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the test extras: the local S3")
+pytest.importorskip("s3fs", reason="s3fs is in the test extras (and the [s3] extra)")
+
+BUCKET = "himr-test"
+ARGS = ("--scheme", "rs", "--format", "png", "--seed", "5", "--shard-size", "5", "--batch-size", "2")
+
+
+@pytest.fixture(scope="module")
+def s3(sample_src):
+    """A local S3 (moto) with SRC uploaded under s3://BUCKET/src; endpoint and credentials in the environment,
+    as a user would point at MinIO (subprocesses inherit them)."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir(BUCKET)
+    fs.put(str(sample_src), f"{BUCKET}/src", recursive=True)
+    try:
+        yield fs
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def remote_shards(fs, prefix: str) -> dict[str, bytes]:
+    fs.invalidate_cache()
+    return {p.rsplit("/", 1)[-1]: fs.cat_file(p) for p in sorted(fs.ls(prefix, detail=False)) if p.endswith(".tar")}
+
+
+def remote_manifest(fs, prefix: str) -> dict:
+    return json.loads(fs.cat_file(f"{prefix}/manifest.json"))
+
+
+@pytest.fixture(scope="module")
+def local_run(sample_src, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "out"
+    encrypt(sample_src, out, *ARGS)
+    return out
+
+
+def test_s3_src_and_out_in_worker_processes_write_the_local_bytes(s3, sample_src, local_run, tmp_path):
+    url = f"s3://{BUCKET}/out-a"
+    r = encrypt_subprocess(f"s3://{BUCKET}/src", url, *ARGS, "--workers", "2", state=tmp_path / "st")
+    assert r.returncode == 0, r.stderr
+    got = remote_shards(s3, f"{BUCKET}/out-a")
+    assert got == shard_bytes(local_run) and len(got) == 4
+    assert remote_manifest(s3, f"{BUCKET}/out-a") == manifest(local_run)
+    names = {p.rsplit("/", 1)[-1] for p in s3.ls(f"{BUCKET}/out-a", detail=False)}
+    assert names == set(got) | {"manifest.json", "_info.json"}  # no temporary object, no lease left behind
+    job = json.loads((tmp_path / "st" / "job.json").read_text())
+    assert job["out"] == url and job["source"]["root"] == f"s3://{BUCKET}/src"  # the state stays local
+    assert "0 problem(s)" in cli("verify", url, "--decode").output
+
+    # the trainer's loader streams the shards straight from the bucket, the same samples as from disk
+    from himr_pipe.train.loader import eval_loader
+
+    def labels(out):
+        return [int(y) for _, ys in eval_loader(str(out), batch_size=4, workers=0) for y in ys]
+
+    assert labels(url) == labels(local_run) and len(labels(url)) == 18
+
+
+def test_a_run_killed_mid_way_on_s3_resumes_to_the_same_bytes(s3, sample_src, local_run, tmp_path):
+    url, prefix = f"s3://{BUCKET}/out-k", f"{BUCKET}/out-k"
+    state = tmp_path / "st"
+    r = encrypt_subprocess(sample_src, url, *ARGS, "--workers", "0", state=state,
+                           env={"HIMR_PIPE_FAILPOINT": "kill-after=12", "HIMR_PIPE_LEASE_TTL": "2"})
+    assert r.returncode == -9, r.stderr
+    partial = remote_shards(s3, prefix)
+    assert 1 <= len(partial) < 4  # whole shards only: an object store never shows a half-uploaded one
+    assert all(shard_bytes(local_run)[k] == v for k, v in partial.items())
+    assert remote_manifest(s3, prefix)["status"] == "incomplete"
+    s3.invalidate_cache()
+    assert s3.exists(f"{prefix}/.himr-pipe.lock")  # the dead run's lease, stale after its ttl
+    time.sleep(2.5)
+    r = encrypt_subprocess(sample_src, url, *ARGS, "--workers", "0", state=state)
+    assert r.returncode == 0, r.stderr
+    assert remote_shards(s3, prefix) == shard_bytes(local_run)
+    assert remote_manifest(s3, prefix) == manifest(local_run)
+    assert "0 problem(s)" in cli("verify", url).output
+
+
+def test_the_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(s3, sample_src, tmp_path, monkeypatch):
+    url, prefix = f"s3://{BUCKET}/out-l", f"{BUCKET}/out-l"
+    lease = {"host": "elsewhere", "pid": 4242, "since": "then", "token": "x", "renewed": time.time(), "ttl": 120}
+    s3.pipe_file(f"{prefix}/.himr-pipe.lock", json.dumps(lease).encode())
+    r = encrypt(sample_src, url, *ARGS, state=tmp_path / "st", expect=2)
+    assert "another himr-pipe run" in r.output and "elsewhere" in r.output and "4242" in r.output
+    s3.invalidate_cache()
+    assert not [p for p in s3.ls(prefix, detail=False) if p.endswith((".tar", "manifest.json"))]  # nothing written
+
+    lease["renewed"] = time.time() - 3600  # a run that stopped renewing an hour ago
+    s3.pipe_file(f"{prefix}/.himr-pipe.lock", json.dumps(lease).encode())
+    monkeypatch.setenv("HIMR_PIPE_LEASE_TTL", "60")
+    encrypt(sample_src, url, *ARGS, state=tmp_path / "st")
+    s3.invalidate_cache()
+    assert not s3.exists(f"{prefix}/.himr-pipe.lock") and remote_manifest(s3, prefix)["status"] == "complete"
+
+
+def test_a_lease_lost_to_another_run_stops_before_the_manifest(s3):
+    from himr_pipe.lock import LeaseLost, OutLease, OutLocked
+    from himr_pipe.storage import Location
+
+    loc = Location(f"s3://{BUCKET}/out-race")
+    with OutLease(loc, ttl=60) as mine:
+        with pytest.raises(OutLocked):
+            OutLease(loc, ttl=60).__enter__()
+        mine.check()  # still ours
+        s3.pipe_file(f"{BUCKET}/out-race/.himr-pipe.lock", json.dumps({"token": "theirs", "renewed": time.time()}).encode())
+        with pytest.raises(LeaseLost):
+            mine.check()
+    s3.invalidate_cache()
+    assert s3.exists(f"{BUCKET}/out-race/.himr-pipe.lock")  # the other run's lease is not ours to remove
+
+
+def _tar_of(folder: Path) -> bytes:
+    """The sample folder as one WebDataset shard (image + .cls per sample)."""
+    buf = io.BytesIO()
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for label, c in enumerate(classes):
+            for f in sorted((folder / c).iterdir()):
+                for name, data in ((f"{c}_{f.stem}.jpg", f.read_bytes()), (f"{c}_{f.stem}.cls", str(label).encode())):
+                    ti = tarfile.TarInfo(name)
+                    ti.size = len(data)
+                    tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_memory_urls_tar_src_and_out_match_local(sample_src, tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    blob = _tar_of(sample_src)
+    (tmp_path / "wds").mkdir()
+    (tmp_path / "wds" / "part-000000.tar").write_bytes(blob)
+    fs.pipe_file("/himr-src/part-000000.tar", blob)
+    encrypt(tmp_path / "wds", tmp_path / "local", *ARGS)
+    encrypt("memory://himr-src", "memory://himr-out", *ARGS, state=tmp_path / "st")
+    got = {p.rsplit("/", 1)[-1]: fs.cat_file(p) for p in fs.ls("/himr-out", detail=False) if p.endswith(".tar")}
+    assert got == shard_bytes(tmp_path / "local") and len(got) == 4
+    assert json.loads(fs.cat_file("/himr-out/manifest.json")) == manifest(tmp_path / "local")
+    # memory:// is one process's: worker processes could not see it, so it is refused up front
+    r = cli("encrypt-shards", "memory://himr-src", "memory://himr-out2", "--workers", "1", "--no-audit",
+            "--state-dir", tmp_path / "st2", *ARGS, expect=2)
+    assert "memory://" in r.output and "--workers 0" in r.output
