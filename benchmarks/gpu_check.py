@@ -116,6 +116,21 @@ def main():
             ok = ok and torch.equal(tk.mi_mix(x.to(DEV), p).cpu(), ref.mi_mix(x, p))
         check(f"triton == reference {b}x{h}x{w}x{c} P={p}", ok)
 
+    # mi-shuffle (the default scheme): MI, then RS on the P/2 cells; the device path composes the same kernels
+    from himr_pipe.kernels import decrypt as k_decrypt  # noqa: E402
+    from himr_pipe.kernels import encrypt as k_encrypt  # noqa: E402
+    from himr_pipe.scheme import Scheme  # noqa: E402
+
+    for b, h, w, p in ((3, 32, 48, 16), (5, 224, 224, 16), (2, 64, 32, 8)):
+        sch = Scheme.named("mi-shuffle", p, h, w)
+        x = torch.from_numpy(rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8))
+        pm = perms_for(b, sch.num_patches)
+        y = k_encrypt(sch, x.to(DEV), pm.to(DEV), impl="triton")
+        want = k_encrypt(sch, x, pm, impl="torch")
+        back = k_decrypt(sch, y, pm.to(DEV)).cpu()
+        check(f"mi-shuffle triton == reference {b}x{h}x{w} P={p}", torch.equal(y.cpu(), want)
+              and torch.equal(back, ref.mi_mix(x, p)))
+
     from himr_pipe.sample_data import load_photos  # noqa: E402
 
     photos = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(a).resize((224, 224))))
@@ -236,7 +251,7 @@ def main():
         out = work / "out"
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(work / "state", ignore_errors=True)
-        s = Scheme(scheme, 16, 224, 224)
+        s = Scheme.named(scheme, 16, 224, 224)
         enc = ("cpu" if fmt != "jpeg" else encoder or gpu_encoder) if DEV == "cuda" else "cpu"
         f = choose_format(fmt, s, 90, allow_420=enc != "torchvision")
         cfg = JobConfig(s, f, shard_size=500 if not workers else 250, seeded=True, decoder="torchvision", encoder=enc)
@@ -249,6 +264,7 @@ def main():
         dt = time.perf_counter() - t
         if res.exit_code != 0:
             raise SystemExit(f"encrypt-shards failed: {res.messages} {res.manifest['totals']}")
+        LAST_RUN.update(state=str(work / "state"), out=str(out))
         stages = Counter()
         for st in (work / "state" / "shards").glob("*.json"):
             stages.update(json.loads(st.read_text()).get("seconds", {}))
@@ -258,6 +274,7 @@ def main():
 
 
     LAST_STAGES: dict = {}
+    LAST_RUN: dict = {}
 
 
     def load(out, ext):
@@ -285,6 +302,23 @@ def main():
     ok = all(np.array_equal(enc_mi[k], ref.mi_mix(torch.from_numpy(plain[k][None].copy()), 16)[0].numpy())
              for k in plain)
     check("pipeline mi output equals the documented mean of sub-patches", ok)
+    # mi-shuffle, the default: the owner's key (job key -> per-shard sort keys) undoes the shuffle exactly
+    from himr_pipe.decrypt import open_owner, true_permutations  # noqa: E402
+
+    _, o = run(small, "mi-shuffle", "png")
+    view = open_owner(LAST_RUN["out"], LAST_RUN["state"])
+    sch = Scheme.named("mi-shuffle", 16, 224, 224)
+    ok, n_ms = True, 0
+    for tar in sorted(o.glob("*.tar")):
+        samples = list(iter_samples(str(tar)))
+        perms = true_permutations(view, tar.name, [k for k, _ in samples])
+        for k, m in samples:
+            y = torch.from_numpy(np.asarray(Image.open(io.BytesIO(m["png"])).convert("RGB")).copy())[None]
+            back = k_decrypt(sch, y, torch.from_numpy(perms[k])[None])[0].numpy()
+            ok = ok and k in enc_mi and np.array_equal(back, enc_mi[k]) and not np.array_equal(y[0].numpy(), enc_mi[k])
+            n_ms += 1
+    check("pipeline mi-shuffle output decrypts with the owner's key to the mi output", ok and n_ms == len(plain),
+          f"({n_ms} images)")
     encoders = ["torchvision"] + (["nvimgcodec"] if has_nvimgcodec else [])
     if DEV == "cpu":
         encoders = []
@@ -298,7 +332,7 @@ def main():
     rates = {}
     # (4 worker processes on one GPU were measured once: slower, 1135/993 img/s for none/rs against
     #  1266/1421 in one process, with 4 CUDA contexts contending; see benchmarks/RESULTS.md)
-    configs = [("none", None, 0), ("rs", None, 0), ("mi", None, 0)]
+    configs = [("none", None, 0), ("rs", None, 0), ("mi", None, 0), ("mi-shuffle", None, 0)]
     if has_nvimgcodec and DEV == "cuda":
         configs.append(("rs", "torchvision", 0))
     run(sets["n"], "rs")  # warm-up: Triton compilation, nvJPEG and codec handles
