@@ -91,10 +91,13 @@ def test_s3_src_and_out_in_worker_processes_write_the_local_bytes(s3, sample_src
 
 def test_a_run_killed_mid_way_on_s3_resumes_to_the_same_bytes(s3, sample_src, local_run, tmp_path):
     url, prefix = f"s3://{BUCKET}/out-k", f"{BUCKET}/out-k"
-    state = tmp_path / "st"
+    state, spool = tmp_path / "st", tmp_path / "spool"
+    spool.mkdir()
     r = encrypt_subprocess(sample_src, url, *ARGS, "--workers", "0", state=state,
-                           env={"HIMR_PIPE_FAILPOINT": "kill-after=12", "HIMR_PIPE_LEASE_TTL": "2"})
+                           env={"HIMR_PIPE_FAILPOINT": "kill-after=12", "HIMR_PIPE_LEASE_TTL": "2",
+                                "TMPDIR": str(spool)})
     assert r.returncode == -9, r.stderr
+    assert len(list(spool.iterdir())) == 1  # the shard it was writing, spooled locally, never uploaded
     partial = remote_shards(s3, prefix)
     assert 1 <= len(partial) < 4  # whole shards only: an object store never shows a half-uploaded one
     assert all(shard_bytes(local_run)[k] == v for k, v in partial.items())
@@ -102,8 +105,9 @@ def test_a_run_killed_mid_way_on_s3_resumes_to_the_same_bytes(s3, sample_src, lo
     s3.invalidate_cache()
     assert s3.exists(f"{prefix}/.himr-pipe.lock")  # the dead run's lease, stale after its ttl
     time.sleep(2.5)
-    r = encrypt_subprocess(sample_src, url, *ARGS, "--workers", "0", state=state)
+    r = encrypt_subprocess(sample_src, url, *ARGS, "--workers", "0", state=state, env={"TMPDIR": str(spool)})
     assert r.returncode == 0, r.stderr
+    assert not list(spool.iterdir())  # the dead run's spool file is cleaned up, the new ones removed after upload
     assert remote_shards(s3, prefix) == shard_bytes(local_run)
     assert remote_manifest(s3, prefix) == manifest(local_run)
     assert "0 problem(s)" in cli("verify", url).output
@@ -154,6 +158,11 @@ def _tar_of(folder: Path) -> bytes:
                     ti.size = len(data)
                     tf.addfile(ti, io.BytesIO(data))
     return buf.getvalue()
+
+
+def test_file_urls_are_local_paths(sample_src, local_run, tmp_path):
+    encrypt(f"file://{sample_src}", f"file://{tmp_path}/fo", *ARGS)
+    assert shard_bytes(tmp_path / "fo") == shard_bytes(local_run) and manifest(tmp_path / "fo") == manifest(local_run)
 
 
 def test_memory_urls_tar_src_and_out_match_local(sample_src, tmp_path):
