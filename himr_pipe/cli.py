@@ -50,14 +50,15 @@ def main():
 @main.command("encrypt-shards")
 @click.argument("src")
 @click.argument("out", type=Where())
-@click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "none"]), default=DEFAULT_SCHEME,
-              show_default=True,
-              help="mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled per image "
+@click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "none"]), default=None,
+              help=f"Default: {DEFAULT_SCHEME} (classification), mi (detection). "
+                   "mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled per image "
                    "(the default: the least leak at the least cost we measured, README 'Privacy'); rs: shuffle PxP "
                    "patches per image (stored as JPEG, a jigsaw solver rebuilds most images); mi: without the "
                    "shuffle (keeps positions: a blurred picture); none: plain.")
 @click.option("--patch", type=int, default=16, show_default=True, help="Patch size P.")
-@click.option("--size", default="224", show_default=True, help="Image size before encryption: N or HxW.")
+@click.option("--size", default=None,
+              help="Image (canvas) size before encryption: N or HxW. Default: 224 (classification), 512 (detection).")
 @click.option("--gap", type=int, default=0, show_default=True,
               help="Defence of rs / mi-shuffle: blank a border of this many pixels inside every stored cell "
                    "(seams stop matching).")
@@ -66,8 +67,18 @@ def main():
 @click.option("--format", "fmt", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True,
               help="Image encoding in the shards (png/raw are lossless; raw is .npy uint8).")
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
-@click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True,
-              help="crop: shorter side to size, centre crop; stretch: both sides to size.")
+@click.option("--resize", type=click.Choice(["crop", "stretch", "letterbox"]), default=None,
+              help="crop (the classification default): shorter side to size, centre crop; stretch: both sides to "
+                   "size; letterbox (the detection default): the whole image fitted in, aspect kept, padded.")
+@click.option("--task", type=click.Choice(["auto", "classification", "detection"]), default="auto",
+              show_default=True,
+              help="detection: SRC is a COCO images folder (boxes in every sample's .json, a sanitised ground "
+                   "truth in OUT). auto: detection when --annotations is given or SRC has the usual COCO "
+                   "layout (../annotations/instances_<folder>.json).")
+@click.option("--annotations", default=None, help="Detection: the COCO instances JSON of SRC (path or URL).")
+@click.option("--keep-image-ids", is_flag=True,
+              help="Detection: keep the source's image ids in OUT's ground truth (default: opaque ids; the map "
+                   "back stays in the owner's state).")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
 @click.option("--split", default="train", show_default=True,
               help="Split name: shard prefix ({split}-000000.tar) and timm split in _info.json.")
@@ -106,14 +117,17 @@ def main():
 @click.option("--audit/--no-audit", default=True, show_default=True,
               help="End with a quick audit of a few samples (seconds): the strongest attack we have, its figures "
                    "written into the manifest, and a warning when the setting is over the leak budget.")
-def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, resize, shard_size, split, workers, threads,
+def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, resize, task, annotations,
+                       keep_image_ids, shard_size, split, workers, threads,
                        batch_size, seed, shuffle, include_paths, state_dir, max_pixels, max_bytes, progress,
                        device, decoder, encoder, kernels, views, distributor, ray_address, audit):
     """Encrypt the images of SRC into WebDataset shards in OUT.
 
     SRC is an ImageNet-style folder (one sub-folder per class), a WebDataset
     .tar, a folder of .tar files, or a brace pattern like
-    'train-{000000..000009}.tar' (samples need a .cls label).
+    'train-{000000..000009}.tar' (samples need a .cls label); for detection,
+    a COCO images folder with its instances JSON. SRC and OUT may be URLs
+    (s3://, gs://, memory://).
     """
     from .decode import DEFAULT_MAX_PIXELS
     from .encode import FormatError, choose_format, resolve_encoder
@@ -123,14 +137,25 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
     from .sources import DEFAULT_MAX_BYTES
 
     try:
-        h, w = parse_size(size)
-        sch = Scheme.named(scheme, patch, h, w, gap, drop)
+        if task == "auto":
+            from .coco import find_annotations
+
+            task = "detection" if annotations or find_annotations(src) else "classification"
+        det = task == "detection"
+        if annotations and not det:
+            raise JobError("--annotations is for --task detection")
+        if keep_image_ids and not det:
+            raise JobError("--keep-image-ids is for --task detection")
+        h, w = parse_size(size or ("512" if det else "224"))
+        sch = Scheme.named(scheme or ("mi" if det else DEFAULT_SCHEME), patch, h, w, gap, drop)
+        resize = resize or ("letterbox" if det else "crop")
         if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
             raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
         enc_name = resolve_encoder(encoder, fmt, device)
         ifmt = choose_format(fmt, sch, quality, allow_420=enc_name != "torchvision")
         cfg = JobConfig(sch, ifmt, resize, shard_size, split, shuffle, seed is not None, include_paths,
-                        max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES, decoder, enc_name, views)
+                        max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES, decoder, enc_name, views,
+                        task, keep_image_ids)
         if batch_size < 1:
             raise JobError("--batch-size must be at least 1")
         if ray_address and distributor != "ray":
@@ -148,10 +173,14 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
         opts = RunOptions(workers=workers, threads=threads, batch_size=batch_size, state_dir=state_dir,
                           progress=progress, device=device, kernels=kernels,
                           audit_samples=AUDIT_SAMPLES if audit else 0, distributor=distributor,
-                          ray_address=ray_address)
+                          ray_address=ray_address, annotations=annotations)
         res = encrypt_shards(src, out, cfg, seed, opts)
     except (SchemeError, FormatError, JobError) as e:
         _fail_usage(str(e))
+    if not res.manifest:  # stopped before the manifest (an object-store lease lost to another run)
+        for m in res.messages:
+            click.echo(f"himr-pipe: {m}", err=True)
+        sys.exit(res.exit_code)
     t = res.manifest["totals"]
     rate = res.processed / res.seconds if res.seconds > 0 else 0.0
     reasons = ", ".join(f"{k}: {v}" for k, v in res.manifest["skip_reasons"].items())
@@ -165,6 +194,13 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
         if not m.startswith("quick audit:"):
             click.echo(f"himr-pipe: {m}", err=True)
     click.echo(line)
+    det_rec = res.manifest.get("detection")
+    if det_rec:
+        a = det_rec["annotations"]
+        click.echo(f"himr-pipe: detection: {a['training_boxes']} training boxes, {a['in_ground_truth']} ground-truth "
+                   f"annotations in {det_rec['ground_truth']['file']}, {a['dropped']} annotations dropped"
+                   + (f" ({', '.join(f'{k}: {v}' for k, v in a['drop_reasons'].items())})" if a["dropped"] else "")
+                   + (f", {a['cut_from_training']} boxes cut by views or too small" if a["cut_from_training"] else ""))
     a = res.manifest.get("audit")
     if a and "mean" in a:
         took = next((m.split(": ", 1)[1] for m in res.messages if m.startswith("quick audit:")), "")
@@ -197,14 +233,37 @@ def verify_cmd(out, decode):
 
 @main.command("sample-data")
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--per-class", type=int, default=8, show_default=True, help="Images per class.")
+@click.option("--task", type=click.Choice(["classification", "detection"]), default="classification",
+              show_default=True, help="classification: an ImageNet-style class-per-folder tree; detection: a "
+                                      "COCO-format set (train2017/, val2017/, annotations/instances_*.json).")
+@click.option("--per-class", type=int, default=8, show_default=True, help="Images per class (classification).")
+@click.option("--train-images", type=int, default=24, show_default=True, help="Train images (detection).")
+@click.option("--val-images", type=int, default=8, show_default=True, help="Val images (detection).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample_data_cmd(dest, per_class, seed):
-    """Write a small ImageNet-style folder cut from scikit-image's bundled photos (no download)."""
-    from .sample_data import make_sample_folder
+@click.pass_context
+def sample_data_cmd(ctx, dest, task, per_class, train_images, val_images, seed):
+    """Write a small sample dataset cut from scikit-image's bundled photos (no download): an ImageNet-style
+    folder, or with --task detection a COCO-format detection set of coloured shapes drawn on them."""
+    from click.core import ParameterSource
 
+    from .sample_data import make_detection_sample, make_sample_folder
+
+    def given(name):
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    if task == "classification" and (given("train_images") or given("val_images")):
+        _fail_usage("--train-images/--val-images are for --task detection")
+    if task == "detection" and given("per_class"):
+        _fail_usage("--per-class is for --task classification")
+    if task == "detection" and (train_images < 1 or val_images < 0):
+        _fail_usage("--train-images must be at least 1 and --val-images at least 0")
     if os.path.exists(dest) and os.listdir(dest):
         _fail_usage(f"{dest} exists and is not empty; choose a new folder")
+    if task == "detection":
+        r = make_detection_sample(dest, train_images=train_images, val_images=val_images, seed=seed)
+        click.echo(f"himr-pipe: wrote {r['images']} JPEGs ({r['train_images']} train, {r['val_images']} val) "
+                   f"with {r['annotations']} boxes in {r['categories']} categories (COCO detection) to {dest}")
+        return
     r = make_sample_folder(dest, per_class=per_class, seed=seed)
     click.echo(f"himr-pipe: wrote {r['images']} JPEGs in {r['classes']} classes to {dest}")
 

@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 # Pillow's own bomb guard is replaced by our explicit, configurable limit.
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's default: about 0.25 GiB of RGB
 DALI_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "PPM", "TIFF", "WEBP", "JPEG2000"}
-RESIZE_MODES = ("crop", "stretch")
+RESIZE_MODES = ("crop", "stretch", "letterbox")
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,11 @@ DECODE_ERROR = "decode-error: the decoder rejected the data (corrupt or truncate
 # (after EXIF orientation), then a horizontal flip when the fifth value is >= 0.5. The crop is
 # resized to the output size (so its aspect ratio is the view's own, as in RandomResizedCrop).
 VIEW_FIELDS = ("anchor_x", "anchor_y", "width", "height", "flip")
+# With resize "letterbox" every batch carries an (n, 7) array instead, in pixels (boxes.Frame.decoder_row):
+# the crop window x0, y0, width, height of the image as stored (no EXIF orientation: the frame of COCO's
+# boxes), the crop's resized width and height, and the flip; the result sits at the canvas's top-left,
+# padded with black.
+LETTERBOX_FIELDS = ("x0", "y0", "width", "height", "resized_width", "resized_height", "flip")
 
 
 @dataclass
@@ -115,7 +120,8 @@ class DaliDecoder:
 
     ``resize``: ``crop`` scales the shorter side to fit and cuts the centre
     (aspect kept, the usual choice for classification); ``stretch`` scales
-    both sides to the target (nothing cut, aspect changed).
+    both sides to the target (nothing cut, aspect changed); ``letterbox``
+    follows the per-sample geometry its batches carry (LETTERBOX_FIELDS).
     """
 
     def __init__(self, size: tuple[int, int], resize: str = "crop", max_batch: int = 64,
@@ -141,6 +147,18 @@ class DaliDecoder:
                       device_id=self.device_id, prefetch_queue_depth=1)
         def pipe():
             raw = fn.external_source(name="raw", dtype=types.UINT8, ndim=1)
+            if self.resize == "letterbox":  # the stored frame: COCO's boxes know no EXIF orientation
+                img = fn.decoders.image(raw, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                        adjust_orientation=False)
+                anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)
+                shape = fn.external_source(name="shape", dtype=types.FLOAT, ndim=1)
+                rsize = fn.external_source(name="rsize", dtype=types.FLOAT, ndim=1)
+                flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
+                img = fn.slice(img, anchor, shape, axis_names="WH", normalized_anchor=False, normalized_shape=False,
+                               out_of_bounds_policy="trim_to_shape")
+                img = fn.resize(img, size=rsize, antialias=True)
+                img = fn.flip(img, horizontal=flip)
+                return fn.crop(img, crop=[h, w], crop_pos_x=0.0, crop_pos_y=0.0, out_of_bounds_policy="pad")
             img = fn.decoders.image(raw, device="mixed" if gpu else "cpu", output_type=types.RGB)
             if self.views:
                 anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)
@@ -165,7 +183,13 @@ class DaliDecoder:
         if self._pipe is None:
             self._pipe = self._build()
         self._pipe.feed_input("raw", batch)
-        if self.views:
+        if self.resize == "letterbox":
+            g = np.asarray(views, dtype=np.float32)
+            self._pipe.feed_input("anchor", [np.ascontiguousarray(r[0:2]) for r in g])
+            self._pipe.feed_input("shape", [np.ascontiguousarray(r[2:4]) for r in g])
+            self._pipe.feed_input("rsize", [np.array([r[5], r[4]], np.float32) for r in g])  # (h, w)
+            self._pipe.feed_input("flip", [np.array(int(r[6] >= 0.5), dtype=np.int32) for r in g])
+        elif self.views:
             v = np.asarray(views, dtype=np.float32)
             self._pipe.feed_input("anchor", [np.ascontiguousarray(r[0:2]) for r in v])
             self._pipe.feed_input("shape", [np.ascontiguousarray(r[2:4]) for r in v])
@@ -273,6 +297,22 @@ class TorchvisionDecoder:
             x = x.flip(-1)
         return x.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
 
+    def _letterbox(self, img, g):
+        """One image at its letterbox geometry (LETTERBOX_FIELDS): crop, resize, flip, pad at the top-left."""
+        import torch
+        import torch.nn.functional as F
+
+        h, w = self.size
+        x0, y0, cw, ch, rw, rh = (int(round(float(v))) for v in g[:6])
+        x = img[None, :, y0:y0 + ch, x0:x0 + cw].float()
+        if (rh, rw) != tuple(x.shape[2:]):
+            x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+        if g[6] >= 0.5:
+            x = x.flip(-1)
+        out = torch.zeros((h, w, 3), dtype=torch.uint8, device=img.device)
+        out[:rh, :rw] = x[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+        return out
+
     def _resize(self, imgs: list) -> list:
         """CHW uint8 images on the device -> HWC uint8 of self.size.
 
@@ -309,13 +349,14 @@ class TorchvisionDecoder:
         import torch
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+        exif = self.resize != "letterbox"  # letterbox: the stored frame (COCO's boxes know no EXIF orientation)
         t = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         if data[:2] == b"\xff\xd8":
             try:
-                return decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+                return decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=exif)
             except RuntimeError:
                 pass  # e.g. CMYK: nvJPEG refuses it, the CPU decoder converts it
-        img = decode_image(t, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        img = decode_image(t, mode=ImageReadMode.RGB, apply_exif_orientation=exif)
         return img.to(self.device)
 
     def run(self, batches: Iterable):
@@ -332,7 +373,8 @@ class TorchvisionDecoder:
             if jpegs:
                 try:
                     outs = decode_jpeg([torch.frombuffer(bytearray(batch[i]), dtype=torch.uint8) for i in jpegs],
-                                       mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+                                       mode=ImageReadMode.RGB, device=self.device,
+                                       apply_exif_orientation=self.resize != "letterbox")
                     for i, o in zip(jpegs, outs):
                         images[i] = o
                 except RuntimeError:
@@ -343,12 +385,13 @@ class TorchvisionDecoder:
                         images[i] = self._decode_one(data)
                     except RuntimeError:
                         bad[i] = DECODE_ERROR
-            if self.views:
+            if self.views or self.resize == "letterbox":
                 for i, im in enumerate(images):
                     if im is not None:
                         if im.dtype != torch.uint8:  # 16-bit PNG
                             im = (im.to(torch.int32) >> 8).to(torch.uint8)
-                        images[i] = self._view(im, views[i])
+                        images[i] = (self._letterbox(im, views[i]) if self.resize == "letterbox"
+                                     else self._view(im, views[i]))
                 yield item, _stack(images, self.size), bad
             else:
                 yield item, _stack(self._resize(images), self.size), bad

@@ -27,6 +27,8 @@ from .storage import Location, StorageError, in_process_only, is_url
 from .worker import VIEW_TRANSFORM, PlannedSample, ShardTask
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+TASKS = ("classification", "detection")
+GT_PREFIX = "ground-truth-"  # detection: OUT/ground-truth-{split}.json, the sanitised COCO ground truth
 AUDIT_SAMPLES = 4  # the quick audit that ends a run: a few seconds, figures into the manifest
 
 
@@ -51,8 +53,20 @@ class JobConfig:
     decoder: str = "dali"      # decode stage: they resize alike but not pixel for pixel
     encoder: str = "cpu"       # encode stage (resolved, never "auto"): codecs differ in bytes
     views: int = 1             # >1: that many random-resized-crop + flip views per input, each a sample
+    task: str = "classification"  # or "detection" (a COCO source: boxes in each sample's .json)
+    keep_image_ids: bool = False  # detection: the ground truth keeps the source's image ids (else opaque ids)
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise JobError(f"task must be one of {TASKS}")
+        if self.task == "detection":
+            if self.scheme.kind == "rs" or self.scheme.shuffled:
+                raise JobError(f"--scheme {self.scheme.name} is refused for detection: shuffling moves patches, "
+                               "so boxes lose their place; use mi (the default for detection: it keeps every "
+                               "patch where it was) or none")
+            if self.resize == "crop":
+                raise JobError("--resize crop is refused for detection: it cuts objects away unseen; use "
+                               "letterbox (the default for detection) or stretch")
         if self.resize not in RESIZE_MODES:
             raise JobError(f"--resize must be one of {RESIZE_MODES}")
         if self.shard_size < 1:
@@ -85,6 +99,8 @@ class JobConfig:
             "encoder": self.encoder,
             "views": self.views,
             "view_transform": VIEW_TRANSFORM if self.views > 1 else None,
+            "task": self.task,
+            **({"image_ids": "source" if self.keep_image_ids else "opaque"} if self.task == "detection" else {}),
         }
 
     @classmethod
@@ -95,7 +111,8 @@ class JobConfig:
         fmt = ImageFormat(f["name"], f.get("quality", 90), f.get("subsampling", "444"), f.get("compress_level", 1))
         return cls(Scheme.from_dict(d["scheme"]), fmt, d["resize"], d["shard_size"], d["split"], d["shuffle"],
                    d["randomness"] == "seeded", d["include_paths"], d["max_pixels"], d["max_bytes"],
-                   d.get("decoder", "dali"), d.get("encoder", "cpu"), d.get("views", 1))
+                   d.get("decoder", "dali"), d.get("encoder", "cpu"), d.get("views", 1),
+                   d.get("task", "classification"), d.get("image_ids") == "source")
 
 
 @dataclass
@@ -111,6 +128,7 @@ class RunOptions:
     kernels: str = "auto"          # "auto" (Triton on CUDA, torch on CPU), "torch" or "triton"
     audit_samples: int = AUDIT_SAMPLES  # quick audit of this many samples at the end (0: none)
     distributor: str = "local"     # "local" (this process with workers=0, else local processes) or "ray"
+    annotations: str | None = None  # detection: the COCO instances JSON (None: the usual layout beside SRC)
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None: a local one
 
 
@@ -134,7 +152,19 @@ def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[tuple
 
 
 
-def resume_scan(shards: list, cfg: JobConfig, out: Location, state) -> tuple[dict[int, dict], list[ShardTask]]:
+def image_id_of(source: Source, key_hex: str, cfg: JobConfig):
+    """input -> its image id in OUT's ground truth (detection): opaque (a permutation of 1..n drawn from the
+    job key) unless --keep-image-ids; 0 for classification."""
+    if cfg.task != "detection":
+        return lambda x: 0
+    if cfg.keep_image_ids:
+        return lambda x: int(x.target.coco_id)
+    ids = keys.image_ids(key_hex, len(source.inputs))
+    return lambda x: int(ids[x.index])
+
+
+def resume_scan(shards: list, cfg: JobConfig, out: Location, state,
+                image_id=lambda x: 0) -> tuple[dict[int, dict], list[ShardTask]]:
     """(done, todo): shards whose stats are in the state and whose file is complete, and the rest as tasks.
 
     OUT is listed once (one request on an object store), not asked about shard by shard."""
@@ -151,7 +181,8 @@ def resume_scan(shards: list, cfg: JobConfig, out: Location, state) -> tuple[dic
                 st["samples"] == 0 or sizes.get(names[i]) == st["bytes"]):
             done[i] = st
             continue
-        todo.append(ShardTask(i, names[i], tuple(PlannedSample(pos, x.index, x.ref, x.label, x.loc, v)
+        todo.append(ShardTask(i, names[i], tuple(PlannedSample(pos, x.index, x.ref, x.label, x.loc, v, x.target,
+                                                              image_id(x))
                                                 for pos, (x, v) in enumerate(items))))
     return done, todo
 
@@ -174,7 +205,7 @@ def _own_files(out: Location) -> bool:
     for e in out.listdir():
         if e in (MANIFEST, TIMM_INFO, MANIFEST + ".tmp", TIMM_INFO + ".tmp", LOCK_NAME):
             continue
-        if e.endswith(".tar") or e.endswith(".tar.tmp"):
+        if e.endswith(".tar") or e.endswith(".tar.tmp") or (e.startswith(GT_PREFIX) and e.endswith(".json")):
             continue
         return False
     return True
@@ -195,7 +226,17 @@ def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptio
 
     try:
         outl = Location(out)
-        source = open_source(src)
+        if cfg.task == "detection":
+            from .coco import find_annotations, open_coco_source
+
+            ann = opts.annotations or find_annotations(src)
+            if ann is None:
+                raise JobError(f"detection needs the COCO instances JSON of {src!r}: pass --annotations PATH (it "
+                               "was not found at ../annotations/instances_<folder>.json either)")
+            source, info = open_coco_source(src, ann)
+            source.detection = info
+        else:
+            source = open_source(src)
     except (SourceError, StorageError) as e:
         raise JobError(str(e)) from None
     if (source.in_process or in_process_only(out)) and (opts.workers > 0 or opts.distributor != "local"):
@@ -222,7 +263,10 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
     out = outl.root
     if not any(c in src for c in "{}") and not Location(src).is_file_root() and Location(src).contains(outl):
         raise JobError("OUT must not be inside SRC")
-    ostate = OwnerState.for_out(out, opts.state_dir)
+    try:
+        ostate = OwnerState.for_out(out, opts.state_dir)
+    except ValueError as e:
+        raise JobError(str(e)) from None
     state = ostate.path
     if outl.contains(Location(str(state))):
         raise JobError("the state folder holds the owner's secrets and must not be inside OUT")

@@ -10,7 +10,10 @@ SHAKE-256 stream keyed by the job key and a context:
   shard; the argsort of a row is that sample's permutation (on any device,
   :func:`himr_pipe.kernels.make_permutations`);
 * :func:`view_draws`: five uniform draws per planned sample of a shard (the
-  random-resized-crop window and the flip of ``--views``).
+  random-resized-crop window and the flip of ``--views``);
+* :func:`image_ids`: the opaque image ids of a detection job's ground truth
+  (a permutation of 1..n over the inputs, so an id says nothing about which
+  source file it is, nor about its place in the source listing).
 
 A cryptographic stream rather than a statistical PRNG: an attacker who solves
 some images' jigsaws learns nothing about the permutations of the others, and
@@ -27,7 +30,7 @@ import secrets
 import numpy as np
 
 # stream name -> context prefix (the bytes after the key); the shard index follows for per-shard streams
-_ORDER, _PERMUTATIONS, _VIEWS = (0,), 1, 2
+_ORDER, _PERMUTATIONS, _VIEWS, _IMAGE_IDS = (0,), 1, 2, (3,)
 VIEW_DRAWS = 5  # per planned sample: crop area, aspect, anchor x, anchor y, flip
 
 
@@ -69,3 +72,10 @@ def permutation_keys(key_hex: str, shard: int, planned: int, cells: int) -> np.n
 def view_draws(key_hex: str, shard: int, planned: int) -> np.ndarray:
     """(planned, 5) uniform draws in [0, 1) for the views of shard ``shard``'s planned samples."""
     return _stream(key_hex, (_VIEWS, shard), planned * VIEW_DRAWS).reshape(planned, VIEW_DRAWS) / float(2**63)
+
+
+def image_ids(key_hex: str, n: int) -> np.ndarray:
+    """(n,) opaque image ids, a permutation of 1..n: input ``i`` (source order) gets ``image_ids[i]``."""
+    ids = np.empty(n, np.int64)
+    ids[np.argsort(_stream(key_hex, _IMAGE_IDS, n), kind="stable")] = np.arange(1, n + 1)
+    return ids

@@ -18,7 +18,8 @@ import sys
 import time
 
 from .distributor import LocalProcesses, RayTasks, Serial
-from .job import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, JobConfig, RunOptions, RunResult, plan_shards, prepare, resume_scan
+from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, GT_PREFIX, JobConfig, RunOptions, RunResult, image_id_of,
+                  plan_shards, prepare, resume_scan)
 from .lock import LeaseLost
 from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info
 from .state import OwnerState
@@ -40,7 +41,8 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
 def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source, state, key, lock) -> RunResult:
     outl = Location(out)
     shards = plan_shards(source, key, cfg)
-    done, todo = resume_scan(shards, cfg, outl, state)
+    image_id = image_id_of(source, key, cfg)
+    done, todo = resume_scan(shards, cfg, outl, state, image_id)
     ostate = OwnerState(state)
     total_inputs = len(source.inputs)
     pre_skipped = [(x.index, x.ref, x.skip) for x in source.inputs if x.skip is not None]
@@ -87,12 +89,18 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
     skip_recs = [({"input": i, "reason": r, "path": ref} if cfg.include_paths else {"input": i, "reason": r})
                  for i, ref, r in skipped]
     complete = failure is None and len(done) == len(shards)
+    detection = None
+    if complete and cfg.task == "detection":
+        detection = _detection_record(cfg, source, outl, ostate, done, inputs_written, image_id)
     try:
         lock.check()  # on an object store: is this run still OUT's owner? (the manifest is the last word)
     except LeaseLost as e:
-        return RunResult({}, EXIT_FAILED, time.time() - t0, remaining, str(state), [f"run stopped: {e}"])
+        return RunResult({}, EXIT_FAILED, time.time() - t0, remaining, str(state),
+                         [f"run stopped: {e}"])  # no manifest: the run that owns OUT now writes it
     manifest = build_manifest(cfg.public(), source.classes, source.empty_classes, shard_recs, total_inputs,
                               skip_recs, upscaled, "complete" if complete else "incomplete", len(inputs_written))
+    if detection is not None:
+        manifest["detection"] = detection
     if complete:
         t = manifest["totals"]
         assert t["inputs_written"] + t["skipped"] == total_inputs, t
@@ -103,7 +111,10 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
     outl.write_json(MANIFEST, manifest)  # last: after every shard and the split file
     secs = time.time() - t0  # the run's own time; the quick audit's is recorded with its figures
     msgs = []
-    if complete and opts.audit_samples > 0 and cfg.scheme.kind != "none" and manifest["totals"]["written"]:
+    if complete and cfg.task == "detection" and opts.audit_samples > 0 and cfg.scheme.kind != "none":
+        msgs.append("no quick audit for detection yet (the audit rebuilds plain images of folder and tar "
+                    "sources only); MI keeps every patch in place, so a blurred picture of each image remains")
+    elif complete and opts.audit_samples > 0 and cfg.scheme.kind != "none" and manifest["totals"]["written"]:
         # after the complete manifest is on disk: an interrupted audit never leaves OUT unfinished
         manifest["audit"] = quick_audit(out, str(state), opts.audit_samples, source, msgs)
         outl.write_json(MANIFEST, manifest)
@@ -113,6 +124,41 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
     else:
         code = EXIT_PARTIAL if skipped else EXIT_OK
     return RunResult(manifest, code, secs, remaining, str(state), msgs)
+
+
+def _detection_record(cfg: JobConfig, source, outl, ostate, done: dict, written: set, image_id) -> dict:
+    """Write the sanitised ground truth into OUT and the owner's map into the state; return the manifest's
+    ``detection`` record (categories, the ground truth's file and sha256, what happened to every annotation)."""
+    from .coco import ground_truth
+
+    info = source.detection
+    gt, owner = ground_truth(source, written, image_id)
+    name = f"{GT_PREFIX}{cfg.split}.json"
+    sha = outl.write_json(name, gt)
+    ostate.write_extra("image_ids.json", owner)
+    ostate.write_extra("dropped_annotations.json",
+                       [{"annotation": a, "file": f, "reason": r} for a, f, r in info.dropped])
+    reasons: dict[str, int] = {}
+    for _, _, r in info.dropped:
+        reasons[r.split(":", 1)[0]] = reasons.get(r.split(":", 1)[0], 0) + 1
+    return {
+        "categories": info.category_map(),
+        "ground_truth": {"file": name, "sha256": sha, "images": len(gt["images"]),
+                         "annotations": len(gt["annotations"]),
+                         "crowd": sum(a["iscrowd"] for a in gt["annotations"])},
+        "annotations": {
+            "in_source": info.total_annotations,
+            "dropped": len(info.dropped), "drop_reasons": dict(sorted(reasons.items())),
+            # in_source = dropped + of_skipped_images + in_ground_truth
+            "of_skipped_images": sum(len(x.target.boxes) for x in source.inputs
+                                     if x.target is not None and x.index not in written),
+            "in_ground_truth": len(gt["annotations"]),
+            "training_boxes": sum(st.get("boxes", 0) for st in done.values()),
+            "cut_from_training": sum(st.get("boxes_cut", 0) for st in done.values()),
+        },
+        "boxes": "normalised cx, cy, w, h on the stored canvas; each sample's .json 'frame' maps them back to "
+                 "its image (boxes.canvas_to_orig)",
+    }
 
 
 def quick_audit(out: str, state: str, samples: int, source, msgs: list) -> dict:

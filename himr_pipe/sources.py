@@ -61,17 +61,19 @@ class Input:
     label: int                 # class index, -1 when the input is rejected before a label is known
     loc: tuple = ()            # ("file", path), ("url", url, size) or ("tar", path-or-url, offset, size)
     skip: str | None = None    # reason when the source rejects the input itself
+    target: object = None      # detection: its annotations (coco.ImageTarget)
 
 
 @dataclass
 class Source:
-    kind: str                          # "folder" | "webdataset"
+    kind: str                          # "folder" | "webdataset" | "coco"
     root: str
     inputs: list[Input]
     classes: list[str] | None = None
     empty_classes: list[str] = field(default_factory=list)
     fingerprint: str = ""              # hash of names and sizes: detects a changed SRC on resume
     in_process: bool = False           # memory://: readable in this process only
+    detection: object = None           # a COCO source: coco.CocoInfo (categories, dropped annotations)
 
 
 def read_input(loc: tuple, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:

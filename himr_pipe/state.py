@@ -47,7 +47,13 @@ class OwnerState:
 
     @classmethod
     def for_out(cls, out: str, state_dir: str | None = None) -> "OwnerState":
-        return cls(state_dir if state_dir else default_state_dir(out))
+        """The state of ``out``: ``state_dir`` (a local path; ``file://`` allowed) or the default."""
+        from .storage import is_url, local_path
+
+        if state_dir and is_url(str(state_dir)):
+            raise ValueError(f"the owner's state holds the job key and stays on this machine: --state-dir must be "
+                             f"a local folder, not {state_dir!r}")
+        return cls(local_path(str(state_dir)) if state_dir else default_state_dir(out))
 
     def __str__(self) -> str:
         return str(self.path)
@@ -90,6 +96,14 @@ class OwnerState:
     # -- the end of a run ---------------------------------------------------------------
     def write_skipped(self, skipped: list[dict]) -> None:
         write_json_atomic(self.path / "skipped.json", skipped, private=True)
+
+    def write_extra(self, name: str, obj) -> None:
+        """Another private record of a finished run (detection: image_ids.json, dropped_annotations.json)."""
+        write_json_atomic(self.path / name, obj, private=True)
+
+    def read_extra(self, name: str):
+        p = self.path / name
+        return read_json(p) if p.exists() else None
 
     @property
     def skipped_path(self) -> Path:

@@ -204,14 +204,24 @@ class Location:
         return h.hexdigest(), n
 
     # -- writing ------------------------------------------------------------------
-    def write_json(self, name: str, obj: Any) -> None:
-        """Atomically: a local temporary file renamed into place, or one PUT."""
+    def write_bytes(self, name: str, data: bytes) -> str:
+        """Atomically (a local temporary file made durable and renamed into place, or one PUT); returns the
+        sha256 of what was written."""
         if not self.remote:
-            from .manifest import write_json_atomic
+            path = os.path.join(self.root, name)
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(self._p(name), data)
+        return hashlib.sha256(data).hexdigest()
 
-            write_json_atomic(os.path.join(self.root, name), obj)
-            return
-        self.fs.pipe_file(self._p(name), (json.dumps(obj, indent=1) + "\n").encode())
+    def write_json(self, name: str, obj: Any) -> str:
+        """:meth:`write_bytes` of the JSON (indented, as every JSON in OUT); returns its sha256."""
+        return self.write_bytes(name, (json.dumps(obj, indent=1) + "\n").encode())
 
     def remove(self, name: str) -> None:
         try:

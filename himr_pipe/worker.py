@@ -51,6 +51,8 @@ class PlannedSample:
     label: int
     loc: tuple      # where its bytes are (sources.read_input)
     view: int = 0   # which of --views
+    target: object = None  # detection: the input's annotations (coco.ImageTarget)
+    image_id: int = 0      # detection: the image's id in OUT's ground truth (opaque unless --keep-image-ids)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class ScreenedSample:
 
     sample: PlannedSample
     header: Header
+    frame: object = None  # resize "letterbox": the boxes.Frame from the original image to the canvas
 
 
 @dataclass(frozen=True)
@@ -107,21 +110,36 @@ class ShardWorker:
         """Read and screen inputs; yield DecodeBatches whose tag lists the ScreenedSamples they hold."""
         cfg = self.cfg
 
+        letterbox = cfg.resize == "letterbox"
+
         def batch(data, screened, wins):
-            return DecodeBatch(data, np.array(wins, np.float32) if draws is not None else None, screened)
+            return DecodeBatch(data, np.array(wins, np.float32) if draws is not None or letterbox else None,
+                               screened)
 
         data, screened, wins = [], [], []
         for it in items:
             try:
                 blob = read_input(it.loc, cfg.max_bytes)
                 hdr = inspect_header(blob, cfg.max_pixels)
+                t = it.target
+                if t is not None and (hdr.width, hdr.height) != (t.width, t.height):
+                    raise InputError(f"size-mismatch: the image is {hdr.width}x{hdr.height} but its annotations "
+                                     f"say {t.width}x{t.height} (its boxes would not fit)")
             except InputError as e:
                 skipped.append((it.index, it.ref, e.reason))
                 continue
             data.append(blob)
-            screened.append(ScreenedSample(it, hdr))
-            if draws is not None:
+            frame = None
+            if letterbox:
+                from .boxes import letterbox_frame, view_frame
+
+                canvas = cfg.scheme.size
+                frame = (view_frame(view_window(draws[it.pos], hdr.width, hdr.height), hdr.width, hdr.height, canvas)
+                         if draws is not None else letterbox_frame(hdr.width, hdr.height, canvas))
+                wins.append(frame.decoder_row())
+            elif draws is not None:
                 wins.append(view_window(draws[it.pos], hdr.width, hdr.height))
+            screened.append(ScreenedSample(it, hdr, frame))
             if len(data) == self.batch_size:
                 yield batch(data, screened, wins)
                 data, screened, wins = [], [], []
@@ -155,6 +173,27 @@ class ShardWorker:
         ext = cfg.fmt.ext
         clock = time.perf_counter
 
+        detection = cfg.task == "detection"
+        count.update(boxes=0, boxes_cut=0)
+
+        def detection_json(sc: ScreenedSample) -> bytes:
+            """The sample's targets: non-crowd boxes on the canvas (normalised cxcywh), labels, and the frame."""
+            from .boxes import boxes_to_canvas
+
+            t, it = sc.sample.target, sc.sample
+            idx = [i for i, c in enumerate(t.crowd) if not c]
+            b, keep = boxes_to_canvas([t.boxes[i] for i in idx], sc.frame)
+            count["boxes"] += len(keep)
+            count["boxes_cut"] += len(idx) - len(keep)
+            d = {**self.sample_meta, "image_id": int(it.image_id),
+                 "boxes": [[round(float(v), 6) for v in r] for r in b],
+                 "labels": [int(t.labels[idx[k]]) for k in keep], "frame": sc.frame.to_dict()}
+            if cfg.views > 1:
+                d["view"] = it.view
+            if cfg.include_paths:
+                d["source"] = it.ref
+            return json.dumps(d).encode()
+
         def sink(enc, meta, n_bad):
             """Encode and write one batch, in batch order."""
             if meta:
@@ -165,8 +204,11 @@ class ShardWorker:
                 for sc, blob in zip(meta, blobs):
                     it = sc.sample
                     key = f"{task.index:06d}_{it.pos:06d}"
-                    members = {ext: blob, "cls": str(it.label).encode(), "json": self.sample_json}
-                    if cfg.include_paths or cfg.views > 1:
+                    if detection:
+                        members = {ext: blob, "json": detection_json(sc)}
+                    else:
+                        members = {ext: blob, "cls": str(it.label).encode(), "json": self.sample_json}
+                    if not detection and (cfg.include_paths or cfg.views > 1):
                         extra = {"view": it.view} if cfg.views > 1 else {}
                         if cfg.include_paths:
                             extra["source"] = it.ref
@@ -217,6 +259,8 @@ class ShardWorker:
             "written": written, "skipped": sorted(skipped), "seconds": timing,
             "inputs_written": sorted({w[1] for w in written}),
         }
+        if detection:
+            stats.update(boxes=count["boxes"], boxes_cut=count["boxes_cut"])
         if info.samples == 0:
             writer.abort()  # an empty tar helps no reader; the stats still account for every input
             stats.update(bytes=0, sha256=None)
@@ -244,6 +288,8 @@ def view_window(u, width: int, height: int) -> tuple[float, float, float, float,
 
 def _upscaled(hdr, size, resize) -> bool:
     h, w = size
+    if resize == "letterbox":  # scaled up when it fits inside the canvas on both sides
+        return hdr.width < w and hdr.height < h
     return hdr.width < w or hdr.height < h if resize == "stretch" else (
         min(hdr.width / w, hdr.height / h) < 1.0)
 

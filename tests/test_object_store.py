@@ -161,7 +161,8 @@ def _tar_of(folder: Path) -> bytes:
 
 
 def test_file_urls_are_local_paths(sample_src, local_run, tmp_path):
-    encrypt(f"file://{sample_src}", f"file://{tmp_path}/fo", *ARGS)
+    encrypt(f"file://{sample_src}", f"file://{tmp_path}/fo", *ARGS, state=f"file://{tmp_path}/st")
+    assert (tmp_path / "st" / "job.json").exists()  # a file:// state folder is the local path it names
     assert shard_bytes(tmp_path / "fo") == shard_bytes(local_run) and manifest(tmp_path / "fo") == manifest(local_run)
 
 
