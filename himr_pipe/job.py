@@ -286,7 +286,9 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
 
     jstate = ostate.read_job()
     fresh = manifest is None and not any(e.endswith(".tar") for e in outl.listdir())
-    if fresh or jstate is None:
+    if fresh:
+        jstate = None  # a new OUT is a new job: a fresh key, whatever an earlier job left in this state folder
+    if jstate is None:
         if not fresh:
             if manifest is not None and manifest.get("status") == "complete":
                 jstate = None  # complete and traceable from the manifest alone: nothing to resume

@@ -127,3 +127,18 @@ def test_out_is_owned_by_one_run_and_a_killed_runs_lock_is_taken_over(sample_src
     assert (out / LOCK_NAME).exists()  # the killed run left its (now dead) lock behind
     encrypt(sample_src, out, "--seed", "1")
     assert not (out / LOCK_NAME).exists() and (out / "manifest.json").exists()
+
+
+def test_a_new_out_is_a_new_job_whatever_its_state_folder_held(sample_src, tmp_path):
+    """Deleting OUT and running another job with the same (default) state folder starts afresh: a new key and
+    the new job's record, not the old job's (found by the quick start: the audit then refused the stale record)."""
+    import shutil
+
+    out, st = tmp_path / "out", tmp_path / "st"
+    encrypt(sample_src, out, "--scheme", "rs", "--shard-size", "8", state=st)
+    old = json.loads((st / "job.json").read_text())
+    shutil.rmtree(out)
+    encrypt(sample_src, out, "--scheme", "mi", "--shard-size", "8", state=st)
+    new = json.loads((st / "job.json").read_text())
+    assert new["job"]["scheme"]["kind"] == "mi" and new["key"] != old["key"]
+    assert "0 problem(s)" in cli("verify", out).output
