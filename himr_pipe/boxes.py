@@ -67,14 +67,17 @@ def letterbox_frame(width: int, height: int, canvas: tuple[int, int],
     return Frame((int(x0), int(y0), int(cw), int(ch)), (int(rw), int(rh)), bool(flip), (H, W), (height, width))
 
 
-def view_frame(window_rel, width: int, height: int, canvas: tuple[int, int]) -> Frame:
-    """The frame of a random view: ``window_rel`` as :func:`himr_pipe.worker.view_window` gives it
-    (x, y, w, h relative to the image, then the flip draw), as integer pixels, letterboxed."""
-    x, y, w, h, f = (float(v) for v in window_rel)
+def pixel_window(window_rel, width: int, height: int) -> tuple[int, int, int, int]:
+    """A view's window (x, y, w, h relative to the image, as :func:`himr_pipe.worker.view_window` gives it) in
+    whole pixels inside the image: x0, y0, width, height (at least one pixel)."""
+    x, y, w, h = (float(v) for v in window_rel[:4])
     x0, y0 = min(width - 1, int(round(x * width))), min(height - 1, int(round(y * height)))
-    cw = max(1, min(width - x0, int(round(w * width))))
-    ch = max(1, min(height - y0, int(round(h * height))))
-    return letterbox_frame(width, height, canvas, (x0, y0, cw, ch), f >= 0.5)
+    return x0, y0, max(1, min(width - x0, int(round(w * width)))), max(1, min(height - y0, int(round(h * height))))
+
+
+def view_frame(window_rel, width: int, height: int, canvas: tuple[int, int]) -> Frame:
+    """The frame of a random view: its :func:`pixel_window`, flipped when the fifth draw is >= 0.5, letterboxed."""
+    return letterbox_frame(width, height, canvas, pixel_window(window_rel, width, height), float(window_rel[4]) >= 0.5)
 
 
 def boxes_to_canvas(boxes, frame: Frame, min_px: float = MIN_BOX_PX) -> tuple[np.ndarray, np.ndarray]:

@@ -286,11 +286,11 @@ class TorchvisionDecoder:
         import torch
         import torch.nn.functional as F
 
+        from .boxes import pixel_window
+
         h, w = self.size
         _, ih, iw = img.shape
-        x0, y0 = int(round(float(v[0]) * iw)), int(round(float(v[1]) * ih))
-        cw = max(1, min(iw - x0, int(round(float(v[2]) * iw))))
-        ch = max(1, min(ih - y0, int(round(float(v[3]) * ih))))
+        x0, y0, cw, ch = pixel_window(v, iw, ih)
         x = img[None, :, y0:y0 + ch, x0:x0 + cw].float()
         x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
         if v[4] >= 0.5:

@@ -40,15 +40,19 @@ MANIFEST_FORMAT = "himr-pipe/manifest-v1"
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, private: bool = False) -> None:
-    path = str(path)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A local JSON file written whole or not at all (mode 0600 when ``private``)."""
+    from .storage import atomic_write
+
+    atomic_write(str(path), (json.dumps(obj, indent=1) + "\n").encode(), 0o600 if private else 0o644)
+
+
+def reason_counts(reasons) -> dict[str, int]:
+    """How many of each reason's category (the part before the first colon), sorted by category."""
+    out: dict[str, int] = {}
+    for r in reasons:
+        cat = r.split(":", 1)[0]
+        out[cat] = out.get(cat, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -131,10 +135,6 @@ def build_manifest(job: dict, classes: list[str] | None, empty_classes: list[str
                    inputs: int, skipped: list[dict], upscaled: int, status: str, inputs_written: int = 0) -> dict:
     """``inputs_written + skipped == inputs`` always; ``written`` counts samples (``views`` per input)."""
     written = sum(s["samples"] for s in shards)
-    reasons: dict[str, int] = {}
-    for s in skipped:
-        cat = s["reason"].split(":", 1)[0]
-        reasons[cat] = reasons.get(cat, 0) + 1
     return {
         "format": MANIFEST_FORMAT,
         "status": status,
@@ -144,7 +144,7 @@ def build_manifest(job: dict, classes: list[str] | None, empty_classes: list[str
         "empty_classes": empty_classes,
         "totals": {"inputs": inputs, "written": written, "inputs_written": inputs_written, "skipped": len(skipped),
                    "upscaled": upscaled},
-        "skip_reasons": dict(sorted(reasons.items())),
+        "skip_reasons": reason_counts(s["reason"] for s in skipped),
         "shards": shards,
         "skipped": skipped,
     }

@@ -21,7 +21,7 @@ from .distributor import LocalProcesses, RayTasks, Serial
 from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, GT_PREFIX, JobConfig, RunOptions, RunResult, image_id_of,
                   plan_shards, prepare, resume_scan)
 from .lock import LeaseLost
-from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info
+from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info, reason_counts
 from .state import OwnerState
 from .storage import Location
 from .worker import ShardWorker
@@ -138,9 +138,6 @@ def _detection_record(cfg: JobConfig, source, outl, ostate, done: dict, written:
     ostate.write_extra("image_ids.json", owner)
     ostate.write_extra("dropped_annotations.json",
                        [{"annotation": a, "file": f, "reason": r} for a, f, r in info.dropped])
-    reasons: dict[str, int] = {}
-    for _, _, r in info.dropped:
-        reasons[r.split(":", 1)[0]] = reasons.get(r.split(":", 1)[0], 0) + 1
     return {
         "categories": info.category_map(),
         "ground_truth": {"file": name, "sha256": sha, "images": len(gt["images"]),
@@ -148,7 +145,7 @@ def _detection_record(cfg: JobConfig, source, outl, ostate, done: dict, written:
                          "crowd": sum(a["iscrowd"] for a in gt["annotations"])},
         "annotations": {
             "in_source": info.total_annotations,
-            "dropped": len(info.dropped), "drop_reasons": dict(sorted(reasons.items())),
+            "dropped": len(info.dropped), "drop_reasons": reason_counts(r for _, _, r in info.dropped),
             # in_source = dropped + of_skipped_images + in_ground_truth
             "of_skipped_images": sum(len(x.target.boxes) for x in source.inputs
                                      if x.target is not None and x.index not in written),

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import braceexpand
 
-from .storage import in_process_only, is_url, local_path, url_fs
+from .storage import in_process_only, is_url, local_path, open_url, url_fs
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
 # WebDataset member extensions that hold the image, in order of preference.
@@ -131,13 +131,6 @@ def _read_range(path: str, offset: int, size: int) -> bytes:
         return f.read(size)
 
 
-def _open_bin(path: str):
-    if is_url(path):
-        fs, p = url_fs(path)
-        return fs.open(p, "rb", block_size=1 << 20, cache_type="readahead")
-    return open(path, "rb")
-
-
 def _file_row(path: str) -> tuple | None:
     """(path, size, version) of a file, or None when it is not one: the fingerprint's row."""
     if is_url(path):
@@ -199,7 +192,7 @@ def _open_remote(src: str) -> Source:
     fs.invalidate_cache()
     try:
         if fs.isfile(base):
-            with _open_bin(root) as f:
+            with open_url(root, 1 << 20) as f:
                 if not tarfile.is_tarfile(f):
                     raise SourceError(f"SRC {src!r} is a file but not a tar archive")
             return _webdataset_source(src, [root])
@@ -365,7 +358,7 @@ def _webdataset_source(src: str, tars: list[str]) -> Source:
         fp_rows.append(row)
         cur_key, cur_members, cur_skips = None, [], []
         try:
-            with _open_bin(tar) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+            with open_url(tar, 1 << 20) as f, tarfile.open(fileobj=f, mode="r:") as tf:
                 for m in tf:
                     if m.isdir():
                         continue

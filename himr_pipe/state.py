@@ -101,10 +101,6 @@ class OwnerState:
         """Another private record of a finished run (detection: image_ids.json, dropped_annotations.json)."""
         write_json_atomic(self.path / name, obj, private=True)
 
-    def read_extra(self, name: str):
-        p = self.path / name
-        return read_json(p) if p.exists() else None
-
     @property
     def skipped_path(self) -> Path:
         return self.path / "skipped.json"

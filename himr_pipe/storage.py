@@ -61,13 +61,25 @@ def in_process_only(path: str) -> bool:
     return str(path).startswith("memory://")
 
 
-def open_url(path: str) -> IO[bytes]:
-    """A binary stream of one file, by path or URL (read sequentially)."""
+def open_url(path: str, block_size: int = 8 << 20) -> IO[bytes]:
+    """A binary file of one path or URL; on an object store read ahead ``block_size`` bytes a request (large for
+    sequential reads; smaller where a reader seeks, as a tar listing does)."""
     path = local_path(path)
     if not is_url(path):
         return open(path, "rb")
     fs, p = url_fs(path)
-    return fs.open(p, "rb", block_size=8 << 20, cache_type="readahead")
+    return fs.open(p, "rb", block_size=block_size, cache_type="readahead")
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+    """A local file written whole or not at all: ``path.tmp`` (created with ``mode``), fsync, rename."""
+    tmp = str(path) + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class StorageError(OSError):
@@ -113,19 +125,10 @@ class Location:
             os.path.realpath(self.root))
 
     # -- the folder ---------------------------------------------------------------
-    def exists(self, name: str | None = None) -> bool:
+    def exists(self, name: str) -> bool:
         if not self.remote:
-            return os.path.exists(self.root if name is None else os.path.join(self.root, name))
-        if name is None:
-            return self._exists_prefix()
+            return os.path.exists(os.path.join(self.root, name))
         return self.fs.exists(self._p(name))
-
-    def _exists_prefix(self) -> bool:
-        self.fs.invalidate_cache(self.base)
-        try:
-            return self.fs.isdir(self.base) or self.fs.exists(self.base)
-        except FileNotFoundError:
-            return False
 
     def is_file_root(self) -> bool:
         """True when the root itself is a file (not a folder)."""
@@ -208,13 +211,7 @@ class Location:
         """Atomically (a local temporary file made durable and renamed into place, or one PUT); returns the
         sha256 of what was written."""
         if not self.remote:
-            path = os.path.join(self.root, name)
-            tmp = path + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write(os.path.join(self.root, name), data)
         else:
             self.fs.pipe_file(self._p(name), data)
         return hashlib.sha256(data).hexdigest()
