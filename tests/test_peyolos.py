@@ -19,6 +19,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from himr_pipe.boxes import letterbox_frame
 from himr_pipe.kernels import mi_mix
 from himr_pipe.scheme import Scheme
 from himr_pipe.train.detection import HungarianMatcher, SetCriterion, coco_evaluate, gather_results, postprocess
@@ -229,25 +230,31 @@ def test_criterion_on_a_wrong_box_is_positive_and_has_gradients():
 
 # ---------------------------------------------------------------- post-processing and COCO AP
 def test_postprocess_maps_boxes_back_to_the_original_frame():
-    # an original 384x224 (w x h) image letterboxed at scale 0.5 with pad (16, 8) on a 256x128 (w x h) canvas
-    frame = {"image_id": 42, "canvas": [128, 256], "scale": [0.5, 0.5], "pad": [16, 8]}
-    # original box (64, 32, 96, 64) -> canvas (48, 24, 48, 32); dyadic numbers, so float32 is exact
-    q0 = cxcywh(48, 24, 48, 32, 256, 128)
-    q1 = cxcywh(0, 0, 64, 32, 256, 128)                    # reaches into the padding
+    # an original 384x224 (w x h) image letterboxed at scale 0.5 onto a 256x128 (w x h) canvas: 192x112 at the
+    # top-left, black padding right and below (the frame a sample's .json stores)
+    frame = {"image_id": 42, "window": [0, 0, 384, 224], "resized": [192, 112], "flip": False,
+             "canvas": [128, 256], "orig_size": [224, 384]}
+    # original box (64, 32, 96, 64) -> canvas (32, 16, 48, 32); dyadic numbers, so float32 is exact
+    q0 = cxcywh(32, 16, 48, 32, 256, 128)
+    q1 = cxcywh(160, 64, 64, 64, 256, 128)                 # reaches into the padding
     boxes = torch.tensor([[q0, q1, [0.5, 0.5, 0.1, 0.1]]])
     logits = torch.tensor([[[0.0, 4.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 9.0]]])
     res = postprocess({"pred_logits": logits, "pred_boxes": boxes}, [frame], [3, 7])
     assert [r["category_id"] for r in res] == [7, 3, 3]    # sorted by score; per query its best class
     assert all(r["image_id"] == 42 for r in res)
     assert res[0]["bbox"] == [64.0, 32.0, 96.0, 64.0]
-    assert res[1]["bbox"] == [-32.0, -16.0, 128.0, 64.0]  # (0 - 16) / 0.5, (0 - 8) / 0.5, ...
+    assert res[1]["bbox"] == [320.0, 128.0, 64.0, 96.0]    # clipped to the original image (384 x 224)
     p = logits.softmax(-1)[0]
     assert res[0]["score"] == pytest.approx(p[0, 1].item()) and res[1]["score"] == pytest.approx(p[1, 0].item())
-    # clipped to the original image with orig_size; a threshold and max_dets drop the weak ones
-    res = postprocess({"pred_logits": logits, "pred_boxes": boxes}, [{**frame, "orig_size": [224, 384]}],
+    # a flipped view of a window maps back through the flip and the window's offset
+    view = {**frame, "window": [100, 50, 200, 100], "resized": [256, 128], "flip": True}
+    q = torch.tensor([[cxcywh(0, 0, 64, 32, 256, 128)] * 3])  # canvas left edge = the window's right edge
+    res = postprocess({"pred_logits": logits, "pred_boxes": q}, [view], [3, 7], max_dets=1)
+    assert res[0]["bbox"] == [250.0, 50.0, 50.0, 25.0]
+    # a threshold and max_dets drop the weak ones
+    res = postprocess({"pred_logits": logits, "pred_boxes": boxes}, [frame],
                       {0: 3, 1: 7}, score_threshold=0.01, max_dets=2)
     assert len(res) == 2
-    assert res[0]["bbox"] == [64.0, 32.0, 96.0, 64.0] and res[1]["bbox"] == [0.0, 0.0, 96.0, 48.0]
     with pytest.raises(ValueError, match="no category for labels"):
         postprocess({"pred_logits": logits, "pred_boxes": boxes}, [frame], [3])
 
@@ -362,7 +369,7 @@ def test_tiny_detector_overfits_synthetic_boxes(kind, side, patch):
     model = build_detector(s, 2, embed_dim=64, depth=2, num_heads=2, det_tokens=10)
     crit = SetCriterion(2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    frames = [{"image_id": i + 1, "canvas": [side, side], "orig_size": [side, side]} for i in range(4)]
+    frames = [{"image_id": i + 1, **letterbox_frame(side, side, (side, side)).to_dict()} for i in range(4)]
     first = None
     for _ in range(400):
         losses = crit(model.train()(x), targets)

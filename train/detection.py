@@ -46,14 +46,6 @@ def _dist_ready() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _pair(v) -> tuple[float, float]:
-    """A frame field as two floats: [a, b], or one number for both."""
-    if isinstance(v, (int, float)):
-        return float(v), float(v)
-    a, b = v
-    return float(a), float(b)
-
-
 def _xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
 
@@ -201,16 +193,18 @@ def postprocess(outputs: Mapping[str, torch.Tensor], frames: Sequence[Mapping[st
     dropped (the default 0 keeps all, which COCO AP wants), and of the rest
     the ``max_dets`` best per image are kept.
 
-    ``frames`` has one dict per image: ``"image_id"``, ``"canvas"`` [H, W] of
-    the plain canvas the boxes are normalised to, ``"scale"`` [sx, sy]
-    (default 1) and ``"pad"`` [px, py] (default 0) of the letterbox that
-    placed the original image on the canvas, so that an original pixel x
-    lies at ``x * sx + px`` on the canvas; boxes are mapped back with ``x = (x_norm * W - px) / sx`` (and
-    likewise y). With ``"orig_size"`` [h, w] the boxes are clipped to the
-    original image (a box can then shrink to zero area; it is kept, to score
-    as the false positive it is). ``label_to_category`` maps the model's
-    label index to the COCO category id (a list indexed by label, or a dict).
+    ``frames`` has one dict per image: the sample's ``"frame"`` as the shards
+    store it (:class:`himr_pipe.boxes.Frame`: window, resized size, flip,
+    canvas, original size) plus its ``"image_id"``. Boxes are mapped back to
+    the original image with :func:`himr_pipe.boxes.canvas_to_orig`, the one
+    inverse of the encryption's geometry, and so clipped to the window (the
+    whole image unless a view cropped it; a box can shrink to zero area and is
+    kept, to score as the false positive it is). ``label_to_category`` maps
+    the model's label index to the COCO category id (a list indexed by label,
+    or a dict).
     """
+    from himr_pipe.boxes import canvas_to_orig
+
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
     if len(frames) != logits.shape[0]:
         raise ValueError(f"{len(frames)} frames for a batch of {logits.shape[0]} images")
@@ -223,27 +217,17 @@ def postprocess(outputs: Mapping[str, torch.Tensor], frames: Sequence[Mapping[st
         raise ValueError(f"label_to_category has no category for labels {missing} (the model has {k} classes)")
     prob = logits.float().softmax(-1)[..., :-1]
     scores, labels = prob.max(-1)                                             # (B, Q)
-    xyxy = _xyxy(boxes.float())                                               # normalised, (B, Q, 4)
+    boxes = boxes.detach().double().cpu().numpy()
     results = []
     for i, frame in enumerate(frames):
-        h, w = _pair(frame["canvas"])
-        sx, sy = _pair(frame.get("scale", 1.0))
-        px, py = _pair(frame.get("pad", 0.0))
-        b = xyxy[i].double() * torch.tensor([w, h, w, h], dtype=torch.float64)
-        b = (b - torch.tensor([px, py, px, py], dtype=torch.float64)) / torch.tensor([sx, sy, sx, sy],
-                                                                                     dtype=torch.float64)
-        if frame.get("orig_size") is not None:
-            oh, ow = _pair(frame["orig_size"])
-            b[:, 0::2] = b[:, 0::2].clamp(0, ow)
-            b[:, 1::2] = b[:, 1::2].clamp(0, oh)
+        b = canvas_to_orig(boxes[i], frame)                                   # x, y, w, h in original pixels
         s = scores[i]
         keep = torch.nonzero(s > score_threshold).flatten()
         keep = keep[s[keep].argsort(descending=True, stable=True)][:max_dets]
         image_id = int(frame["image_id"])
         for q in keep.tolist():
-            x0, y0, x1, y1 = b[q].tolist()
             results.append({"image_id": image_id, "category_id": int(label_to_category[int(labels[i, q])]),
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s[q])})
+                            "bbox": [float(v) for v in b[q]], "score": float(s[q])})
     return results
 
 
