@@ -284,8 +284,11 @@ def sample_data_cmd(ctx, dest, task, per_class, train_images, val_images, seed):
               help="The reference-based positional encoding of the order-invariant models (rs, mi-shuffle).")
 @click.option("--epochs", type=int, default=300, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Per process.")
-@click.option("--lr", type=float, default=None, help="Default: 5e-4 x global batch / 512 (DeiT).")
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--lr", type=float, default=None,
+              help="Default: 5e-4 x global batch / 512 (DeiT); detection: 1e-4 (YOLOS).")
+@click.option("--weight-decay", type=float, default=None, help="Default: 0.05 (DeiT); detection: 1e-4 (YOLOS).")
+@click.option("--clip-grad", type=float, default=None, help="Gradient norm clip. Default: none; detection: 0.1.")
+@click.option("--det-tokens", type=int, default=100, show_default=True, help="Detection: YOLOS's detection tokens.")
 @click.option("--warmup-epochs", type=float, default=5, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
 @click.option("--drop-path", type=float, default=0.1, show_default=True)
@@ -303,9 +306,10 @@ def sample_data_cmd(ctx, dest, task, per_class, train_images, val_images, seed):
 @click.option("--stop-after", type=int, default=None,
               help="End this run after N epochs (for time-boxed jobs); --resume continues it exactly.")
 def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs, batch_size, lr, weight_decay,
-              warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
+              clip_grad, det_tokens, warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
               samples_per_epoch, resume, decode, stop_after):
-    """Train on encrypted SHARDS (an OUT folder of encrypt-shards), streaming.
+    """Train on encrypted SHARDS (an OUT folder of encrypt-shards), streaming: a classifier, or PEYOLOS when the
+    shards are detection shards (COCO AP on --val).
 
     Multi-GPU or multi-process: torchrun --nproc_per_node N -m himr_pipe.cli train ...
     """
@@ -314,7 +318,8 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
 
     cfg = TrainConfig(shards=shards, out=out_dir, val=val, model=model, embed_dim=embed_dim, depth=depth,
                       num_heads=heads, rpe=rpe, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                      weight_decay=weight_decay, clip_grad=clip_grad, det_tokens=det_tokens,
+                      warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                       drop_path=drop_path, augment=aug, workers=workers, seed=seed, device=device, amp=amp,
                       log_interval=log_interval, samples_per_epoch=samples_per_epoch, resume=resume,
                       stop_after=stop_after, decode=decode)
@@ -325,6 +330,10 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
     last = res["history"][-1] if res["history"] else {}
     if "val_top1" in last:
         click.echo(f"himr-pipe train: done, val top-1 {last['val_top1']:.4f}")
+    if "val_AP" in last:
+        click.echo("himr-pipe train: done, val " + ", ".join(f"{k[4:]} {last[k]:.4f}" for k in
+                                                             ("val_AP", "val_AP50", "val_AP75", "val_AP_S", "val_AP_M",
+                                                              "val_AP_L")))
 
 
 @main.command("preview")

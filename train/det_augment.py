@@ -76,7 +76,7 @@ class DetectionAugment:
     def __call__(self, img: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator | None = None):
         g = generator
-        u = torch.rand(5, generator=g).tolist()
+        u = torch.rand(5, generator=g, device=g.device if g is not None else "cpu").tolist()
         if u[0] < self.flip:
             img, boxes = hflip(img, boxes)
         h, w = img.shape[:2]

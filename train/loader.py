@@ -81,13 +81,26 @@ def shard_samples(urls, handler=wds.reraise_exception):
     return group_by_keys(tar_file_expander(open_shards(urls, handler), handler=handler), handler=handler)
 
 
-def decode_sample(sample: dict, ext: str, raw: bool = False) -> tuple[torch.Tensor, int]:
-    """(uint8 HWC image, label); with ``raw`` the encoded bytes as a 1-D uint8 tensor, to decode on the device."""
+def decode_sample(sample: dict, ext: str, raw: bool = False) -> tuple[torch.Tensor, int | dict]:
+    """(uint8 HWC image, label); with ``raw`` the encoded bytes as a 1-D uint8 tensor, to decode on the device.
+
+    A detection sample (no ``.cls``) has its targets in place of the label: :func:`sample_targets`."""
     blob = sample[ext]
+    y = int(sample["cls"]) if "cls" in sample else sample_targets(sample)
     if raw:
-        return torch.frombuffer(bytearray(blob), dtype=torch.uint8), int(sample["cls"])
-    arr = decode_image(blob, ext)
-    return torch.from_numpy(arr), int(sample["cls"])
+        return torch.frombuffer(bytearray(blob), dtype=torch.uint8), y
+    return torch.from_numpy(decode_image(blob, ext)), y
+
+
+def sample_targets(sample: dict) -> dict:
+    """A detection sample's targets: ``boxes`` (n, 4) normalised cxcywh on the canvas, ``labels`` (n,), its
+    ``image_id`` in the ground truth and its ``frame`` (what maps the canvas back to the image)."""
+    import json
+
+    d = json.loads(sample["json"])
+    return {"boxes": torch.tensor(d["boxes"], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(d["labels"], dtype=torch.int64), "image_id": int(d["image_id"]),
+            "frame": d["frame"]}
 
 
 def _stream_id(rank: int, world: int) -> tuple[int, int]:
@@ -141,6 +154,19 @@ def _raw_collate(batch):
     return [b[0] for b in batch], torch.tensor([b[1] for b in batch], dtype=torch.int64)
 
 
+def _detection_collate(batch):
+    """Images stacked (or, raw, a list of encoded images) and the targets as a list: they differ in length."""
+    imgs = [b[0] for b in batch]
+    first = imgs[0] if imgs else None
+    return (imgs if first is not None and first.dim() == 1 else torch.stack(imgs)), [b[1] for b in batch]
+
+
+def _collate(m: dict, raw: bool):
+    if m["job"].get("task") == "detection":
+        return _detection_collate
+    return _raw_collate if raw else None
+
+
 def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, samples_per_epoch: int | None = None,
                  workers: int = 2, rank: int = 0, world: int = 1, shuffle_buffer: int = 2000,
                  raw: bool = False) -> DataLoader:
@@ -154,7 +180,7 @@ def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, sa
     ds = TrainStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], per_rank, epoch, seed, rank, world,
                      shuffle_buffer, raw)
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available() and not raw, collate_fn=_raw_collate if raw else None)
+                      pin_memory=torch.cuda.is_available() and not raw, collate_fn=_collate(m, raw))
 
 
 def eval_loader(shards_dir: str, batch_size: int, workers: int = 2, rank: int = 0, world: int = 1,
@@ -162,7 +188,7 @@ def eval_loader(shards_dir: str, batch_size: int, workers: int = 2, rank: int = 
     m = read_manifest(shards_dir)
     ds = EvalStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], rank, world, raw)
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False,
-                      collate_fn=_raw_collate if raw else None)
+                      collate_fn=_collate(m, raw))
 
 
 def decode_on_device(blobs: list[torch.Tensor], device) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The trainer behind ``himr-pipe train``: streaming from encrypted shards into PEViT / MI-ViT / ViT.
+"""The trainer behind ``himr-pipe train``: streaming from encrypted shards into PEViT / MI-ViT / ViT, or into
+PEYOLOS when the shards are detection shards (the manifest's ``job.task``).
 
 * The model comes from the shard manifest (scheme, patch, input size) through
   ``models.build_model``; ``check_model_matches`` refuses a model that does
@@ -22,6 +23,18 @@
 The DeiT recipe of PAPER.md is the default for ImageNet-scale runs: lr
 5e-4 x batch/512, weight decay 0.05, 5 warm-up epochs, drop-path 0.1, label
 smoothing 0.1.
+
+Detection (PEYOLOS, ``peyolos.build_detector``) shares all of the above
+(loaders, DDP, bf16, warm-up + cosine, checkpoints, exact resume, the log
+line) and differs where YOLOS does: DETR's set loss (``detection.SetCriterion``:
+Hungarian matching, class 1, L1 5, GIoU 2, no-object weight 0.1), AdamW at lr
+1e-4 and weight decay 1e-4, gradient clipping at 0.1, augmentation that is
+exact for MI with the boxes moved along (``det_augment.DetectionAugment``:
+flips and whole-cell shifts, colour jitter), and COCO AP on the validation
+OUT's sanitised ground truth (predictions mapped back to each image's own
+frame, gathered over ranks). There are no pretrained weights for encrypted
+inputs, so every group of parameters trains from scratch at the one lr
+(YOLOS's lower backbone lr is for fine-tuning a pretrained backbone).
 """
 
 from __future__ import annotations
@@ -56,9 +69,11 @@ class TrainConfig:
     rpe: bool = True                   # the reference-based positional encoding (rs, mi-shuffle)
     epochs: int = 300
     batch_size: int = 128
-    lr: float | None = None            # default 5e-4 * global batch / 512
+    lr: float | None = None            # default 5e-4 * global batch / 512 (detection: 1e-4, YOLOS)
     min_lr: float = 1e-5
-    weight_decay: float = 0.05
+    weight_decay: float | None = None  # default 0.05 (detection: 1e-4, YOLOS)
+    clip_grad: float | None = None     # gradient norm clip; default none (detection: 0.1, YOLOS)
+    det_tokens: int = 100              # detection: YOLOS's detection tokens
     warmup_epochs: float = 5
     label_smoothing: float = 0.1
     drop_path: float = 0.1
@@ -124,33 +139,59 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     m = read_manifest(cfg.shards)
     scheme = manifest_scheme(m)
-    num_classes = m["num_classes"] or (1 + max(0, _max_label(cfg.shards)))
+    detection = m["job"].get("task") == "detection"
+    if detection:
+        categories = m["detection"]["categories"]
+        num_classes = len(categories)
+        label_to_category = [c["id"] for c in categories]
+    else:
+        num_classes = m["num_classes"] or (1 + max(0, _max_label(cfg.shards)))
     if cfg.val:
         mv = read_manifest(cfg.val)
         if manifest_scheme(mv) != scheme:
             raise DataError(f"--val shards use scheme {mv['job']['scheme']}, training shards {m['job']['scheme']}: "
                             "a model can only be evaluated on data encrypted the same way")
+        if (mv["job"].get("task") == "detection") != detection:
+            raise DataError("--val shards are for another task than the training shards")
+        if detection and mv["detection"]["categories"] != categories:
+            raise DataError("--val shards have other categories than the training shards")
     _seed_all(cfg.seed)
     overrides = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth),
                                    ("num_heads", cfg.num_heads)) if v is not None}
-    model = build_model(scheme, num_classes, size=cfg.model, rpe=cfg.rpe, drop_path_rate=cfg.drop_path,
-                        **overrides).to(device)
-    check_model_matches(model, scheme)
+    if detection:
+        from .peyolos import build_detector, check_detector_matches
+
+        model = build_detector(scheme, num_classes, size=cfg.model, det_tokens=cfg.det_tokens,
+                               drop_path_rate=cfg.drop_path, **overrides).to(device)
+        check_detector_matches(model, scheme)
+    else:
+        model = build_model(scheme, num_classes, size=cfg.model, rpe=cfg.rpe, drop_path_rate=cfg.drop_path,
+                            **overrides).to(device)
+        check_model_matches(model, scheme)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
 
     global_batch = cfg.batch_size * world
-    lr = cfg.lr if cfg.lr is not None else 5e-4 * global_batch / 512
+    lr = cfg.lr if cfg.lr is not None else (1e-4 if detection else 5e-4 * global_batch / 512)
+    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else (1e-4 if detection else 0.05)
+    clip_grad = cfg.clip_grad if cfg.clip_grad is not None else (0.1 if detection else None)
     samples = cfg.samples_per_epoch or m["totals"]["written"]
     steps_per_epoch = max(1, (samples // world) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    opt = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay)
+    opt = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)
     sched = CosineLRScheduler(opt, t_initial=total_steps, lr_min=cfg.min_lr,
                               warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=lr * 1e-3,
                               t_in_epochs=False)
-    aug = build_augment(scheme, num_classes, cfg.aug_config if cfg.augment else {"enabled": False})
+    if detection:
+        from .det_augment import DetectionAugment
+        from .detection import SetCriterion
+
+        aug = DetectionAugment(scheme.out_cell, **(cfg.aug_config or {})) if cfg.augment else None
+        criterion = SetCriterion(num_classes)
+    else:
+        aug = build_augment(scheme, num_classes, cfg.aug_config if cfg.augment else {"enabled": False})
     amp = cfg.amp and device.type == "cuda"
     if cfg.decode not in ("auto", "workers", "device"):
         raise ValueError("decode must be auto, workers or device")
@@ -194,17 +235,30 @@ def train(cfg: TrainConfig, log=print) -> dict:
             t1 = time.perf_counter()
             t_wait += t1 - t0
             imgs = decode_on_device(imgs, device) if raw else imgs.to(device, non_blocking=True)
-            x = imgs.permute(0, 3, 1, 2).float().div_(255)
-            y = labels.to(device, non_blocking=True)
-            x, y_soft = aug(x, y, gen)
-            if cfg.label_smoothing:
-                y_soft = y_soft * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
-            x = (x - mean) / std
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = net(x)
-            loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            if detection:
+                targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in labels]
+                if aug is not None:  # per image: each moves its own boxes (a handful of small ops)
+                    moved = [aug(imgs[i], t["boxes"], t["labels"], gen) for i, t in enumerate(targets)]
+                    imgs = torch.stack([a[0] for a in moved])
+                    targets = [{"boxes": a[1], "labels": a[2]} for a in moved]
+                x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out_ = net(x)
+                loss = criterion({k: v.float() for k, v in out_.items()}, targets)["loss"]
+            else:
+                x = imgs.permute(0, 3, 1, 2).float().div_(255)
+                y = labels.to(device, non_blocking=True)
+                x, y_soft = aug(x, y, gen)
+                if cfg.label_smoothing:
+                    y_soft = y_soft * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
+                x = (x - mean) / std
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = net(x)
+                loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             opt.step()
             step += 1
             sched.step_update(step)
@@ -219,12 +273,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
                "loader_img_s": n_img * world / max(t_wait, 1e-9), "step_img_s": n_img * world / max(t_step, 1e-9),
                "wait_share": t_wait / max(t_wait + t_step, 1e-9)}
         if cfg.val and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            rec["val_top1"] = evaluate(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std, rank, world, amp,
-                                       raw)
+            if detection:
+                ap = evaluate_detection(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std,
+                                        label_to_category, rank, world, amp, raw)
+                rec.update({f"val_{k}": v for k, v in ap.items()})
+            else:
+                rec["val_top1"] = evaluate(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std, rank, world,
+                                           amp, raw)
         history.append(rec)
         if main_rank:
             log(_line(epoch, step, total_steps, rec["train_loss"], opt, n_img, t_wait, t_step, world)
-                + (f" | val top-1 {rec['val_top1']:.4f}" if "val_top1" in rec else ""))
+                + (f" | val top-1 {rec['val_top1']:.4f}" if "val_top1" in rec else "")
+                + (f" | val AP {rec['val_AP']:.4f}, AP50 {rec['val_AP50']:.4f}" if "val_AP" in rec else ""))
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -265,6 +325,31 @@ def evaluate(net, shards: str, batch_size: int, workers: int, device, mean, std,
         dist.all_reduce(total)
     net.train(was)
     return (correct.float() / total.clamp(min=1)).item()
+
+
+@torch.no_grad()
+def evaluate_detection(net, shards: str, batch_size: int, workers: int, device, mean, std, label_to_category,
+                       rank: int = 0, world: int = 1, amp: bool = False, raw: bool = False) -> dict:
+    """COCO AP of the detector on a validation OUT: every sample once (over ranks), predictions mapped back to
+    each image's original frame, gathered, and scored against the OUT's sanitised ground truth."""
+    from himr_pipe.storage import Location
+
+    from .detection import coco_evaluate, gather_results, postprocess
+
+    was = net.training
+    net.eval()
+    results = []
+    for imgs, targets in eval_loader(shards, batch_size, workers, rank, world, raw):
+        imgs = decode_on_device(imgs, device) if raw else imgs.to(device)
+        x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = net(x)
+        results += postprocess({k: v.float() for k, v in out.items()},
+                               [{**t["frame"], "image_id": t["image_id"]} for t in targets], label_to_category)
+    results = gather_results(results)
+    gt = Location(shards).read_json(read_manifest(shards)["detection"]["ground_truth"]["file"])
+    net.train(was)
+    return coco_evaluate(gt, results)
 
 
 def _max_label(shards: str) -> int:
