@@ -303,11 +303,13 @@ def sample_data_cmd(ctx, dest, task, per_class, train_images, val_images, seed):
 @click.option("--decode", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
               help="Where JPEG shards are decoded: in the loader workers (CPU) or in one batched call on the device "
                    "(nvJPEG on a GPU). auto: device on a GPU.")
+@click.option("--eval-every", type=int, default=1, show_default=True,
+              help="Evaluate on --val every N epochs (and after the last).")
 @click.option("--stop-after", type=int, default=None,
               help="End this run after N epochs (for time-boxed jobs); --resume continues it exactly.")
 def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs, batch_size, lr, weight_decay,
               clip_grad, det_tokens, warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
-              samples_per_epoch, resume, decode, stop_after):
+              samples_per_epoch, resume, decode, eval_every, stop_after):
     """Train on encrypted SHARDS (an OUT folder of encrypt-shards), streaming: a classifier, or PEYOLOS when the
     shards are detection shards (COCO AP on --val).
 
@@ -322,7 +324,7 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
                       warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                       drop_path=drop_path, augment=aug, workers=workers, seed=seed, device=device, amp=amp,
                       log_interval=log_interval, samples_per_epoch=samples_per_epoch, resume=resume,
-                      stop_after=stop_after, decode=decode)
+                      stop_after=stop_after, decode=decode, eval_every=eval_every)
     try:
         res = train(cfg, log=lambda s: click.echo(f"himr-pipe train: {s}"))
     except (DataError, ValueError) as e:

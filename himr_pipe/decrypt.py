@@ -50,6 +50,7 @@ class OwnerView:
     shards: dict  # shard file name -> per-shard state record (index, planned, written...)
     state_dir: str
     source_root: str | None = None  # where SRC was when encrypt-shards ran (the owner's plain images)
+    source_annotations: str | None = None  # detection: its COCO instances JSON
 
 
 def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
@@ -72,7 +73,7 @@ def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
         raise DecryptError(f"the owner state at {state} belongs to a different job ({'; '.join(diff[:3])})")
     shards = ostate.shards()
     return OwnerView(out, m, man.scheme, man.ext, jstate["key"], shards, str(state),
-                     jstate.get("source", {}).get("root"))
+                     jstate.get("source", {}).get("root"), jstate.get("source", {}).get("annotations"))
 
 
 def true_permutations(view: OwnerView, shard: str, keys: list[str]) -> dict[str, np.ndarray]:

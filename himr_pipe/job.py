@@ -299,7 +299,8 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
             key = keys.key_from_seed(seed) if seed is not None else keys.new_key()
             jstate = {"job": job, "key": key, "seed_check": keys.seed_digest(seed, key) if seed is not None else None,
                       "source": {"kind": source.kind, "root": _abs(src), "fingerprint": source.fingerprint,
-                                 "inputs": len(source.inputs)},
+                                 "inputs": len(source.inputs),
+                                 **({"annotations": _abs(source.detection.annotations)} if source.detection else {})},
                       "out": _abs(out)}
             ostate.start(jstate)
     else:

@@ -111,10 +111,7 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
     outl.write_json(MANIFEST, manifest)  # last: after every shard and the split file
     secs = time.time() - t0  # the run's own time; the quick audit's is recorded with its figures
     msgs = []
-    if complete and cfg.task == "detection" and opts.audit_samples > 0 and cfg.scheme.kind != "none":
-        msgs.append("no quick audit for detection yet (the audit rebuilds plain images of folder and tar "
-                    "sources only); MI keeps every patch in place, so a blurred picture of each image remains")
-    elif complete and opts.audit_samples > 0 and cfg.scheme.kind != "none" and manifest["totals"]["written"]:
+    if complete and opts.audit_samples > 0 and cfg.scheme.kind != "none" and manifest["totals"]["written"]:
         # after the complete manifest is on disk: an interrupted audit never leaves OUT unfinished
         manifest["audit"] = quick_audit(out, str(state), opts.audit_samples, source, msgs)
         outl.write_json(MANIFEST, manifest)

@@ -8,6 +8,7 @@ a typical ImageNet file. Deterministic for a given seed.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -337,3 +338,30 @@ def make_detection_sample(root: str | os.PathLike, train_images: int = 24, val_i
     counts["images"] = counts["train_images"] + counts["val_images"]
     counts["annotations"] = counts["train_annotations"] + counts["val_annotations"]
     return counts
+
+
+def make_rect_detection(root, images: int = 4, seed: int = 0, folder: str = "imgs"):
+    """A trivially learnable COCO set: ``images`` pictures (landscape, portrait, square) of dark noise with one
+    or two solid rectangles, red (category 3) or green (category 7), with exact boxes; in
+    ``root/folder`` and ``root/annotations/instances_{folder}.json``. For smoke tests and the detection
+    benchmark, where a tiny detector must learn within a CPU budget; returns the images folder."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    (root / folder).mkdir(parents=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    imgs, anns = [], []
+    for i in range(images):
+        w, h = [(128, 96), (96, 128), (112, 112)][i % 3]
+        a = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        for j in range(1 + i % 2):
+            bw, bh = int(rng.integers(24, 56)), int(rng.integers(24, 56))
+            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            cat = (3, 7)[(i + j) % 2]
+            a[y:y + bh, x:x + bw] = (240, 30, 30) if cat == 3 else (30, 230, 30)
+            anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": cat, "bbox": [x, y, bw, bh],
+                         "area": bw * bh, "iscrowd": 0})
+        Image.fromarray(a).save(root / folder / f"{i:05d}.png")
+        imgs.append({"id": 100 + i, "file_name": f"{i:05d}.png", "width": w, "height": h})
+    (root / "annotations" / f"instances_{folder}.json").write_text(json.dumps(
+        {"images": imgs, "annotations": anns, "categories": [{"id": 3, "name": "red"}, {"id": 7, "name": "green"}]}))
+    return root / folder

@@ -219,3 +219,16 @@ def test_the_torchvision_decoder_letterboxes_to_the_same_geometry(coco, tmp_path
         assert d.mean() < 3.0
         rw, rh = x["frame"]["resized"]
         assert d[rh:].max(initial=0) == 0 and d[:, rw:].max(initial=0) == 0  # the same black padding
+
+
+def test_the_quick_audit_runs_on_detection_and_says_mi_keeps_a_picture(coco, tmp_path):
+    """The audit rebuilds the plain images through the COCO source and the letterbox geometry; MI keeps every
+    patch in place, so the attacker's picture comes back and the setting is over the leak budget."""
+    out = tmp_path / "out"
+    r = encrypt(coco / "val2017", out, "--seed", "1", "--size", "256", audit=True)
+    a = manifest(out)["audit"]
+    assert "error" not in a and a["samples"] == 4 and a["meets_budget"] is False
+    assert a["mean"]["direct_accuracy"] == 1.0  # positions kept
+    assert "OVER the leak budget" in r.output
+    rep = cli("audit", out, "--report", tmp_path / "rep", "--samples", "4", "--state-dir", f"{out}.state").output
+    assert "mi P=16" in rep  # himr-pipe audit finds the COCO annotations from the owner state

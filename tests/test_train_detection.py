@@ -7,47 +7,22 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import cli, encrypt
+
+from himr_pipe.sample_data import make_rect_detection
 
 TINY = ("--embed-dim", "64", "--depth", "2", "--heads", "2", "--det-tokens", "10", "--batch-size", "4",
         "--workers", "0", "--warmup-epochs", "0", "--log-interval", "50", "--lr", "1e-3")
 
 
-def _rect_coco(root: Path, n: int = 4, seed: int = 0) -> Path:
-    """``n`` images (landscape, portrait, square) of dark noise with one or two solid rectangles: red (id 3) and
-    green (id 7), exact boxes."""
-    rng = np.random.default_rng(seed)
-    (root / "imgs").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    images, anns = [], []
-    for i in range(n):
-        w, h = [(128, 96), (96, 128), (112, 112)][i % 3]
-        a = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-        for j in range(1 + i % 2):
-            bw, bh = int(rng.integers(24, 56)), int(rng.integers(24, 56))
-            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-            cat = (3, 7)[(i + j) % 2]
-            a[y:y + bh, x:x + bw] = (240, 30, 30) if cat == 3 else (30, 230, 30)
-            anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": cat, "bbox": [x, y, bw, bh],
-                         "area": bw * bh, "iscrowd": 0})
-        Image.fromarray(a).save(root / "imgs" / f"{i:03d}.png")
-        images.append({"id": 100 + i, "file_name": f"{i:03d}.png", "width": w, "height": h})
-    (root / "annotations" / "instances_imgs.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": 3, "name": "red"}, {"id": 7, "name": "green"}]}))
-    return root / "imgs"
-
-
 @pytest.fixture(scope="module")
 def det_shards(tmp_path_factory):
     base = tmp_path_factory.mktemp("det")
-    src = _rect_coco(base / "coco")
+    src = make_rect_detection(base / "coco", 4)
     outs = {}
     for scheme in ("mi", "none"):
         outs[scheme] = base / scheme

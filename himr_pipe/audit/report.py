@@ -45,10 +45,19 @@ def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tu
         if not root:
             return {}, "the owner state does not say where SRC was; pass --plain"
         try:
-            source = open_source(root)
+            if job.get("task") == "detection":
+                from ..coco import find_annotations, open_coco_source
+
+                ann = (view.source_annotations if root == view.source_root else None) or find_annotations(root)
+                if ann is None:
+                    return {}, "the COCO annotations of the plain images are not known; pass --plain"
+                source, _ = open_coco_source(root, ann)
+            else:
+                source = open_source(root)
         except SourceError as e:
             return {}, f"SRC is not readable ({e}); pass --plain"
     views = job.get("views", 1)
+    letterbox = job["resize"] == "letterbox"
     dec = make_decoder(job.get("decoder", "dali"), view.scheme.size, job["resize"], 1, 1, "cpu", views=views > 1)
     out = {}
     for shard, key, idx, ref in picks:
@@ -57,12 +66,20 @@ def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tu
         try:
             data = read_input(source.inputs[idx].loc)
             batch = DecodeBatch([data])
+            u = None
             if views > 1:
                 st = view.shards[shard]
                 pos = int(key.rsplit("_", 1)[1])
                 u = view_draws(view.key_hex, st["index"], st["planned"])[pos]
+            if views > 1 or letterbox:  # the worker's own geometry (worker._batches)
+                from ..boxes import letterbox_frame, view_frame
+
                 hdr = inspect_header(data)
-                batch = DecodeBatch([data], np.array([view_window(u, hdr.width, hdr.height)], np.float32))
+                win = None if u is None else view_window(u, hdr.width, hdr.height)
+                row = (win if not letterbox else
+                       (view_frame(win, hdr.width, hdr.height, view.scheme.size) if win is not None else
+                        letterbox_frame(hdr.width, hdr.height, view.scheme.size)).decoder_row())
+                batch = DecodeBatch([data], np.array([row], np.float32))
         except InputError as e:
             return {}, f"a plain source can't be read ({e.reason})"
         (_, imgs, bad), = list(dec.run([batch]))
