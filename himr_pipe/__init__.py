@@ -1,3 +1,3 @@
 """himr-pipe: encrypt image datasets into human-imperceptible, machine-recognizable shards."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -152,7 +152,9 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
         if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
             raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
         enc_name = resolve_encoder(encoder, fmt, device)
-        ifmt = choose_format(fmt, sch, quality, allow_420=enc_name != "torchvision")
+        tv = enc_name == "torchvision"  # nvJPEG writes 4:4:4 only; torchvision's CPU encoder 4:2:0 only
+        ifmt = choose_format(fmt, sch, quality, allow_420=not tv or device == "cpu",
+                             only="420" if tv and device == "cpu" else None)
         cfg = JobConfig(sch, ifmt, resize, shard_size, split, shuffle, seed is not None, include_paths,
                         max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES, decoder, enc_name, views,
                         task, keep_image_ids)
@@ -351,7 +353,6 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
 def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
     """Write a picture of IMAGE and its encrypted forms (plain | RS | MI | MI-SHUFFLE) to OUT_PNG, to look before a run."""
     import numpy as np
-    import torch
     from PIL import Image
 
     from .audit.mi_inverse import full_size
@@ -372,9 +373,9 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
     (_, imgs, bad), = list(DaliDecoder((h, w), resize, 1, 1).run([[data]]))
     if bad:
         _fail_usage(f"{image}: {bad[0]}")
-    x = torch.from_numpy(imgs)
+    x = imgs
     key = keys.key_from_seed(seed) if seed is not None else keys.new_key()
-    panels = [imgs[0]]
+    panels = [imgs[0].numpy()]
     for s in schemes:
         perms = None
         if s.shuffled:

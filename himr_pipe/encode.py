@@ -70,10 +70,12 @@ class ImageFormat:
         return buf.getvalue()
 
 
-def choose_format(name: str, scheme: Scheme, quality: int = 90, allow_420: bool = True) -> ImageFormat:
+def choose_format(name: str, scheme: Scheme, quality: int = 90, allow_420: bool = True,
+                  only: str | None = None) -> ImageFormat:
     """The output format for ``scheme``, with JPEG settings that keep blocks inside patches.
 
-    ``allow_420=False`` for encoders that write 4:4:4 only (torchvision's nvJPEG).
+    ``allow_420=False`` for encoders that write 4:4:4 only (torchvision's nvJPEG); ``only="420"`` for an
+    encoder that writes 4:2:0 only (torchvision's CPU ``encode_jpeg``): refused where the scheme needs 4:4:4.
     """
     if name not in FORMATS:
         raise FormatError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")
@@ -94,6 +96,9 @@ def choose_format(name: str, scheme: Scheme, quality: int = 90, allow_420: bool 
         )
     if sub == "420" and (h % 16 or w % 16 or not allow_420):
         sub = "444"
+    if only is not None and sub != only:
+        raise FormatError(f"this JPEG encoder writes {only} only, and scheme {scheme.name} at "
+                          f"{h}x{w} with a stored cell of {cell} needs {sub}; use --encoder cpu")
     return ImageFormat("jpeg", quality, sub)
 
 
@@ -118,7 +123,9 @@ class CpuEncoder:
 
 
 class TorchvisionJpegEncoder:
-    """torchvision's ``encode_jpeg`` (nvJPEG on CUDA tensors): always 4:4:4.
+    """torchvision's ``encode_jpeg``: nvJPEG on CUDA tensors, always 4:4:4; libjpeg on CPU tensors (the
+    tests' stand-in), always 4:2:0. The format must say which (:func:`subsampling_of`), so that the job
+    record tells the truth.
 
     torchvision runs nvJPEG on a stream of its own. Known bugs of GPU codecs
     come from reading an input the producing stream has not finished, so the
@@ -129,14 +136,18 @@ class TorchvisionJpegEncoder:
     name = "torchvision"
 
     def __init__(self, fmt: ImageFormat):
-        if fmt.name != "jpeg" or fmt.subsampling != "444":
-            raise FormatError("the torchvision encoder writes JPEG 4:4:4 only")
+        if fmt.name != "jpeg":
+            raise FormatError("the torchvision encoder writes JPEG only")
         self.fmt = fmt
 
     def encode(self, batch) -> list[bytes]:
         import torch
         from torchvision.io import encode_jpeg
 
+        want = "444" if batch.is_cuda else "420"
+        if self.fmt.subsampling != want:
+            raise FormatError(f"torchvision's encode_jpeg writes {want} on this device, the job says "
+                              f"{self.fmt.subsampling}")
         chw = list(batch.permute(0, 3, 1, 2).contiguous().unbind(0))
         if batch.is_cuda:
             torch.cuda.synchronize(batch.device)

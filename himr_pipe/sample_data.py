@@ -50,21 +50,36 @@ def random_view(photo: np.ndarray, rng: np.random.Generator, size: tuple[int, in
     return Image.fromarray(np.ascontiguousarray(crop)).resize((tw, th), Image.BILINEAR)
 
 
-def make_sample_folder(root: str | os.PathLike, per_class: int = 8, size: tuple[int, int] = (500, 375),
+def imagenet_like_size(rng: np.random.Generator) -> tuple[int, int]:
+    """A (W, H) drawn like ImageNet's: 500x375 (its most common size) two times in five, else each side
+    uniform in 333..640, so a batch of 64 holds dozens of distinct sizes and both orientations
+    (``random_view`` turns a fifth of all images to portrait)."""
+    if rng.random() < 0.4:
+        return (500, 375)
+    return (int(rng.integers(333, 641)), int(rng.integers(333, 641)))
+
+
+def make_sample_folder(root: str | os.PathLike, per_class: int = 8, size: tuple[int, int] | str = (500, 375),
                        quality: int = 90, seed: int = 0, classes: list[str] | None = None) -> dict:
-    """Write ``per_class`` JPEGs for each class under ``root/<class>/``; returns counts."""
+    """Write ``per_class`` JPEGs for each class under ``root/<class>/``; returns counts.
+
+    ``size``: (W, H) for every image, or ``"imagenet"`` for a size per image from
+    :func:`imagenet_like_size` (what a benchmark should run on: per-size work shows there).
+    """
     root = Path(root)
     rng = np.random.default_rng(seed)
     photos = load_photos()
     names = classes or sorted(photos)
-    n = 0
+    n, sizes = 0, set()
     for cls in names:
         d = root / cls
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            random_view(photos[cls], rng, size).save(d / f"{cls}_{i:05d}.jpg", quality=quality)
+            im = random_view(photos[cls], rng, imagenet_like_size(rng) if size == "imagenet" else size)
+            im.save(d / f"{cls}_{i:05d}.jpg", quality=quality)
+            sizes.add(im.size)
             n += 1
-    return {"classes": len(names), "images": n}
+    return {"classes": len(names), "images": n, "sizes": len(sizes)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from .sources import InputError, read_input
 from .storage import Location
 
 if TYPE_CHECKING:
+    import torch
+
     from .job import JobConfig
 
 # tests: "kill-after=N" SIGKILLs the worker process after N samples; "kill-once-after=N:MARKER" does so only
@@ -92,6 +94,7 @@ class ShardWorker:
         self.kernels = kernels
         self.decoder = make_decoder(cfg.decoder, cfg.scheme.size, cfg.resize, batch_size, threads, device,
                                     views=cfg.views > 1)
+        self.buffers = BufferPool(batch_size)
         self.encoder = make_encoder(cfg.encoder, cfg.fmt, threads, device)
         self.progress = progress
         s = cfg.scheme
@@ -106,9 +109,12 @@ class ShardWorker:
             self.kill_after = None if os.path.exists(self.kill_marker) else int(n)
         self.done_samples = 0
 
-    def _batches(self, items, skipped: list, draws: np.ndarray | None = None):
-        """Read and screen inputs; yield DecodeBatches whose tag lists the ScreenedSamples they hold."""
+    def _batches(self, items, skipped: list, draws: np.ndarray | None = None, timing: dict | None = None):
+        """Read and screen inputs; yield DecodeBatches whose tag lists the ScreenedSamples they hold
+        (``timing["read"]``: seconds spent here, waits for the consumer excluded)."""
         cfg = self.cfg
+        clock = time.perf_counter
+        t_read = clock()
 
         letterbox = cfg.resize == "letterbox"
 
@@ -141,8 +147,13 @@ class ShardWorker:
                 wins.append(view_window(draws[it.pos], hdr.width, hdr.height))
             screened.append(ScreenedSample(it, hdr, frame))
             if len(data) == self.batch_size:
+                if timing is not None:
+                    timing["read"] += clock() - t_read
                 yield batch(data, screened, wins)
+                t_read = clock()
                 data, screened, wins = [], [], []
+        if timing is not None:
+            timing["read"] += clock() - t_read
         if data:
             yield batch(data, screened, wins)
 
@@ -152,6 +163,11 @@ class ShardWorker:
         return n
 
     def run(self, task: ShardTask) -> dict:
+        """Write shard ``task`` and return its stats. Four stages overlap, each in its own thread: reading and
+        screening (the reader, up to two batches ahead), decoding (DALI's threads; the CPU resize of batch i
+        runs while batch i+1 decodes), encryption (this thread), and encoding + the tar sink (the sink thread,
+        which encodes in the encoder's pool and writes a batch at a time). Queues between them are short,
+        so memory stays bounded; batch buffers are reused (:class:`BufferPool`)."""
         import torch
 
         from himr_pipe.kernels import encrypt, make_permutations
@@ -167,67 +183,18 @@ class ShardWorker:
         writer = ShardWriter(self.out, task.name)
         skipped: list[tuple[int, str, str]] = []
         written: list[tuple[str, int, str]] = []
-        count = {"upscaled": 0, "reported": 0}
-        # seconds per stage, kept in the owner's state: where a shard's time went
-        timing = {"read_decode": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0}
-        ext = cfg.fmt.ext
+        count = {"upscaled": 0, "reported": 0, "boxes": 0, "boxes_cut": 0}
+        # seconds per stage, kept in the owner's state: where a shard's time went. The stages overlap, so
+        # these are busy times of their own threads; "decode" is this thread's wait for the decoder.
+        timing = {"read": 0.0, "decode": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0}
         clock = time.perf_counter
-
-        detection = cfg.task == "detection"
-        count.update(boxes=0, boxes_cut=0)
-
-        def detection_json(sc: ScreenedSample) -> bytes:
-            """The sample's targets: non-crowd boxes on the canvas (normalised cxcywh), labels, and the frame."""
-            from .boxes import boxes_to_canvas
-
-            t, it = sc.sample.target, sc.sample
-            idx = [i for i, c in enumerate(t.crowd) if not c]
-            b, keep = boxes_to_canvas([t.boxes[i] for i in idx], sc.frame)
-            count["boxes"] += len(keep)
-            count["boxes_cut"] += len(idx) - len(keep)
-            d = {**self.sample_meta, "image_id": int(it.image_id),
-                 "boxes": [[round(float(v), 6) for v in r] for r in b],
-                 "labels": [int(t.labels[idx[k]]) for k in keep], "frame": sc.frame.to_dict()}
-            if cfg.views > 1:
-                d["view"] = it.view
-            if cfg.include_paths:
-                d["source"] = it.ref
-            return json.dumps(d).encode()
-
-        def sink(enc, meta, n_bad):
-            """Encode and write one batch, in batch order."""
-            if meta:
-                t1 = clock()
-                blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
-                t2 = clock()
-                timing["encode"] += t2 - t1
-                for sc, blob in zip(meta, blobs):
-                    it = sc.sample
-                    key = f"{task.index:06d}_{it.pos:06d}"
-                    if detection:
-                        members = {ext: blob, "json": detection_json(sc)}
-                    else:
-                        members = {ext: blob, "cls": str(it.label).encode(), "json": self.sample_json}
-                    if not detection and (cfg.include_paths or cfg.views > 1):
-                        extra = {"view": it.view} if cfg.views > 1 else {}
-                        if cfg.include_paths:
-                            extra["source"] = it.ref
-                        members["json"] = json.dumps({**self.sample_meta, **extra}).encode()
-                    writer.add(key, members)
-                    written.append((key, it.index, it.ref))
-                    count["upscaled"] += _upscaled(sc.header, s.size, cfg.resize)
-                timing["write"] += clock() - t2
-                self.done_samples += len(meta)
-            count["reported"] += self._report(len(meta) + n_bad)
-            if self.kill_after is not None and self.done_samples >= self.kill_after:
-                if self.kill_marker:
-                    open(self.kill_marker, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)
-
+        reader = Prefetch(self._batches(task.items, skipped, draws, timing), depth=2)
+        sink = Sink(self._sink_batch, depth=2)
+        args = (task, writer, written, count, timing)
         try:
             t = clock()
-            for batch, images, bad in self.decoder.run(self._batches(task.items, skipped, draws)):
-                timing["read_decode"] += clock() - t
+            for batch, images, bad in self.decoder.run(reader, alloc=self.buffers.allocator(s.size)):
+                timing["decode"] += clock() - t
                 meta = batch.tag  # the ScreenedSamples of this batch, in batch order
                 for j in sorted(bad):
                     skipped.append((meta[j].sample.index, meta[j].sample.ref, bad[j]))
@@ -235,22 +202,23 @@ class ShardWorker:
                 enc = None
                 if meta:
                     t = clock()
-                    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
-                    x = x.to(self.device)
+                    x = images.to(self.device)
                     perms = None
                     if perm_keys is not None:
                         rows = torch.from_numpy(perm_keys[[m.sample.pos for m in meta]]).to(self.device,
                                                                                              non_blocking=True)
                         perms = make_permutations(rows)
-                    enc = encrypt(s, x, perms, impl=self.kernels)
+                    out = None if s.kind == "none" else self.buffers.take(len(meta), s.out_size, self.device)
+                    enc = encrypt(s, x, perms, impl=self.kernels, out=out)
                     timing["encrypt"] += clock() - t
-                # No sink thread: measured, encoding and writing in a thread of their own (overlapping the
-                # next batch) ran no faster on the CPU or on an H100 (the GIL; DALI already decodes ahead).
-                sink(enc, meta, len(bad))
+                sink.put((enc, meta, len(bad), images), *args)
                 t = clock()
+            sink.close()
             self._report(len(task.items) - count["reported"])  # inputs rejected before decoding
             info = writer.commit()
         except BaseException:
+            reader.stop()
+            sink.stop()
             writer.abort()
             raise
         stats = {
@@ -259,7 +227,7 @@ class ShardWorker:
             "written": written, "skipped": sorted(skipped), "seconds": timing,
             "inputs_written": sorted({w[1] for w in written}),
         }
-        if detection:
+        if cfg.task == "detection":
             stats.update(boxes=count["boxes"], boxes_cut=count["boxes_cut"])
         if info.samples == 0:
             writer.abort()  # an empty tar helps no reader; the stats still account for every input
@@ -267,6 +235,199 @@ class ShardWorker:
         else:
             writer.publish()
         return stats
+
+    def _sink_batch(self, item, task, writer, written, count, timing) -> None:
+        """The sink thread's work for one batch, in batch order: encode, build the members, write them."""
+        enc, meta, n_bad, images = item
+        cfg, clock = self.cfg, time.perf_counter
+        if meta:
+            t1 = clock()
+            blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
+            t2 = clock()
+            timing["encode"] += t2 - t1
+            self.buffers.give_back(images, enc)
+            for sc, blob in zip(meta, blobs):
+                it = sc.sample
+                key = f"{task.index:06d}_{it.pos:06d}"
+                if cfg.task == "detection":
+                    members = {cfg.fmt.ext: blob, "json": self._detection_json(sc, count)}
+                else:
+                    members = {cfg.fmt.ext: blob, "cls": str(it.label).encode(), "json": self.sample_json}
+                    if cfg.include_paths or cfg.views > 1:
+                        extra = {"view": it.view} if cfg.views > 1 else {}
+                        if cfg.include_paths:
+                            extra["source"] = it.ref
+                        members["json"] = json.dumps({**self.sample_meta, **extra}).encode()
+                writer.add(key, members)
+                written.append((key, it.index, it.ref))
+                count["upscaled"] += _upscaled(sc.header, cfg.scheme.size, cfg.resize)
+            writer.flush()
+            timing["write"] += clock() - t2
+            self.done_samples += len(meta)
+        count["reported"] += self._report(len(meta) + n_bad)
+        if self.kill_after is not None and self.done_samples >= self.kill_after:
+            if self.kill_marker:
+                open(self.kill_marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _detection_json(self, sc: ScreenedSample, count: dict) -> bytes:
+        """The sample's targets: non-crowd boxes on the canvas (normalised cxcywh), labels, and the frame."""
+        from .boxes import boxes_to_canvas
+
+        cfg = self.cfg
+        t, it = sc.sample.target, sc.sample
+        idx = [i for i, c in enumerate(t.crowd) if not c]
+        b, keep = boxes_to_canvas([t.boxes[i] for i in idx], sc.frame)
+        count["boxes"] += len(keep)
+        count["boxes_cut"] += len(idx) - len(keep)
+        d = {**self.sample_meta, "image_id": int(it.image_id),
+             "boxes": [[round(float(v), 6) for v in r] for r in b],
+             "labels": [int(t.labels[idx[k]]) for k in keep], "frame": sc.frame.to_dict()}
+        if cfg.views > 1:
+            d["view"] = it.view
+        if cfg.include_paths:
+            d["source"] = it.ref
+        return json.dumps(d).encode()
+
+
+class BufferPool:
+    """Batch buffers, reused: the decoder resizes into one, encryption writes into another, and the sink
+    gives both back once the batch is encoded. A buffer is taken free or made (so nothing ever waits on
+    the pool); the queues between the stages bound how many batches are in flight, and so how many
+    buffers exist (about five of each kind). Reuse keeps the hot path free of allocations: a fresh
+    150 KB-per-image tensor costs page faults on every batch."""
+
+    def __init__(self, batch_size: int):
+        import threading
+
+        self.batch_size = batch_size
+        self.free: dict[tuple, list] = {}
+        self.lock = threading.Lock()
+
+    def take(self, n: int, size: tuple[int, int], device) -> "torch.Tensor":
+        """A (n, H, W, 3) uint8 view of a reused buffer on ``device``."""
+        import torch
+
+        key = (tuple(size), str(device))
+        with self.lock:
+            bufs = self.free.get(key)
+            buf = bufs.pop() if bufs else None
+        if buf is None or buf.shape[0] < n:
+            buf = torch.empty((max(n, self.batch_size), *size, 3), dtype=torch.uint8, device=device)
+        return buf[:n]
+
+    def allocator(self, size: tuple[int, int]):
+        """``alloc(n)`` for a decoder: its batches on the device it decodes to."""
+        return lambda n, device: self.take(n, size, device)
+
+    def give_back(self, *views) -> None:
+        """Return the buffers behind these batch views (each at most once; other tensors are ignored)."""
+        import torch
+
+        seen = set()
+        for v in views:
+            if not isinstance(v, torch.Tensor) or v.dim() != 4:
+                continue
+            base = v if v._base is None else v._base
+            if id(base) in seen or base.shape[0] < self.batch_size:
+                continue
+            seen.add(id(base))
+            with self.lock:
+                self.free.setdefault((tuple(base.shape[1:3]), str(base.device)), []).append(base)
+
+
+class Prefetch:
+    """Run a generator in a thread of its own, up to ``depth`` items ahead; its errors reach the consumer."""
+
+    _END = object()
+
+    def __init__(self, gen, depth: int = 2):
+        import queue
+        import threading
+
+        self.q: queue.Queue = queue.Queue(depth)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(gen,), daemon=True, name="himr-reader")
+        self.thread.start()
+
+    def _run(self, gen) -> None:
+        try:
+            for item in gen:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as e:
+            self._put((None, e))
+
+    def _put(self, x) -> bool:
+        import queue
+
+        while not self.stopped.is_set():
+            try:
+                self.q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        while True:
+            item, err = self.q.get()
+            if err is not None:
+                raise err
+            if item is self._END:
+                return
+            yield item
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class Sink:
+    """A thread that runs ``fn(item, *args)`` on what is put, in order, at most ``depth`` items behind;
+    an error there stops it and is raised in the producer at its next ``put`` or at ``close``."""
+
+    def __init__(self, fn, depth: int = 2):
+        import queue
+        import threading
+
+        self.fn = fn
+        self.q: queue.Queue = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="himr-sink")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            if self.error is None:
+                try:
+                    self.fn(*job)
+                except BaseException as e:
+                    self.error = e
+
+    def put(self, item, *args) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((item, *args))
+
+    def close(self) -> None:
+        """Wait for everything put to be done; raise the sink's error if there was one."""
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """After a failure elsewhere: let the thread finish without waiting for it (it drops what is left)."""
+        if self.error is None:
+            self.error = RuntimeError("stopped")
+        try:
+            self.q.put_nowait(None)
+        except Exception:
+            pass
 
 
 def view_window(u, width: int, height: int) -> tuple[float, float, float, float, float]:

@@ -29,24 +29,27 @@ def _module(x: torch.Tensor, impl: str):
 
 
 def encrypt(scheme: Scheme, x: torch.Tensor, perms: torch.Tensor | np.ndarray | None = None,
-            impl: str = "auto") -> torch.Tensor:
-    """Apply ``scheme`` to the uint8 NHWC batch ``x`` (already resized to scheme.size)."""
+            impl: str = "auto", out: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply ``scheme`` to the uint8 NHWC batch ``x`` (already resized to scheme.size).
+
+    ``out``: a contiguous uint8 (B, *scheme.out_size, C) tensor on x's device to write the result
+    into (the pipeline reuses its buffers: no allocation per batch); ``none`` returns ``x`` itself."""
     if tuple(x.shape[1:3]) != scheme.size:
         raise ValueError(f"batch images are {tuple(x.shape[1:3])}, scheme expects {scheme.size}")
     if scheme.kind == "none":
         return x
     mod = _module(x, impl)
-    y = mod.mi_mix(x, scheme.patch) if scheme.kind == "mi" else x
     if not scheme.shuffled:
-        return y
+        return mod.mi_mix(x, scheme.patch, out=out)
     if perms is None:
         raise ValueError(f"scheme {scheme.name} needs per-image permutations")
     perms = torch.as_tensor(perms).to(x.device, non_blocking=True)
     # mi-shuffle: the same RS kernel on the MI image's cells (P/2); both implementations compose
     # the same two kernels, so they stay bit-identical
-    y = mod.rs_permute(y, perms, scheme.out_cell)
+    y = mod.mi_mix(x, scheme.patch) if scheme.kind == "mi" else x
+    y = mod.rs_permute(y, perms, scheme.out_cell, out=out)
     if scheme.gap or scheme.drop:
-        y = y * defence_mask(scheme, x.device)
+        y.mul_(defence_mask(scheme, x.device))
     return y
 
 

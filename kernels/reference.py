@@ -30,8 +30,16 @@ def check_batch(x: torch.Tensor, patch: int) -> tuple[int, int, int, int]:
     return b, h, w, c
 
 
-def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int) -> torch.Tensor:
-    """RS: out patch j of image b is input patch perms[b, j].
+def check_out(out: torch.Tensor | None, shape: tuple, like: torch.Tensor) -> None:
+    """``out=`` must be a contiguous uint8 tensor of ``shape`` on ``like``'s device."""
+    if out is not None and (tuple(out.shape) != tuple(shape) or out.dtype != torch.uint8
+                            or out.device != like.device or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous uint8 tensor of shape {tuple(shape)} on {like.device}, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
+
+
+def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """RS: out patch j of image b is input patch perms[b, j] (written into ``out`` when given).
 
     Implemented as one gather of patch rows: a patch row (P*C contiguous
     bytes) of output slot j at row r comes from row r of the source patch.
@@ -51,18 +59,23 @@ def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int) -> torch.Tensor
     bb = torch.arange(b, device=dev).view(b, 1, 1, 1)
     rows = ((bb * gh + sy) * patch + r) * gw + sx  # (b, gh, P, gw): source row of each output row
     src = x.contiguous().view(-1, patch * c)
-    return src.index_select(0, rows.reshape(-1)).view(b, h, w, c)
+    check_out(out, x.shape, x)
+    if out is None:
+        return src.index_select(0, rows.reshape(-1)).view(b, h, w, c)
+    torch.index_select(src, 0, rows.reshape(-1), out=out.view(-1, patch * c))
+    return out
 
 
-def rs_unpermute(y: torch.Tensor, perms: torch.Tensor, patch: int) -> torch.Tensor:
+def rs_unpermute(y: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse of :func:`rs_permute` for the same ``perms`` (the owner's keyed decrypt)."""
     perms = torch.as_tensor(perms, device=y.device).long()
-    return rs_permute(y, torch.argsort(perms, dim=1), patch)
+    return rs_permute(y, torch.argsort(perms, dim=1), patch, out=out)
 
 
-def mi_mix(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """MI: mean of the 2x2 sub-patches of every patch; output is (H/2)x(W/2)."""
+def mi_mix(x: torch.Tensor, patch: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """MI: mean of the 2x2 sub-patches of every patch; output is (H/2)x(W/2) (written into ``out`` when given)."""
     b, h, w, c = check_batch(x, patch)
+    check_out(out, (b, h // 2, w // 2, c), x)
     if patch % 2:
         raise ValueError(f"MI needs an even patch size, got {patch}")
     s = patch // 2
@@ -71,4 +84,8 @@ def mi_mix(x: torch.Tensor, patch: int) -> torch.Tensor:
     rows = (v[:, :, 0] + v[:, :, 1]).view(b, gh, s, gw, 2, s * c)  # top + bottom sub-patch rows
     total = rows[:, :, :, :, 0] + rows[:, :, :, :, 1]              # + left and right: at most 1020
     total += 2
-    return (total >> 2).to(torch.uint8).view(b, h // 2, w // 2, c)
+    total >>= 2
+    if out is None:
+        return total.to(torch.uint8).view(b, h // 2, w // 2, c)
+    out.view(total.shape).copy_(total)
+    return out

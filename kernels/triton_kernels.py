@@ -1,23 +1,46 @@
 """Triton kernels for RS and MI on uint8 NHWC batches (the GPU path).
 
-Same signatures and bit-identical results as ``reference.py``:
+Same results, bit for bit, as ``reference.py``. Both kernels are flat streams over the OUTPUT: the
+batch's output is cut into equal chunks, each program handles a long run of consecutive chunks
+(``block`` of them, whatever images and rows they belong to), so every store is a full-width,
+coalesced write, and only the loads are gathered.
 
-* :func:`rs_permute` / :func:`rs_unpermute`: each program copies a PxP
-  patch row by row (a patch row is P*C contiguous bytes, moved as 4- or
-  2-byte words when they divide it) from its source slot to its destination
-  slot. The inverse swaps the two roles, so the owner's keyed decrypt is the
-  same kernel. (A variant with one program per (image, row within a patch),
-  writing whole output rows, measured slower on an H100: 0.70 of copy
-  bandwidth against 0.74, and 0.29 for the inverse, which needed a scatter.)
-* :func:`mi_mix`: each program writes a few output rows from the two input
-  rows behind each, ``(a + b + c + d + 2) >> 2`` per byte; four bytes at a
-  time (SWAR on int32 words) when a sub-patch row is a whole number of words,
-  else byte by byte.
+* :func:`rs_permute`: a chunk is the widest of 16, 8, 4, 2 or 1 bytes that divides a patch row
+  (P*C bytes) and to which both buffers are aligned: 16 bytes for P=16 and C=3 (3 chunks per patch
+  row), 8 for P=8 and C=3, 1 for odd P*C. Chunks of 4 bytes or more move as 1, 2 or 4 int32 lanes,
+  a ``[block, lanes]`` tile, so each thread loads and stores 16 contiguous bytes at once. For every
+  output chunk the kernel works out (image, output row, chunk in the row), hence its output slot j,
+  reads ``perms[b, j]`` (one small cached load, shared by all the chunks of a patch row) and copies
+  the chunk from the same place in that source patch. The image geometry is ``tl.constexpr``, so
+  divisions compile to multiplies and shifts; only the image index and the final addresses are
+  int64, so batches of any size are safe. An out-of-range entry of ``perms`` is clamped, so a bad
+  permutation gives a wrong image, never an out-of-bounds access.
+* :func:`rs_unpermute` is the same gather over the inverse permutation. The inverse
+  (``inv[b, perms[b, j]] = j``) is made on the device by one tiny Triton launch (one store per
+  patch, B*n_patches*4 bytes), so the owner's decrypt runs the same fast gather as the forward
+  instead of a scatter (an earlier scatter variant measured 0.29 of copy bandwidth on an H100).
+* :func:`mi_mix`: a chunk is the widest of 16, 8, 4, 2, 1 bytes dividing a sub-patch row
+  ((P/2)*C bytes). For each output chunk the kernel loads the four chunks behind it (left and right
+  sub-patch, top and bottom row) and writes ``(a + b + c + d + 2) >> 2`` per byte: on int32 lanes
+  with SWAR (even and odd bytes summed in separate 16-bit lanes, no carries between them) when the
+  chunk is 4 bytes or more, else on bytes.
 
-On a CUDA tensor they compile for the GPU. On a CPU tensor they run only
-under ``TRITON_INTERPRET=1`` (the CI's way of testing them; set it before
-this module is imported). Offsets are computed in int64, so batches of any
-size are safe.
+Every function takes ``out=``: a preallocated contiguous uint8 tensor of the result's shape on the
+input's device (not overlapping the input), written and returned, so a caller that reuses its
+buffers does not allocate on the hot path. The forward RS is one launch; the inverse is two (the
+tiny inverse-permutation kernel, which allocates its B x n_patches int32 result, then the gather).
+
+The launch shapes (``RS_BLOCK``/``RS_NUM_WARPS``, ``MI_BLOCK``/``MI_NUM_WARPS``) are NOT tuned:
+they are reasoned defaults (8 chunks per thread for RS, 4 for MI) until ``benchmarks/gpu_check.py``'s
+sweep measures them on a device; every function takes ``block=`` and ``num_warps=`` overrides for
+that sweep. This design has not been timed on a GPU yet. What was checked without one: compiled
+offline for sm_90, the P=16, C=3 kernels use 16-byte loads and stores for RS (8-byte for MI), no
+shared memory, no spills (56 and 32 registers per thread). (The previous one-patch-per-program
+kernels measured 0.74 of copy bandwidth for RS, 0.69 for its inverse and 0.82 for MI at batch 256
+of 224x224x3 on an H100; see benchmarks/RESULTS.md.)
+
+On a CUDA tensor they compile for the GPU. On a CPU tensor they run only under
+``TRITON_INTERPRET=1`` (the CI's way of testing them; set it before this module is imported).
 """
 
 from __future__ import annotations
@@ -28,171 +51,237 @@ import triton.language as tl
 
 from .reference import check_batch
 
-
-@triton.jit
-def _rs_kernel(x_ptr, y_ptr, perm_ptr, total, n_patches, grid_w, row_words, img_words,
-               P: tl.constexpr, PW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-               PATCHES: tl.constexpr, INVERSE: tl.constexpr):
-    """Copy PATCHES patches per program; a patch row is PW words (the widest of 4, 2 or 1 bytes
-    that divides P*C), so a row moves as a few wide loads instead of P*C byte loads."""
-    r = tl.arange(0, BLOCK_R)[:, None]
-    q = tl.arange(0, BLOCK_C)[None, :]
-    tile = (r < P) & (q < PW)
-    for i in range(PATCHES):
-        pid = tl.program_id(0) * PATCHES + i
-        live = pid < total
-        pid = tl.minimum(pid, total - 1)
-        b = (pid // n_patches).to(tl.int64)
-        j = pid % n_patches
-        k = tl.load(perm_ptr + pid).to(tl.int32)
-        if INVERSE:
-            src = j
-            dst = k
-        else:
-            src = k
-            dst = j
-        sy = src // grid_w
-        sx = src % grid_w
-        dy = dst // grid_w
-        dx = dst % grid_w
-        base = b * img_words
-        src_off = base + (sy * P + r).to(tl.int64) * row_words + sx * PW + q
-        dst_off = base + (dy * P + r).to(tl.int64) * row_words + dx * PW + q
-        mask = tile & live
-        v = tl.load(x_ptr + src_off, mask=mask)
-        tl.store(y_ptr + dst_off, v, mask=mask)
+# Launch shapes, to be tuned by benchmarks/gpu_check.py's sweep on the device (untuned until then).
+# ``block`` counts output chunks per program (a power of two); chunks per thread = block / (32 * warps).
+RS_BLOCK = 1024       # 16 KiB of output per program with 16-byte chunks
+RS_NUM_WARPS = 4
+MI_BLOCK = 512        # 4 KiB of output (16 KiB read) per program with 8-byte chunks (P=16, C=3)
+MI_NUM_WARPS = 4
+INV_BLOCK = 1024      # max patches per program of the tiny inverse-permutation kernel
 
 
 @triton.jit
-def _mi_kernel(x_ptr, y_ptr, out_h, row_in, row_out, img_in, img_out,
-               S: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = (pid // out_h).to(tl.int64)
-    oy = pid % out_h
-    gy = oy // S
-    r = oy % S
-    r0 = (gy * 2 * S + r).to(tl.int64)
-    j = tl.arange(0, BLOCK)
-    mask = j < row_out
-    ox = j // C
-    c = j % C
-    gx = ox // S
-    q = ox % S
-    col0 = (gx * 2 * S + q) * C + c
-    col1 = col0 + S * C
-    top = x_ptr + b * img_in + r0 * row_in
-    bot = top + S * row_in
-    a0 = tl.load(top + col0, mask=mask, other=0).to(tl.int32)
-    a1 = tl.load(top + col1, mask=mask, other=0).to(tl.int32)
-    a2 = tl.load(bot + col0, mask=mask, other=0).to(tl.int32)
-    a3 = tl.load(bot + col1, mask=mask, other=0).to(tl.int32)
-    out = (a0 + a1 + a2 + a3 + 2) >> 2
-    tl.store(y_ptr + b * img_out + oy.to(tl.int64) * row_out + j, out.to(tl.uint8), mask=mask)
+def _block_chunks(total, IMG: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's BLOCK consecutive output chunks (of IMG per image): (start, i, image of each chunk
+    (int64), chunk within its image, live). The image index is found once per program in int64; a block
+    may run on into the next images."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    b0 = start // IMG
+    first = (start - b0 * IMG).to(tl.int32)
+    i = tl.arange(0, BLOCK)
+    live = i < tl.minimum(total - start, BLOCK).to(tl.int32)
+    loc = first + i
+    db = loc // IMG
+    return start, i, b0 + db, loc - db * IMG, live
 
 
 @triton.jit
-def _mi_words_kernel(x_ptr, y_ptr, total_rows, out_h, row_in, row_out, img_in, img_out,
-                     S: tl.constexpr, SW: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
-    """MI on int32 words (4 bytes at a time, SWAR) when a sub-patch row is a whole number of words.
+def _rs_kernel(x_ptr, y_ptr, perm_ptr, total,
+               IMG: tl.constexpr, ROW: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
+               GW: tl.constexpr, NP: tl.constexpr, LANES: tl.constexpr, BLOCK: tl.constexpr):
+    """out chunk g <- the chunk at the same place in source patch perms[b, slot(g)].
 
-    A program writes ROWS consecutive output rows as one 2-D tile. Even and odd
-    bytes of a word are summed in separate 16-bit lanes (at most 4*255+2, no
-    carry between lanes), rounded and shifted there, then put back together.
+    Units are chunks of LANES elements. IMG: chunks per image; ROW: per image row; K: per patch
+    row; GW: patches per grid row; NP: patches per image.
     """
-    rid = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
-    j = tl.arange(0, BLOCK)[None, :]
-    m = (rid < total_rows) & (j < row_out)
-    b = (rid // out_h).to(tl.int64)
-    oy = rid % out_h
-    r0 = ((oy // S) * 2 * S + oy % S).to(tl.int64)
-    gx = j // SW
-    left = gx * 2 * SW + j % SW
-    top = x_ptr + b * img_in + r0 * row_in
-    bot = top + S * row_in
-    a0 = tl.load(top + left, mask=m, other=0)
-    a1 = tl.load(top + left + SW, mask=m, other=0)
-    a2 = tl.load(bot + left, mask=m, other=0)
-    a3 = tl.load(bot + left + SW, mask=m, other=0)
-    lo = 0x00FF00FF
-    even = (a0 & lo) + (a1 & lo) + (a2 & lo) + (a3 & lo) + 0x00020002
-    odd = ((a0 >> 8) & lo) + ((a1 >> 8) & lo) + ((a2 >> 8) & lo) + ((a3 >> 8) & lo) + 0x00020002
-    out = ((even >> 2) & lo) | (((odd >> 2) & lo) << 8)
-    tl.store(y_ptr + b * img_out + oy.to(tl.int64) * row_out + j, out, mask=m)
+    start, i, b, loc, live = _block_chunks(total, IMG, BLOCK)
+    row = loc // ROW
+    q = loc - row * ROW
+    gx = q // K
+    k = q - gx * K
+    gy = row // P
+    r = row - gy * P
+    src = tl.load(perm_ptr + b * NP + (gy * GW + gx), mask=live, other=0).to(tl.int32)
+    src = tl.minimum(tl.maximum(src, 0), NP - 1)
+    sy = src // GW
+    sx = src - sy * GW
+    src_chunk = b * IMG + ((sy * P + r) * ROW + sx * K + k)
+    lane = tl.arange(0, LANES)[None, :]
+    m = live[:, None]
+    v = tl.load(x_ptr + ((src_chunk * LANES)[:, None] + lane), mask=m)
+    # the stores' contiguity is capped at the chunk: with one lane the offsets run on down the rows,
+    # and the compiler would pick a store layout unlike the gathers' and convert through shared memory
+    dst = tl.max_contiguous(y_ptr + (((start + i) * LANES)[:, None] + lane), [1, LANES])
+    tl.store(dst, v, mask=m)
 
 
-def _word_view(t: torch.Tensor, nbytes: int):
-    """(view of t's rows as the widest words dividing nbytes, word size)."""
-    b = t.shape[0]
-    flat = t.reshape(b, -1)
-    for ws, dt in ((4, torch.int32), (2, torch.int16)):
-        if nbytes % ws == 0 and flat.shape[1] % ws == 0 and t.data_ptr() % ws == 0:
-            return flat.view(dt), ws
-    return flat, 1
+@triton.jit
+def _inverse_kernel(perm_ptr, inv_ptr, NP: tl.constexpr, BLOCK: tl.constexpr):
+    """inv[b, perms[b, j]] = j; program (b, t) does patches t*BLOCK .. t*BLOCK+BLOCK-1 of image b."""
+    b = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = j < NP
+    p = tl.load(perm_ptr + b * NP + j, mask=m, other=0).to(tl.int32)
+    tl.store(inv_ptr + b * NP + p, j, mask=m & (p >= 0) & (p < NP))
 
 
-# Launch shapes: the fastest in benchmarks/gpu_check.py's sweep on an H100 (benchmarks/RESULTS.md).
-# Small programs win: one patch (RS) or two rows (MI) per program, one warp each.
-RS_PATCHES_PER_PROGRAM = 1
-MI_ROWS_PER_PROGRAM = 2
-RS_NUM_WARPS = 1
-MI_NUM_WARPS = 1
+@triton.jit
+def _mi_kernel(x_ptr, y_ptr, total,
+               OIMG: tl.constexpr, OROW: tl.constexpr, SC: tl.constexpr, S: tl.constexpr,
+               LANES: tl.constexpr, SWAR: tl.constexpr, BLOCK: tl.constexpr):
+    """out chunk g <- rounded mean of the four input chunks behind it.
+
+    Units are chunks of LANES elements (int32 words when SWAR, else bytes). OIMG: output chunks per
+    image; OROW: per output row; SC: per sub-patch row. An input row is 2*OROW chunks, an input
+    image 4*OIMG.
+    """
+    start, i, b, loc, live = _block_chunks(total, OIMG, BLOCK)
+    oy = loc // OROW
+    oc = loc - oy * OROW
+    gy = oy // S
+    r = oy - gy * S
+    gx = oc // SC
+    q = oc - gx * SC
+    top = b * (4 * OIMG) + ((gy * (2 * S) + r) * (2 * OROW) + gx * (2 * SC) + q)
+    lane = tl.arange(0, LANES)[None, :]
+    m = live[:, None]
+    p00 = x_ptr + ((top * LANES)[:, None] + lane)   # top left; top right is SC chunks on, bottom S rows down
+    a0 = tl.load(p00, mask=m, other=0)
+    a1 = tl.load(p00 + SC * LANES, mask=m, other=0)
+    a2 = tl.load(p00 + S * 2 * OROW * LANES, mask=m, other=0)
+    a3 = tl.load(p00 + (S * 2 * OROW + SC) * LANES, mask=m, other=0)
+    if SWAR:
+        lo = 0x00FF00FF
+        even = (a0 & lo) + (a1 & lo) + (a2 & lo) + (a3 & lo) + 0x00020002
+        odd = ((a0 >> 8) & lo) + ((a1 >> 8) & lo) + ((a2 >> 8) & lo) + ((a3 >> 8) & lo) + 0x00020002
+        out = ((even >> 2) & lo) | (((odd >> 2) & lo) << 8)
+    else:
+        s = a0.to(tl.int32) + a1.to(tl.int32) + a2.to(tl.int32) + a3.to(tl.int32) + 2
+        out = (s >> 2).to(tl.uint8)
+    dst = tl.max_contiguous(y_ptr + (((start + i) * LANES)[:, None] + lane), [1, LANES])  # as in _rs_kernel
+    tl.store(dst, out, mask=m)
 
 
-def _rs(x: torch.Tensor, perms: torch.Tensor, patch: int, inverse: bool,
-        patches_per_program: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+def _chunk_bytes(nbytes: int, *tensors: torch.Tensor) -> int:
+    """The widest of 16, 8, 4, 2, 1 bytes that divides ``nbytes`` and the address of every tensor."""
+    for cb in (16, 8, 4, 2, 1):
+        if nbytes % cb == 0 and all(t.data_ptr() % cb == 0 and t.storage_offset() % cb == 0 for t in tensors):
+            return cb
+    return 1
+
+
+def _chunk_view(t: torch.Tensor, cb: int) -> tuple[torch.Tensor, int]:
+    """(flat view of the contiguous uint8 ``t`` as int32 words when chunks are >= 4 bytes, else bytes;
+    elements per chunk)."""
+    flat = t.reshape(-1)
+    if cb >= 4:
+        return flat.view(torch.int32), cb // 4
+    return flat, cb
+
+
+def _launch(block: int | None, default_block: int, num_warps: int | None, default_warps: int) -> tuple[int, int]:
+    blk = default_block if block is None else block
+    nw = default_warps if num_warps is None else num_warps
+    for name, v in (("block", blk), ("num_warps", nw)):
+        if not isinstance(v, int) or v < 1 or v & (v - 1):
+            raise ValueError(f"{name} must be a positive power of two, got {v!r}")
+    return blk, nw
+
+
+def _output(out: torch.Tensor | None, shape: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+    """``out`` checked against the result's shape, dtype and device (or a new tensor)."""
+    if out is None:
+        return torch.empty(shape, dtype=torch.uint8, device=x.device)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if out.dtype != torch.uint8 or tuple(out.shape) != tuple(shape) or out.device != x.device:
+        raise ValueError(f"out must be a uint8 tensor of shape {tuple(shape)} on {x.device}, "
+                         f"got {out.dtype} of shape {tuple(out.shape)} on {out.device}")
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    if out.numel() and x.numel():
+        a, n = x.data_ptr(), x.numel()
+        o, m = out.data_ptr(), out.numel()
+        if a < o + m and o < a + n:
+            raise ValueError("out must not overlap the input")
+    return out
+
+
+def _perms(perms, b: int, n: int, device: torch.device) -> torch.Tensor:
+    perms = torch.as_tensor(perms, device=device)
+    if perms.shape != (b, n):
+        raise ValueError(f"perms must have shape {(b, n)}, got {tuple(perms.shape)}")
+    if perms.dtype not in (torch.int32, torch.int64):  # the kernels read int32 or int64 as they are
+        perms = perms.to(torch.int64)
+    return perms.contiguous()
+
+
+def _inverse(perms: torch.Tensor) -> torch.Tensor:
+    """inv with inv[b, perms[b, j]] = j, on the device, by one small launch."""
+    b, n = perms.shape
+    inv = torch.empty((b, n), dtype=torch.int32, device=perms.device)
+    blk = min(triton.next_power_of_2(n), INV_BLOCK)
+    _inverse_kernel[(b, triton.cdiv(n, blk))](perms, inv, NP=n, BLOCK=blk, num_warps=4 if blk >= 512 else 1)
+    return inv
+
+
+def _rs(x: torch.Tensor, perms, patch: int, inverse: bool, *, out: torch.Tensor | None = None,
+        block: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     b, h, w, c = check_batch(x, patch)
-    gh, gw = h // patch, w // patch
-    perms = torch.as_tensor(perms, device=x.device).to(torch.int32).contiguous()
-    if perms.shape != (b, gh * gw):
-        raise ValueError(f"perms must have shape {(b, gh * gw)}, got {tuple(perms.shape)}")
+    gw = w // patch
+    n = (h // patch) * gw
+    perms = _perms(perms, b, n, x.device)
+    blk, nw = _launch(block, RS_BLOCK, num_warps, RS_NUM_WARPS)
     x = x.contiguous()
-    y = torch.empty_like(x)
-    if b == 0:
+    y = _output(out, (b, h, w, c), x)
+    if b == 0 or x.numel() == 0:
         return y
-    xv, ws = _word_view(x, patch * c)
-    yv = y.reshape(b, -1).view(xv.dtype)
-    pw = patch * c // ws
-    ppp = patches_per_program or RS_PATCHES_PER_PROGRAM
-    total = b * gh * gw
-    _rs_kernel[(triton.cdiv(total, ppp),)](
-        xv, yv, perms, total, gh * gw, gw, w * c // ws, h * w * c // ws,
-        P=patch, PW=pw, BLOCK_R=triton.next_power_of_2(patch), BLOCK_C=triton.next_power_of_2(pw),
-        PATCHES=ppp, INVERSE=inverse, num_warps=num_warps or RS_NUM_WARPS)
+    if inverse:
+        perms = _inverse(perms)
+    cb = _chunk_bytes(patch * c, x, y)
+    xv, lanes = _chunk_view(x, cb)
+    yv, _ = _chunk_view(y, cb)
+    k = patch * c // cb
+    img = h * w * c // cb
+    total = b * img
+    _rs_kernel[(triton.cdiv(total, blk),)](
+        xv, yv, perms, total, IMG=img, ROW=gw * k, K=k, P=patch, GW=gw, NP=n, LANES=lanes, BLOCK=blk,
+        num_warps=nw)
     return y
 
 
-def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int) -> torch.Tensor:
-    """RS: out patch j of image b is input patch perms[b, j] (as ``reference.rs_permute``)."""
-    return _rs(x, perms, patch, inverse=False)
+def rs_permute(x: torch.Tensor, perms, patch: int, *, out: torch.Tensor | None = None,
+               block: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """RS: out patch j of image b is input patch perms[b, j] (as ``reference.rs_permute``).
+
+    ``out``: optional preallocated contiguous uint8 tensor shaped like ``x`` (same device, not
+    overlapping ``x``), written and returned. ``block`` (output chunks per program, a power of two)
+    and ``num_warps`` override ``RS_BLOCK`` and ``RS_NUM_WARPS`` (for the tuning sweep).
+    """
+    return _rs(x, perms, patch, False, out=out, block=block, num_warps=num_warps)
 
 
-def rs_unpermute(y: torch.Tensor, perms: torch.Tensor, patch: int) -> torch.Tensor:
-    """Inverse of :func:`rs_permute` for the same ``perms``: a scatter by the same kernel."""
-    return _rs(y, perms, patch, inverse=True)
+def rs_unpermute(y: torch.Tensor, perms, patch: int, *, out: torch.Tensor | None = None,
+                 block: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """Inverse of :func:`rs_permute` for the same ``perms``: the same gather over the inverse
+    permutation (made on the device). Arguments as :func:`rs_permute`."""
+    return _rs(y, perms, patch, True, out=out, block=block, num_warps=num_warps)
 
 
-def mi_mix(x: torch.Tensor, patch: int, rows_per_program: int | None = None,
-           num_warps: int | None = None) -> torch.Tensor:
-    """MI: rounded-half-up mean of the 2x2 sub-patches (as ``reference.mi_mix``)."""
+def mi_mix(x: torch.Tensor, patch: int, *, out: torch.Tensor | None = None,
+           block: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """MI: rounded-half-up mean of the 2x2 sub-patches (as ``reference.mi_mix``).
+
+    ``out``: optional preallocated contiguous uint8 tensor of shape (B, H/2, W/2, C) on ``x``'s
+    device, written and returned. ``block`` (output chunks per program, a power of two) and
+    ``num_warps`` override ``MI_BLOCK`` and ``MI_NUM_WARPS`` (for the tuning sweep).
+    """
     b, h, w, c = check_batch(x, patch)
     if patch % 2:
         raise ValueError(f"MI needs an even patch size, got {patch}")
+    blk, nw = _launch(block, MI_BLOCK, num_warps, MI_NUM_WARPS)
     s = patch // 2
     x = x.contiguous()
-    y = torch.empty((b, h // 2, w // 2, c), dtype=torch.uint8, device=x.device)
-    if b == 0:
+    y = _output(out, (b, h // 2, w // 2, c), x)
+    if b == 0 or x.numel() == 0:
         return y
-    row_out = (w // 2) * c
-    nw = num_warps or MI_NUM_WARPS
-    if (s * c) % 4 == 0 and x.data_ptr() % 4 == 0:
-        rows = triton.next_power_of_2(rows_per_program or MI_ROWS_PER_PROGRAM)
-        sw = s * c // 4
-        total = b * (h // 2)
-        _mi_words_kernel[(triton.cdiv(total, rows),)](
-            x.reshape(b, -1).view(torch.int32), y.view(b, -1).view(torch.int32), total, h // 2, w * c // 4, row_out // 4,
-            h * w * c // 4, (h // 2) * row_out // 4, S=s, SW=sw, BLOCK=triton.next_power_of_2(row_out // 4),
-            ROWS=rows, num_warps=nw)
-        return y
-    _mi_kernel[(b * (h // 2),)](x, y, h // 2, w * c, row_out, h * w * c, (h // 2) * row_out,
-                                S=s, C=c, BLOCK=triton.next_power_of_2(row_out), num_warps=nw)
+    cb = _chunk_bytes(s * c, x, y)
+    xv, lanes = _chunk_view(x, cb)
+    yv, _ = _chunk_view(y, cb)
+    orow = (w // 2) * c // cb
+    oimg = (h // 2) * orow
+    total = b * oimg
+    _mi_kernel[(triton.cdiv(total, blk),)](
+        xv, yv, total, OIMG=oimg, OROW=orow, SC=s * c // cb, S=s, LANES=lanes, SWAR=cb >= 4, BLOCK=blk,
+        num_warps=nw)
     return y

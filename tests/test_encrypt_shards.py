@@ -144,6 +144,16 @@ def test_seed_reproduces_bytes_and_no_seed_draws_fresh(sample_src, tmp_path):
     assert shard_bytes(tmp_path / "c") != shard_bytes(tmp_path / "d")
 
 
+@pytest.mark.parametrize("scheme", ["rs", "mi-shuffle"])
+def test_bytes_do_not_depend_on_batch_size_or_the_overlap_of_stages(sample_src, tmp_path, scheme):
+    """The stages overlap in threads and reuse batch buffers: with batches of 3 (six batches through the
+    buffer pool, several in flight) the shards are the bytes of one batch of 64 done in turn."""
+    args = ("--scheme", scheme, "--seed", "3", "--shard-size", "8", "--gap", "1", "--drop", "0.1")
+    encrypt(sample_src, tmp_path / "a", *args, "--batch-size", "3")
+    encrypt(sample_src, tmp_path / "b", *args, "--batch-size", "64")
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+
+
 def test_defaults_are_mi_shuffle_as_jpeg(sample_src, tmp_path):
     """The default setting (README "Privacy"): mi-shuffle P=16 at 224, JPEG q90 4:4:4 (8-pixel cells)."""
     out = tmp_path / "o"

@@ -44,7 +44,9 @@ def test_gpu_encoders_write_sound_jpegs(sample_src, tmp_path, encoder):
     encrypt(sample_src, tmp_path / "jpg", *args, "--encoder", encoder)
     fmt = manifest(tmp_path / "jpg")["job"]["format"]
     assert manifest(tmp_path / "jpg")["job"]["encoder"] == encoder
-    assert fmt["subsampling"] == ("444" if encoder == "torchvision" else "420")
+    assert fmt["subsampling"] == "420"  # torchvision's CPU encoder writes 4:2:0 only (nvJPEG: 4:4:4 only)
+    blob = next(iter_samples(str(next((tmp_path / "jpg").glob("*.tar")))))[1]["jpg"]
+    assert Image.open(io.BytesIO(blob)).layer[1][1:3] == (1, 1)  # chroma sampled 2x2 down: 4:2:0 indeed
     plain, jpeg = _images(tmp_path / "png", "png"), _images(tmp_path / "jpg", "jpg")
     assert plain.keys() == jpeg.keys()
     for k in plain:  # the bytes decode to the image that was encoded (q90: small error)
