@@ -83,8 +83,10 @@ def main():
 @click.option("--split", default="train", show_default=True,
               help="Split name: shard prefix ({split}-000000.tar) and timm split in _info.json.")
 @click.option("--workers", type=int, default=None,
-              help="Worker processes (shards run in parallel); 0 runs in this process. Default: cpus // 8, at least 1.")
-@click.option("--threads", type=int, default=0, help="Decode/encode threads per worker. Default: cpus // workers.")
+              help="Worker processes (shards run in parallel); 0 runs in this process. Default: on the CPU one per "
+                   "usable CPU (up to 16), on a GPU one per 8 CPUs.")
+@click.option("--threads", type=int, default=0,
+              help="Decode/resize/encode threads per worker. Default: usable CPUs // workers.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per decode/encrypt batch.")
 @click.option("--seed", type=int, default=None,
               help="Make sample order and permutations reproducible. Without it they come from a cryptographic "
@@ -169,7 +171,9 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
                 raise JobError("--distributor ray needs Ray: pip install 'himr-pipe[ray]'") from None
             workers = workers or 0  # ray: the local cluster's CPUs (0: all of them)
         elif workers is None:
-            workers = max(1, (os.cpu_count() or 1) // 8)
+            from .distributor import default_workers
+
+            workers = default_workers(device)
         if workers < 0:
             raise JobError("--workers must be 0 or more")
         opts = RunOptions(workers=workers, threads=threads, batch_size=batch_size, state_dir=state_dir,

@@ -47,12 +47,62 @@ class Header:
     mode: str
 
 
+_JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
+
+
+def _plain_jpeg_header(data: bytes) -> tuple[int, int, str] | None:
+    """(width, height, mode) of a JPEG whose marker structure is intact up to its first scan, with one
+    8-bit baseline, extended or progressive frame header of 1, 3 or 4 components; None for anything
+    else, which Pillow then judges.
+
+    This is the header check's job for such a file (its size against the pixel limit, a format the
+    decoder takes) in about 4 us, against Pillow's 40-80 us of Python on the reader's share of the GIL
+    (Pillow also parses every APP segment and the EXIF). What Pillow would have said about the contents
+    of APP segments no longer decides; the decoder does (tests/test_bad_input.py: a file accepted here
+    decodes to exactly this size, or is skipped as a decode error)."""
+    import struct
+
+    n, i, frame = len(data), 2, None
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        (length,) = struct.unpack_from(">H", data, i + 2)
+        if length < 2 or i + 2 + length > n:
+            return None
+        if marker == 0xDA:  # the first scan: the header is complete
+            return frame
+        if marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
+            return None  # a standalone marker before the scan
+        if marker in (0xC0, 0xC1, 0xC2):
+            if frame is not None or length < 8:
+                return None
+            precision, h, w, comps = struct.unpack_from(">BHHB", data, i + 4)
+            mode = _JPEG_MODES.get(comps)
+            if precision != 8 or h == 0 or w == 0 or mode is None or length != 8 + 3 * comps:
+                return None
+            frame = (w, h, mode)
+        elif 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return None  # lossless, hierarchical or arithmetic-coded frames: Pillow decides
+        i += 2 + length
+    return None
+
+
 def inspect_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
     """Check an encoded image from its header alone. Raises InputError with a reason."""
     from .sources import InputError
 
     if len(data) == 0:
         raise InputError("empty-file: zero bytes")
+    fast = _plain_jpeg_header(data) if data[:3] == b"\xff\xd8\xff" else None
+    if fast is not None:
+        w, h, mode = fast
+        if w * h > max_pixels:
+            raise InputError(f"too-many-pixels: {w}x{h} exceeds the limit of {max_pixels} pixels")
+        return Header("JPEG", w, h, mode)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

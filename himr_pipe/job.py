@@ -120,7 +120,7 @@ class RunOptions:
     """How to run; does not change the output."""
 
     workers: int = 1           # worker processes; 0 runs in this process
-    threads: int = 0           # DALI + encoder threads per worker; 0 = cpu_count // workers
+    threads: int = 0           # decode/resize/encode threads per worker; 0 = usable CPUs // workers
     batch_size: int = 64
     state_dir: str | None = None
     progress: bool | None = None   # None: on when stderr is a terminal

@@ -13,11 +13,10 @@ an uninterrupted run.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
-from .distributor import LocalProcesses, RayTasks, Serial
+from .distributor import LocalProcesses, RayTasks, Serial, usable_cpus
 from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, GT_PREFIX, JobConfig, RunOptions, RunResult, image_id_of,
                   plan_shards, prepare, resume_scan)
 from .lock import LeaseLost
@@ -48,7 +47,7 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
     pre_skipped = [(x.index, x.ref, x.skip) for x in source.inputs if x.skip is not None]
     remaining = sum(len(t.items) for t in todo)
     # threads per worker: a share of this machine; a Ray task takes one CPU, so one thread unless asked
-    threads = opts.threads or (1 if opts.distributor == "ray" else max(1, (os.cpu_count() or 1) // max(1, opts.workers)))
+    threads = opts.threads or (1 if opts.distributor == "ray" else max(1, usable_cpus() // max(1, opts.workers)))
     show = sys.stderr.isatty() if opts.progress is None else opts.progress
     from tqdm import tqdm
 

@@ -211,3 +211,83 @@ def test_webdataset_sources_and_hostile_tar_members(tmp_path):
         assert m["skip_reasons"] == expected_reasons
         assert m["classes"] is None
     assert not (tmp_path / "escape.jpg").exists() and not (tmp_path.parent / "escape.jpg").exists()
+
+
+def _header_verdict(blob: bytes):
+    """(width, height, mode) as Pillow reads the header, or None where Pillow refuses it."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(blob))
+            return (im.size[0], im.size[1], im.mode)
+    except Exception:
+        return None
+
+
+def _real_jpegs() -> list[bytes]:
+    out = []
+    for img, kw in ((data.astronaut(), {}), (data.camera(), {}), (data.coffee(), {"progressive": True}),
+                    (data.chelsea(), {"subsampling": 0, "exif": b"Exif\0\0MM\0*\0\0\0\x08\0\0"})):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=85, **kw)
+        out.append(buf.getvalue())
+    cmyk = io.BytesIO()
+    Image.fromarray(data.astronaut()).convert("CMYK").save(cmyk, format="JPEG")
+    return out + [cmyk.getvalue()]
+
+
+JPEGS = _real_jpegs()
+
+
+def test_the_fast_jpeg_header_path_reads_what_pillow_reads():
+    from himr_pipe.decode import _plain_jpeg_header
+
+    for blob in JPEGS:
+        assert _plain_jpeg_header(blob) == _header_verdict(blob)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+_DECODED: list = []  # the sizes the spy decoder's images had before resizing
+
+
+def _spy_decoder():
+    """The DALI CPU decoder with its resizer's input sizes (the decoded sizes) recorded; built once."""
+    from himr_pipe.decode import DaliDecoder
+
+    if not hasattr(_spy_decoder, "dec"):
+        dec = DaliDecoder((64, 64), "stretch", 1, 1)
+        run = dec.resizer.run
+
+        def recording(images, rows, out, chw=False):
+            _DECODED.extend(tuple(im.shape[:2]) for im in images if im is not None)
+            return run(images, rows, out, chw)
+
+        dec.resizer.run = recording
+        _spy_decoder.dec = dec
+    return _spy_decoder.dec
+
+
+@settings(max_examples=150, deadline=None)
+@given(which=st.integers(0, len(JPEGS) - 1), cut=st.integers(0, 2000),
+       edits=st.lists(st.tuples(st.integers(0, 699), st.integers(0, 255)), max_size=4))
+def test_a_jpeg_the_fast_header_path_accepts_decodes_to_that_size_or_is_skipped(which, cut, edits):
+    """Hostile headers (bytes changed in the first 700, or the file cut short): where the fast path reads a size,
+    the decoder gives an image of exactly that size or refuses it (a decode error): the header's size is what the
+    letterbox frames and boxes are built on."""
+    from himr_pipe.decode import _plain_jpeg_header
+
+    blob = bytearray(JPEGS[which])
+    for pos, val in edits:
+        blob[pos] = val
+    blob = bytes(blob[:cut]) if cut < 2000 else bytes(blob)
+    fast = _plain_jpeg_header(blob)
+    if fast is None:
+        return
+    w, h, _ = fast
+    (_, imgs, bad), = list(_spy_decoder().run([[blob]]))
+    assert bad or (tuple(imgs.shape) == (1, 64, 64, 3) and _DECODED[-1] == (h, w))
