@@ -115,7 +115,8 @@ class CpuEncoder:
         from concurrent.futures import ThreadPoolExecutor
 
         self.fmt = fmt
-        self.pool = ThreadPoolExecutor(max(1, threads))
+        self.threads = max(1, threads)
+        self.pool = ThreadPoolExecutor(self.threads)
 
     def encode(self, batch) -> list[bytes]:
         arr = batch.cpu().numpy() if hasattr(batch, "cpu") else batch

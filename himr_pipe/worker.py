@@ -170,7 +170,7 @@ class ShardWorker:
         so memory stays bounded; batch buffers are reused (:class:`BufferPool`)."""
         import torch
 
-        from himr_pipe.kernels import encrypt, make_permutations
+        from himr_pipe.kernels import make_permutations
 
         cfg, s = self.cfg, self.cfg.scheme
         perm_keys = None  # shuffled schemes: one row of sort keys per planned sample; sorted on the device per batch
@@ -209,7 +209,9 @@ class ShardWorker:
                                                                                              non_blocking=True)
                         perms = make_permutations(rows)
                     out = None if s.kind == "none" else self.buffers.take(len(meta), s.out_size, self.device)
-                    enc = encrypt(s, x, perms, impl=self.kernels, out=out)
+                    # On a GPU the kernels are launched here (asynchronous); on the CPU the sink encrypts, in
+                    # its encoder's threads, off this thread's path (decode and resize)
+                    enc = self._encrypt(x, perms, out) if x.is_cuda else (x, perms, out)
                     timing["encrypt"] += clock() - t
                 sink.put((enc, meta, len(bad), images), *args)
                 t = clock()
@@ -241,6 +243,10 @@ class ShardWorker:
         enc, meta, n_bad, images = item
         cfg, clock = self.cfg, time.perf_counter
         if meta:
+            if isinstance(enc, tuple):  # the CPU: encrypt here
+                t0 = clock()
+                enc = self._encrypt(*enc)
+                timing["encrypt"] += clock() - t0
             t1 = clock()
             blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
             t2 = clock()
@@ -269,6 +275,24 @@ class ShardWorker:
             if self.kill_marker:
                 open(self.kill_marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def _encrypt(self, x, perms, out):
+        """One batch through the scheme's kernel; on the CPU cut into one chunk per encoder thread, run in
+        that pool (the kernels release the GIL: the RS gather, about 75 us an image, is then spread over
+        the threads instead of lengthening one thread's path)."""
+        from himr_pipe.kernels import encrypt
+
+        s = self.cfg.scheme
+        pool, k = getattr(self.encoder, "pool", None), getattr(self.encoder, "threads", 1)
+        # (Triton on CPU tensors is its interpreter, which is not thread-safe: one call)
+        if x.is_cuda or pool is None or k < 2 or s.kind == "none" or len(x) < 2 * k or self.kernels == "triton":
+            return encrypt(s, x, perms, impl=self.kernels, out=out)
+        cuts = [len(x) * i // k for i in range(k + 1)]
+        jobs = [pool.submit(encrypt, s, x[a:b], None if perms is None else perms[a:b], self.kernels, out[a:b])
+                for a, b in zip(cuts, cuts[1:])]
+        for j in jobs:
+            j.result()
+        return out
 
     def _detection_json(self, sc: ScreenedSample, count: dict) -> bytes:
         """The sample's targets: non-crowd boxes on the canvas (normalised cxcywh), labels, and the frame."""
