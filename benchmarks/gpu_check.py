@@ -260,14 +260,15 @@ def main():
     gpu_encoder = "nvimgcodec" if has_nvimgcodec else "torchvision"
 
 
-    def run(src, scheme: str, fmt: str = "jpeg", encoder: str | None = None, seed: int = 1, workers: int = 0):
+    def run(src, scheme: str, fmt: str = "jpeg", encoder: str | None = None, seed: int = 1, workers: int = 0,
+            decoder: str = "torchvision"):
         out = work / "out"
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(work / "state", ignore_errors=True)
         s = Scheme.named(scheme, 16, 224, 224)
         enc = ("cpu" if fmt != "jpeg" else encoder or gpu_encoder) if DEV == "cuda" else "cpu"
         f = choose_format(fmt, s, 90, allow_420=enc != "torchvision")
-        cfg = JobConfig(s, f, shard_size=500 if not workers else 250, seeded=True, decoder="torchvision", encoder=enc)
+        cfg = JobConfig(s, f, shard_size=500 if not workers else 250, seeded=True, decoder=decoder, encoder=enc)
         opts = RunOptions(workers=workers, threads=8 if not workers else max(1, 16 // workers), batch_size=B,
                           state_dir=str(work / "state"), progress=False, device=DEV, audit_samples=0)
         sync()
@@ -345,14 +346,17 @@ def main():
     rates = {}
     # (4 worker processes on one GPU were measured once: slower, 1135/993 img/s for none/rs against
     #  1266/1421 in one process, with 4 CUDA contexts contending; see benchmarks/RESULTS.md)
-    configs = [("none", None, 0), ("rs", None, 0), ("mi", None, 0), ("mi-shuffle", None, 0)]
+    configs = [("none", None, 0, "torchvision"), ("rs", None, 0, "torchvision"), ("mi", None, 0, "torchvision"),
+               ("mi-shuffle", None, 0, "torchvision")]
     if has_nvimgcodec and DEV == "cuda":
-        configs.append(("rs", "torchvision", 0))
+        configs += [("rs", "torchvision", 0, "torchvision"), ("none", None, 0, "nvimgcodec"),
+                    ("rs", None, 0, "nvimgcodec")]
     run(sets["n"], "rs")  # warm-up: Triton compilation, nvJPEG and codec handles
-    for scheme, e, nwk in configs:
-        t_n, _ = run(sets["n"], scheme, encoder=e, workers=nwk)
-        t_2n, _ = run(sets["2n"], scheme, encoder=e, workers=nwk)
-        name = scheme + (f" ({e} encoder)" if e else "") + (f" ({nwk} worker processes)" if nwk else "")
+    for scheme, e, nwk, dec_name in configs:
+        t_n, _ = run(sets["n"], scheme, encoder=e, workers=nwk, decoder=dec_name)
+        t_2n, _ = run(sets["2n"], scheme, encoder=e, workers=nwk, decoder=dec_name)
+        name = scheme + (f" ({e} encoder)" if e else "") + (f" ({nwk} worker processes)" if nwk else "") + (
+            f" ({dec_name} decoder)" if dec_name != "torchvision" else "")
         rates[name] = {"t_n": t_n, "t_2n": t_2n, "marginal_img_s": (counts["2n"] - counts["n"]) / max(1e-9, t_2n - t_n),
                        "end_to_end_img_s_2n": counts["2n"] / t_2n,
                        "stage_seconds_2n": dict(LAST_STAGES)}

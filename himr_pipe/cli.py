@@ -100,8 +100,11 @@ def main():
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu, or cuda / cuda:N: decode, encrypt (Triton) and encode on that GPU.")
-@click.option("--decoder", type=click.Choice(["dali", "torchvision"]), default="dali", show_default=True,
-              help="Decode + resize stage: NVIDIA DALI, or torchvision (nvJPEG on a GPU).")
+@click.option("--decoder", type=click.Choice(["auto", "dali", "torchvision", "nvimgcodec"]), default="auto",
+              show_default=True,
+              help="Decode stage: NVIDIA DALI (auto, where installed), torchvision (nvJPEG on a GPU) or nvImageCodec "
+                   "(the GPU's hardware JPEG decoder where it has one). Resizing is himr_pipe's own on the CPU "
+                   "and for the last two; DALI's on a GPU.")
 @click.option("--encoder", type=click.Choice(["auto", "cpu", "torchvision", "nvimgcodec"]), default="auto",
               show_default=True, help="Encode stage. auto: CPU threads on the CPU; nvimgcodec (else torchvision) "
                                       "on a GPU for JPEG.")
@@ -131,7 +134,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
     a COCO images folder with its instances JSON. SRC and OUT may be URLs
     (s3://, gs://, memory://).
     """
-    from .decode import DEFAULT_MAX_PIXELS
+    from .decode import DEFAULT_MAX_PIXELS, resolve_decoder
     from .encode import FormatError, choose_format, resolve_encoder
     from .job import AUDIT_SAMPLES, EXIT_PARTIAL, JobConfig, JobError, RunOptions
     from .pipeline import encrypt_shards
@@ -154,6 +157,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
         if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
             raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
         enc_name = resolve_encoder(encoder, fmt, device)
+        decoder = resolve_decoder(decoder)
         tv = enc_name == "torchvision"  # nvJPEG writes 4:4:4 only; torchvision's CPU encoder 4:2:0 only
         ifmt = choose_format(fmt, sch, quality, allow_420=not tv or device == "cpu",
                              only="420" if tv and device == "cpu" else None)

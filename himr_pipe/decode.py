@@ -367,20 +367,6 @@ class TorchvisionDecoder:
 
         self.resizer = Resizer(self.size, resize, views, threads if device == "cpu" else 1)
 
-    def _decode_one(self, data: bytes):
-        import torch
-        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-
-        exif = self.resize != "letterbox"  # letterbox: the stored frame (COCO's boxes know no EXIF orientation)
-        t = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        if data[:2] == b"\xff\xd8":
-            try:
-                return decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=exif)
-            except RuntimeError:
-                pass  # e.g. CMYK: nvJPEG refuses it, the CPU decoder converts it
-        img = decode_image(t, mode=ImageReadMode.RGB, apply_exif_orientation=exif)
-        return img.to(self.device)
-
     def run(self, batches: Iterable, alloc=None):
         """As :meth:`DaliDecoder.run`: yield (batch, images, failures) per batch."""
         import torch
@@ -404,14 +390,107 @@ class TorchvisionDecoder:
             for i, data in enumerate(batch):
                 if images[i] is None:
                     try:
-                        images[i] = self._decode_one(data)
+                        images[i] = _decode_fallback(data, self.device, self.resize != "letterbox")
                     except RuntimeError:
                         bad[i] = DECODE_ERROR
             good = sum(im is not None for im in images)
             yield item, self.resizer.run(images, views, _alloc(alloc, good, self.size, self.device), chw=True), bad
 
 
-DECODERS = ("dali", "torchvision")
+class NvImageCodecDecoder:
+    """nvImageCodec's batched decoder, then :mod:`.resize`; same interface as the other decoders.
+
+    On a GPU nvImageCodec picks its fastest backend per image (the hardware JPEG decoder where the card
+    has one, else nvJPEG's hybrid or GPU decoders); with ``device="cpu"`` its CPU backend runs (the
+    tests' stand-in). An image it cannot decode goes through torchvision's CPU decoder, as with the
+    torchvision decoder; what neither decodes is skipped as a decode error. EXIF orientation is applied
+    (not for letterbox). ``benchmarks/gpu_codecs.py`` times its backends against torchvision's nvJPEG.
+    """
+
+    def __init__(self, size: tuple[int, int], resize: str = "crop", max_batch: int = 64, device: str = "cuda",
+                 views: bool = False, threads: int = 1):
+        from nvidia import nvimgcodec as nv
+
+        from .resize import Resizer
+
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}")
+        self.size, self.resize, self.max_batch, self.device, self.views = tuple(size), resize, max_batch, device, views
+        self.nv = nv
+        dev = nv.NVIMGCODEC_DEVICE_CPU_ONLY if device == "cpu" else (int(device.split(":")[1]) if ":" in device else 0)
+        self.decoder = nv.Decoder(device_id=dev, max_num_cpu_threads=max(1, threads))
+        self.params = nv.DecodeParams(apply_exif_orientation=resize != "letterbox", color_spec=nv.ColorSpec.SRGB,
+                                      sample_format=nv.SampleFormat.I_RGB)
+        self.resizer = Resizer(self.size, resize, views, threads if device == "cpu" else 1)
+
+    def _tensor(self, img):
+        """An nvImageCodec image as an HWC uint8 tensor on the device (zero-copy, DLPack on the GPU)."""
+        import torch
+
+        if img.buffer_kind == self.nv.ImageBufferKind.STRIDED_DEVICE:
+            return torch.from_dlpack(img.to_dlpack(torch.cuda.current_stream().cuda_stream))
+        return torch.from_numpy(np.asarray(img))
+
+    def run(self, batches: Iterable, alloc=None):
+        """As :meth:`DaliDecoder.run`: yield (batch, images, failures) per batch."""
+        import torch
+
+        stream = torch.cuda.current_stream().cuda_stream if self.device != "cpu" else 0
+        for item in batches:
+            item = DecodeBatch.of(item)
+            try:
+                outs = self.decoder.decode([np.frombuffer(b, np.uint8) for b in item.data], params=self.params,
+                                           cuda_stream=stream)
+            except Exception:  # noqa: BLE001 - a batch it cannot take at all: each image then on its own
+                outs = [None] * len(item.data)
+            images: list = []
+            bad: dict[int, str] = {}
+            for i, (data, out) in enumerate(zip(item.data, outs)):
+                if out is not None:
+                    images.append(self._tensor(out))
+                    continue
+                try:
+                    images.append(_decode_fallback(data, self.device, self.resize != "letterbox").permute(1, 2, 0))
+                except RuntimeError:
+                    images.append(None)
+                    bad[i] = DECODE_ERROR
+            good = len(images) - len(bad)
+            yield item, self.resizer.run(images, item.windows, _alloc(alloc, good, self.size, self.device)), bad
+
+
+def _decode_fallback(data: bytes, device: str, exif: bool):
+    """One image that a batched GPU decoder did not take: nvJPEG alone (JPEG), else torchvision's CPU decoder
+    (CMYK JPEG, PNG, ...), uploaded; CHW uint8 (16-bit for some PNGs) on ``device``. RuntimeError if neither
+    decodes it. ``exif``: apply the EXIF orientation (not for letterbox: COCO's boxes know none)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    t = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    if data[:2] == b"\xff\xd8":
+        try:
+            return decode_jpeg(t, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=exif)
+        except RuntimeError:
+            pass  # e.g. CMYK: nvJPEG refuses it, the CPU decoder converts it
+    return decode_image(t, mode=ImageReadMode.RGB, apply_exif_orientation=exif).to(device)
+
+
+DECODERS = ("auto", "dali", "torchvision", "nvimgcodec")
+
+
+def resolve_decoder(name: str) -> str:
+    """'auto' -> the decoder a run uses: DALI (a dependency), else, where its wheel could not be installed,
+    nvImageCodec if present, else torchvision. Resolved before the job is recorded: decoders differ in pixels."""
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; choose one of {DECODERS}")
+    if name != "auto":
+        return name
+    for candidate, module in (("dali", "nvidia.dali"), ("nvimgcodec", "nvidia.nvimgcodec")):
+        try:
+            __import__(module)
+            return candidate
+        except ImportError:
+            continue
+    return "torchvision"
 
 
 def make_decoder(name: str, size, resize: str, max_batch: int, threads: int, device: str, views: bool = False):
@@ -421,4 +500,6 @@ def make_decoder(name: str, size, resize: str, max_batch: int, threads: int, dev
         return DaliDecoder(size, resize, max_batch, threads, dev_id, views)
     if name == "torchvision":
         return TorchvisionDecoder(size, resize, max_batch, device, views, threads)
+    if name == "nvimgcodec":
+        return NvImageCodecDecoder(size, resize, max_batch, device, views, threads)
     raise ValueError(f"unknown decoder {name!r}; choose one of {DECODERS}")

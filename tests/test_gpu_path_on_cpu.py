@@ -69,3 +69,35 @@ def test_decoder_and_encoder_are_part_of_the_job(sample_src, tmp_path):
     encrypt(sample_src, out, "--seed", "1", *GPU_STAGES[:2])
     r = encrypt(sample_src, out, "--seed", "1", expect=2)
     assert "decoder" in r.output
+
+
+def test_nvimgcodec_decoder_decodes_like_the_others_and_isolates_bad_files(sample_src):
+    """nvImageCodec's decoder (its CPU backend here, the GPU's hardware decoder on a card) through the same
+    resizer: the same pictures as torchvision's decoder, bad files skipped alone, a PNG through the fallback."""
+    from himr_pipe.decode import NvImageCodecDecoder, TorchvisionDecoder
+
+    files = sorted(sample_src.glob("*/*.jpg"))[:3]
+    good = [f.read_bytes() for f in files]
+    png = io.BytesIO()
+    Image.open(files[0]).save(png, format="PNG")
+    batch = [good[0], good[1][:3000], b"junk", good[2], png.getvalue()]
+    (_, a, bad_a), = list(NvImageCodecDecoder((64, 96), "crop", 8, "cpu").run([batch]))
+    (_, b, bad_b), = list(TorchvisionDecoder((64, 96), "crop", 8, "cpu").run([batch]))
+    assert sorted(bad_a) == sorted(bad_b) == [1, 2] and a.shape == b.shape == (3, 64, 96, 3)
+    assert (a.float() - b.float()).abs().mean() < 2.0  # two JPEG decoders: within rounding of each other
+    assert close(a[0], a[2])  # the PNG of the first photo decodes to what its JPEG does, near enough
+
+
+def close(x, y, tol: float = 3.0) -> bool:
+    return float((x.float() - y.float()).abs().mean()) < tol
+
+
+def test_decoder_auto_is_recorded_as_what_ran(sample_src, tmp_path):
+    from himr_pipe.decode import resolve_decoder
+
+    encrypt(sample_src, tmp_path / "a", "--seed", "1", "--scheme", "none")
+    assert manifest(tmp_path / "a")["job"]["decoder"] == resolve_decoder("auto") == "dali"
+    encrypt(sample_src, tmp_path / "b", "--seed", "1", "--scheme", "none", "--decoder", "nvimgcodec",
+            "--shard-size", "9")
+    m = manifest(tmp_path / "b")
+    assert m["job"]["decoder"] == "nvimgcodec" and m["totals"]["written"] == 18
