@@ -47,7 +47,9 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
     pre_skipped = [(x.index, x.ref, x.skip) for x in source.inputs if x.skip is not None]
     remaining = sum(len(t.items) for t in todo)
     # threads per worker: a share of this machine; a Ray task takes one CPU, so one thread unless asked
-    threads = opts.threads or (1 if opts.distributor == "ray" else max(1, usable_cpus() // max(1, opts.workers)))
+    # (the processes that will run: no more than the shards to do, so a small job's few processes get the CPUs)
+    threads = opts.threads or (1 if opts.distributor == "ray" else
+                               max(1, usable_cpus() // max(1, min(opts.workers, len(todo)))))
     show = sys.stderr.isatty() if opts.progress is None else opts.progress
     from tqdm import tqdm
 

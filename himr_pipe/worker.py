@@ -445,13 +445,17 @@ class Sink:
             raise self.error
 
     def stop(self) -> None:
-        """After a failure elsewhere: let the thread finish without waiting for it (it drops what is left)."""
+        """After a failure elsewhere: let the thread end without waiting for it (what is queued is dropped)."""
+        import queue
+
         if self.error is None:
             self.error = RuntimeError("stopped")
-        try:
-            self.q.put_nowait(None)
-        except Exception:
-            pass
+        while True:  # make room for the end mark (only the producer puts, and it is here)
+            try:
+                self.q.get_nowait()
+            except queue.Empty:
+                break
+        self.q.put_nowait(None)
 
 
 def view_window(u, width: int, height: int) -> tuple[float, float, float, float, float]:
