@@ -1,10 +1,11 @@
 """The worker: one shard, start to end, on any device.
 
-It reads and screens the bytes of its planned samples, decodes and resizes
-them in batches (DALI or torchvision), encrypts each batch with one kernel
-call, encodes the images in a thread pool (simplejpeg releases the GIL)
-while the decoder already works on the next batch, and writes the shard
-under a temporary name (a local spool file when OUT is on an object store),
+It reads and screens the bytes of its planned samples (a reader thread, two
+batches ahead), decodes and resizes them in batches (DALI, torchvision or
+nvImageCodec; the next batch decodes while this one is resized), encrypts
+each batch with one kernel call (into a reused buffer), encodes the images
+in a thread pool and writes them a batch at a time (the sink thread), into
+the shard under a temporary name (a local spool file when OUT is on an object store),
 then publishes it atomically (:mod:`.storage`). It returns the shard's stats
 and never touches the owner's state: the driver records them (so a worker
 on another node needs no access to the owner's machine). A shard published
@@ -163,11 +164,12 @@ class ShardWorker:
         return n
 
     def run(self, task: ShardTask) -> dict:
-        """Write shard ``task`` and return its stats. Four stages overlap, each in its own thread: reading and
-        screening (the reader, up to two batches ahead), decoding (DALI's threads; the CPU resize of batch i
-        runs while batch i+1 decodes), encryption (this thread), and encoding + the tar sink (the sink thread,
-        which encodes in the encoder's pool and writes a batch at a time). Queues between them are short,
-        so memory stays bounded; batch buffers are reused (:class:`BufferPool`)."""
+        """Write shard ``task`` and return its stats. The stages overlap, each in its own thread: reading and
+        screening (the reader, up to two batches ahead), decoding (the decoder's threads; the CPU resize of
+        batch i runs in this thread's call while batch i+1 decodes), and the sink (encryption, in chunks over
+        the encoder's threads on the CPU; on a GPU the kernels are launched from this thread), encoding and
+        the tar, a batch at a time. Queues between them are short, so memory stays bounded; batch buffers
+        are reused (:class:`BufferPool`)."""
         import torch
 
         from himr_pipe.kernels import make_permutations
