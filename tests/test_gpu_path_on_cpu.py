@@ -101,3 +101,24 @@ def test_decoder_auto_is_recorded_as_what_ran(sample_src, tmp_path):
             "--shard-size", "9")
     m = manifest(tmp_path / "b")
     assert m["job"]["decoder"] == "nvimgcodec" and m["totals"]["written"] == 18
+
+
+def test_torch_and_triton_kernels_agree_with_defences_and_holes_in_the_batches(sample_src, tmp_path):
+    """The CPU's torch kernels (run in chunks over the encoder's threads) and the Triton kernels (one call)
+    write the same bytes, with the defences on and with files that fail in the decoder leaving holes in
+    their batches."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(sample_src, src)
+    photos = sorted(src.glob("*/*.jpg"))
+    for n, f in enumerate(photos[:12:4]):  # pass the header check, fail in the decoder: holes in the batches
+        (f.parent / f"truncated_{n}.jpg").write_bytes(f.read_bytes()[:2500])
+    (photos[0].parent / "junk.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"junk" * 40)
+    args = ("--scheme", "rs", "--gap", "1", "--drop", "0.1", "--format", "png", "--seed", "5", "--shard-size", "7",
+            "--batch-size", "4", "--decoder", "torchvision")
+    encrypt(src, tmp_path / "torch", *args, "--kernels", "torch", expect=3)
+    encrypt(src, tmp_path / "triton", *args, "--kernels", "triton", expect=3)
+    assert shard_bytes(tmp_path / "torch") == shard_bytes(tmp_path / "triton")
+    reasons = manifest(tmp_path / "torch")["skip_reasons"]
+    assert reasons["decode-error"] == 3 and sum(reasons.values()) == 4
