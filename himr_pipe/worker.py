@@ -187,8 +187,9 @@ class ShardWorker:
         written: list[tuple[str, int, str]] = []
         count = {"upscaled": 0, "reported": 0, "boxes": 0, "boxes_cut": 0}
         # seconds per stage, kept in the owner's state: where a shard's time went. The stages overlap, so
-        # these are busy times of their own threads; "decode" is this thread's wait for the decoder.
-        timing = {"read": 0.0, "decode": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0}
+        # these are busy times of their own threads; "decode" is this thread's wait for the decoder,
+        # "wait_sink" its wait for room in the sink's queue.
+        timing = {"read": 0.0, "decode": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0, "wait_sink": 0.0}
         clock = time.perf_counter
         reader = Prefetch(self._batches(task.items, skipped, draws, timing), depth=2)
         sink = Sink(self._sink_batch, depth=2)
@@ -215,7 +216,9 @@ class ShardWorker:
                     # its encoder's threads, off this thread's path (decode and resize)
                     enc = self._encrypt(x, perms, out) if x.is_cuda else (x, perms, out)
                     timing["encrypt"] += clock() - t
+                t = clock()
                 sink.put((enc, meta, len(bad), images), *args)
+                timing["wait_sink"] += clock() - t  # the sink's queue was full: the sink is the slower stage
                 t = clock()
             sink.close()
             self._report(len(task.items) - count["reported"])  # inputs rejected before decoding
