@@ -337,7 +337,7 @@ class BufferPool:
         """A (n, H, W, 3) uint8 view of a reused buffer on ``device``."""
         import torch
 
-        key = (tuple(size), str(device))
+        key = (tuple(size), _device_key(device))
         with self.lock:
             bufs = self.free.get(key)
             buf = bufs.pop() if bufs else None
@@ -362,7 +362,18 @@ class BufferPool:
                 continue
             seen.add(id(base))
             with self.lock:
-                self.free.setdefault((tuple(base.shape[1:3]), str(base.device)), []).append(base)
+                self.free.setdefault((tuple(base.shape[1:3]), _device_key(base.device)), []).append(base)
+
+
+def _device_key(device) -> str:
+    """One name per device: "cuda" and a tensor's "cuda:0" must find the same buffers (else a buffer given
+    back under one name is never taken under the other, and the pool grows a buffer a batch)."""
+    import torch
+
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", torch.cuda.current_device())
+    return str(d)
 
 
 class Prefetch:

@@ -68,3 +68,15 @@ def test_buffers_are_reused_once_given_back_and_never_shared_in_flight():
     d = pool.take(6, (4, 4), "cpu")
     assert c.data_ptr() == a.data_ptr() and d.data_ptr() not in (a.data_ptr(), b.data_ptr())
     assert pool.take(3, (2, 2), "cpu").shape == (3, 2, 2, 3)  # another size: its own buffers
+
+
+def test_the_pool_names_a_device_one_way():
+    """A buffer given back is found again whatever spelling of its device the next take uses (on a GPU the
+    pipeline asks for "cuda" and gives back tensors on "cuda:0")."""
+    from himr_pipe.worker import _device_key
+
+    pool = BufferPool(batch_size=2)
+    a = pool.take(2, (4, 4), torch.device("cpu"))
+    pool.give_back(a)
+    assert pool.take(2, (4, 4), "cpu").data_ptr() == a.data_ptr()
+    assert _device_key("cpu") == _device_key(torch.device("cpu")) == "cpu"
