@@ -39,11 +39,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-def _make(job):
-    from himr_pipe.sample_data import make_sample_folder
-
-    root, cls, per, seed = job
-    make_sample_folder(root, per_class=per, seed=seed, classes=[cls], size="imagenet")
+sys.path.insert(0, str(Path(__file__).parent))
+import gpu_codecs  # noqa: E402  (beside this script: the codec sweep, and the image sets both use)
 
 
 def main():
@@ -226,28 +223,17 @@ def main():
 
     # -- 4. the pipeline on the device ---------------------------------------------------------
     print("4. encrypt-shards on", DEV, flush=True)
-    from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-
     from himr_pipe.decode import TorchvisionDecoder  # noqa: E402
     from himr_pipe.encode import NvImageCodecEncoder, TorchvisionJpegEncoder, choose_format  # noqa: E402
     from himr_pipe.job import JobConfig, RunOptions  # noqa: E402
     from himr_pipe.pipeline import encrypt_shards  # noqa: E402
-    from himr_pipe.sample_data import PHOTOS  # noqa: E402
     from himr_pipe.scheme import Scheme  # noqa: E402
     from himr_pipe.shards import iter_samples  # noqa: E402
 
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    classes = sorted(PHOTOS)
-
-
-    sets = {}
-    with ProcessPoolExecutor(min(12, os.cpu_count() or 1)) as ex:
-        jobs = []
-        for tag, mult in (("n", 1), ("2n", 2)):
-            per = max(1, args.n * mult // len(classes))
-            sets[tag] = work / f"set_{tag}"
-            jobs += [(sets[tag], c, per, 100 * mult + i) for i, c in enumerate(classes)]
-        list(ex.map(_make, jobs))
+    sets = {"n": work / "set_n", "2n": work / "set_2n"}
+    for tag, mult in (("n", 1), ("2n", 2)):
+        gpu_codecs.build_image_set(sets[tag], args.n * mult, seed=100 * mult, workers=min(12, os.cpu_count() or 1))
     counts = {k: sum(1 for _ in v.glob("*/*.jpg")) for k, v in sets.items()}
     print(f"  image sets: {counts} (ImageNet-like sizes, hundreds of them, JPEG q90, from the bundled photos)",
           flush=True)
@@ -397,9 +383,6 @@ def main():
                      "rs_over_decode_limit": rates["rs"]["marginal_img_s"] / decode_rate}
     # -- 5. the codecs at their limit: every decoder and encoder configuration on the same files -------------
     if args.codecs > 0:
-        sys.path.insert(0, str(Path(__file__).parent))
-        import gpu_codecs  # noqa: E402
-
         files = sorted(sets["2n"].glob("*/*.jpg"))
         R["codecs"] = gpu_codecs.sweep(files, batches=(B,) if args.smoke else (64, 256), max_seconds=args.codecs,
                                        budget_s=0.15 if args.smoke else 2.0, device=DEV)

@@ -341,121 +341,108 @@ class DaliDecoder:
             yield batch, images, bad
 
 
-class TorchvisionDecoder:
-    """The second GPU decoder: torchvision's nvJPEG ``decode_jpeg`` + torch resize, same interface.
+class _ResizedByUs:
+    """A batched decoder whose images :mod:`.resize` resizes (torchvision's and nvImageCodec's): ``_decode``
+    gives each image as HWC on the device, or None; a None goes through :func:`_decode_fallback`, and what
+    that cannot decode either is skipped as a decode error. With ``device="cpu"`` the same code runs on the
+    CPU (the tests' stand-in for the GPU)."""
+
+    def __init__(self, size: tuple[int, int], resize: str = "crop", max_batch: int = 64, device: str = "cuda",
+                 views: bool = False, threads: int = 1):
+        from .resize import Resizer
+
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}")
+        self.size, self.resize, self.max_batch, self.device, self.views = tuple(size), resize, max_batch, device, views
+        self.exif = resize != "letterbox"  # letterbox: the stored frame (COCO's boxes know no EXIF orientation)
+        self.resizer = Resizer(self.size, resize, views, threads if device == "cpu" else 1)
+
+    def _decode(self, data: list) -> list:
+        raise NotImplementedError
+
+    def run(self, batches: Iterable, alloc=None):
+        """As :meth:`DaliDecoder.run`: yield (batch, images, failures) per batch."""
+        for item in batches:
+            item = DecodeBatch.of(item)
+            images = self._decode(item.data)
+            bad: dict[int, str] = {}
+            for i, data in enumerate(item.data):
+                if images[i] is None:
+                    try:
+                        images[i] = _decode_fallback(data, self.device, self.exif).permute(1, 2, 0)
+                    except RuntimeError:
+                        bad[i] = DECODE_ERROR
+            good = len(images) - len(bad)
+            yield item, self.resizer.run(images, item.windows, _alloc(alloc, good, self.size, self.device)), bad
+
+
+class TorchvisionDecoder(_ResizedByUs):
+    """The second GPU decoder: torchvision's nvJPEG ``decode_jpeg`` + :mod:`.resize`, same interface.
 
     For machines that cannot hold the DALI wheel (the lent GPU machine). JPEGs
     are decoded as one batched nvJPEG call on ``device``; other formats, and
     JPEGs nvJPEG refuses (CMYK, say), go through torchvision's CPU decoder and
-    are uploaded. EXIF orientation is applied (not for letterbox). Resizing is
-    :mod:`.resize`'s, as on DALI's CPU path; the JPEG decoders differ in
-    their pixels, so the decoder is part of the job record. With
-    ``device="cpu"`` the same code runs on the CPU (the tests' stand-in for
-    the GPU).
+    are uploaded. EXIF orientation is applied (not for letterbox). The JPEG
+    decoders differ in their pixels, so the decoder is part of the job record.
     """
 
-    def __init__(self, size: tuple[int, int], resize: str = "crop", max_batch: int = 64, device: str = "cuda",
-                 views: bool = False, threads: int = 1):
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}")
-        self.size = tuple(size)
-        self.resize = resize
-        self.max_batch = max_batch
-        self.device = device
-        self.views = views
-        from .resize import Resizer
-
-        self.resizer = Resizer(self.size, resize, views, threads if device == "cpu" else 1)
-
-    def run(self, batches: Iterable, alloc=None):
-        """As :meth:`DaliDecoder.run`: yield (batch, images, failures) per batch."""
+    def _decode(self, data: list) -> list:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        for item in batches:
-            item = DecodeBatch.of(item)
-            batch, views = item.data, item.windows
-            images: list = [None] * len(batch)
-            bad: dict[int, str] = {}
-            jpegs = [i for i, b in enumerate(batch) if b[:2] == b"\xff\xd8"]
-            if jpegs:
-                try:
-                    outs = decode_jpeg([torch.frombuffer(bytearray(batch[i]), dtype=torch.uint8) for i in jpegs],
-                                       mode=ImageReadMode.RGB, device=self.device,
-                                       apply_exif_orientation=self.resize != "letterbox")
-                    for i, o in zip(jpegs, outs):
-                        images[i] = o
-                except RuntimeError:
-                    pass  # one bad file fails the batched call: decode one by one below
-            for i, data in enumerate(batch):
-                if images[i] is None:
-                    try:
-                        images[i] = _decode_fallback(data, self.device, self.resize != "letterbox")
-                    except RuntimeError:
-                        bad[i] = DECODE_ERROR
-            good = sum(im is not None for im in images)
-            yield item, self.resizer.run(images, views, _alloc(alloc, good, self.size, self.device), chw=True), bad
+        images: list = [None] * len(data)
+        jpegs = [i for i, b in enumerate(data) if b[:2] == b"\xff\xd8"]
+        if jpegs:
+            try:
+                outs = decode_jpeg([torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpegs],
+                                   mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=self.exif)
+                for i, o in zip(jpegs, outs):
+                    images[i] = o.permute(1, 2, 0)
+            except RuntimeError:
+                pass  # one bad file fails the batched call: each then on its own (the fallback)
+        return images
 
 
-class NvImageCodecDecoder:
+class NvImageCodecDecoder(_ResizedByUs):
     """nvImageCodec's batched decoder, then :mod:`.resize`; same interface as the other decoders.
 
     On a GPU nvImageCodec picks its fastest backend per image (the hardware JPEG decoder where the card
     has one, else nvJPEG's hybrid or GPU decoders); with ``device="cpu"`` its CPU backend runs (the
     tests' stand-in). An image it cannot decode goes through torchvision's CPU decoder, as with the
-    torchvision decoder; what neither decodes is skipped as a decode error. EXIF orientation is applied
-    (not for letterbox). ``benchmarks/gpu_codecs.py`` times its backends against torchvision's nvJPEG.
+    torchvision decoder. EXIF orientation is applied (not for letterbox). ``benchmarks/gpu_codecs.py``
+    times its backends against torchvision's nvJPEG.
     """
 
     def __init__(self, size: tuple[int, int], resize: str = "crop", max_batch: int = 64, device: str = "cuda",
                  views: bool = False, threads: int = 1):
         from nvidia import nvimgcodec as nv
 
-        from .resize import Resizer
-
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}")
-        self.size, self.resize, self.max_batch, self.device, self.views = tuple(size), resize, max_batch, device, views
+        super().__init__(size, resize, max_batch, device, views, threads)
         self.nv = nv
         dev = nv.NVIMGCODEC_DEVICE_CPU_ONLY if device == "cpu" else (int(device.split(":")[1]) if ":" in device else 0)
         self.decoder = nv.Decoder(device_id=dev, max_num_cpu_threads=max(1, threads))
-        self.params = nv.DecodeParams(apply_exif_orientation=resize != "letterbox", color_spec=nv.ColorSpec.SRGB,
+        self.params = nv.DecodeParams(apply_exif_orientation=self.exif, color_spec=nv.ColorSpec.SRGB,
                                       sample_format=nv.SampleFormat.I_RGB)
-        self.resizer = Resizer(self.size, resize, views, threads if device == "cpu" else 1)
 
-    def _tensor(self, img):
-        """An nvImageCodec image as an HWC uint8 tensor on the device (zero-copy, DLPack on the GPU)."""
+    def _decode(self, data: list) -> list:
         import torch
 
-        if img.buffer_kind == self.nv.ImageBufferKind.STRIDED_DEVICE:
-            return torch.from_dlpack(img.to_dlpack(torch.cuda.current_stream().cuda_stream))
-        return torch.from_numpy(np.asarray(img))
-
-    def run(self, batches: Iterable, alloc=None):
-        """As :meth:`DaliDecoder.run`: yield (batch, images, failures) per batch."""
-        import torch
-
-        stream = torch.cuda.current_stream().cuda_stream if self.device != "cpu" else 0
-        for item in batches:
-            item = DecodeBatch.of(item)
-            try:
-                outs = self.decoder.decode([np.frombuffer(b, np.uint8) for b in item.data], params=self.params,
-                                           cuda_stream=stream)
-            except Exception:  # noqa: BLE001 - a batch it cannot take at all: each image then on its own
-                outs = [None] * len(item.data)
-            images: list = []
-            bad: dict[int, str] = {}
-            for i, (data, out) in enumerate(zip(item.data, outs)):
-                if out is not None:
-                    images.append(self._tensor(out))
-                    continue
-                try:
-                    images.append(_decode_fallback(data, self.device, self.resize != "letterbox").permute(1, 2, 0))
-                except RuntimeError:
-                    images.append(None)
-                    bad[i] = DECODE_ERROR
-            good = len(images) - len(bad)
-            yield item, self.resizer.run(images, item.windows, _alloc(alloc, good, self.size, self.device)), bad
+        gpu = self.device != "cpu"
+        stream = torch.cuda.current_stream().cuda_stream if gpu else 0
+        try:
+            outs = self.decoder.decode([np.frombuffer(b, np.uint8) for b in data], params=self.params,
+                                       cuda_stream=stream)
+        except Exception:  # noqa: BLE001 - a batch it cannot take at all: each image then on its own
+            return [None] * len(data)
+        images = []
+        for out in outs:  # zero-copy: DLPack on the GPU (ordered on the decoding stream), numpy on the CPU
+            if out is None:
+                images.append(None)
+            elif out.buffer_kind == self.nv.ImageBufferKind.STRIDED_DEVICE:
+                images.append(torch.from_dlpack(out.to_dlpack(stream)))
+            else:
+                images.append(torch.from_numpy(np.asarray(out)))
+        return images
 
 
 def _decode_fallback(data: bytes, device: str, exif: bool):

@@ -88,10 +88,8 @@ def resize_into(img: torch.Tensor, p: Plan, out: torch.Tensor) -> None:
         out[:p.rh, p.rw:] = 0
 
 
-def as_hwc8(img: torch.Tensor, chw: bool) -> torch.Tensor:
-    """A decoded image as HWC uint8: CHW (torchvision's decoders) is viewed as HWC, 16-bit scaled to 8."""
-    if chw:
-        img = img.permute(1, 2, 0)
+def as_hwc8(img: torch.Tensor) -> torch.Tensor:
+    """A decoded HWC image as uint8: 16-bit (some PNGs, from torchvision's decoder) scaled to 8."""
     if img.dtype != torch.uint8:  # 16-bit PNG
         img = (img.to(torch.int32) >> 8).to(torch.uint8)
     return img
@@ -106,14 +104,14 @@ class Resizer:
         self.size, self.mode, self.views = tuple(size), mode, views
         self.pool = ThreadPoolExecutor(max(1, threads)) if threads > 1 else None
 
-    def run(self, images: list, rows, out: torch.Tensor, chw: bool = False) -> torch.Tensor:
-        """``images``: HWC (``chw``: CHW) tensors (or None for a failed one, left out); ``rows``: the batch's
+    def run(self, images: list, rows, out: torch.Tensor) -> torch.Tensor:
+        """``images``: HWC tensors (or None for a failed one, left out); ``rows``: the batch's
         windows (None unless views or letterbox); ``out``: a (>= n, H, W, 3) uint8 buffer on the images'
         device. Returns ``out[:n]`` for the n good images, in order."""
         jobs = []
         for i, img in enumerate(images):
             if img is not None:
-                img = as_hwc8(img, chw)
+                img = as_hwc8(img)
                 p = plan(self.mode, img.shape[0], img.shape[1], self.size, None if rows is None else rows[i],
                          self.views)
                 jobs.append((img, p, out[len(jobs)]))

@@ -263,9 +263,9 @@ def _spy_decoder():
         dec = DaliDecoder((64, 64), "stretch", 1, 1)
         run = dec.resizer.run
 
-        def recording(images, rows, out, chw=False):
+        def recording(images, rows, out):
             _DECODED.extend(tuple(im.shape[:2]) for im in images if im is not None)
-            return run(images, rows, out, chw)
+            return run(images, rows, out)
 
         dec.resizer.run = recording
         _spy_decoder.dec = dec

@@ -75,10 +75,10 @@ def test_resizer_threads_give_the_same_batch_as_one_thread_and_skip_failed_image
     assert torch.equal(one, images[3]) and torch.equal(serial[2], one)  # same size: the pixels as they are
 
 
-def test_chw_and_16_bit_images_are_taken_as_decoded():
+def test_16_bit_images_are_taken_as_decoded():
     img = photo(120, 90)
-    out = Resizer((64, 64), "stretch", False, 1).run([img.permute(2, 0, 1), (img.to(torch.int32) * 257).to(
-        torch.uint16).permute(2, 0, 1)], None, torch.empty((2, 64, 64, 3), dtype=torch.uint8), chw=True)
+    out = Resizer((64, 64), "stretch", False, 1).run([img, (img.to(torch.int32) * 257).to(torch.uint16)], None,
+                                                     torch.empty((2, 64, 64, 3), dtype=torch.uint8))
     assert torch.equal(out[0], out[1])
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -26,12 +24,15 @@ def test_a_sink_error_reaches_the_producer_and_stop_ends_the_thread():
 
 
 def test_stopping_a_full_sink_drops_what_is_queued():
-    done = []
-    sink = Sink(lambda x: (time.sleep(0.1), done.append(x)), depth=2)
-    for i in range(3):
+    import threading
+
+    done, hold = [], threading.Event()
+    sink = Sink(lambda x: (hold.wait(5), done.append(x)), depth=2)
+    for i in range(3):  # the third put returns once the sink holds item 0: then 1 and 2 are queued
         sink.put(i)
     sink.stop()
-    sink.thread.join(2)
+    hold.set()
+    sink.thread.join(5)
     assert not sink.thread.is_alive() and done == [0]  # the one in hand finishes; the queued two are dropped
 
 
