@@ -63,6 +63,8 @@ SETTINGS = {s.name: s for s in [
     Setting("mi16-jpg", 16, "jpeg", mi=True),
     Setting("mi16-png", 16, "png", mi=True),
     Setting("mi8-png", 8, "png", mi=True),
+    Setting("mi16-gap1-jpg", 16, "jpeg", gap=1, mi=True),
+    Setting("mi32-jpg", 32, "jpeg", mi=True),
 ]}
 
 

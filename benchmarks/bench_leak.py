@@ -42,6 +42,9 @@ SETTINGS = [
     ("mi-shuffle P=16 gap 1 jpeg", "mi-shuffle", 16, 1, 0.0, "jpeg"),
     ("mi-shuffle P=16 drop 0.25 jpeg", "mi-shuffle", 16, 0, 0.25, "jpeg"),
     ("mi-shuffle P=8 png", "mi-shuffle", 8, 0, 0.0, "png"),
+    ("mi-shuffle P=16 gap 1 png", "mi-shuffle", 16, 1, 0.0, "png"),
+    ("mi-shuffle P=32 jpeg", "mi-shuffle", 32, 0, 0.0, "jpeg"),
+    ("mi-shuffle P=32 gap 1 jpeg", "mi-shuffle", 32, 1, 0.0, "jpeg"),
 ]
 
 

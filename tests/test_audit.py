@@ -84,9 +84,19 @@ def test_preview_shows_plain_rs_and_mi(sample_src, tmp_path):
     plain, rs, mi, mis = (pic[:, i * 232:i * 232 + 224] for i in range(4))
     assert Counter(map(bytes, cut(plain, 16))) == Counter(map(bytes, cut(rs, 16)))
     assert not np.array_equal(plain, rs)
-    # mi-shuffle shows MI's cells (drawn 2x) in another order
-    assert Counter(map(bytes, cut(mi, 16))) == Counter(map(bytes, cut(mis, 16)))
+    # mi-shuffle shows MI's cells (drawn 2x) in another order, by default with its 1-pixel gap: each 8-px cell's
+    # border (2 px drawn) blanked and its interior MI's
+    def interior(cells):
+        return Counter(bytes(c[2:-2, 2:-2]) for c in cells)
+
+    cells = cut(mis, 16)
+    assert all(not c[:2].any() and not c[-2:].any() and not c[:, :2].any() and not c[:, -2:].any() for c in cells)
+    assert interior(cut(mi, 16)) == interior(cells)
     assert not np.array_equal(mi, mis)
+    # --gap 0: exactly MI's cells, reordered
+    cli("preview", img, out, "--seed", "3", "--gap", "0")
+    mis0 = np.asarray(Image.open(out))[:, 3 * 232:3 * 232 + 224]
+    assert Counter(map(bytes, cut(mi, 16))) == Counter(map(bytes, cut(mis0, 16)))
     assert "does not divide" in cli("preview", img, out, "--patch", "15", expect=2).output
 
 
@@ -98,7 +108,9 @@ def test_audit_report_files_match_the_json(sample_src, tmp_path, scheme):
     from conftest import cli, encrypt
 
     out, state = tmp_path / "out", tmp_path / "state"
-    encrypt(sample_src, out, "--scheme", scheme, "--format", "png", "--seed", "1", state=state)
+    # mi-shuffle without its default gap: every setting here is over the budget when stored losslessly
+    gap = ["--gap", "0"] if scheme == "mi-shuffle" else []
+    encrypt(sample_src, out, "--scheme", scheme, "--format", "png", "--seed", "1", *gap, state=state)
     # --plain is optional: the owner state says where SRC was
     res = cli("audit", out, "--report", tmp_path / "rep", "--state-dir", state, "--samples", "4")
     assert "4 images" in res.output and "OVER the leak budget" in res.output  # none of these is safe lossless
@@ -142,6 +154,7 @@ def test_quick_audit_figures_in_the_manifest_match_a_separate_audit(sample_src, 
     assert a["samples"] == 4 and a["meets_budget"] is False and a["attack"] == ATTACK_NAME
     assert set(a["mean"]) >= {"direct_accuracy", "neighbour_accuracy", "psnr", "ssim"}
     assert f"{a['mean']['direct_accuracy']:.3f} of the cells" in warn[0]
+    assert "lower bound" in a["bound"] and "lower bounds" in res.output  # the figures are what this attack gets
     text = (out / "manifest.json").read_text()
     assert "key" not in json.dumps(a) and str(sample_src) not in text  # figures, no keys, no paths
     cli("audit", out, "--report", tmp_path / "rep", "--state-dir", state, "--samples", "4", "--seed", "0")
@@ -173,3 +186,17 @@ def test_gap_defence_breaks_the_solver_where_it_otherwise_wins():
         truth = np.argsort(perms[0]).reshape(7, 7)
         res[gap] = neighbour_accuracy(solve(cut(enc, 32), (7, 7)), truth)
     assert res[0] == 1.0 and res[4] < 0.5
+
+
+def test_the_default_setting_is_mi_shuffle_with_its_gap_and_within_the_budget(sample_src, tmp_path):
+    """No --scheme, no --gap: mi-shuffle with a 1-pixel gap (README 'Privacy': the one setting within the leak
+    budget under the audit and the outside solver), recorded in the manifest; its quick audit of the bundled photos,
+    as the quick start runs it, is within the budget and prints no warning."""
+    from conftest import encrypt, manifest
+
+    res = encrypt(sample_src, tmp_path / "out", "--seed", "4", state=tmp_path / "state", audit=True)
+    sch = manifest(tmp_path / "out")["job"]["scheme"]
+    assert (sch["kind"], sch["shuffle"], sch["gap"], sch["patch"]) == ("mi", True, 1, 16)
+    a = manifest(tmp_path / "out")["audit"]
+    assert a["meets_budget"] is True and "warning" not in res.output
+    assert "within the leak budget against this attack" in res.output

@@ -22,9 +22,9 @@ def outs(sample_src, tmp_path_factory):
     """The same sample, same seed (so the same keys hold the same inputs), in four schemes, lossless."""
     base = tmp_path_factory.mktemp("decrypt")
     args = ("--format", "png", "--seed", "5", "--shard-size", "7")
-    for name, extra in (("none", ()), ("rs", ()), ("mi", ()), ("mi-shuffle", ()),
-                        ("rs-def", ("--gap", "1", "--drop", "0.25"))):
-        scheme = name.split("-def")[0]
+    for name, extra in (("none", ()), ("rs", ()), ("mi", ()), ("mi-shuffle", ("--gap", "0")),
+                        ("mi-shuffle-gapdefault", ()), ("rs-def", ("--gap", "1", "--drop", "0.25"))):
+        scheme = name.split("-def")[0].split("-gapdefault")[0]
         encrypt(sample_src, base / name, "--scheme", scheme, *args, *extra, state=base / f"{name}.state")
     return base
 
@@ -53,6 +53,20 @@ def test_decrypt_of_mi_shuffle_is_mi_and_mi_is_shown_at_full_size(outs, tmp_path
         full = np.repeat(np.repeat(mi[k], 2, 0), 2, 1)
         assert got_mi[k].shape == (224, 224, 3) and np.array_equal(got_mi[k], full)
         assert np.array_equal(got_mis[k], full), k
+
+
+def test_decrypt_of_the_default_mi_shuffle_is_mi_inside_its_gap(outs, tmp_path):
+    """The default mi-shuffle carries a 1-pixel gap in every 8-px MI cell: decrypted, every cell's interior is
+    MI's in its true place (shown 2x) and the gap border stays blank."""
+    mi = stored(outs / "mi")
+    got = decrypted(outs, "mi-shuffle-gapdefault", tmp_path)
+    mask = defence_mask(Scheme("mi", 16, 224, 224, 1, shuffle=True)).numpy() > 0
+    keep = np.repeat(np.repeat(mask.reshape(112, 112, -1), 2, 0), 2, 1)
+    assert keep.mean() == pytest.approx((6 / 8) ** 2)
+    for k in mi:
+        full = np.repeat(np.repeat(mi[k], 2, 0), 2, 1)
+        assert np.array_equal(np.where(keep, got[k], 0), np.where(keep, full, 0)), k
+        assert not np.where(keep, 0, got[k]).any(), k
 
 
 def test_decrypt_with_defences_puts_every_kept_patch_back(outs, tmp_path):

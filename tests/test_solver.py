@@ -144,3 +144,28 @@ def test_mi_kriging_weights_reproduce_smooth_images():
     b = cell[:, :, 2:].mean(axis=(0, 2))                                        # its right neighbour
     err = np.abs(W @ a.ravel() - b[:, 0])
     assert err.max() < 0.5 * 2.0 * (s + 1)        # far better than no extrapolation (error 2 * (s+1))
+
+
+def test_gap_band_chroma_unmixing_makes_the_attack_stronger_on_odd_gaps(photos):
+    """RS-16 --gap 1 as JPEG 4:2:0: the chroma sample on each cell's edge is half black band, half the piece's
+    edge, so un-mixing it (v3) must find strictly more true neighbours than reading it as blank (v2, 'unmix'
+    off) on these photos, and never fewer on one of them by much; even gaps are untouched (same layouts)."""
+    from himr_pipe.audit.solver import _unmix_chroma
+
+    v2, v3 = [], []
+    for i, img in enumerate(photos):
+        blob, ext, grid, truth, blank = make_puzzle(img, 16, "jpeg", i, gap=1)
+        st = load_stored(blob, ext)
+        assert st.subsampling == "420"
+        for out, prm in ((v2, {"unmix": False}), (v3, {})):
+            out.append(layout_scores(solve_stored(st, 16, grid, gap=1, params=prm), truth, blank)["neighbour"])
+    assert np.mean(v3) > np.mean(v2) and min(np.subtract(v3, v2)) > -0.05, (v2, v3)
+    blob, ext, grid, truth, blank = make_puzzle(photos[0], 16, "jpeg", 9, gap=2)
+    st = load_stored(blob, ext)
+    assert np.array_equal(solve_stored(st, 16, grid, gap=2), solve_stored(st, 16, grid, gap=2,
+                                                                           params={"unmix": False}))
+    # the arithmetic: a block half black (chroma 128) and half value v stores (128 + v) / 2; un-mixed, v again
+    X = np.full((1, 8, 8, 2), 90.0, np.float32)
+    X[0, 0, :] = X[0, -1, :] = X[0, :, 0] = X[0, :, -1] = (128 + 90) / 2
+    X[0, [0, 0, -1, -1], [0, -1, 0, -1]] = (3 * 128 + 90) / 4
+    assert np.allclose(_unmix_chroma(X, 1), 90.0)

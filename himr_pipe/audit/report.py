@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..decrypt import DecryptError, open_owner, true_permutations
 from ..shards import iter_shard
-from .attack import BUDGET, PSNR_CAP, attack_name, attack_sample, meets_budget, summarise
+from .attack import BOUND, BUDGET, PSNR_CAP, attack_name, attack_sample, meets_budget, summarise
 
 
 class AuditError(ValueError):
@@ -121,7 +121,7 @@ def audit_out(out: str, samples: int = 16, state_dir: str | None = None, seed: i
     ok, why = meets_budget(scheme, mean)
     report = {"scheme": scheme.to_dict(), "setting": scheme.describe(), "format": view.manifest["job"]["format"],
               "attack": attack_name(scheme), "samples": len(rows), "seed": seed, "mean": mean,
-              "budget": BUDGET, "meets_budget": ok, "over_budget": why,
+              "bound": BOUND, "budget": BUDGET, "meets_budget": ok, "over_budget": why,
               "plain": "rebuilt from SRC" if plain else f"unavailable: {why_no_plain}", "images": rows}
     return report, grid
 
@@ -129,7 +129,8 @@ def audit_out(out: str, samples: int = 16, state_dir: str | None = None, seed: i
 def manifest_figures(report: dict) -> dict:
     """What the manifest carries of an audit: numbers only, never pictures, keys or paths; and no timings,
     so that a rerun of the same job writes the same manifest."""
-    fig = {k: report[k] for k in ("attack", "samples", "seed", "mean", "budget", "meets_budget", "over_budget")}
+    fig = {k: report[k] for k in ("attack", "bound", "samples", "seed", "mean", "budget", "meets_budget",
+                                  "over_budget")}
     fig["mean"] = {k: v for k, v in fig["mean"].items() if k != "attack_seconds"}
     return fig
 
@@ -155,6 +156,7 @@ def markdown(report: dict) -> str:
     lines = [f"# Privacy audit: {report['setting']} {s['height']}x{s['width']}, {report['format']['name']}, "
              f"{report['samples']} images", "",
              f"Attack: {report['attack']}.", "",
+             f"Every figure below is {report['bound']}.", "",
              f"Plain images: {report['plain']}.", "",
              f"PSNR in dB, capped at {PSNR_CAP:.0f} for exact reconstructions.", "", "| figure | mean |", "|---|---|"]
     for k, v in report["mean"].items():
