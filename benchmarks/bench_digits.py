@@ -35,20 +35,27 @@ import numpy as np
 from PIL import Image
 
 
-def make_digits(root: Path, size: int = 32, seed: int = 0) -> dict:
+def make_digits(root: Path, size: int = 32, seed: int = 0, split: bool = True) -> dict:
+    """sklearn's digits as ImageNet-style folders of size x size RGB PNGs: ``root/train`` and ``root/val``
+    (a stratified 80/20 split), or with ``split=False`` all of them in ``root`` (for a caller that draws
+    its own split, as ``himr-pipe tradeoff`` does)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
     imgs = (d.images / 16.0 * 255).round().astype(np.uint8)
-    idx_tr, idx_va = train_test_split(np.arange(len(imgs)), test_size=0.2, stratify=d.target, random_state=seed)
-    for split, idx in (("train", idx_tr), ("val", idx_va)):
+    if split:
+        idx_tr, idx_va = train_test_split(np.arange(len(imgs)), test_size=0.2, stratify=d.target, random_state=seed)
+        parts = (("train", idx_tr), ("val", idx_va))
+    else:
+        parts = (("", np.arange(len(imgs))),)
+    for part, idx in parts:
         for i in idx:
-            cls_dir = root / split / f"digit{d.target[i]}"
+            cls_dir = root / part / f"digit{d.target[i]}"
             cls_dir.mkdir(parents=True, exist_ok=True)
             im = Image.fromarray(imgs[i]).resize((size, size), Image.BILINEAR).convert("RGB")
             im.save(cls_dir / f"{i:05d}.png")
-    return {"train": len(idx_tr), "val": len(idx_va)}
+    return {(part or "all"): len(idx) for part, idx in parts}
 
 
 def encrypt(src: Path, out: Path, scheme: str, seed: int, patch: int, defence: tuple = (0, 0.0), size: int = 32) -> None:

@@ -252,26 +252,37 @@ def verify_cmd(out, decode):
 
 @main.command("sample-data")
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--task", type=click.Choice(["classification", "detection"]), default="classification",
+@click.option("--task", type=click.Choice(["classification", "detection", "shapes"]), default="classification",
               show_default=True, help="classification: an ImageNet-style class-per-folder tree; detection: a "
-                                      "COCO-format set (train2017/, val2017/, annotations/instances_*.json).")
-@click.option("--per-class", type=int, default=8, show_default=True, help="Images per class (classification).")
+                                      "COCO-format set (train2017/, val2017/, annotations/instances_*.json); shapes: "
+                                      "the structured accuracy proxy (one large photo-textured shape per image, "
+                                      "classes bar, disc, square, triangle), DEST/train and DEST/val as "
+                                      "ImageNet-style folders.")
+@click.option("--per-class", type=int, default=8, show_default=True,
+              help="Images per class (classification; shapes: train images per class, and a quarter as many, "
+                   "at least 2, for val).")
+@click.option("--size", type=int, default=128, show_default=True, help="Image side in pixels (shapes).")
 @click.option("--train-images", type=int, default=24, show_default=True, help="Train images (detection).")
 @click.option("--val-images", type=int, default=8, show_default=True, help="Val images (detection).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
-def sample_data_cmd(ctx, dest, task, per_class, train_images, val_images, seed):
+def sample_data_cmd(ctx, dest, task, per_class, size, train_images, val_images, seed):
     """Write a small sample dataset cut from scikit-image's bundled photos (no download): an ImageNet-style
-    folder, or with --task detection a COCO-format detection set of coloured shapes drawn on them."""
+    folder, with --task detection a COCO-format detection set of coloured shapes drawn on them, or with
+    --task shapes the structured accuracy proxy (train/ and val/ folders)."""
     from click.core import ParameterSource
 
-    from .sample_data import make_detection_sample, make_sample_folder
+    from .sample_data import make_detection_sample, make_sample_folder, make_shapes_classification
 
     def given(name):
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
-    if task == "classification" and (given("train_images") or given("val_images")):
+    if task != "detection" and (given("train_images") or given("val_images")):
         _fail_usage("--train-images/--val-images are for --task detection")
+    if task != "shapes" and given("size"):
+        _fail_usage("--size is for --task shapes")
+    if task == "shapes" and (per_class < 1 or size < 16):
+        _fail_usage("--per-class must be at least 1 and --size at least 16")
     if task == "detection" and given("per_class"):
         _fail_usage("--per-class is for --task classification")
     if task == "detection" and (train_images < 1 or val_images < 0):
@@ -283,9 +294,95 @@ def sample_data_cmd(ctx, dest, task, per_class, train_images, val_images, seed):
         click.echo(f"himr-pipe: wrote {r['images']} JPEGs ({r['train_images']} train, {r['val_images']} val) "
                    f"with {r['annotations']} boxes in {r['categories']} categories (COCO detection) to {dest}")
         return
+    if task == "shapes":
+        # distinct draws for the two splits: the train and val images never repeat each other
+        tr = make_shapes_classification(os.path.join(dest, "train"), per_class=per_class, size=size, seed=[seed, 0])
+        va = make_shapes_classification(os.path.join(dest, "val"), per_class=max(2, per_class // 4), size=size,
+                                        seed=[seed, 1])
+        click.echo(f"himr-pipe: wrote {tr['images']} train and {va['images']} val JPEGs ({size}x{size}) of "
+                   f"{tr['classes']} shape classes to {dest}/train and {dest}/val")
+        return
     r = make_sample_folder(dest, per_class=per_class, seed=seed)
     click.echo(f"himr-pipe: wrote {r['images']} JPEGs in {r['classes']} classes to {dest}")
 
+
+
+@main.command("tradeoff")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.option("--samples", type=int, required=True,
+              help="Images of SRC to measure on, drawn per class in proportion to the class sizes; a fifth of "
+                   "them are held out for validation. Refused when too few to tell two settings apart: the 95% "
+                   "half-width of a top-1 estimate on n_val validation images, about 0.98/sqrt(n_val), must be at "
+                   "most 0.10 (n_val >= 97, so --samples >= about 485), and every class needs at least 10 training "
+                   "and 2 validation images in the sample.")
+@click.option("--size", default="224", show_default=True, help="Image size before encryption: N or HxW.")
+@click.option("--patch", type=int, default=16, show_default=True, help="Patch size P (the 2P settings use 2P).")
+@click.option("--epochs", type=int, default=None,
+              help="Training epochs per setting (default: the recipe's, himr_pipe.tradeoff.RECIPE).")
+@click.option("--format", "fmt", type=click.Choice(["jpeg", "png"]), default="jpeg", show_default=True,
+              help="How the shards store images (jpeg: the product default).")
+@click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Which images are sampled, the encryption seeds (train: seed, val: seed + 1) and the first "
+                   "training seed.")
+@click.option("--seeds", type=int, default=1, show_default=True,
+              help="Training seeds per setting: the table shows their mean and standard deviation.")
+@click.option("--close-seeds", type=int, default=None,
+              help="Then train every setting whose mean top-1 is within 0.05 of another's up to this many seeds.")
+@click.option("--settings", default=None,
+              help="Comma list of setting labels (default: all): none, rs, rs gap 1, rs gap 2, mi-shuffle, "
+                   "mi-shuffle gap 1, mi-shuffle 2P, mi-shuffle 2P gap 1.")
+@click.option("--classes", type=int, default=None,
+              help="Measure on this many classes of SRC, drawn at random (for sets with many classes).")
+@click.option("--audit-samples", type=int, default=16, show_default=True,
+              help="Validation images attacked per setting.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Write report.json, report.md and grid.png (one stored sample per setting) here; not inside "
+                   "SRC or the work folder.")
+@click.option("--work", type=click.Path(file_okay=False), default=None,
+              help="Keep the sample links, shards and owner states here (default: a temporary folder, removed "
+                   "at the end); not inside SRC. A rerun into it reuses the shards and every finished training "
+                   "and attack.")
+@click.option("--device", default="auto", show_default=True, help="Training device: auto (a GPU where present), "
+                                                                    "cpu, cuda or cuda:N.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option("--max-half-width", type=float, default=None, hidden=True,
+              help="Lower the refusal threshold (tests only).")
+def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, close_seeds, settings, classes,
+                 audit_samples, report_dir, work, device, progress, max_half_width):
+    """Owner only: measure what each privacy setting leaks and costs on a labelled sample of SRC, and recommend one.
+
+    SRC is an ImageNet-style folder of the owner's own images. For every candidate setting the sample is
+    encrypted with encrypt-shards, attacked with the audit's attack (its figures are lower bounds on the
+    leak), and a small model is trained at the same budget; the table gives the leak, whether the leak
+    budget is met, held-out top-1 and its cost against none, and the setting that meets the budget at the
+    smallest cost is recommended.
+    """
+    from dataclasses import replace
+
+    from .scheme import SchemeError, parse_size
+    from .tradeoff import MAX_HALF_WIDTH, RECIPE, TradeoffError, format_table, pick_settings, run_tradeoff
+
+    try:
+        hw = parse_size(size)
+        chosen = pick_settings(settings)
+        recipe = RECIPE if epochs is None else replace(RECIPE, epochs=epochs)
+        if device != "auto" and device != "cpu" and not (device == "cuda" or (device.startswith("cuda:")
+                                                                              and device[5:].isdigit())):
+            raise TradeoffError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        res = run_tradeoff(src, samples, hw, patch, recipe, fmt, quality, seed, seeds, close_seeds, chosen, work,
+                           report_dir, audit_samples, classes=classes, device=device,
+                           max_half_width=MAX_HALF_WIDTH if max_half_width is None else max_half_width,
+                           progress=sys.stderr.isatty() if progress is None else progress,
+                           log=lambda s: click.echo(f"himr-pipe tradeoff: {s}"))
+    except (TradeoffError, SchemeError) as e:
+        _fail_usage(str(e))
+    click.echo("")
+    click.echo(format_table(res))
+    if report_dir:
+        click.echo(f"himr-pipe tradeoff: report -> {report_dir} (report.json, report.md, grid.png)")
+    click.echo(f"himr-pipe tradeoff: {res['total_seconds']:.0f} s in all "
+               f"(estimated {res['estimate_seconds']:.0f} s)")
 
 
 @main.command("train")

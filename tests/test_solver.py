@@ -169,3 +169,24 @@ def test_gap_band_chroma_unmixing_makes_the_attack_stronger_on_odd_gaps(photos):
     X[0, 0, :] = X[0, -1, :] = X[0, :, 0] = X[0, :, -1] = (128 + 90) / 2
     X[0, [0, 0, -1, -1], [0, -1, 0, -1]] = (3 * 128 + 90) / 4
     assert np.allclose(_unmix_chroma(X, 1), 90.0)
+
+
+def test_the_attack_reads_cells_narrower_than_its_fit(photos):
+    """mi-shuffle at P=8 stores 4-px cells, and MI's matching asks for a 6-column fit (and 1-px visible columns
+    with a gap): the fit is capped at what a piece shows, so the audit runs instead of failing, and still finds
+    more than chance on a photo."""
+    import torch
+
+    from himr_pipe.kernels import encrypt
+
+    img = np.asarray(Image.fromarray(photos[1]).resize((96, 96), Image.BILINEAR))
+    for gap in (0, 1):
+        scheme = Scheme("mi", 8, 96, 96, gap, shuffle=True)
+        perm = np.random.default_rng(3).permutation(scheme.num_patches)
+        out = encrypt(scheme, torch.from_numpy(img[None].copy()), perm[None])[0].numpy()
+        f = choose_format("png", scheme)
+        lay = solve_stored(load_stored(f.encode(out), f.ext), scheme.out_cell, scheme.grid, gap=gap, mixed=True)
+        assert sorted(lay.ravel()) == list(range(scheme.num_patches))   # a layout of every piece
+        if not gap:
+            s = layout_scores(lay, np.argsort(perm).reshape(scheme.grid), np.zeros(scheme.num_patches, bool))
+            assert s["neighbour"] > 3 / scheme.num_patches, s

@@ -194,6 +194,8 @@ def _lp_cross(x: np.ndarray, y: np.ndarray, p: float, chunk_elems: int = 1 << 22
 def _extrap_weights(m: int, dist: float, slope: float) -> np.ndarray:
     """Weights of a least-squares line through m columns (x = 0, 1, ..., nearest the seam first)
     evaluated at x = -dist (the first column beyond the seam); the slope is damped by ``slope``."""
+    if m == 1:                                   # one visible column: carry it across unchanged
+        return np.ones(1)
     x = np.arange(m, dtype=np.float64)
     xb = x.mean()
     sxx = ((x - xb) ** 2).sum()
@@ -365,12 +367,16 @@ def compatibility(st: Stored, cell: int, gap: int = 0, params: dict | None = Non
             dist += c
         wch = [1.0 if k == 0 else prm["w_chroma"] for k in ks]
         for rel, Y in ((RIGHT, X), (DOWN, X.transpose(0, 2, 1, 3))):
-            Ar, Bl = _lines(Y, skip, max(2, prm["fit"]))
+            # the fit never reaches past a piece's visible columns (mi-shuffle at P=8 has 4-px cells, MIXED
+            # asks for 6)
+            vis = c - 2 * skip
+            fit = min(prm["fit"], vis)
+            Ar, Bl = _lines(Y, skip, max(min(2, vis), fit))
             if prm["w_pred"]:
-                pred[rel] += _pred_term(Ar[..., :prm["fit"]], Bl[..., :prm["fit"]], dist, prm, wch)
+                pred[rel] += _pred_term(Ar[..., :fit], Bl[..., :fit], dist, prm, wch)
             if use_krige:
                 krig[rel] += _krige_term(Y, prm, wch)
-            if prm["w_mgc"]:
+            if prm["w_mgc"] and Ar.shape[-1] >= 2:
                 mgc[rel] += _mgc_term(Ar[..., 0], Ar[..., 1], Bl[..., 0], Bl[..., 1], prm["mgc_eps"])
     # each term in units of its median over all pairs, so that the weights are comparable
     off = ~np.eye(n, dtype=bool)
