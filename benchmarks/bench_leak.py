@@ -55,11 +55,10 @@ def slug(label: str) -> str:
 
 def leak_table(settings=SETTINGS, n: int = 24, work: Path | None = None, seed: int = 0) -> dict:
     """{label: {"scheme": ..., "format": ..., "mean": {...}, "meets_budget": bool, ...}} for ``settings``."""
-    from click.testing import CliRunner
-
     from himr_pipe.audit.report import audit_out
-    from himr_pipe.cli import main
     from himr_pipe.sample_data import PHOTOS, make_sample_folder
+    from himr_pipe.scheme import Scheme, SchemeError
+    from himr_pipe.tradeoff import encrypt
 
     work = Path(work or tempfile.mkdtemp(prefix="himr-leak-"))
     src = work / "src"
@@ -67,14 +66,12 @@ def leak_table(settings=SETTINGS, n: int = 24, work: Path | None = None, seed: i
         make_sample_folder(src, per_class=max(1, -(-n // len(PHOTOS))), seed=seed)
     out = {}
     for label, name, patch, gap, drop, fmt in settings:
-        o, st = work / slug(label), work / (slug(label) + ".state")
-        args = ["encrypt-shards", str(src), str(o), "--scheme", name, "--patch", str(patch), "--gap", str(gap),
-                "--drop", str(drop), "--format", fmt, "--seed", str(seed), "--workers", "0", "--no-progress",
-                "--no-audit", "--state-dir", str(st)]
+        o, st = work / slug(label), work / (slug(label) + ".state")   # tradeoff.encrypt's state: OUT + ".state"
         if not (o / "manifest.json").exists():
-            r = CliRunner().invoke(main, args, catch_exceptions=False)
-            if r.exit_code != 0:
-                out[label] = {"error": r.output.strip()}
+            try:   # the encrypt-shards command itself, as himr-pipe tradeoff runs it
+                encrypt(src, o, Scheme.named(name, patch, 224, 224, gap, drop), fmt, 90, seed)
+            except (SchemeError, RuntimeError) as e:
+                out[label] = {"error": str(e)}
                 continue
         t = time.perf_counter()
         rep, _ = audit_out(str(o), n, str(st), seed=0)

@@ -268,7 +268,8 @@ def encrypt(src: Path, out: Path, scheme: Scheme, fmt: str, quality: int, seed: 
     from .cli import main
 
     args = ["encrypt-shards", str(src), str(out), "--scheme", scheme.name, "--patch", str(scheme.patch),
-            "--size", f"{scheme.height}x{scheme.width}", "--gap", str(scheme.gap), "--format", fmt,
+            "--size", f"{scheme.height}x{scheme.width}", "--gap", str(scheme.gap), "--drop", str(scheme.drop),
+            "--format", fmt,
             "--quality", str(quality), "--seed", str(seed), "--shard-size", "1000", "--workers", "0",
             "--no-progress", "--no-audit", "--state-dir", str(out) + ".state"]
     buf = io.StringIO()

@@ -34,8 +34,8 @@ size and the scheme), the gap G, and reads the stored file. Three stages:
 **The gap band's chroma.** With an odd gap and 4:2:0 JPEG (RS at P=16 or 32),
 the chroma sample straddling the band is half blank (black: chroma 128) and
 half the piece's visible edge, so the attack un-mixes it
-(:func:`_unmix_chroma`) and matches chroma half a chroma pixel closer across
-the seam. The defence is weaker than its luma suggests.
+(:func:`_unmix_chroma`) and matches chroma 1.5 instead of 3 chroma pixels
+across the seam (gap 1). The defence is weaker than its luma suggests.
 
 Dropped pieces (all-black; detected, or passed as ``blank``) are wildcards:
 they are excluded from the compatibility normalisation, score a neutral
@@ -137,7 +137,8 @@ def load_stored(blob: bytes, ext: str) -> Stored:
 
 # ---------------------------------------------------------------- compatibility
 DEFAULTS = dict(p=0.3, w_chroma=1.0, smooth=0.0, w_mgc=0.0, mgc_eps=0.1, extra_skip_lossy=0, slope=1.0, fit=2,
-                mixed=False, w_pred=1.0, unmix=True, w_krige=0.0, k_alpha=1.0, k_nugget=0.05, k_p=1.0, k_cols=1, k_smooth=0.0)
+                mixed=False, w_pred=1.0, unmix=True, w_krige=0.0, k_alpha=1.0, k_nugget=0.05, k_p=1.0, k_cols=1,
+                k_smooth=0.0)
 
 
 def _unmix_chroma(X: np.ndarray, gap: int) -> np.ndarray:
@@ -147,7 +148,8 @@ def _unmix_chroma(X: np.ndarray, gap: int) -> np.ndarray:
     the block at chroma index q (and c-1-q) straddles the band: half of it is blanked (black, whose chroma is
     exactly 128) and half is the piece's own visible edge. So its visible half is recoverable,
     (4 x - 128 n) / (4 - n) for n blank pixels of the 4 (2 on an edge, 3 at a corner), and the chroma seam moves
-    half a chroma pixel closer (G + 0.5 chroma pixels instead of G + 1). X: (N, c, c, K) chroma planes of every
+    closer: G + 0.5 chroma pixels apart (the two visible edge pixels stand 2G + 1 full-resolution pixels apart)
+    instead of G + 2 (the first wholly visible chroma samples). X: (N, c, c, K) chroma planes of every
     piece, float.
 
     Measured (bench_attack.py, 24 photos, RS-16 gap 1 JPEG q90 4:2:0): neighbour / direct 0.185 / 0.016 without,
