@@ -63,7 +63,6 @@ from pathlib import Path
 import numpy as np
 
 from .scheme import Scheme, SchemeError
-from .sources import IMAGE_EXTS
 
 # The refusal rule (module docstring).
 HALF_WIDTH_Z = 0.98      # 1.96 * sqrt(0.5 * 0.5): the 95% half-width of a proportion at its widest, times sqrt(n)
@@ -165,17 +164,22 @@ def half_width(n_val: int) -> float:
 # -- the sample ---------------------------------------------------------------------------------------
 
 def list_classes(src: str | os.PathLike) -> dict[str, list[Path]]:
-    """{class: sorted image files} of an ImageNet-style folder (as encrypt-shards reads it: the class
-    sub-folders, searched recursively, files with an image extension; hidden entries skipped)."""
-    root = Path(src)
-    out = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = []
-        for dirpath, dirnames, filenames in os.walk(d):
-            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-            files += [Path(dirpath) / f for f in sorted(filenames)
-                      if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTS]
-        out[d.name] = files
+    """{class: sorted image files} of an ImageNet-style folder, read by the source reader encrypt-shards uses
+    (:func:`himr_pipe.sources.open_source`), so the sample holds exactly the inputs a run would take
+    (files it would skip, such as non-image extensions, are left out)."""
+    from .sources import SourceError, open_source
+
+    try:
+        source = open_source(str(src))
+    except SourceError as e:
+        raise TradeoffError(str(e)) from None
+    if source.kind != "folder" or any(i.loc and i.loc[0] != "file" for i in source.inputs):
+        raise TradeoffError(f"SRC must be a local ImageNet-style folder (class sub-folders), got a "
+                            f"{'remote ' if source.kind == 'folder' else ''}{source.kind} source")
+    out: dict[str, list[Path]] = {c: [] for c in source.classes}
+    for inp in source.inputs:
+        if inp.skip is None and inp.label >= 0:
+            out[source.classes[inp.label]].append(Path(inp.loc[1]))
     return out
 
 

@@ -180,3 +180,19 @@ def test_candidates_and_pick():
                       "mi-shuffle 2P gap 1"]
     assert [c.label for c in pick_settings("mi-shuffle gap 1, none")] == ["none", "mi-shuffle gap 1"]
     assert CANDIDATES[6].scheme_at((224, 224), 16).patch == 32
+
+
+def test_the_sample_holds_what_encrypt_shards_would_take(tmp_path):
+    """list_classes reads SRC with encrypt-shards' own source reader: files it would skip (a note, a file
+    outside every class folder) never enter the sample, and a SRC that is not a class-folder tree is refused."""
+    src = tmp_path / "src"
+    make_shapes_classification(src, per_class=2, size=32, seed=0)
+    (src / "bar" / "notes.txt").write_text("not an image")
+    (src / "stray.jpg").write_bytes((src / "bar" / "00000.jpg").read_bytes())
+    by = list_classes(src)
+    assert sorted(by) == sorted(SHAPE_CLASSES) and all(len(v) == 2 for v in by.values())
+    assert all(p.suffix == ".jpg" and p.parent.parent == src for v in by.values() for p in v)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(TradeoffError, match="neither class sub-folders"):
+        list_classes(tmp_path / "flat")
