@@ -36,6 +36,11 @@ class Where(click.ParamType):
         return click.Path(exists=self.exists, file_okay=False).convert(value, param, ctx)
 
 
+def _is_device(device: str) -> bool:
+    """cpu, cuda or cuda:N."""
+    return device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+
+
 def _fail_usage(msg: str):
     click.echo(f"himr-pipe: error: {msg}", err=True)
     sys.exit(2)
@@ -162,7 +167,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
                            "budget: README 'Privacy')")
         sch = Scheme.named(name, patch, h, w, dg if gap is None else gap, drop)
         resize = resize or ("letterbox" if det else "crop")
-        if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        if not _is_device(device):
             raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
         enc_name = resolve_encoder(encoder, fmt, device)
         decoder = resolve_decoder(decoder)
@@ -367,8 +372,7 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
         hw = parse_size(size)
         chosen = pick_settings(settings)
         recipe = RECIPE if epochs is None else replace(RECIPE, epochs=epochs)
-        if device != "auto" and device != "cpu" and not (device == "cuda" or (device.startswith("cuda:")
-                                                                              and device[5:].isdigit())):
+        if device != "auto" and not _is_device(device):
             raise TradeoffError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
         res = run_tradeoff(src, samples, hw, patch, recipe, fmt, quality, seed, seeds, close_seeds, chosen, work,
                            report_dir, audit_samples, classes=classes, device=device,

@@ -757,7 +757,7 @@ def format_table(res: dict) -> str:
     fmt = lambda l: " | ".join(c.ljust(w[i]) for i, c in enumerate(l))  # noqa: E731
     rec = res["recommendation"]
     return "\n".join([fmt(lines[0]), "-+-".join("-" * x for x in w)] + [fmt(l) for l in lines[1:]] + [""]
-                     + notes(res) + ["", "recommendation: " + (rec["why"] if rec["label"] else rec["why"])])
+                     + notes(res) + ["", "recommendation: " + rec["why"]])
 
 
 def markdown(res: dict) -> str:
@@ -782,7 +782,7 @@ def write_report(res: dict, dest: Path, outs: dict) -> None:
 def _grid(res: dict, outs: dict, path: Path) -> None:
     from PIL import Image, ImageDraw
 
-    from .shards import iter_shard
+    from .shards import decode_image, iter_shard
 
     panels = []
     for r in res["rows"]:
@@ -792,7 +792,7 @@ def _grid(res: dict, outs: dict, path: Path) -> None:
         m = json.loads((val / "manifest.json").read_text())
         ext = m["job"]["format"]["ext"]
         _, mem = next(iter(iter_shard(str(val), m["shards"][0]["name"])))
-        panels.append((r["label"], Image.open(io.BytesIO(mem[ext])).convert("RGB")))
+        panels.append((r["label"], Image.fromarray(decode_image(mem[ext], ext))))
     if not panels:
         return
     label_w, pad = 150, 4
