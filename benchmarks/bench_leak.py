@@ -45,7 +45,13 @@ SETTINGS = [
     ("mi-shuffle P=16 gap 1 png", "mi-shuffle", 16, 1, 0.0, "png"),
     ("mi-shuffle P=32 jpeg", "mi-shuffle", 32, 0, 0.0, "jpeg"),
     ("mi-shuffle P=32 gap 1 jpeg", "mi-shuffle", 32, 1, 0.0, "jpeg"),
+    ("rs P=16 flip jpeg", "rs", 16, 0, 0.0, "jpeg"),
+    ("rs P=16 gap 1 flip jpeg", "rs", 16, 1, 0.0, "jpeg"),
+    ("mi-shuffle P=16 flip jpeg", "mi-shuffle", 16, 0, 0.0, "jpeg"),
+    ("mi-shuffle P=16 flip png", "mi-shuffle", 16, 0, 0.0, "png"),
+    ("mi-shuffle P=16 gap 1 flip jpeg", "mi-shuffle", 16, 1, 0.0, "jpeg"),
 ]
+# a label ending in " flip <format>" is the flip defence (Scheme.flip)
 
 
 def slug(label: str) -> str:
@@ -69,7 +75,8 @@ def leak_table(settings=SETTINGS, n: int = 24, work: Path | None = None, seed: i
         o, st = work / slug(label), work / (slug(label) + ".state")   # tradeoff.encrypt's state: OUT + ".state"
         if not (o / "manifest.json").exists():
             try:   # the encrypt-shards command itself, as himr-pipe tradeoff runs it
-                encrypt(src, o, Scheme.named(name, patch, 224, 224, gap, drop), fmt, 90, seed)
+                encrypt(src, o, Scheme.named(name, patch, 224, 224, gap, drop, flip=" flip " in label), fmt, 90,
+                        seed)
             except (SchemeError, RuntimeError) as e:
                 out[label] = {"error": str(e)}
                 continue

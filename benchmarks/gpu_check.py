@@ -116,6 +116,12 @@ def main():
         if p % 2 == 0:
             ok = ok and torch.equal(tk.mi_mix(x.to(DEV), p).cpu(), ref.mi_mix(x, p))
         check(f"triton == reference {b}x{h}x{w}x{c} P={p}", ok)
+        # the flip defence: the orientation gather (a different kernel) and its inverse
+        o = torch.from_numpy(rng.integers(0, 8, pm.shape))
+        y = tk.rs_permute(x.to(DEV), pm.to(DEV), p, orient=o.to(DEV))
+        ok = (torch.equal(y.cpu(), ref.rs_permute(x, pm, p, orient=o))
+              and torch.equal(tk.rs_unpermute(y, pm.to(DEV), p, orient=o.to(DEV)).cpu(), x))
+        check(f"triton == reference with orientations {b}x{h}x{w}x{c} P={p}", ok)
 
     # mi-shuffle (the default scheme): MI, then RS on the P/2 cells; the device path composes the same kernels
     from himr_pipe.kernels import decrypt as k_decrypt  # noqa: E402
@@ -123,14 +129,16 @@ def main():
     from himr_pipe.scheme import Scheme  # noqa: E402
 
     for b, h, w, p in ((3, 32, 48, 16), (5, 224, 224, 16), (2, 64, 32, 8)):
-        sch = Scheme.named("mi-shuffle", p, h, w)
-        x = torch.from_numpy(rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8))
-        pm = perms_for(b, sch.num_patches)
-        y = k_encrypt(sch, x.to(DEV), pm.to(DEV), impl="triton")
-        want = k_encrypt(sch, x, pm, impl="torch")
-        back = k_decrypt(sch, y, pm.to(DEV)).cpu()
-        check(f"mi-shuffle triton == reference {b}x{h}x{w} P={p}", torch.equal(y.cpu(), want)
-              and torch.equal(back, ref.mi_mix(x, p)))
+        for flip in (False, True):
+            sch = Scheme.named("mi-shuffle", p, h, w, flip=flip)
+            x = torch.from_numpy(rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8))
+            # flip: orientations packed into the permutations (perm + N * o), as the pipeline makes them
+            pm = torch.from_numpy(make_permutations(rng.integers(0, 2**63, (b, sch.num_patches)), orient=flip))
+            y = k_encrypt(sch, x.to(DEV), pm.to(DEV), impl="triton")
+            want = k_encrypt(sch, x, pm, impl="torch")
+            back = k_decrypt(sch, y, pm.to(DEV)).cpu()
+            check(f"mi-shuffle{' flip' if flip else ''} triton == reference {b}x{h}x{w} P={p}",
+                  torch.equal(y.cpu(), want) and torch.equal(back, ref.mi_mix(x, p)))
 
     from himr_pipe.sample_data import load_photos  # noqa: E402
 
@@ -155,19 +163,25 @@ def main():
     # sweep the launch shapes (output chunks per program x warps) and keep the fastest for every figure below;
     # outputs go into reused buffers (out=), as in the pipeline
     dst_mi = torch.empty((B, H // 2, W // 2, 3), dtype=torch.uint8, device=DEV)
-    sweep = {"rs": {}, "mi": {}}
+    orient = torch.from_numpy(rng.integers(0, 8, tuple(pm.shape))).to(DEV)  # the flip defence's orientations
+    sweep = {"rs": {}, "mi": {}, "rs_orient": {}}
     for nw in (2, 4, 8):
         for blk in (512, 1024, 2048, 4096):
             sweep["rs"][f"{blk}x{nw}"] = bench(lambda: tk.rs_permute(x, pm, P, out=dst, block=blk, num_warps=nw))
             sweep["mi"][f"{blk}x{nw}"] = bench(lambda: tk.mi_mix(x, P, out=dst_mi, block=blk, num_warps=nw))
+            sweep["rs_orient"][f"{blk}x{nw}"] = bench(
+                lambda: tk.rs_permute(x, pm, P, out=dst, orient=orient, block=blk, num_warps=nw))
     best = {k: min(v, key=v.get) for k, v in sweep.items()}
     tk.RS_BLOCK, tk.RS_NUM_WARPS = map(int, best["rs"].split("x"))
     tk.MI_BLOCK, tk.MI_NUM_WARPS = map(int, best["mi"].split("x"))
+    tk.RS_ORIENT_BLOCK, tk.RS_ORIENT_NUM_WARPS = map(int, best["rs_orient"].split("x"))
     R["launch_sweep"] = {"seconds": sweep, "best (output chunks per program x warps)": best}
     print("  launch sweep best:", best, flush=True)
     t_rs = bench(lambda: tk.rs_permute(x, pm, P, out=dst))
     t_inv = bench(lambda: tk.rs_unpermute(x, pm, P, out=dst))
     t_mi = bench(lambda: tk.mi_mix(x, P, out=dst_mi))
+    t_orient = bench(lambda: tk.rs_permute(x, pm, P, out=dst, orient=orient))        # the flip defence
+    t_orient_inv = bench(lambda: tk.rs_unpermute(x, pm, P, out=dst, orient=orient))
     b64 = min(64, B)  # the pipeline's default batch: short grids show launch and tail costs
     t64 = {"copy": bench(lambda: dst[:b64].copy_(x[:b64])),
            "rs": bench(lambda: tk.rs_permute(x[:b64], pm[:b64], P, out=dst[:b64])),
@@ -181,10 +195,18 @@ def main():
                        "fraction": 2 * nbytes / t_inv / copy_bw},
         "mi": {"s": t_mi, "bytes": nbytes * 5 // 4, "GBps": nbytes * 1.25 / t_mi / 1e9,
                "fraction": nbytes * 1.25 / t_mi / copy_bw},
+        "rs_orient": {"s": t_orient, "bytes": 2 * nbytes, "GBps": 2 * nbytes / t_orient / 1e9,
+                      "fraction": 2 * nbytes / t_orient / copy_bw},
+        "rs_orient_inverse": {"s": t_orient_inv, "bytes": 2 * nbytes, "GBps": 2 * nbytes / t_orient_inv / 1e9,
+                              "fraction": 2 * nbytes / t_orient_inv / copy_bw},
     }
     R["bandwidth"] = bw
+    # the flip defence's cost: plain RS time over RS-with-orientations time (1.0: free)
+    R["orient_vs_rs"] = {"forward": t_rs / t_orient, "inverse": t_inv / t_orient_inv}
     for k, v in bw.items():
-        print(f"  {k:11s} {v['s'] * 1e6:9.1f} us  {v['GBps']:8.1f} GB/s  {v['fraction']:.2f} of copy", flush=True)
+        print(f"  {k:17s} {v['s'] * 1e6:9.1f} us  {v['GBps']:8.1f} GB/s  {v['fraction']:.2f} of copy", flush=True)
+    print(f"  orientations: {R['orient_vs_rs']['forward']:.2f} of the plain RS kernel's speed "
+          f"({R['orient_vs_rs']['inverse']:.2f} for the inverse)", flush=True)
 
     # -- 3. against the research code's loop and plain torch ---------------------------------
     print("3. RS kernel against the per-image randperm loop and torch gathers", flush=True)
@@ -416,6 +438,9 @@ def main():
     print(f"copy bandwidth (read+write)  {bw['copy']['GBps']:.0f} GB/s; launch shapes used {best}")
     for k in ("rs", "rs_inverse", "mi"):
         print(f"{k:11s} kernel          {bw[k]['GBps']:.0f} GB/s = {bw[k]['fraction']:.2f} of copy (goal >= 0.9)")
+    for k in ("rs_orient", "rs_orient_inverse"):
+        print(f"{k:17s} kernel    {bw[k]['GBps']:.0f} GB/s = {bw[k]['fraction']:.2f} of copy "
+              f"(flip defence; {R['orient_vs_rs']['forward' if k == 'rs_orient' else 'inverse']:.2f} of plain RS)")
     vb = R["vs_baselines"]
     print(f"rs vs research randperm loop {vb['speedup_vs_loop']:.0f}x (with device argsort "
           f"{vb['speedup_vs_loop_incl_perms']:.0f}x, with host SHAKE keys too {vb['speedup_vs_loop_incl_shake_keys']:.0f}x;"

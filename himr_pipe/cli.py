@@ -71,6 +71,10 @@ def main():
                    "the strongest outside solver we know of), 0 otherwise; --gap 0 turns it off.")
 @click.option("--drop", type=float, default=0.0, show_default=True,
               help="Defence of rs / mi-shuffle: blank this fraction of every image's cells.")
+@click.option("--flip", is_flag=True,
+              help="Defence of rs / mi-shuffle: turn every stored cell by a keyed random flip, transpose or rotation "
+                   "(one of 8), so a cell's edges no longer say which neighbour they met; keeps every pixel. The "
+                   "models are exactly invariant to it (README 'Privacy').")
 @click.option("--format", "fmt", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True,
               help="Image encoding in the shards (png/raw are lossless; raw is .npy uint8).")
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
@@ -129,7 +133,7 @@ def main():
 @click.option("--audit/--no-audit", default=True, show_default=True,
               help="End with a quick audit of a few samples (seconds): the strongest attack we have, its figures "
                    "written into the manifest, and a warning when the setting is over the leak budget.")
-def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, resize, task, annotations,
+def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, quality, resize, task, annotations,
                        keep_image_ids, shard_size, split, workers, threads,
                        batch_size, seed, shuffle, include_paths, state_dir, max_pixels, max_bytes, progress,
                        device, decoder, encoder, kernels, views, distributor, ray_address, audit):
@@ -165,7 +169,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, fmt, quality, r
             raise JobError(f"{name}'s default --gap {dg} does not fit its {patch // 2}-pixel cells at --patch "
                            f"{patch}: choose a patch of at least {4 * dg + 2}, or pass --gap 0 (over the leak "
                            "budget: README 'Privacy')")
-        sch = Scheme.named(name, patch, h, w, dg if gap is None else gap, drop)
+        sch = Scheme.named(name, patch, h, w, dg if gap is None else gap, drop, flip)
         resize = resize or ("letterbox" if det else "crop")
         if not _is_device(device):
             raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
@@ -336,7 +340,8 @@ def sample_data_cmd(ctx, dest, task, per_class, size, train_images, val_images, 
               help="Then train every setting whose mean top-1 is within 0.05 of another's up to this many seeds.")
 @click.option("--settings", default=None,
               help="Comma list of setting labels (default: all): none, rs, rs gap 1, rs gap 2, mi-shuffle, "
-                   "mi-shuffle gap 1, mi-shuffle 2P, mi-shuffle 2P gap 1.")
+                   "mi-shuffle gap 1, mi-shuffle 2P, mi-shuffle 2P gap 1, rs flip, rs gap 1 flip, mi-shuffle flip, "
+                   "mi-shuffle gap 1 flip.")
 @click.option("--classes", type=int, default=None,
               help="Measure on this many classes of SRC, drawn at random (for sets with many classes).")
 @click.option("--audit-samples", type=int, default=16, show_default=True,
@@ -469,7 +474,8 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
 @click.option("--gap", type=int, default=None,
               help="Defence of the shuffled schemes (see encrypt-shards; default: each scheme's own, 1 for mi-shuffle).")
 @click.option("--drop", type=float, default=0.0, show_default=True, help="Defence of the shuffled schemes (see encrypt-shards).")
-def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
+@click.option("--flip", is_flag=True, help="Defence of the shuffled schemes (see encrypt-shards).")
+def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, flip):
     """Write a picture of IMAGE and its encrypted forms (plain | RS | MI | MI-SHUFFLE) to OUT_PNG, to look before a run."""
     import numpy as np
     from PIL import Image
@@ -484,8 +490,8 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
     try:
         h, w = parse_size(size)
         kinds = ["rs", "mi", "mi-shuffle"] if scheme == "all" else [scheme]
-        schemes = [Scheme.named(k, patch, h, w, *(((default_gap(k) if gap is None else gap), drop) if k != "mi"
-                                                  else (0, 0.0))) for k in kinds]
+        schemes = [Scheme.named(k, patch, h, w, *(((default_gap(k) if gap is None else gap), drop, flip) if k != "mi"
+                                                  else (0, 0.0, False))) for k in kinds]
         data = open(image, "rb").read()
         inspect_header(data)
     except (SchemeError, InputError) as e:
@@ -499,7 +505,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop):
     for s in schemes:
         perms = None
         if s.shuffled:
-            perms = make_permutations(keys.permutation_keys(key, 0, 1, s.num_patches))
+            perms = make_permutations(keys.permutation_keys(key, 0, 1, s.num_patches), orient=s.flip)
         y = encrypt(s, x, perms)[0].numpy()
         if s.kind == "mi":  # shown at the plain image's size (each value as a 2x2 block)
             y = full_size(y)

@@ -89,7 +89,7 @@ def true_permutations(view: OwnerView, shard: str, keys: list[str]) -> dict[str,
     out = {}
     for k in keys:
         pos = int(k.rsplit("_", 1)[1])
-        out[k] = make_permutations(rows[pos:pos + 1])[0]
+        out[k] = make_permutations(rows[pos:pos + 1], orient=view.scheme.flip)[0]
     return out
 
 

@@ -28,6 +28,18 @@ match; ``drop`` blanks a fraction of every image's cells (the first slots
 after shuffling, which are a uniformly random subset of the image's cells).
 Both keep the geometry, so models and loaders work unchanged; both cost
 accuracy (benchmarks).
+
+A third defence, ``flip`` (``--flip``), keeps every pixel: each stored cell
+gets a keyed random orientation, one of the eight of the square's symmetry
+group D4 (identity, the two flips, the transpose, the rotations), so a cell's
+edge no longer tells which neighbour it met, nor along which of its four sides
+(Gallagher's "type 2" puzzle, with mirror images as well). The order-invariant
+models are made exactly invariant to it by a patch embedding symmetrised over
+the group (``train/models.py``), and the attack searches the eight
+orientations of every piece. The orientations come from the same keyed stream
+as the permutation (the low 3 bits of each cell's sort key,
+``himr_pipe.kernels.make_permutations``), so decrypt and audit regenerate them
+from the owner's key; OUT never holds them.
 """
 
 from __future__ import annotations
@@ -67,6 +79,7 @@ class Scheme:
     gap: int = 0        # defence: blank a border of this many pixels inside every stored cell (seams no longer match)
     drop: float = 0.0   # defence: blank this fraction of each image's cells (pieces missing from the puzzle)
     shuffle: bool = False  # mi only: shuffle the MI cells per image (rs always shuffles)
+    flip: bool = False  # defence: a keyed random D4 orientation (flip / transpose / rotation) of every stored cell
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -86,6 +99,11 @@ class Scheme:
             raise SchemeError(f"shuffle must be True or False, got {self.shuffle!r}")
         if self.shuffle and self.kind != "mi":
             raise SchemeError("shuffle is an option of scheme mi (rs always shuffles, none never does)")
+        if not isinstance(self.flip, bool):
+            raise SchemeError(f"flip must be True or False, got {self.flip!r}")
+        if self.flip and not self.shuffled:
+            raise SchemeError("the flip defence belongs to the shuffled schemes rs and mi-shuffle (an orientation "
+                              "per shuffled cell; with positions kept it would only hide nothing)")
         if self.gap or self.drop:
             if not self.shuffled:
                 raise SchemeError("the gap and drop defences belong to the shuffled schemes rs and mi-shuffle "
@@ -109,12 +127,12 @@ class Scheme:
 
     @classmethod
     def named(cls, name: str, patch: int = 16, height: int = 224, width: int = 224, gap: int = 0,
-              drop: float = 0.0) -> "Scheme":
+              drop: float = 0.0, flip: bool = False) -> "Scheme":
         """The scheme of a command-line name (see :data:`NAMES`)."""
         if name not in NAMES:
             raise SchemeError(f"unknown scheme {name!r}; choose one of {', '.join(NAMES)}")
         kind, shuffle = ("mi", True) if name == "mi-shuffle" else (name, False)
-        return cls(kind, patch, height, width, gap, drop, shuffle)
+        return cls(kind, patch, height, width, gap, drop, shuffle, flip)
 
     def describe(self) -> str:
         """A short human label: 'rs P=16 gap 1', 'mi-shuffle P=16', ..."""
@@ -123,6 +141,8 @@ class Scheme:
             s += f" gap {self.gap}"
         if self.drop:
             s += f" drop {self.drop:g}"
+        if self.flip:
+            s += " flip"
         return s
 
     # -- geometry -------------------------------------------------------
@@ -161,6 +181,10 @@ class Scheme:
     # -- serialisation --------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not self.flip:
+            # recorded only when on: a job record without it is the same job as before the defence existed
+            # (a resumed run of an earlier version is not refused as "different")
+            del d["flip"]
         d["out_height"], d["out_width"] = self.out_size
         d["grid"] = list(self.grid)
         return d
@@ -168,7 +192,8 @@ class Scheme:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Scheme":
         s = cls(kind=d["kind"], patch=int(d["patch"]), height=int(d["height"]), width=int(d["width"]),
-                gap=int(d.get("gap", 0)), drop=float(d.get("drop", 0.0)), shuffle=bool(d.get("shuffle", False)))
+                gap=int(d.get("gap", 0)), drop=float(d.get("drop", 0.0)), shuffle=bool(d.get("shuffle", False)),
+                flip=bool(d.get("flip", False)))
         if "out_height" in d and (d["out_height"], d["out_width"]) != s.out_size:
             raise SchemeError(f"inconsistent scheme record: {d}")
         return s

@@ -80,16 +80,18 @@ class TradeoffError(ValueError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One setting the owner may choose: a scheme, a gap, and a patch size as a multiple of the user's P."""
+    """One setting the owner may choose: a scheme, a gap, a patch size as a multiple of the user's P, and the
+    flip defence."""
 
     label: str
     scheme: str
     gap: int = 0
     patch_factor: int = 1
+    flip: bool = False
 
     def scheme_at(self, size: tuple[int, int], patch: int) -> Scheme:
         """The :class:`Scheme` at the user's size and patch (raises :class:`SchemeError` where it does not fit)."""
-        return Scheme.named(self.scheme, patch * self.patch_factor, size[0], size[1], self.gap)
+        return Scheme.named(self.scheme, patch * self.patch_factor, size[0], size[1], self.gap, flip=self.flip)
 
 
 # The one list of candidate settings (the product default, mi-shuffle at P, is among them).
@@ -102,6 +104,10 @@ CANDIDATES: list[Candidate] = [
     Candidate("mi-shuffle gap 1", "mi-shuffle", 1),
     Candidate("mi-shuffle 2P", "mi-shuffle", 0, 2),
     Candidate("mi-shuffle 2P gap 1", "mi-shuffle", 1, 2),
+    Candidate("rs flip", "rs", flip=True),
+    Candidate("rs gap 1 flip", "rs", 1, flip=True),
+    Candidate("mi-shuffle flip", "mi-shuffle", flip=True),
+    Candidate("mi-shuffle gap 1 flip", "mi-shuffle", 1, flip=True),
 ]
 
 
@@ -273,7 +279,7 @@ def encrypt(src: Path, out: Path, scheme: Scheme, fmt: str, quality: int, seed: 
 
     args = ["encrypt-shards", str(src), str(out), "--scheme", scheme.name, "--patch", str(scheme.patch),
             "--size", f"{scheme.height}x{scheme.width}", "--gap", str(scheme.gap), "--drop", str(scheme.drop),
-            "--format", fmt,
+            *(["--flip"] if scheme.flip else []), "--format", fmt,
             "--quality", str(quality), "--seed", str(seed), "--shard-size", "1000", "--workers", "0",
             "--no-progress", "--no-audit", "--state-dir", str(out) + ".state"]
     buf = io.StringIO()
@@ -574,8 +580,8 @@ def run_tradeoff(src: str | os.PathLike, samples: int, size: tuple[int, int] = (
 
 def _tag(sample: str, s: Scheme, fmt: str, quality: int, seed: int) -> str:
     """The name of a setting's shards in the work folder: the sample, the scheme, the format and the seed."""
-    return (f"{sample}_{s.name}_p{s.patch}_g{s.gap}_{s.height}x{s.width}_{fmt}{quality if fmt == 'jpeg' else ''}"
-            f"_s{seed}")
+    return (f"{sample}_{s.name}_p{s.patch}_g{s.gap}{'_flip' if s.flip else ''}_{s.height}x{s.width}_{fmt}"
+            f"{quality if fmt == 'jpeg' else ''}_s{seed}")
 
 
 class _Cache:

@@ -210,7 +210,7 @@ class ShardWorker:
                     if perm_keys is not None:
                         rows = torch.from_numpy(perm_keys[[m.sample.pos for m in meta]]).to(self.device,
                                                                                              non_blocking=True)
-                        perms = make_permutations(rows)
+                        perms = make_permutations(rows, orient=s.flip)  # flip: orientations packed in
                     out = None if s.kind == "none" else self.buffers.take(len(meta), s.out_size, self.device)
                     # On a GPU the kernels are launched here (asynchronous); on the CPU the sink encrypts, in
                     # its encoder's threads, off this thread's path (decode and resize)

@@ -43,11 +43,11 @@ def encrypt(scheme: Scheme, x: torch.Tensor, perms: torch.Tensor | np.ndarray | 
         return mod.mi_mix(x, scheme.patch, out=out)
     if perms is None:
         raise ValueError(f"scheme {scheme.name} needs per-image permutations")
-    perms = torch.as_tensor(perms).to(x.device, non_blocking=True)
+    perms, orient = _cells(scheme, perms, x.device)
     # mi-shuffle: the same RS kernel on the MI image's cells (P/2); both implementations compose
     # the same two kernels, so they stay bit-identical
     y = mod.mi_mix(x, scheme.patch) if scheme.kind == "mi" else x
-    y = mod.rs_permute(y, perms, scheme.out_cell, out=out)
+    y = mod.rs_permute(y, perms, scheme.out_cell, out=out, orient=orient)
     if scheme.gap or scheme.drop:
         y.mul_(defence_mask(scheme, x.device))
     return y
@@ -66,8 +66,19 @@ def decrypt(scheme: Scheme, y: torch.Tensor, perms: torch.Tensor | np.ndarray | 
         return y
     if perms is None:
         raise ValueError(f"scheme {scheme.name} needs the per-image permutations to decrypt")
-    perms = torch.as_tensor(perms).to(y.device, non_blocking=True)
-    return _module(y, impl).rs_unpermute(y, perms, scheme.out_cell)
+    perms, orient = _cells(scheme, perms, y.device)
+    return _module(y, impl).rs_unpermute(y, perms, scheme.out_cell, orient=orient)
+
+
+def _cells(scheme: Scheme, perms, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(permutation, orientations or None) on ``device``: a ``flip`` scheme's entries are packed
+    ``perm + N * orientation`` (``make_permutations(keys, orient=True)``)."""
+    perms = torch.as_tensor(perms).to(device, non_blocking=True)
+    if not scheme.flip:
+        return perms, None
+    from .perm import split_cells
+
+    return split_cells(perms, scheme.num_patches)
 
 
 def defence_mask(scheme: Scheme, device="cpu") -> torch.Tensor:

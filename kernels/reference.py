@@ -13,6 +13,13 @@ Conventions (the GPU kernels must match them bit for bit):
   ``out = (a + b + c + d + 2) // 4`` computed exactly in integers.
   (Half-up on a sum of four uint8 values is exact and cheap on any device;
   torch.round's half-to-even would need a float detour.)
+* Orientations (the flip defence): ``orient[b, j]`` in 0..7 is the symmetry of
+  the square applied to the cell in output slot ``j``. Bit 0 transposes, bit 1
+  reverses the columns, bit 2 the rows, in that order: output pixel (y, x) of
+  the cell is source pixel ``(x', y')`` if bit 0 else ``(y', x')``, with
+  ``y' = P-1-y`` if bit 2 else ``y`` and ``x' = P-1-x`` if bit 1 else ``x``
+  (:func:`orient_index`). ``rs_permute(x, perms, P, orient=o)``: out cell j is
+  input cell ``perms[b, j]`` in orientation ``o[b, j]``.
 """
 
 from __future__ import annotations
@@ -38,7 +45,41 @@ def check_out(out: torch.Tensor | None, shape: tuple, like: torch.Tensor) -> Non
                          f"{out.dtype} {tuple(out.shape)} on {out.device}")
 
 
-def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def orient_index(cell: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols): two (8, cell, cell) int64 tables, the source pixel of output pixel (y, x) of a
+    cell in each orientation (see the module's conventions)."""
+    y = torch.arange(cell, device=device).view(1, cell, 1).expand(8, cell, cell)
+    x = torch.arange(cell, device=device).view(1, 1, cell).expand(8, cell, cell)
+    o = torch.arange(8, device=device).view(8, 1, 1)
+    yy = torch.where((o & 4) > 0, cell - 1 - y, y)
+    xx = torch.where((o & 2) > 0, cell - 1 - x, x)
+    t = (o & 1) > 0
+    return torch.where(t, xx, yy), torch.where(t, yy, xx)
+
+
+def _inverse_orientations() -> list[int]:
+    ry, rx = orient_index(3)
+    flat = ry * 3 + rx  # (8, 3, 3): source pixel of each output pixel
+    ident = torch.arange(9).view(3, 3)
+    inv = []
+    for o in range(8):
+        # the orientation q that undoes o: applying o then q is the identity
+        inv.append(next(q for q in range(8) if torch.equal(flat[o].reshape(-1)[flat[q].reshape(-1)].view(3, 3), ident)))
+    return inv
+
+
+INVERSE_ORIENTATION = _inverse_orientations()  # orientation q undoing orientation o: INVERSE_ORIENTATION[o]
+
+
+def check_orient(orient, b: int, n: int, device) -> torch.Tensor:
+    orient = torch.as_tensor(orient, device=device).long()
+    if orient.shape != (b, n):
+        raise ValueError(f"orient must have shape {(b, n)}, got {tuple(orient.shape)}")
+    return orient
+
+
+def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tensor | None = None,
+               orient: torch.Tensor | None = None) -> torch.Tensor:
     """RS: out patch j of image b is input patch perms[b, j] (written into ``out`` when given).
 
     Implemented as one gather of patch rows: a patch row (P*C contiguous
@@ -46,6 +87,9 @@ def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tens
     Listing the source rows in output memory order turns the shuffle into a
     single ``index_select`` over (B*H*W/P) rows of P*C bytes, about 5x faster
     on the CPU than permuting a patch-major view.
+
+    ``orient`` (B, N) in 0..7: each output cell is also turned by its orientation (module
+    conventions); then the gather is of pixels (C bytes), not of patch rows.
     """
     b, h, w, c = check_batch(x, patch)
     gh, gw = h // patch, w // patch
@@ -53,6 +97,20 @@ def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tens
     if perms.shape != (b, gh * gw):
         raise ValueError(f"perms must have shape {(b, gh * gw)}, got {tuple(perms.shape)}")
     dev = x.device
+    if orient is not None:
+        o = check_orient(orient, b, gh * gw, dev).clamp(0, 7)
+        ty, tx = orient_index(patch, dev)
+        ry, rx = ty[o], tx[o]                                   # (b, n, P, P): row / column inside the source cell
+        sy = (perms // gw).view(b, gh * gw, 1, 1) * patch + ry
+        sx = (perms % gw).view(b, gh * gw, 1, 1) * patch + rx
+        bb = torch.arange(b, device=dev).view(b, 1, 1, 1)
+        pix = ((bb * h + sy) * w + sx).view(b, gh, gw, patch, patch).permute(0, 1, 3, 2, 4)  # output pixel order
+        src = x.contiguous().view(-1, c)
+        check_out(out, x.shape, x)
+        if out is None:
+            return src.index_select(0, pix.reshape(-1)).view(b, h, w, c)
+        torch.index_select(src, 0, pix.reshape(-1), out=out.view(-1, c))
+        return out
     sy = (perms // gw).view(b, gh, 1, gw)
     sx = (perms % gw).view(b, gh, 1, gw)
     r = torch.arange(patch, device=dev).view(1, 1, patch, 1)
@@ -66,10 +124,21 @@ def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tens
     return out
 
 
-def rs_unpermute(y: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Inverse of :func:`rs_permute` for the same ``perms`` (the owner's keyed decrypt)."""
+def rs_unpermute(y: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tensor | None = None,
+                 orient: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of :func:`rs_permute` for the same ``perms`` (and ``orient``): the owner's keyed decrypt."""
     perms = torch.as_tensor(perms, device=y.device).long()
-    return rs_permute(y, torch.argsort(perms, dim=1), patch, out=out)
+    inv = torch.argsort(perms, dim=1)
+    if orient is not None:
+        orient = inverse_orient(check_orient(orient, *perms.shape, y.device), inv)
+    return rs_permute(y, inv, patch, out=out, orient=orient)
+
+
+def inverse_orient(orient: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """The orientations of the inverse gather: plain cell i comes from stored slot ``inv[b, i]``,
+    turned back by the inverse of that slot's orientation."""
+    table = torch.tensor(INVERSE_ORIENTATION, device=orient.device)
+    return table[torch.gather(orient.clamp(0, 7), 1, inv)]
 
 
 def mi_mix(x: torch.Tensor, patch: int, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from himr_pipe.kernels import make_permutations, mi_mix, rs_permute
+from himr_pipe.kernels import encrypt, make_permutations, mi_mix, rs_permute
 from himr_pipe.scheme import Scheme
 from himr_pipe.train.augment import (
     DEFAULTS,
@@ -52,9 +52,10 @@ def to_uint8(x_nchw: torch.Tensor) -> torch.Tensor:
     return (x_nchw * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def perms_for(b: int, n: int, seed: int) -> torch.Tensor:
+def perms_for(b: int, n: int, seed: int, orient: bool = False) -> torch.Tensor:
+    """Keyed permutations; ``orient=True``: the flip defence's packed cells (permutation + N * orientation)."""
     keys = np.random.default_rng(seed).integers(0, 2**63, (b, n))
-    return torch.from_numpy(make_permutations(keys))
+    return torch.from_numpy(make_permutations(keys, orient=orient))
 
 
 def rs_float(x: torch.Tensor, perms: torch.Tensor, p: int) -> torch.Tensor:
@@ -281,11 +282,14 @@ def test_grid_crop_flip_draws_are_grid_aligned_candidates(photos):
 
 
 # ----------------------------------------------------------------- build_augment
-@pytest.mark.parametrize("kind", ["rs", "mi", "mi-shuffle", "none"])
+@pytest.mark.parametrize("kind", ["rs", "mi", "mi-shuffle", "none", "rs-flip", "mi-shuffle-flip"])
 def test_build_augment_runs_and_returns_soft_targets(photos, kind):
     p = 8
-    scheme = Scheme.named(kind, patch=p, height=SIZE, width=SIZE)
-    if kind == "rs":
+    flip = kind.endswith("-flip")
+    scheme = Scheme.named(kind.removesuffix("-flip"), patch=p, height=SIZE, width=SIZE, flip=flip)
+    if flip:
+        enc = encrypt(scheme, photos, perms_for(4, scheme.num_patches, 8, orient=True))
+    elif kind == "rs":
         enc = rs_permute(photos, perms_for(4, scheme.num_patches, 8), p)
     elif kind == "mi-shuffle":
         enc = rs_permute(mi_mix(photos, p), perms_for(4, scheme.num_patches, 8), p // 2)
@@ -381,3 +385,59 @@ def test_mi_shuffle_augment_is_the_shuffled_recipe(photos):
                                "patch_drop_prob": 0, "hflip": 1.0})
     out, _ = only_flip(enc, torch.arange(4), gen(0))
     assert torch.equal(out, patch_hflip(enc, 4, p=1.0, generator=gen(0)))
+
+
+# ----------------------------------------------------------------- the flip defence
+def hflip_conjugates(cell: int) -> torch.Tensor:
+    """(8,) table q[o]: hflip of a cell in orientation o is the hflipped cell in orientation q[o]
+    (the kernel's orientation convention), found by trying all eight on a generic cell."""
+    c = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, cell, cell, 3), dtype=np.uint8))
+    one = torch.zeros(1, 1, dtype=torch.long)
+
+    def turn(img, o):
+        return rs_permute(img.contiguous(), one, cell, orient=torch.full((1, 1), o))
+
+    table = []
+    for o in range(8):
+        hits = [q for q in range(8) if torch.equal(turn(c, o).flip(2), turn(c.flip(2), q))]
+        assert len(hits) == 1  # a generic cell: its eight orientations are all different
+        table.append(hits[0])
+    return torch.tensor(table)
+
+
+@pytest.mark.parametrize("p", [8, 16])
+@pytest.mark.parametrize("name,gap", [("rs", 0), ("rs", 1), ("mi-shuffle", 1)])
+def test_patch_hflip_of_flip_encryption_is_flip_encryption_of_hflip(photos, name, gap, p):
+    """Flipping every stored cell of a flip encryption of x gives exactly a flip encryption of hflip(x): the
+    cell slots move as without flip, and each orientation o becomes its conjugate by the mirror."""
+    s = Scheme.named(name, patch=p, height=SIZE, width=SIZE, gap=gap, flip=True)
+    n, gw, cell = s.num_patches, s.grid[1], s.out_cell
+    cells = perms_for(4, n, 12, orient=True)
+    enc = to_float(encrypt(s, photos, cells))
+    out = patch_hflip(enc, cell, p=1.0, generator=gen(0))
+    perms, orient = cells % n, cells // n
+    assert len(orient.unique()) == 8
+    perm2 = (perms // gw) * gw + (gw - 1 - perms % gw)
+    q = hflip_conjugates(cell)
+    assert torch.equal(q[q], torch.arange(8)) and not torch.equal(q, torch.arange(8))  # an involution, not trivial
+    mirrored = photos.flip(2).contiguous()
+    assert torch.equal(out, to_float(encrypt(s, mirrored, perm2 + n * q[orient])))
+    assert not torch.equal(out, to_float(encrypt(s, mirrored, perm2 + n * orient)))  # the orientations do change
+    assert not torch.equal(out, enc)
+
+
+@pytest.mark.parametrize("name", ["rs", "mi-shuffle"])
+def test_flip_augment_is_the_non_flip_recipe_without_cell_flips(photos, name):
+    plain = build_augment(Scheme.named(name, 8, SIZE, SIZE), 10)
+    s = Scheme.named(name, 8, SIZE, SIZE, flip=True)
+    aug = build_augment(s, 10)
+    assert aug.config == {**plain.config, "hflip": 0.0}
+    enc = to_float(encrypt(s, photos, perms_for(4, s.num_patches, 3, orient=True)))
+    # patch_hflip is still there on request (and valid: see the test above)
+    only_flip = build_augment(s, 10, {"brightness": 0, "contrast": 0, "saturation": 0, "mixup_alpha": 0,
+                                      "cutmix_alpha": 0, "patch_drop_prob": 0, "hflip": 1.0})
+    out, _ = only_flip(enc, torch.arange(4), gen(0))
+    assert torch.equal(out, patch_hflip(enc, s.out_cell, p=1.0, generator=gen(0)))
+    # the default recipe: jitter, patch dropout on the cell, token mixing
+    out, ys = aug(enc, torch.arange(4), gen(0))
+    assert out.shape == enc.shape and not torch.equal(out, enc) and torch.allclose(ys.sum(1), torch.ones(4))

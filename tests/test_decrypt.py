@@ -23,8 +23,9 @@ def outs(sample_src, tmp_path_factory):
     base = tmp_path_factory.mktemp("decrypt")
     args = ("--format", "png", "--seed", "5", "--shard-size", "7")
     for name, extra in (("none", ()), ("rs", ()), ("mi", ()), ("mi-shuffle", ("--gap", "0")),
-                        ("mi-shuffle-gapdefault", ()), ("rs-def", ("--gap", "1", "--drop", "0.25"))):
-        scheme = name.split("-def")[0].split("-gapdefault")[0]
+                        ("mi-shuffle-gapdefault", ()), ("rs-def", ("--gap", "1", "--drop", "0.25")),
+                        ("rs-flip", ("--flip",)), ("mi-shuffle-flip", ("--gap", "0", "--flip"))):
+        scheme = name.split("-def")[0].split("-gapdefault")[0].split("-flip")[0]
         encrypt(sample_src, base / name, "--scheme", scheme, *args, *extra, state=base / f"{name}.state")
     return base
 
@@ -44,6 +45,30 @@ def test_decrypt_inverts_rs_exactly_on_lossless_shards(outs, tmp_path):
         assert np.array_equal(got[k], plain[k]), k
     enc = stored(outs / "rs")
     assert sum(np.array_equal(enc[k], plain[k]) for k in plain) == 0  # they were shuffled
+
+
+def test_flip_turns_cells_and_decrypt_turns_them_back_exactly(outs, tmp_path):
+    """--flip stores every cell in a keyed orientation (the same keys as rs: the same permutations); the
+    owner's decrypt undoes both, bit for bit on lossless shards; mi-shuffle --flip decrypts to mi."""
+    plain, rs, flip = stored(outs / "none"), stored(outs / "rs"), stored(outs / "rs-flip")
+    got = decrypted(outs, "rs-flip", tmp_path)
+    assert set(got) == set(plain) and len(plain) == 18
+    turned = same = 0
+    for k in plain:
+        assert np.array_equal(got[k], plain[k]), k
+        a = rs[k].reshape(14, 16, 14, 16, 3).transpose(0, 2, 1, 3, 4).reshape(196, 16, 16, 3)
+        b = flip[k].reshape(14, 16, 14, 16, 3).transpose(0, 2, 1, 3, 4).reshape(196, 16, 16, 3)
+        for x, y in zip(a, b):   # the same cell in the same slot, in one of the 8 orientations
+            views = [x, x[:, ::-1], x[::-1], x[::-1, ::-1]]
+            views += [v.transpose(1, 0, 2) for v in views]
+            assert any(np.array_equal(y, v) for v in views)
+            same += np.array_equal(x, y)
+            turned += not np.array_equal(x, y)
+    assert turned > 0.8 * (turned + same)    # 7 of 8 orientations turn a cell (some cells look alike turned)
+    mi = stored(outs / "mi")
+    got = decrypted(outs, "mi-shuffle-flip", tmp_path)
+    for k in mi:
+        assert np.array_equal(got[k], np.repeat(np.repeat(mi[k], 2, 0), 2, 1)), k
 
 
 def test_decrypt_of_mi_shuffle_is_mi_and_mi_is_shown_at_full_size(outs, tmp_path):

@@ -5,6 +5,11 @@
 * MI patch embedding: conv on the float MI image == the research code's conv
   on the plain image followed by 2x2 average pooling.
 * timm registry names, build_model from a Scheme, check_model_matches.
+* The flip defence: the orbit-pooled (D4) patch embedding makes the rs and
+  mi-shuffle models exactly invariant to the orientation of every cell, and is
+  what the docstring says it is (the shared first layer on all eight
+  orientations of the input, GELU, mean, 1x1 conv); the models without flip
+  are unchanged and do depend on the orientations.
 
 Tiny configs on real photo content (scikit-image's astronaut), CPU only.
 """
@@ -19,10 +24,11 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage import data as skdata
 
-from himr_pipe.kernels import mi_mix, rs_permute
+from himr_pipe.kernels import encrypt, make_permutations, mi_mix, rs_permute
 from himr_pipe.scheme import Scheme
-from himr_pipe.train.models import (MIPatchEmbed, MIViT, PEViT, RPEPatchEmbed, build_model, check_model_matches,
-                                    model_scheme)
+from himr_pipe.train.models import (D4MIPatchEmbed, D4OrbitProj, D4PatchEmbed, MIPatchEmbed, MIViT, PEViT,
+                                    RPED4MIPatchEmbed, RPED4PatchEmbed, RPEMIPatchEmbed, RPEPatchEmbed, build_model,
+                                    check_model_matches, model_scheme)
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
@@ -129,6 +135,172 @@ def test_patch_dropout_still_usable():
     assert out.shape == (2, 5)
     out.sum().backward()
     assert model.patch_embed.ref.grad is not None
+
+
+# ---------------------------------------------------------------- flip defence: orientation invariance
+def flip_cells(scheme: Scheme, b: int, seed: int) -> torch.Tensor:
+    """Packed cells (permutation + N * orientation) of ``b`` images, as the pipeline makes them."""
+    keys = torch.from_numpy(np.random.default_rng(seed).integers(0, 2**63, (b, scheme.num_patches)))
+    return make_permutations(keys, orient=True)
+
+
+def randomise(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Perturb every parameter (biases, the RPE reference, norms, ...) so that no weight is left in a
+    special, symmetric state by the initialisation."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(0.05 * torch.randn(prm.shape, generator=g, dtype=prm.dtype))
+    return model
+
+
+FLIP_SCHEMES = [("rs", 0), ("mi-shuffle", 1)]  # mi-shuffle with its default gap: blanked borders are D4-symmetric
+
+
+@pytest.mark.parametrize("rpe", [True, False])
+@pytest.mark.parametrize("name,gap", FLIP_SCHEMES)
+def test_flip_models_are_invariant_to_cell_orientation_and_order(name, gap, rpe):
+    torch.manual_seed(0)
+    s = Scheme.named(name, patch=8, height=32, width=32, gap=gap, flip=True)
+    model = randomise(build_model(s, 5, rpe=rpe, **TINY)).eval()
+    pe = model.patch_embed
+    want = {("rs", True): RPED4PatchEmbed, ("rs", False): D4PatchEmbed,
+            ("mi-shuffle", True): RPED4MIPatchEmbed, ("mi-shuffle", False): D4MIPatchEmbed}[name, rpe]
+    assert type(pe) is want and isinstance(pe.proj, D4OrbitProj) and model.pos_embed is None and model.flip
+    x = photo(32, n=2)
+    # the same photos in three encryptions: identity cells (no shuffle, no turn) and two keyed flip encryptions
+    ident = torch.arange(s.num_patches).repeat(2, 1)
+    encs = [encrypt(s, x, ident)] + [encrypt(s, x, flip_cells(s, 2, seed)) for seed in (1, 2)]
+    for seed in (1, 2):
+        orient = flip_cells(s, 2, seed) // s.num_patches
+        assert len(orient.unique()) == 8  # every orientation occurs: the test is not about a few flips
+    assert not torch.equal(encs[0], encs[1]) and not torch.equal(encs[1], encs[2])
+    # float32, as trained: equal up to rounding
+    with torch.no_grad():
+        logits = [model(to_input(e)) for e in encs]
+    for other in logits[1:]:
+        torch.testing.assert_close(other, logits[0], atol=1e-5, rtol=1e-5)
+    for e in encs[1:]:
+        torch.testing.assert_close(pooled(model, e), pooled(model, encs[0]), atol=1e-5, rtol=1e-5)
+    assert (logits[0][0] - logits[0][1]).abs().max() > 1e-3  # not trivially: the two photos differ
+    # float64: equal to float64 rounding, so nothing but rounding separates them
+    m64 = model.double()
+    with torch.no_grad():
+        l64 = [m64(to_input(e).double()) for e in encs]
+    for other in l64[1:]:
+        torch.testing.assert_close(other, l64[0], atol=1e-12, rtol=1e-12)
+    # so the augmentation's cell flip (patch_hflip) changes nothing for this model: off by default for flip
+    from himr_pipe.train.augment import build_augment, patch_hflip
+
+    with torch.no_grad():
+        torch.testing.assert_close(m64(patch_hflip(to_input(encs[1]).double(), s.out_cell, p=1.0)), l64[0],
+                                   atol=1e-12, rtol=1e-12)
+    assert build_augment(s, 5).config["hflip"] == 0.0
+    # and the invariance is to the group only: rolling every cell by one row (no symmetry of the square)
+    # changes the logits
+    cell = s.out_cell
+    rolled = to_input(encs[0]).double().unflatten(2, (-1, cell)).roll(1, dims=3).flatten(2, 3)
+    with torch.no_grad():
+        assert (m64(rolled) - l64[0]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["rs", "mi-shuffle"])
+def test_orbit_proj_is_the_shared_layer_on_all_eight_orientations_of_the_input(name):
+    """The weights-oriented implementation equals the definition: every cell turned into each of the eight
+    orientations (by the encryption kernel's own convention), the shared first conv, GELU, mean, 1x1 conv."""
+    torch.manual_seed(0)
+    s = Scheme.named(name, patch=8, height=32, width=32, flip=True)
+    pe = randomise(build_model(s, 5, **TINY)).patch_embed.double()
+    proj, cell = pe.proj, s.out_cell
+    x8 = photo(32, n=2)
+    if s.kind == "mi":
+        x8 = mi_mix(x8, s.patch)
+    ident = torch.arange(s.num_patches).repeat(2, 1)
+    acts = []
+    for g in range(8):
+        turned = rs_permute(x8, ident, cell, orient=torch.full_like(ident, g))  # every cell in orientation g
+        acts.append(F.gelu(proj[0](to_input(turned).double())))
+    want = proj[2](torch.stack(acts).mean(0))
+    got = proj(to_input(x8).double())
+    assert got.shape == want.shape == (2, TINY["embed_dim"], 4, 4)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    # a single orientation (the plain conv stack) is not the same thing
+    assert (proj[2](acts[0]) - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["rs", "mi-shuffle"])
+def test_without_flip_the_models_are_unchanged_and_depend_on_orientation(name):
+    torch.manual_seed(0)
+    s = Scheme.named(name, patch=8, height=32, width=32)
+    model = build_model(s, 5, **TINY).eval()
+    pe = model.patch_embed
+    assert type(pe) is (RPEPatchEmbed if name == "rs" else RPEMIPatchEmbed) and not model.flip
+    assert not isinstance(pe.proj, D4OrbitProj)
+    assert type(pe.proj) is (torch.nn.Conv2d if name == "rs" else torch.nn.Sequential)
+    assert model.pretrained_cfg["first_conv"] == ("patch_embed.proj" if name == "rs" else "patch_embed.proj.0")
+    assert model_scheme(model) == s and not model_scheme(model).flip
+    # the same seed builds the same weights as before the flip models existed: the embedding of a
+    # plain PEViT / MI-ViT built directly
+    torch.manual_seed(0)
+    direct = (PEViT(img_size=32, patch_size=8, num_classes=5, **TINY) if name == "rs" else
+              MIViT(img_size=16, patch_size=4, shuffled=True, num_classes=5, **TINY))
+    sd, sd_direct = model.state_dict(), direct.state_dict()
+    assert sd.keys() == sd_direct.keys() and all(torch.equal(sd[k], sd_direct[k]) for k in sd)
+    # the order-invariant model without flip does see the orientations
+    x = photo(32, n=2)
+    flip_s = Scheme.named(name, patch=8, height=32, width=32, flip=True)
+    cells = flip_cells(flip_s, 2, 1)
+    perm_only = encrypt(s, x, cells % s.num_patches)
+    turned = encrypt(flip_s, x, cells)
+    with torch.no_grad():
+        fa, fb = pooled(model, perm_only), pooled(model, turned)
+    assert (fa - fb).abs().max() > 1e-3
+
+
+def test_flip_model_scheme_and_check_model_matches():
+    for name, gap in FLIP_SCHEMES:
+        flip_s = Scheme.named(name, patch=8, height=32, width=32, gap=gap, flip=True)
+        plain_s = Scheme.named(name, patch=8, height=32, width=32, gap=gap)
+        flip_m, plain_m = build_model(flip_s, 3, **TINY), build_model(plain_s, 3, **TINY)
+        assert model_scheme(flip_m) == Scheme.named(name, patch=8, height=32, width=32, flip=True)
+        assert model_scheme(flip_m).flip and not model_scheme(plain_m).flip
+        assert flip_m.himr_scheme == flip_s.to_dict() and flip_m.pretrained_cfg["first_conv"] == "patch_embed.proj.0"
+        check_model_matches(flip_m, flip_s)
+        check_model_matches(flip_m, flip_s.to_dict())
+        check_model_matches(torch.nn.DataParallel(flip_m), flip_s)
+        # from the structure alone as well (no recorded scheme, e.g. from timm.create_model)
+        for m in (flip_m, plain_m):
+            del m.himr_scheme
+        with pytest.raises(ValueError, match="flip: the shards' cells are each turned.*not invariant"):
+            check_model_matches(plain_m, flip_s)
+        with pytest.raises(ValueError, match="flip: the model's patch embedding is pooled.*keep their orientation"):
+            check_model_matches(flip_m, plain_s)
+        check_model_matches(flip_m, flip_s)
+        check_model_matches(plain_m, plain_s)
+    # a flip model of one kind on flip data of the other is refused for the kind
+    with pytest.raises(ValueError, match="kind"):
+        check_model_matches(build_model(Scheme.named("rs", 8, 32, 32, flip=True), 3, **TINY),
+                            Scheme.named("mi-shuffle", 8, 32, 32, flip=True))
+    # flip belongs to the shuffled MI model only
+    with pytest.raises(ValueError, match="shuffled=True"):
+        MIViT(img_size=16, patch_size=4, flip=True, **TINY)
+
+
+@pytest.mark.parametrize("name,kw", [("pevit_tiny_patch16_224", {}), ("mivit_tiny_patch16_224", {"shuffled": True})])
+def test_registered_factories_take_flip(name, kw):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=4, flip=True, depth=1, **kw).eval()
+    side = 224 if name.startswith("pevit") else 112
+    assert isinstance(model.patch_embed.proj, D4OrbitProj) and model.flip and model.pos_embed is None
+    assert model.pretrained_cfg["first_conv"] == "patch_embed.proj.0"
+    assert model.get_submodule(model.pretrained_cfg["first_conv"]).kernel_size == (side // 14,) * 2
+    want = Scheme.named("rs" if name.startswith("pevit") else "mi-shuffle", 16, 224, 224, flip=True)
+    assert model_scheme(model) == want
+    check_model_matches(model, want)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, side, side)).shape == (1, 4)
+    with pytest.raises(ValueError, match="patch size"):
+        model.patch_embed.set_input_size(patch_size=side // 7)
 
 
 # ---------------------------------------------------------------- MI embedding

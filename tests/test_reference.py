@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from himr_pipe.kernels import encrypt, make_permutations, mi_mix, rs_permute, rs_unpermute
+from himr_pipe.kernels import decrypt, encrypt, make_permutations, mi_mix, rs_permute, rs_unpermute
 from himr_pipe.scheme import Scheme
 
 
@@ -129,3 +129,59 @@ def test_encrypt_dispatch_checks_shapes():
         encrypt(Scheme("rs", 4, 16, 16), x, np.zeros((2, 16), np.int64))
     assert encrypt(Scheme("none", 4, 8, 8), x) is x
     assert encrypt(Scheme("mi", 4, 8, 8), x).shape == (2, 4, 4, 3)
+
+
+def _turn(cell: np.ndarray, o: int) -> np.ndarray:
+    """Orientation o by hand: transpose (bit 0), then reverse the columns (bit 1), then the rows (bit 2)."""
+    if o & 1:
+        cell = cell.transpose(1, 0, 2)
+    if o & 2:
+        cell = cell[:, ::-1]
+    if o & 4:
+        cell = cell[::-1]
+    return cell
+
+
+@pytest.mark.parametrize("patch,c", [(4, 3), (5, 1), (8, 3)])
+def test_flip_turns_every_cell_as_the_convention_says_and_inverts(patch, c):
+    from himr_pipe.kernels.reference import INVERSE_ORIENTATION, rs_permute, rs_unpermute
+
+    rng = np.random.default_rng(patch)
+    x = torch.from_numpy(rng.integers(0, 256, (3, 2 * patch, 3 * patch, c), dtype=np.uint8))
+    perms = torch.from_numpy(np.stack([rng.permutation(6) for _ in range(3)]))
+    orient = torch.from_numpy(rng.integers(0, 8, (3, 6)))
+    orient[0] = torch.arange(6)      # every code appears
+    orient[1, :2] = torch.tensor([6, 7])
+    y = rs_permute(x, perms, patch, orient=orient).numpy()
+    xs = x.numpy()
+    for b in range(3):
+        for j in range(6):
+            s = int(perms[b, j])
+            src = xs[b, (s // 3) * patch:(s // 3 + 1) * patch, (s % 3) * patch:(s % 3 + 1) * patch]
+            out = y[b, (j // 3) * patch:(j // 3 + 1) * patch, (j % 3) * patch:(j % 3 + 1) * patch]
+            assert np.array_equal(out, _turn(src, int(orient[b, j]))), (b, j)
+    assert torch.equal(rs_unpermute(torch.from_numpy(y), perms, patch, orient=orient), x)
+    assert torch.equal(rs_permute(x, perms, patch, orient=torch.zeros_like(orient)), rs_permute(x, perms, patch))
+    cell = np.arange(patch * patch).reshape(patch, patch, 1)
+    for o in range(8):
+        assert np.array_equal(_turn(_turn(cell, o), INVERSE_ORIENTATION[o]), cell)
+
+
+def test_flip_orientations_come_with_the_permutation_from_the_same_keys():
+    """make_permutations(keys, orient=True) packs perm + N * o: the permutation is the one without flip, the
+    orientation the low 3 bits of the landing cell's key (uniform over the 8), numpy == torch."""
+    from himr_pipe.kernels.perm import split_cells
+
+    keys = np.random.default_rng(3).integers(0, 2**63, (500, 16))
+    cells = make_permutations(keys, orient=True)
+    perm, o = split_cells(cells, 16)
+    assert np.array_equal(perm, make_permutations(keys))
+    assert np.array_equal(o, np.take_along_axis(keys, perm, 1) & 7)
+    counts = np.bincount(o.ravel(), minlength=8)
+    assert counts.min() > 1000 * 0.85 and counts.max() < 1000 * 1.15   # 8000 draws, 1000 expected each
+    assert torch.equal(make_permutations(torch.from_numpy(keys), orient=True), torch.from_numpy(cells))
+    s = Scheme("rs", 4, 16, 16, flip=True)
+    x = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
+    y = encrypt(s, x, cells[:2])
+    assert not torch.equal(y, encrypt(Scheme("rs", 4, 16, 16), x, perm[:2]))
+    assert torch.equal(decrypt(s, y, cells[:2]), x)

@@ -76,3 +76,16 @@ def test_mi_shuffle_is_mi_with_shuffled_cells_and_takes_the_defences_on_its_cell
     assert choose_format("jpeg", s).subsampling == "444"
     with pytest.raises(FormatError, match="multiple of 8"):
         choose_format("jpeg", Scheme.named("mi-shuffle", 8, 64, 64))
+
+
+def test_flip_is_a_defence_of_the_shuffled_schemes_and_is_recorded():
+    s = Scheme.named("mi-shuffle", 16, 224, 224, 1, flip=True)
+    assert s.flip and s.describe() == "mi-shuffle P=16 gap 1 flip"
+    assert Scheme.from_dict(s.to_dict()) == s
+    assert "flip" not in Scheme("rs").to_dict() and Scheme.from_dict(Scheme("rs").to_dict()).flip is False
+    assert Scheme.named("rs", flip=True).describe() == "rs P=16 flip"
+    for bad in (dict(kind="mi"), dict(kind="none")):
+        with pytest.raises(SchemeError, match="flip defence belongs to the shuffled schemes"):
+            Scheme(**bad, flip=True)
+    with pytest.raises(SchemeError, match="flip must be True or False"):
+        Scheme("rs", flip=1)

@@ -177,9 +177,11 @@ def test_recommendation_never_none_and_says_when_nothing_fits():
 def test_candidates_and_pick():
     labels = [c.label for c in CANDIDATES]
     assert labels == ["none", "rs", "rs gap 1", "rs gap 2", "mi-shuffle", "mi-shuffle gap 1", "mi-shuffle 2P",
-                      "mi-shuffle 2P gap 1"]
+                      "mi-shuffle 2P gap 1", "rs flip", "rs gap 1 flip", "mi-shuffle flip", "mi-shuffle gap 1 flip"]
     assert [c.label for c in pick_settings("mi-shuffle gap 1, none")] == ["none", "mi-shuffle gap 1"]
     assert CANDIDATES[6].scheme_at((224, 224), 16).patch == 32
+    flip = pick_settings("mi-shuffle flip")[0].scheme_at((224, 224), 16)
+    assert flip.flip and flip.gap == 0 and flip.name == "mi-shuffle"
 
 
 def test_the_sample_holds_what_encrypt_shards_would_take(tmp_path):

@@ -20,15 +20,15 @@ TINY = ("--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "4"
 def tiny_shards(sample_src, tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny")
     outs = {}
-    for scheme in ("rs", "mi", "mi-shuffle", "none"):
+    for scheme in ("rs", "mi", "mi-shuffle", "none", "rs-flip"):
         out = base / scheme
-        encrypt(sample_src, out, "--scheme", scheme, "--size", "32", "--patch", "8", "--format", "png",
-                "--seed", "3", "--shard-size", "6")
+        encrypt(sample_src, out, "--scheme", scheme.removesuffix("-flip"), "--size", "32", "--patch", "8",
+                "--format", "png", "--seed", "3", "--shard-size", "6", *(["--flip"] if "flip" in scheme else []))
         outs[scheme] = out
     return outs
 
 
-@pytest.mark.parametrize("scheme", ["rs", "mi", "mi-shuffle", "none"])
+@pytest.mark.parametrize("scheme", ["rs", "mi", "mi-shuffle", "none", "rs-flip"])
 def test_train_and_evaluate(tiny_shards, tmp_path, scheme):
     res = cli("train", tiny_shards[scheme], "--val", tiny_shards[scheme], "--out", tmp_path / "run",
               "--epochs", "2", *TINY)
@@ -56,6 +56,9 @@ def test_resume_is_exact(tiny_shards, tmp_path):
 def test_mismatches_are_clear_errors(tiny_shards, tmp_path):
     r = cli("train", tiny_shards["rs"], "--val", tiny_shards["mi"], "--out", tmp_path / "x", "--epochs", "1",
             *TINY, expect=2)
+    assert "scheme" in r.output
+    r = cli("train", tiny_shards["rs"], "--val", tiny_shards["rs-flip"], "--out", tmp_path / "x", "--epochs", "1",
+            *TINY, expect=2)   # a model that sees cells in their orientation is not the flip data's model
     assert "scheme" in r.output
     cli("train", tiny_shards["rs"], "--out", tmp_path / "y", "--epochs", "1", *TINY)
     r = cli("train", tiny_shards["none"], "--out", tmp_path / "y", "--epochs", "2", "--resume", *TINY, expect=2)

@@ -248,3 +248,139 @@ def test_mi_shuffle_is_rs_of_mi_on_cells_and_decrypt_inverts_it(shape, seed):
     assert torch.equal(got.cpu(), want)
     assert torch.equal(encrypt(s, x, perms, impl="torch"), want)
     assert torch.equal(decrypt(s, want, perms, impl="torch"), mi)
+
+
+# -- orientations (the flip defence): the orientation gather against the reference ------------------------
+ORIENT_BLOCKS = st.sampled_from([None, 64, 512])  # element (byte) blocks: small ones span image boundaries
+
+
+def _orient(b, n, seed, dtype=torch.int64):
+    return torch.from_numpy(np.random.default_rng(seed + 1).integers(0, 8, (b, n))).to(dtype)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes(RS_PATCHES), st.integers(0, 2**32 - 1), ORIENT_BLOCKS, st.sampled_from([torch.int32, torch.int64]))
+def test_rs_orient_bit_identical_and_round_trip(shape, seed, block, dtype):
+    x, perms, p = _batch(shape, seed)
+    o = _orient(*perms.shape, seed, dtype)
+    want = ref.rs_permute(x, perms, p, orient=o)
+    got = tk.rs_permute(x.to(DEV), perms.to(DEV), p, orient=o.to(DEV), block=block)
+    assert torch.equal(got.cpu(), want)
+    back = tk.rs_unpermute(got, perms.to(DEV), p, orient=o.to(DEV), block=block)
+    assert torch.equal(back.cpu(), x)
+    assert torch.equal(tk.rs_unpermute(want.to(DEV), perms.to(DEV), p, orient=o.to(DEV)).cpu(),
+                       ref.rs_unpermute(want, perms, p, orient=o))
+
+
+@pytest.mark.parametrize("o", range(8))
+def test_each_orientation_is_the_documented_symmetry(o):
+    # one 3x3 cell (odd P) and one 4x4, in place (identity perms): output pixel (y, x) is source (x', y')
+    # when bit 0 is set, else (y', x'); y' = P-1-y with bit 2, x' = P-1-x with bit 1
+    for p in (3, 4):
+        a = np.arange(p * p * 3, dtype=np.uint8).reshape(1, p, p, 3)
+        want = np.empty_like(a)
+        for y in range(p):
+            for x in range(p):
+                yy, xx = (p - 1 - y if o & 4 else y), (p - 1 - x if o & 2 else x)
+                want[0, y, x] = a[0, xx, yy] if o & 1 else a[0, yy, xx]
+        ident = torch.zeros((1, 1), dtype=torch.int64, device=DEV)
+        oo = torch.full((1, 1), o, dtype=torch.int64, device=DEV)
+        got = tk.rs_permute(torch.from_numpy(a).to(DEV), ident, p, orient=oo)
+        assert np.array_equal(got.cpu().numpy(), want)
+        assert torch.equal(tk.rs_unpermute(got, ident, p, orient=oo).cpu(), torch.from_numpy(a))
+
+
+@pytest.mark.parametrize("p,c,word", [(4, 1, 1), (5, 3, 1), (3, 2, 2), (4, 4, 4), (2, 8, 4), (6, 6, 2)])
+def test_rs_orient_pixel_words(p, c, word):
+    # the gather moves bytes, or 2- or 4-byte words when the pixel allows; a misaligned buffer falls back to bytes
+    x, perms, _ = _batch((2, 2, 3, p, c), p * 10 + c)
+    o = _orient(*perms.shape, c)
+    assert tk._pixel_word(c) == word
+    want = ref.rs_permute(x, perms, p, orient=o)
+    y = tk.rs_permute(x.to(DEV), perms.to(DEV), p, orient=o.to(DEV), block=128)
+    assert torch.equal(y.cpu(), want)
+    assert torch.equal(tk.rs_unpermute(y, perms.to(DEV), p, orient=o.to(DEV)).cpu(), x)
+    buf = torch.empty(x.numel() + 1, dtype=torch.uint8, device=DEV)
+    xm = buf[1:].view(x.shape)
+    xm.copy_(x)
+    assert tk._pixel_word(c, xm) == 1
+    assert torch.equal(tk.rs_permute(xm, perms.to(DEV), p, orient=o.to(DEV)).cpu(), want)
+
+
+def test_rs_orient_out_zero_orientations_and_clamping():
+    outs = None
+    for seed in (1, 2):                    # reused buffers, as in the pipeline
+        x, perms, p = _batch((3, 2, 3, 8, 3), seed)
+        o = _orient(3, 6, seed)
+        xd, pd, od = x.to(DEV), perms.to(DEV), o.to(DEV)
+        if outs is None:
+            outs = torch.empty_like(xd), torch.empty_like(xd)
+        y = tk.rs_permute(xd, pd, p, out=outs[0], orient=od)
+        assert y is outs[0] and torch.equal(y.cpu(), ref.rs_permute(x, perms, p, orient=o))
+        back = tk.rs_unpermute(y, pd, p, out=outs[1], orient=od)
+        assert back is outs[1] and torch.equal(back.cpu(), x)
+    # all zeros: the plain RS result, forward and inverse, for both orientation dtypes
+    for dt in (torch.int32, torch.int64):
+        zero = torch.zeros(perms.shape, dtype=dt, device=DEV)
+        assert torch.equal(tk.rs_permute(xd, pd, p, orient=zero).cpu(), tk.rs_permute(xd, pd, p).cpu())
+        assert torch.equal(tk.rs_unpermute(xd, pd, p, orient=zero).cpu(), tk.rs_unpermute(xd, pd, p).cpu())
+    # out-of-range orientations are clamped to 0..7 as in the reference; out-of-range perms clamped
+    bad_o = o.clone()
+    bad_o[0, 0], bad_o[1, 2], bad_o[2, 5] = -3, 9, 2**40
+    assert torch.equal(tk.rs_permute(xd, pd, p, orient=bad_o.to(DEV)).cpu(), ref.rs_permute(x, perms, p, orient=bad_o))
+    assert torch.equal(tk.rs_unpermute(xd, pd, p, orient=bad_o.to(DEV)).cpu(),
+                       ref.rs_unpermute(x, perms, p, orient=bad_o))
+    bad_p = perms.clone()
+    bad_p[0, 0], bad_p[1, 2] = 10**6, -5
+    assert torch.equal(tk.rs_permute(xd, bad_p.to(DEV), p, orient=od).cpu(),
+                       ref.rs_permute(x, bad_p.clamp(0, 5), p, orient=o))
+
+
+def test_rs_orient_checks_launches_and_empty_batch():
+    x, perms, p = _batch((2, 2, 2, 4, 3), 9)
+    o = _orient(2, 4, 9)
+    xd, pd, od = x.to(DEV), perms.to(DEV), o.to(DEV)
+    want = ref.rs_permute(x, perms, p, orient=o)
+    for block, nw in ((16, 1), (128, 2), (4096, 8)):
+        assert torch.equal(tk.rs_permute(xd, pd, p, orient=od, block=block, num_warps=nw).cpu(), want)
+    saved = tk.RS_ORIENT_BLOCK             # read per call, like the other launch constants
+    try:
+        tk.RS_ORIENT_BLOCK = 32
+        assert torch.equal(tk.rs_permute(xd, pd, p, orient=od).cpu(), want)
+    finally:
+        tk.RS_ORIENT_BLOCK = saved
+    for kw in ({"block": 48}, {"num_warps": 3}):
+        with pytest.raises(ValueError, match="power of two"):
+            tk.rs_permute(xd, pd, p, orient=od, **kw)
+    for fn in (tk.rs_permute, tk.rs_unpermute):
+        with pytest.raises(ValueError, match="orient must have shape"):
+            fn(xd, pd, p, orient=od[:, :3])
+        with pytest.raises(ValueError, match="out must"):
+            fn(xd, pd, p, orient=od, out=xd)
+        with pytest.raises(ValueError, match="out must"):
+            fn(xd, pd, p, orient=od, out=torch.empty((2, 8, 8, 1), dtype=torch.uint8, device=DEV))
+    empty = torch.zeros((0, 8, 8, 3), dtype=torch.uint8, device=DEV)
+    none = torch.zeros((0, 4), dtype=torch.int64, device=DEV)
+    assert tk.rs_permute(empty, none, 4, orient=none).shape == (0, 8, 8, 3)
+    assert tk.rs_unpermute(empty, none, 4, orient=none).shape == (0, 8, 8, 3)
+
+
+@pytest.mark.parametrize("name,gap", [("rs", 0), ("mi-shuffle", 1)])
+def test_encrypt_flip_gives_the_same_result_for_both_implementations(name, gap):
+    from himr_pipe.kernels import decrypt, encrypt
+    from himr_pipe.scheme import Scheme
+
+    s = Scheme.named(name, 8, 32, 32, gap=gap, flip=True)
+    x = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    keys = np.random.default_rng(5).integers(0, 2**63, (2, s.num_patches))
+    cells = make_permutations(keys, orient=True)           # packed perm + N * orientation
+    assert cells.max() >= s.num_patches                    # some cell is turned
+    impl = "triton" if DEV == "cpu" else "auto"
+    want = encrypt(s, x, cells, impl="torch")
+    got = encrypt(s, x.to(DEV), torch.from_numpy(cells).to(DEV), impl=impl)
+    assert torch.equal(got.cpu(), want)
+    plain = Scheme.named(name, 8, 32, 32, gap=gap)
+    assert not torch.equal(want, encrypt(plain, x, cells % s.num_patches, impl="torch"))  # flip does turn cells
+    assert torch.equal(decrypt(s, got, cells, impl=impl).cpu(), decrypt(s, want, cells, impl="torch"))
+    if not gap:                                              # no blanked borders: decrypt is exact
+        assert torch.equal(decrypt(s, got, cells, impl=impl).cpu(), x)

@@ -524,6 +524,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "mi": {"cutmix_alpha": 0.0},      # mixup only by default; > 0 gives cell-aligned box cutmix
     "mi-shuffle": {"patch_drop_prob": 0.25},  # shuffled cells: as rs, on the MI cell
     "none": {},
+    # the flip defence (Scheme.flip), on top of rs / mi-shuffle's entry: every stored cell is already in a
+    # uniformly random orientation of the square and the flip models are exactly invariant to it
+    # (train/models.py, D4OrbitProj), so a per-cell orientation augmentation would be pointless. patch_hflip
+    # is one (a flipped cell is the same cell in another orientation, test_augment): it would change nothing the
+    # model sees, and before mixing it only re-draws the relative orientation of blended cells, which is
+    # uniformly random already. Off by default; everything else is the non-flip scheme's recipe.
+    "flip": {"hflip": 0.0},
 }
 
 
@@ -605,6 +612,9 @@ def build_augment(scheme: Scheme, num_classes: int,
             then cell-aligned boxes).
     * none: :func:`random_hflip`, :func:`color_jitter`, mixup/cutmix with pixel
             boxes (same code path, mode "box", cell 1).
+    * flip (rs / mi-shuffle with ``scheme.flip``): the same as without flip, but
+            no :func:`patch_hflip` by default (``DEFAULTS["flip"]``): the cells come
+            in random orientations and the model is invariant to them.
 
     ``config=None`` means :data:`DEFAULTS` (``common`` updated by the scheme's
     entry); a dict overrides single keys (unknown keys raise ``ValueError``).
@@ -620,6 +630,8 @@ def build_augment(scheme: Scheme, num_classes: int,
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     cfg = dict(DEFAULTS["common"])
     cfg.update(DEFAULTS[scheme.name])
+    if scheme.flip:
+        cfg.update(DEFAULTS["flip"])
     unknown = set(config or {}) - set(cfg)
     if unknown:
         raise ValueError(f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(cfg)}")

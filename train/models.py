@@ -18,6 +18,21 @@ only the patch embedding and the position embedding differ (see
   For ``mi-shuffle`` (MI cells shuffled per image) the MI-ViT drops the
   position embedding and adds the RPE (:class:`RPEMIPatchEmbed`), like PEViT:
   order invariant.
+* **flip** (``Scheme.flip``, rs and mi-shuffle): every stored cell also comes
+  in a keyed random orientation, one of the eight symmetries of the square
+  (D4). The models then take an orbit-pooled patch embedding
+  (:class:`D4OrbitProj` in :class:`D4PatchEmbed` / :class:`D4MIPatchEmbed`,
+  with the RPE :class:`RPED4PatchEmbed` / :class:`RPED4MIPatchEmbed`): every
+  cell is embedded in all eight orientations by a shared first conv, GELU,
+  mean over the eight, then a 1x1 conv (Deep Sets pooling over the group
+  orbit). The orbit of a cell is the same in every orientation, so the token
+  and hence the logits are exactly invariant to the per-cell orientation (as
+  well as to the order): ``model(flip_RS(x)) == model(x)`` up to float
+  rounding, and the embedding still tells apart cells that are not
+  orientations of each other (a symmetrised linear filter would only see
+  D4-symmetric patterns). PEViT(``flip=True``) thus gets a
+  Conv(P) -> GELU -> Conv 1x1 embedding like MI's; MI-ViT(``shuffled=True,
+  flip=True``) pools its own first conv.
 * **plain ViT** (scheme ``none``): timm's ViT with learned position embedding
   (DeiT sizes), the baseline on unencrypted images.
 
@@ -30,7 +45,9 @@ P=16 on 224x224) takes 112x112 inputs with ``patch_size=8``.
 manifest's :class:`~himr_pipe.scheme.Scheme`; :func:`check_model_matches`
 refuses (``ValueError``) a model that does not fit the data. Importing this
 module registers ``pevit_{tiny,small,base}_patch16_224`` and
-``mivit_{tiny,small,base}_patch16_224`` with ``timm.create_model``.
+``mivit_{tiny,small,base}_patch16_224`` with ``timm.create_model``
+(``shuffled=True`` gives the mi-shuffle MI-ViT, ``flip=True`` the
+orientation-invariant models of the flip defence).
 """
 
 from __future__ import annotations
@@ -38,16 +55,19 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Format, PatchEmbed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from himr_pipe.kernels.reference import orient_index
 from himr_pipe.scheme import Scheme
 
 __all__ = [
-    "RPEPatchEmbed", "MIPatchEmbed", "RPEMIPatchEmbed", "PEViT", "MIViT", "SIZES",
+    "RPEPatchEmbed", "MIPatchEmbed", "RPEMIPatchEmbed", "D4OrbitProj", "D4PatchEmbed", "D4MIPatchEmbed",
+    "RPED4PatchEmbed", "RPED4MIPatchEmbed", "PEViT", "MIViT", "SIZES",
     "build_model", "model_scheme", "check_model_matches",
 ]
 
@@ -138,6 +158,96 @@ class RPEMIPatchEmbed(_RPE, MIPatchEmbed):
     """The MI patch embedding followed by the RPE (scheme ``mi-shuffle``: MI cells in random order)."""
 
 
+class D4OrbitProj(nn.Sequential):
+    """Conv(k, stride k) -> GELU -> Conv 1x1, pooled over the eight orientations of every k x k cell.
+
+    ``self[0]`` is the first conv (``D`` filters of k x k), ``self[1]`` the
+    GELU, ``self[2]`` the 1x1 conv; the state dict is that of the same
+    ``nn.Sequential``. For a cell ``c`` the output is
+    ``self[2](mean_g GELU(<O_g W, c> + b))`` over the eight symmetries ``O_g``
+    of the square (:func:`himr_pipe.kernels.reference.orient_index`, applied
+    to the filters' spatial axes, every channel alike). ``O_g`` permutes
+    pixels, so ``<O_g W, O_o c> = <O_o^-1 O_g W, c>``: turning the cell by
+    ``O_o`` only permutes the eight responses, and their mean is exactly
+    invariant (up to float rounding). The same as embedding all eight
+    orientations of the input with the shared first layer, but done by
+    orienting the weights: one conv with the eight oriented copies of the
+    filters stacked (``8 * D`` output channels, orientation-major), GELU, mean
+    over the eight groups, then the 1x1 conv.
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module, mix: nn.Conv2d):
+        kh, kw = conv.kernel_size
+        if (kh != kw or tuple(conv.stride) != (kh, kw) or conv.groups != 1 or tuple(conv.dilation) != (1, 1)
+                or conv.padding not in ((0, 0), "valid")):
+            raise ValueError("D4OrbitProj needs a square conv with stride = kernel (one cell per output), no "
+                             f"padding, dilation or groups; got kernel {conv.kernel_size}, stride {conv.stride}")
+        super().__init__(conv, act, mix)
+        ry, rx = orient_index(kh)
+        # (8, k*k): for each orientation, the source tap of each output tap (row-major)
+        self.register_buffer("orbit_index", (ry * kh + rx).reshape(8, kh * kh), persistent=False)
+
+    def oriented_weight(self) -> torch.Tensor:
+        """(8*D, C, k, k): the first conv's filters in the eight orientations, orientation-major."""
+        w = self[0].weight
+        d, c, k, _ = w.shape
+        return w.flatten(2)[:, :, self.orbit_index].permute(2, 0, 1, 3).reshape(8 * d, c, k, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self[0]
+        bias = None if conv.bias is None else conv.bias.repeat(8)
+        y = self[1](F.conv2d(x, self.oriented_weight(), bias, stride=conv.stride))
+        b, _, gh, gw = y.shape
+        return self[2](y.view(b, 8, conv.out_channels, gh, gw).mean(dim=1))
+
+
+class _D4:
+    """Mixin: the patch embedding's ``proj`` becomes a :class:`D4OrbitProj` (the flip defence).
+
+    On timm's PatchEmbed (one Conv(P)) a GELU and a 1x1 conv are added (as in
+    the MI embedding); on :class:`MIPatchEmbed` its own Conv(P/2) -> GELU ->
+    Conv 1x1 is pooled. ``proj[0]`` is the first conv either way.
+    """
+
+    def __init__(self, *args, embed_dim=768, **kwargs):
+        super().__init__(*args, embed_dim=embed_dim, **kwargs)
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        if self.patch_size[0] != self.patch_size[1]:
+            raise ValueError(f"the orientation-invariant embedding needs square cells, got {self.patch_size}")
+        if isinstance(self.proj, nn.Conv2d):
+            self.proj = D4OrbitProj(self.proj, nn.GELU(), nn.Conv2d(embed_dim, embed_dim, kernel_size=1, **dd))
+        else:
+            self.proj = D4OrbitProj(*self.proj)
+
+    def set_input_size(self, img_size=None, patch_size=None):
+        # timm would rebuild ``proj`` as one Conv2d (resample_patch_embed): refuse.
+        if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
+            raise ValueError("the orientation-invariant patch embedding cannot change its patch size; build a new "
+                             "model for the new scheme")
+        super().set_input_size(img_size=img_size)
+
+
+class D4PatchEmbed(_D4, PatchEmbed):
+    """Orbit-pooled Conv(P) -> GELU -> Conv 1x1 (PEViT for ``rs`` with the flip defence, ``rpe=False``)."""
+
+
+class D4MIPatchEmbed(_D4, MIPatchEmbed):
+    """The MI patch embedding, orbit-pooled (mi-shuffle with the flip defence, ``rpe=False``)."""
+
+
+class RPED4PatchEmbed(_RPE, D4PatchEmbed):
+    """Orbit-pooled embedding followed by the RPE (PEViT, ``rs`` with the flip defence)."""
+
+
+class RPED4MIPatchEmbed(_RPE, D4MIPatchEmbed):
+    """Orbit-pooled MI embedding followed by the RPE (``mi-shuffle`` with the flip defence)."""
+
+
+def _is_d4(pe: nn.Module) -> bool:
+    """Is ``pe`` an orientation-invariant (orbit-pooled) patch embedding?"""
+    return isinstance(getattr(pe, "proj", None), D4OrbitProj)
+
+
 # ---------------------------------------------------------------- models
 class PEViT(VisionTransformer):
     """PEViT: timm ViT without position embedding, class-token head, optional RPE.
@@ -145,19 +255,26 @@ class PEViT(VisionTransformer):
     ``img_size`` / ``patch_size`` are the RS image's size and P. Any other
     VisionTransformer argument passes through (``drop_path_rate``,
     ``patch_drop_rate``, ...); ``pos_embed`` and ``embed_layer`` are fixed.
+    ``flip=True`` (the flip defence) takes the orbit-pooled embedding
+    (:class:`RPED4PatchEmbed`, or :class:`D4PatchEmbed` with ``rpe=False``):
+    the logits are then also invariant to the orientation of every patch.
     """
 
     himr_kind = "rs"
 
-    def __init__(self, img_size=224, patch_size=16, rpe: bool = True, **kwargs):
+    def __init__(self, img_size=224, patch_size=16, rpe: bool = True, flip: bool = False, **kwargs):
         for key in ("pos_embed", "embed_layer"):
             if key in kwargs:
                 raise ValueError(f"PEViT fixes {key}; got {key}={kwargs[key]!r}")
         kwargs.setdefault("class_token", True)
         kwargs.setdefault("global_pool", "token")
-        super().__init__(img_size=img_size, patch_size=patch_size, pos_embed="none",
-                         embed_layer=RPEPatchEmbed if rpe else PatchEmbed, **kwargs)
+        if flip:
+            layer = RPED4PatchEmbed if rpe else D4PatchEmbed
+        else:
+            layer = RPEPatchEmbed if rpe else PatchEmbed
+        super().__init__(img_size=img_size, patch_size=patch_size, pos_embed="none", embed_layer=layer, **kwargs)
         self.rpe = bool(rpe)
+        self.flip = bool(flip)
 
 
 class MIViT(VisionTransformer):
@@ -167,25 +284,36 @@ class MIViT(VisionTransformer):
     ``shuffled=True`` is the model for ``mi-shuffle`` (MI cells in a random
     order per image): like PEViT, no position embedding, a class-token head
     and the RPE after the MI patch embedding (``rpe=False`` drops it), so the
-    logits are invariant to the order of the cells.
+    logits are invariant to the order of the cells. ``flip=True`` (with
+    ``shuffled``: the flip defence of mi-shuffle) pools the MI embedding over
+    the eight orientations of every cell (:class:`RPED4MIPatchEmbed`, or
+    :class:`D4MIPatchEmbed` with ``rpe=False``): invariant to them as well.
     """
 
     himr_kind = "mi"
 
-    def __init__(self, img_size=112, patch_size=8, shuffled: bool = False, rpe: bool = True, **kwargs):
+    def __init__(self, img_size=112, patch_size=8, shuffled: bool = False, rpe: bool = True, flip: bool = False,
+                 **kwargs):
         for key in ("pos_embed", "embed_layer"):
             if key in kwargs:
                 raise ValueError(f"MIViT fixes {key}; got {key}={kwargs[key]!r}")
+        if flip and not shuffled:
+            raise ValueError("MIViT(flip=True) is the model of mi-shuffle with the flip defence: pass shuffled=True "
+                             "(MI with its cell positions kept has no flip defence)")
         if shuffled:
             kwargs.setdefault("class_token", True)
             kwargs.setdefault("global_pool", "token")
-            super().__init__(img_size=img_size, patch_size=patch_size, pos_embed="none",
-                             embed_layer=RPEMIPatchEmbed if rpe else MIPatchEmbed, **kwargs)
+            if flip:
+                layer = RPED4MIPatchEmbed if rpe else D4MIPatchEmbed
+            else:
+                layer = RPEMIPatchEmbed if rpe else MIPatchEmbed
+            super().__init__(img_size=img_size, patch_size=patch_size, pos_embed="none", embed_layer=layer, **kwargs)
         else:
             super().__init__(img_size=img_size, patch_size=patch_size, pos_embed="learn",
                              embed_layer=MIPatchEmbed, **kwargs)
         self.shuffled = bool(shuffled)
         self.rpe = bool(rpe and shuffled)
+        self.flip = bool(flip)
 
 
 # ---------------------------------------------------------------- timm registry
@@ -219,8 +347,11 @@ def _create(cls, variant: str, pretrained: bool = False, **kwargs) -> VisionTran
         raise ValueError(f"{variant}: there are no pretrained weights for models on encrypted images; "
                          "train from scratch (pretrained=False)")
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(cls, variant, False, feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-                                **kwargs)
+    overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
+    if kwargs.get("flip") and cls is PEViT:  # the orbit-pooled embedding's first conv is proj[0], as MI's
+        overlay = {"first_conv": "patch_embed.proj.0", **overlay}
+    return build_model_with_cfg(cls, variant, False, pretrained_cfg_overlay=overlay or None,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 def _size_args(size: str) -> dict[str, int]:
@@ -230,7 +361,7 @@ def _size_args(size: str) -> dict[str, int]:
 
 @register_model
 def pevit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> PEViT:
-    """PEViT-Ti/16 for RS 224x224, P=16 (``rpe=False`` drops the RPE)."""
+    """PEViT-Ti/16 for RS 224x224, P=16 (``rpe=False`` drops the RPE; ``flip=True``: RS with the flip defence)."""
     return _create(PEViT, "pevit_tiny_patch16_224", pretrained, **{**_size_args("tiny"), "patch_size": 16, **kwargs})
 
 
@@ -248,7 +379,10 @@ def pevit_base_patch16_224(pretrained: bool = False, **kwargs) -> PEViT:
 
 @register_model
 def mivit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MIViT:
-    """MI-ViT-Ti for MI of 224x224 with P=16: 112x112 input, patch_size 8, 14x14 grid."""
+    """MI-ViT-Ti for MI of 224x224 with P=16: 112x112 input, patch_size 8, 14x14 grid.
+
+    ``shuffled=True``: the mi-shuffle model (no positions, RPE); with ``flip=True`` also orientation invariant.
+    """
     return _create(MIViT, "mivit_tiny_patch16_224", pretrained, **{**_size_args("tiny"), "patch_size": 8, **kwargs})
 
 
@@ -291,7 +425,9 @@ def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str 
     ``embed_dim`` / ``depth`` / ``num_heads`` override them. Other ``kw`` go to
     timm's VisionTransformer (``drop_path_rate``, ``patch_drop_rate``,
     ``in_chans``, ...); the input geometry comes from the scheme only.
-    ``rpe`` only applies to the shuffled schemes (rs, mi-shuffle). The scheme is recorded as
+    ``rpe`` only applies to the shuffled schemes (rs, mi-shuffle). With ``scheme.flip`` (the flip
+    defence of rs / mi-shuffle) the patch embedding is orbit-pooled over the eight orientations of a
+    cell (:class:`D4OrbitProj`), so the model is invariant to them. The scheme is recorded as
     ``model.himr_scheme`` (its ``to_dict()``).
     """
     scheme = _as_scheme(scheme)
@@ -310,11 +446,16 @@ def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str 
     if scheme.kind == "rs":
         cls, variant, first_conv = PEViT, f"pevit_{size}_{tag}", "patch_embed.proj"
         args["rpe"] = rpe
+        if scheme.flip:
+            variant, first_conv = f"pevit_{size}_flip_{tag}", "patch_embed.proj.0"
+            args["flip"] = True
     elif scheme.kind == "mi":
         cls, variant, first_conv = MIViT, f"mivit_{size}_{tag}", "patch_embed.proj.0"
         if scheme.shuffle:
-            variant = f"mivit_{size}_shuffle_{tag}"
+            variant = f"mivit_{size}_shuffle_{'flip_' if scheme.flip else ''}{tag}"
             args.update(shuffled=True, rpe=rpe)
+            if scheme.flip:
+                args["flip"] = True
     else:
         cls, variant, first_conv = VisionTransformer, f"vit_{size}_{tag}", "patch_embed.proj"
         args.update(pos_embed="learn")
@@ -343,8 +484,9 @@ def model_scheme(model: nn.Module) -> Scheme:
 
     A :class:`MIPatchEmbed` means ``mi``; no position embedding means ``rs``
     (order-invariant); a learned position embedding means ``none``. Patch and
-    size come from ``patch_embed`` (doubled for MI). Raises ``ValueError``
-    when the model is not a ViT whose geometry can be read.
+    size come from ``patch_embed`` (doubled for MI). An orbit-pooled
+    embedding (:class:`D4OrbitProj`) means the flip defence (``flip=True``).
+    Raises ``ValueError`` when the model is not a ViT whose geometry can be read.
     """
     m = _unwrap(model)
     pe = getattr(m, "patch_embed", None)
@@ -356,7 +498,7 @@ def model_scheme(model: nn.Module) -> Scheme:
     ph, pw = pe.patch_size
     if ph != pw:
         raise ValueError(f"{type(m).__name__} has a non-square patch {pe.patch_size}; schemes use square patches")
-    first = pe.proj[0] if isinstance(pe, MIPatchEmbed) else pe.proj
+    first = pe.proj[0] if isinstance(pe.proj, nn.Sequential) else pe.proj  # MI or orbit-pooled: the first conv
     if isinstance(first, nn.Conv2d) and (tuple(first.kernel_size) != pe.patch_size
                                          or tuple(first.stride) != pe.patch_size):
         raise ValueError(f"{type(m).__name__}: patch embedding conv kernel {tuple(first.kernel_size)} / stride "
@@ -371,7 +513,7 @@ def model_scheme(model: nn.Module) -> Scheme:
     else:
         kind, patch = "none", ph
     try:
-        return Scheme(kind=kind, patch=patch, height=h, width=w, shuffle=shuffle)
+        return Scheme(kind=kind, patch=patch, height=h, width=w, shuffle=shuffle, flip=_is_d4(pe))
     except ValueError as e:
         raise ValueError(f"{type(m).__name__} does not fit any scheme: {e}") from None
 
@@ -392,9 +534,11 @@ def check_model_matches(model: nn.Module, scheme: Scheme | Mapping[str, Any]) ->
     """Raise ``ValueError`` unless ``model`` fits data encrypted with ``scheme``.
 
     Checks the kind (an MI patch embedding for ``mi``, no position embedding
-    for ``rs``, learned position embedding for ``none``), the patch size P
-    (the model's grid must coincide with the encryption's), the input size,
-    and the scheme recorded by :func:`build_model`, if any.
+    for ``rs``, learned position embedding for ``none``), the flip defence
+    (an orbit-pooled patch embedding exactly when the shards' cells are
+    turned), the patch size P (the model's grid must coincide with the
+    encryption's), the input size, and the scheme recorded by
+    :func:`build_model`, if any.
     """
     scheme = _as_scheme(scheme)
     m = _unwrap(model)
@@ -409,6 +553,15 @@ def check_model_matches(model: nn.Module, scheme: Scheme | Mapping[str, Any]) ->
                            "learns nothing from positions; use the order-invariant MI model (no positions, RPE)"
                            if scheme.shuffle else
                            "the shards keep MI's cell positions, which an order-invariant model throws away"))
+    if have.shuffled and scheme.shuffled and have.flip != scheme.flip:
+        problems.append("flip: " + (
+            "the shards' cells are each turned by a keyed random flip, transpose or rotation (the flip defence), "
+            "but the model's patch embedding is not invariant to it; use the orientation-invariant model "
+            "(orbit-pooled patch embedding: build_model with the shards' flip scheme)"
+            if scheme.flip else
+            "the model's patch embedding is pooled over the eight orientations of a cell (for shards with the flip "
+            "defence), but these shards' cells keep their orientation, which that model would throw away; use the "
+            "model without flip"))
     if have.patch != scheme.patch:
         problems.append(f"patch size: the model's patches are {have.patch}x{have.patch} (in the plain image), "
                         f"the shards were encrypted with P={scheme.patch}; the model's patch grid must be the "

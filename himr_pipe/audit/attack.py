@@ -34,7 +34,7 @@ import numpy as np
 from ..scheme import Scheme
 from .jigsaw import assemble, cut
 from .mi_inverse import downsampled_baseline, full_size, ls_inverse
-from .scores import image_quality, layout_scores
+from .scores import frame_symmetries, image_quality, layout_scores, symmetric_layout_scores
 
 BUDGET = {"direct_accuracy": 0.02, "neighbour_accuracy": 0.10}
 # Every figure the audit prints or records is what *this* attack recovers: a lower bound on the leak. A stronger
@@ -49,7 +49,8 @@ def attack_name(scheme: Scheme) -> str:
 
     if not scheme.shuffled:
         return "none needed (positions kept); regularised least-squares MI inverse"
-    return ATTACK_NAME + ("; then the regularised least-squares MI inverse" if scheme.kind == "mi" else "")
+    return (ATTACK_NAME + ("; every piece tried in its 8 orientations" if scheme.flip else "")
+            + ("; then the regularised least-squares MI inverse" if scheme.kind == "mi" else ""))
 
 
 def attack_sample(scheme: Scheme, blob: bytes, ext: str, perm: np.ndarray | None,
@@ -61,22 +62,30 @@ def attack_sample(scheme: Scheme, blob: bytes, ext: str, perm: np.ndarray | None
     or None when the owner cannot rebuild it (then no picture figures).
     """
     from ..shards import decode_image
-    from .solver import load_stored, solve_stored
+    from .solver import load_stored, solve_stored, virtual_pieces
 
     t0 = time.perf_counter()
     stored = decode_image(blob, ext)
     cell, grid = scheme.out_cell, scheme.grid
     row: dict = {}
     if scheme.shuffled:
-        truth = np.argsort(perm).reshape(grid)
-        blank = np.zeros(scheme.num_patches, bool)
+        n = scheme.num_patches
+        truth = np.argsort(np.asarray(perm) % n).reshape(grid)   # flip: orientations packed above n
+        blank = np.zeros(n, bool)
         blank[:scheme.dropped] = True   # the owner knows which slots were dropped: they score as wildcards
-        layout = solve_stored(load_stored(blob, ext), cell, grid, scheme.gap, mixed=scheme.kind == "mi")
-        sc = layout_scores(layout, truth, blank)
+        layout = solve_stored(load_stored(blob, ext), cell, grid, scheme.gap, mixed=scheme.kind == "mi",
+                              orient=scheme.flip)
+        pieces = cut(stored, cell)
+        if scheme.flip:   # virtual pieces (turned copies); scored as stored pieces, in the best-aligned frame
+            sc = symmetric_layout_scores(layout % n, truth, blank)
+            pieces = virtual_pieces(pieces)
+        else:
+            sc = layout_scores(layout, truth, blank)
         row["direct_accuracy"], row["neighbour_accuracy"] = sc["direct"], sc["neighbour"]
         row["solved"] = float(sc["direct"] == 1.0)  # the whole layout recovered
-        pieces = cut(stored, cell)
         recon = assemble(pieces, layout)
+        if scheme.flip:   # the picture as the attacker would turn it to look at it: the best-aligned frame
+            recon = np.ascontiguousarray(frame_symmetries(recon)[sc["symmetry"]])
     else:
         row["direct_accuracy"] = row["neighbour_accuracy"] = 1.0
         recon = stored

@@ -339,13 +339,48 @@ def _settings(st: Stored, gap: int, params: dict | None) -> dict:
     return {**DEFAULTS, **PLACE_DEFAULTS, **base, **(params or {})}
 
 
-def compatibility(st: Stored, cell: int, gap: int = 0, params: dict | None = None) -> np.ndarray:
-    """Dissimilarity D[r, i, j] of j right of i (r=0) / below i (r=1), diagonal inf."""
+def orient_pieces(X: np.ndarray, q: int) -> np.ndarray:
+    """Pieces (N, c, c, ...) turned by orientation code ``q`` (the kernels' convention: bit 0 transposes,
+    then bit 1 reverses the columns, then bit 2 the rows)."""
+    if q & 1:
+        X = X.swapaxes(1, 2)
+    if q & 2:
+        X = X[:, :, ::-1]
+    if q & 4:
+        X = X[:, ::-1]
+    return X
+
+
+def _compose_table() -> np.ndarray:
+    """T[a, b]: the orientation code of 'turn by a, then by b'."""
+    ref = np.arange(9).reshape(1, 3, 3)
+    codes = [orient_pieces(ref, q).ravel().tolist() for q in range(8)]
+    return np.array([[codes.index(orient_pieces(orient_pieces(ref, a), b).ravel().tolist()) for b in range(8)]
+                     for a in range(8)])
+
+
+COMPOSE = _compose_table()
+
+
+def virtual_pieces(X: np.ndarray) -> np.ndarray:
+    """The eight orientations of every piece, (8N, c, c, ...): virtual piece ``q * N + i`` is piece ``i``
+    turned by ``q``. The flip attack solves the puzzle of these, one orientation per piece."""
+    return np.concatenate([orient_pieces(X, q) for q in range(8)])
+
+
+def compatibility(st: Stored, cell: int, gap: int = 0, params: dict | None = None,
+                  orient: bool = False) -> np.ndarray:
+    """Dissimilarity D[r, i, j] of j right of i (r=0) / below i (r=1), diagonal inf.
+
+    ``orient`` (the flip defence): D is over the 8N virtual pieces (:func:`virtual_pieces`); a piece is
+    never its own neighbour in any orientation. Only the right-of relation is computed: j below i is j'
+    right of i' for the transposes i', j' of the two virtual pieces, which are virtual pieces too."""
     prm = _settings(st, gap, params)
     groups = {}
     for k, s in enumerate(st.scale):
         groups.setdefault(s, []).append(k)
-    n = (st.shape[0] // cell) * (st.shape[1] // cell)
+    n0 = (st.shape[0] // cell) * (st.shape[1] // cell)
+    n = 8 * n0 if orient else n0
     pred = np.zeros((2, n, n), np.float32)
     mgc = np.zeros((2, n, n), np.float32)
     krig = np.zeros((2, n, n), np.float32)
@@ -368,7 +403,9 @@ def compatibility(st: Stored, cell: int, gap: int = 0, params: dict | None = Non
             # plain pixels apart, while neighbouring columns inside a cell stand 1 apart
             dist += c
         wch = [1.0 if k == 0 else prm["w_chroma"] for k in ks]
-        for rel, Y in ((RIGHT, X), (DOWN, X.transpose(0, 2, 1, 3))):
+        if orient:
+            X = np.ascontiguousarray(virtual_pieces(X))
+        for rel, Y in ((RIGHT, X),) if orient else ((RIGHT, X), (DOWN, X.transpose(0, 2, 1, 3))):
             # the fit never reaches past a piece's visible columns (mi-shuffle at P=8 has 4-px cells, MIXED
             # asks for 6)
             vis = c - 2 * skip
@@ -380,8 +417,15 @@ def compatibility(st: Stored, cell: int, gap: int = 0, params: dict | None = Non
                 krig[rel] += _krige_term(Y, prm, wch)
             if prm["w_mgc"] and Ar.shape[-1] >= 2:
                 mgc[rel] += _mgc_term(Ar[..., 0], Ar[..., 1], Bl[..., 0], Bl[..., 1], prm["mgc_eps"])
+    if orient:
+        # below: transpose both virtual pieces, then right-of (the code of 'q, then transpose' is COMPOSE[q, 1])
+        v = np.arange(n)
+        t = COMPOSE[v // n0, 1] * n0 + v % n0
+        for term in (pred, mgc, krig):
+            term[DOWN] = term[RIGHT][np.ix_(t, t)]
     # each term in units of its median over all pairs, so that the weights are comparable
-    off = ~np.eye(n, dtype=bool)
+    same = np.arange(n) % n0
+    off = same[:, None] != same[None, :]
     D = np.zeros((2, n, n), np.float32)
     if prm["w_pred"]:
         D = D + prm["w_pred"] * pred / max(1e-9, float(np.median(pred[:, off])))
@@ -391,8 +435,7 @@ def compatibility(st: Stored, cell: int, gap: int = 0, params: dict | None = Non
         m = np.maximum(mgc, 0)
         D = D + prm["w_mgc"] * m / max(1e-9, float(np.median(m[:, off])))
     D = D.astype(np.float32)
-    idx = np.arange(n)
-    D[:, idx, idx] = np.inf
+    D[:, ~off] = np.inf
     return D
 
 
@@ -435,6 +478,7 @@ def _greedy(C: np.ndarray, grid, seed, real: np.ndarray, bb: np.ndarray, prm: di
     """
     gh, gw = grid
     n = C.shape[1]
+    n0 = gh * gw               # stored pieces; n = 8 * n0 virtual pieces with orientations, one of each used
     H, W = 2 * gh - 1, 2 * gw - 1
     canvas = -np.ones((H, W), int)
     acc = np.zeros((H * W, n), np.float32)
@@ -447,7 +491,7 @@ def _greedy(C: np.ndarray, grid, seed, real: np.ndarray, bb: np.ndarray, prm: di
 
     def put(r, c, k):
         canvas[r, c] = k
-        placed[k] = True
+        placed[k % n0::n0] = True
         box[0], box[1] = min(box[0], r), max(box[1], r)
         box[2], box[3] = min(box[2], c), max(box[3], c)
         frontier.discard(r * W + c)
@@ -486,7 +530,7 @@ def _greedy(C: np.ndarray, grid, seed, real: np.ndarray, bb: np.ndarray, prm: di
         k = int(np.argmax(sc))
         best_v[sl], best_k[sl] = sc[k], k
 
-    for _ in range(n - len(seed)):
+    for _ in range(n0 - len(seed)):
         for sl in dirty:
             rescore(sl)
         fs = np.fromiter(frontier, int)
@@ -500,7 +544,8 @@ def _greedy(C: np.ndarray, grid, seed, real: np.ndarray, bb: np.ndarray, prm: di
         put(r, c, k)
         # slots next to the new piece changed; slots whose favourite was k must choose again
         fr = np.fromiter(frontier, int)
-        dirty = fr[(best_k[fr] == k) | (best_k[fr] < 0) | (np.abs(fr // W - r) + np.abs(fr % W - c) == 1)].tolist()
+        dirty = fr[(best_k[fr] % n0 == k % n0) | (best_k[fr] < 0)
+                   | (np.abs(fr // W - r) + np.abs(fr % W - c) == 1)].tolist()
     return canvas[box[0]:box[0] + gh, box[2]:box[2] + gw].copy()
 
 
@@ -512,6 +557,7 @@ def _kruskal_segments(C: np.ndarray, grid, real: np.ndarray, k_best: int = 8):
     """
     gh, gw = grid
     n = C.shape[1]
+    n0 = gh * gw               # virtual pieces (orientations): a segment holds one orientation of a piece at most
     rel_idx, i_idx, j_idx = [], [], []
     k = min(k_best, n - 1)
     for r in range(2):
@@ -525,13 +571,14 @@ def _kruskal_segments(C: np.ndarray, grid, real: np.ndarray, k_best: int = 8):
     key = (rel * n + ii) * n + jj
     key, first = np.unique(key, return_index=True)
     rel, ii, jj = rel[first], ii[first], jj[first]
-    ok = real[ii] & real[jj] & (ii != jj)
+    ok = real[ii] & real[jj] & (ii % n0 != jj % n0)
     rel, ii, jj = rel[ok], ii[ok], jj[ok]
     order = np.argsort(C[rel, ii, jj], kind="stable")
     seg = list(range(n))                                   # segment id of each piece
     pos = {p: (0, 0) for p in range(n)}                    # position of each piece in its segment
     members = {p: {(0, 0): p} for p in range(n)}           # segment -> {(r, c): piece}
     box = {p: [0, 0, 0, 0] for p in range(n)}
+    used = {p: {p % n0} for p in range(n)} if n > n0 else None   # segment -> its stored pieces
     for e in order:
         r, a, b = int(rel[e]), int(ii[e]), int(jj[e])
         sa, sb = seg[a], seg[b]
@@ -549,6 +596,10 @@ def _kruskal_segments(C: np.ndarray, grid, real: np.ndarray, k_best: int = 8):
             continue
         if any((q[0] + tr, q[1] + tc) in big for q in small):
             continue
+        if used is not None:
+            if not used[sa].isdisjoint(used[sb]):
+                continue
+            used[sa] |= used.pop(sb)
         for (qr, qc), p in small.items():
             big[(qr + tr, qc + tc)] = p
             pos[p] = (qr + tr, qc + tc)
@@ -591,9 +642,13 @@ def layout_cost(C: np.ndarray, layout: np.ndarray) -> float:
 def _refine_swaps(C: np.ndarray, layout: np.ndarray, max_iter: int = 500) -> np.ndarray:
     """Hill-climb by swapping pieces: every round computes the cost change of all N^2 swaps at
     once (exact for adjacent slots too) and applies the best improving swaps that do not touch
-    each other's neighbourhoods (so their gains add up), until no swap improves the cost."""
+    each other's neighbourhoods (so their gains add up), until no swap improves the cost.
+
+    With virtual pieces (C over 8N orientations, the flip attack) every round also turns pieces in
+    place: each slot's best orientation given its current neighbours."""
     gh, gw = layout.shape
     n = layout.size
+    m = C.shape[1]                                       # pieces (8n with orientations)
     L = layout.ravel().copy()
     pos = np.arange(n)
     pr, pc = pos // gw, pos % gw
@@ -601,18 +656,19 @@ def _refine_swaps(C: np.ndarray, layout: np.ndarray, max_iter: int = 500) -> np.
     right = np.where(pc < gw - 1, pos + 1, n)
     up = np.where(pr > 0, pos - gw, n)
     down = np.where(pr < gh - 1, pos + gw, n)
-    Cp = np.zeros((2, n + 1, n + 1), np.float32)      # piece index n: "outside", cost 0
-    Cp[:, :n, :n] = C
+    Cp = np.zeros((2, m + 1, m + 1), np.float32)      # piece index m: "outside", cost 0
+    Cp[:, :m, :m] = C
     R, Dn = Cp[RIGHT], Cp[DOWN]
+    sib = np.arange(8) * n                                # the orientations of a piece: piece % n + sib
     hs = pos[pc < gw - 1]                                # horizontal pairs (s, s + 1)
     vs = pos[pr < gh - 1]                                # vertical pairs (s, s + gw)
     block = np.zeros(n + 1, bool)
     for _ in range(max_iter):
-        Lp = np.append(L, n)
-        # U[s, x]: cost of the edges of slot s if piece x sat there, current neighbours
-        U = R[Lp[left], :n] + R[:n, Lp[right]].T + Dn[Lp[up], :n] + Dn[:n, Lp[down]].T
-        cur = U[pos, L]
-        UL = U[:, L]
+        Lp = np.append(L, m)
+        # UL[s, t]: cost of the edges of slot s if piece L[t] sat there, current neighbours
+        UL = (R[np.ix_(Lp[left], L)] + R[np.ix_(L, Lp[right])].T + Dn[np.ix_(Lp[up], L)]
+              + Dn[np.ix_(L, Lp[down])].T)
+        cur = UL[pos, pos]
         delta = UL + UL.T - cur[:, None] - cur[None, :]
         np.fill_diagonal(delta, np.inf)
         # adjacent pairs: the swapped pieces are each other's neighbours, recompute exactly
@@ -643,9 +699,34 @@ def _refine_swaps(C: np.ndarray, layout: np.ndarray, max_iter: int = 500) -> np.
             applied += 1
             for q in (s, t):                            # the swapped slots and their neighbours
                 block[[q, left[q], right[q], up[q], down[q]]] = True
+        if m > n:
+            applied += _turn_pieces(R, Dn, L, n, m, sib, left, right, up, down)
         if not applied:
             break
     return L.reshape(gh, gw)
+
+
+def _turn_pieces(R, Dn, L, n, m, sib, left, right, up, down) -> int:
+    """Turn pieces in place (in ``L``): every slot's best orientation given its neighbours, applied to
+    slots that do not touch each other (so the gains add up). Returns the number turned."""
+    Lp = np.append(L, m)
+    X = (L % n)[:, None] + sib[None, :]                   # (n, 8): the slot's piece in each orientation
+    cost = (R[Lp[left][:, None], X] + R[X, Lp[right][:, None]] + Dn[Lp[up][:, None], X]
+            + Dn[X, Lp[down][:, None]])
+    cur = cost[np.arange(n), L // n]
+    best = cost.argmin(1)
+    gain = cur - cost[np.arange(n), best]
+    block = np.zeros(n + 1, bool)
+    turned = 0
+    for s in np.argsort(-gain, kind="stable"):
+        if gain[s] <= 1e-9:
+            break
+        if block[s]:
+            continue
+        L[s] = X[s, best[s]]
+        turned += 1
+        block[[s, left[s], right[s], up[s], down[s]]] = True
+    return turned
 
 
 PLACE_DEFAULTS = dict(bb_bonus=1.0, nb_bonus=0.01, wild_score=0.0, starts=None, segments=2, refine=1, wild_cost=1.5,
@@ -699,11 +780,14 @@ def detect_blank(st: Stored, cell: int) -> np.ndarray:
 
 
 def solve_stored(st: Stored, cell: int, grid: tuple, gap: int = 0, blank: np.ndarray | None = None,
-                 params: dict | None = None, mixed: bool = False) -> np.ndarray:
+                 params: dict | None = None, mixed: bool = False, orient: bool = False) -> np.ndarray:
     """The attacker's layout: ``layout[r, c]`` = the stored piece placed at grid position (r, c).
 
     ``mixed``: the pieces are MI cells (mi-shuffle), whose seams are read with the longer
-    extrapolation of :data:`MIXED` (a cell column mixes two plain columns half a patch apart)."""
+    extrapolation of :data:`MIXED` (a cell column mixes two plain columns half a patch apart).
+    ``orient`` (the flip defence): every piece may be turned; the layout then holds virtual pieces
+    ``q * N + i`` (stored piece ``i`` turned by ``q``, :func:`virtual_pieces`), one orientation of each
+    piece, and the whole picture is found up to a symmetry of the frame (scores take the best one)."""
     params = {**(MIXED if mixed else {}), **(params or {})}
     prm = _settings(st, gap, params)
     gh, gw = grid
@@ -711,8 +795,10 @@ def solve_stored(st: Stored, cell: int, grid: tuple, gap: int = 0, blank: np.nda
     if n == 1:
         return np.zeros((1, 1), int)
     blank = detect_blank(st, cell) if blank is None else np.asarray(blank, bool)
+    if orient:
+        blank = np.tile(blank, 8)
     real = ~blank
-    D = compatibility(st, cell, gap, prm)
+    D = compatibility(st, cell, gap, prm, orient=orient)
     D[:, ~real, :] = np.inf
     D[:, :, ~real] = np.inf
     C = normalised(D, real)
@@ -721,8 +807,8 @@ def solve_stored(st: Stored, cell: int, grid: tuple, gap: int = 0, blank: np.nda
     if wc is None:
         wc = 1.0
     C = np.where(finite, C, wc).astype(np.float64)
-    idx = np.arange(n)
-    C[:, idx, idx] = 1e3
+    grp = np.arange(C.shape[1]) % n
+    C[:, grp[:, None] == grp[None, :]] = 1e3            # a piece is never its own neighbour, in any orientation
     Dm = np.where(finite, D, np.inf)
     bb = best_buddies(Dm) & real[None, :, None] & real[None, None, :]
     score = bb.sum(axis=(0, 2)) + bb.sum(axis=(0, 1))
