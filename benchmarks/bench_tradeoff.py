@@ -61,7 +61,8 @@ from bench_leak import leak_table  # noqa: E402
 from himr_pipe.tradeoff import CANDIDATES, RECIPE, format_table, pick_settings, run_tradeoff  # noqa: E402
 
 # The shapes proxy's default selection: P=32 at 128 px is a 4x4 grid, asked for explicitly (module docstring).
-SHAPES_DEFAULT = ["none", "rs", "rs gap 1", "rs gap 2", "mi-shuffle", "mi-shuffle gap 1"]
+SHAPES_DEFAULT = ["none", "rs", "rs gap 1", "rs gap 2", "mi-shuffle", "mi-shuffle gap 1", "rs flip", "rs gap 1 flip",
+                  "mi-shuffle flip", "mi-shuffle gap 1 flip"]
 # proxy -> how it is measured
 PROXIES = {
     "shapes": {"size": 128, "patch": 16, "format": "jpeg", "what": "shapes proxy, 128x128, P=16, JPEG q90"},

@@ -57,9 +57,9 @@ def main():
 @click.argument("out", type=Where())
 @click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "none"]), default=None,
               help=f"Default: {DEFAULT_SCHEME} (classification), mi (detection). "
-                   "mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled per image "
-                   "(the default, with a 1-pixel --gap: the one setting we measured within the leak budget "
-                   "under every attack we have, README 'Privacy'); rs: shuffle PxP "
+                   "mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled and turned "
+                   "per image (the default, with --flip: within the leak budget under the audit at the smallest "
+                   "cost we measured, README 'Privacy'); rs: shuffle PxP "
                    "patches per image (stored as JPEG, a jigsaw solver rebuilds most images); mi: without the "
                    "shuffle (keeps positions: a blurred picture); none: plain.")
 @click.option("--patch", type=int, default=16, show_default=True, help="Patch size P.")
@@ -67,14 +67,14 @@ def main():
               help="Image (canvas) size before encryption: N or HxW. Default: 224 (classification), 512 (detection).")
 @click.option("--gap", type=int, default=None,
               help="Defence of rs / mi-shuffle: blank a border of this many pixels inside every stored cell "
-                   "(seams stop matching). Default: 1 for mi-shuffle (within the leak budget under the audit and "
-                   "the strongest outside solver we know of), 0 otherwise; --gap 0 turns it off.")
+                   "(seams stop matching; it costs accuracy where flip does not, README 'Privacy'). Default: 0.")
 @click.option("--drop", type=float, default=0.0, show_default=True,
               help="Defence of rs / mi-shuffle: blank this fraction of every image's cells.")
-@click.option("--flip", is_flag=True,
+@click.option("--flip/--no-flip", default=None,
               help="Defence of rs / mi-shuffle: turn every stored cell by a keyed random flip, transpose or rotation "
-                   "(one of 8), so a cell's edges no longer say which neighbour they met; keeps every pixel. The "
-                   "models are exactly invariant to it (README 'Privacy').")
+                   "(one of 8), so a cell's edges no longer say which neighbour they met; keeps every pixel, and "
+                   "the models are exactly invariant to it. Default: on for mi-shuffle (within the leak budget "
+                   "under the audit, README 'Privacy'), off otherwise; --no-flip turns it off.")
 @click.option("--format", "fmt", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True,
               help="Image encoding in the shards (png/raw are lossless; raw is .npy uint8).")
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
@@ -149,7 +149,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
     from .encode import FormatError, choose_format, resolve_encoder
     from .job import AUDIT_SAMPLES, EXIT_PARTIAL, JobConfig, JobError, RunOptions
     from .pipeline import encrypt_shards
-    from .scheme import Scheme, SchemeError, default_gap, parse_size
+    from .scheme import Scheme, SchemeError, default_flip, default_gap, parse_size
     from .sources import DEFAULT_MAX_BYTES
 
     try:
@@ -164,12 +164,8 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
             raise JobError("--keep-image-ids is for --task detection")
         h, w = parse_size(size or ("512" if det else "224"))
         name = scheme or ("mi" if det else DEFAULT_SCHEME)
-        dg = default_gap(name)
-        if gap is None and dg and patch // 2 <= 2 * dg:      # only mi-shuffle has a default gap: cells of P/2
-            raise JobError(f"{name}'s default --gap {dg} does not fit its {patch // 2}-pixel cells at --patch "
-                           f"{patch}: choose a patch of at least {4 * dg + 2}, or pass --gap 0 (over the leak "
-                           "budget: README 'Privacy')")
-        sch = Scheme.named(name, patch, h, w, dg if gap is None else gap, drop, flip)
+        sch = Scheme.named(name, patch, h, w, default_gap(name) if gap is None else gap, drop,
+                           default_flip(name) if flip is None else flip)
         resize = resize or ("letterbox" if det else "crop")
         if not _is_device(device):
             raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
@@ -472,9 +468,10 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
 @click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
 @click.option("--seed", type=int, default=None, help="Reproducible permutation (default: a cryptographic one).")
 @click.option("--gap", type=int, default=None,
-              help="Defence of the shuffled schemes (see encrypt-shards; default: each scheme's own, 1 for mi-shuffle).")
+              help="Defence of the shuffled schemes (see encrypt-shards; default: 0).")
 @click.option("--drop", type=float, default=0.0, show_default=True, help="Defence of the shuffled schemes (see encrypt-shards).")
-@click.option("--flip", is_flag=True, help="Defence of the shuffled schemes (see encrypt-shards).")
+@click.option("--flip/--no-flip", default=None,
+              help="Defence of the shuffled schemes (see encrypt-shards; default: on for mi-shuffle).")
 def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, flip):
     """Write a picture of IMAGE and its encrypted forms (plain | RS | MI | MI-SHUFFLE) to OUT_PNG, to look before a run."""
     import numpy as np
@@ -484,13 +481,14 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, fl
     from .decode import DaliDecoder, inspect_header
     from .kernels import encrypt, make_permutations
     from . import keys
-    from .scheme import Scheme, SchemeError, default_gap, parse_size
+    from .scheme import Scheme, SchemeError, default_flip, default_gap, parse_size
     from .sources import InputError
 
     try:
         h, w = parse_size(size)
         kinds = ["rs", "mi", "mi-shuffle"] if scheme == "all" else [scheme]
-        schemes = [Scheme.named(k, patch, h, w, *(((default_gap(k) if gap is None else gap), drop, flip) if k != "mi"
+        schemes = [Scheme.named(k, patch, h, w, *(((default_gap(k) if gap is None else gap), drop,
+                                                   default_flip(k) if flip is None else flip) if k != "mi"
                                                   else (0, 0.0, False))) for k in kinds]
         data = open(image, "rb").read()
         inspect_header(data)

@@ -279,7 +279,7 @@ def encrypt(src: Path, out: Path, scheme: Scheme, fmt: str, quality: int, seed: 
 
     args = ["encrypt-shards", str(src), str(out), "--scheme", scheme.name, "--patch", str(scheme.patch),
             "--size", f"{scheme.height}x{scheme.width}", "--gap", str(scheme.gap), "--drop", str(scheme.drop),
-            *(["--flip"] if scheme.flip else []), "--format", fmt,
+            "--flip" if scheme.flip else "--no-flip", "--format", fmt,
             "--quality", str(quality), "--seed", str(seed), "--shard-size", "1000", "--workers", "0",
             "--no-progress", "--no-audit", "--state-dir", str(out) + ".state"]
     buf = io.StringIO()
@@ -673,13 +673,13 @@ def recommend(res: dict) -> dict:
 # -- output ---------------------------------------------------------------------------------------------
 
 def default_setting() -> str:
-    """The label of the candidate encrypt-shards uses when the user names no scheme and no gap."""
+    """The label of the candidate encrypt-shards uses when the user names no scheme and no defence."""
     from .cli import DEFAULT_SCHEME
-    from .scheme import default_gap
+    from .scheme import default_flip, default_gap
 
-    gap = default_gap(DEFAULT_SCHEME)
-    return next((c.label for c in CANDIDATES if c.scheme == DEFAULT_SCHEME and c.gap == gap and c.patch_factor == 1),
-                f"{DEFAULT_SCHEME} gap {gap}")
+    gap, flip = default_gap(DEFAULT_SCHEME), default_flip(DEFAULT_SCHEME)
+    return next((c.label for c in CANDIDATES if c.scheme == DEFAULT_SCHEME and c.gap == gap and c.flip == flip
+                 and c.patch_factor == 1), f"{DEFAULT_SCHEME}{f' gap {gap}' if gap else ''}{' flip' if flip else ''}")
 
 
 def _duration(s: float) -> str:
@@ -743,7 +743,7 @@ def notes(res: dict) -> list[str]:
            f"leak: the audit's attack on {res['rule']['audit_samples']} validation images of each setting; "
            "lower bounds: a stronger attack may recover more"]
     out += [f"attack on {', '.join(labels)}: {name}" for name, labels in attacks.items()]
-    out.append(f"the product's default (encrypt-shards without --scheme / --gap): {default_setting()}")
+    out.append(f"the product's default (encrypt-shards without --scheme / --gap / --flip): {default_setting()}")
     for r in res["rows"]:
         if r["status"] == "n/a":
             out.append(f"n/a: {r['label']}: {r['reason']}")

@@ -84,19 +84,23 @@ def test_preview_shows_plain_rs_and_mi(sample_src, tmp_path):
     plain, rs, mi, mis = (pic[:, i * 232:i * 232 + 224] for i in range(4))
     assert Counter(map(bytes, cut(plain, 16))) == Counter(map(bytes, cut(rs, 16)))
     assert not np.array_equal(plain, rs)
-    # mi-shuffle shows MI's cells (drawn 2x) in another order, by default with its 1-pixel gap: each 8-px cell's
-    # border (2 px drawn) blanked and its interior MI's
-    def interior(cells):
-        return Counter(bytes(c[2:-2, 2:-2]) for c in cells)
+    # mi-shuffle shows MI's cells (drawn 2x) in another order, by default each turned (the flip defence): every
+    # cell is one of MI's cells in one of the 8 orientations
+    def orbit(c):
+        views = [c, c[:, ::-1], c[::-1], c[::-1, ::-1]]
+        return min(bytes(np.ascontiguousarray(v)) for v in views + [v.transpose(1, 0, 2) for v in views])
 
     cells = cut(mis, 16)
-    assert all(not c[:2].any() and not c[-2:].any() and not c[:, :2].any() and not c[:, -2:].any() for c in cells)
-    assert interior(cut(mi, 16)) == interior(cells)
-    assert not np.array_equal(mi, mis)
-    # --gap 0: exactly MI's cells, reordered
-    cli("preview", img, out, "--seed", "3", "--gap", "0")
+    assert Counter(map(orbit, cut(mi, 16))) == Counter(map(orbit, cells))
+    assert Counter(map(bytes, cut(mi, 16))) != Counter(map(bytes, cells))   # turned, not only reordered
+    # --no-flip: exactly MI's cells, reordered; --gap 1: each 8-px cell's border (2 px drawn) blanked
+    cli("preview", img, out, "--seed", "3", "--no-flip")
     mis0 = np.asarray(Image.open(out))[:, 3 * 232:3 * 232 + 224]
     assert Counter(map(bytes, cut(mi, 16))) == Counter(map(bytes, cut(mis0, 16)))
+    cli("preview", img, out, "--seed", "3", "--no-flip", "--gap", "1")
+    cells = cut(np.asarray(Image.open(out))[:, 3 * 232:3 * 232 + 224], 16)
+    assert all(not c[:2].any() and not c[-2:].any() and not c[:, :2].any() and not c[:, -2:].any() for c in cells)
+    assert Counter(bytes(c[2:-2, 2:-2]) for c in cut(mi, 16)) == Counter(bytes(c[2:-2, 2:-2]) for c in cells)
     assert "does not divide" in cli("preview", img, out, "--patch", "15", expect=2).output
 
 
@@ -108,8 +112,8 @@ def test_audit_report_files_match_the_json(sample_src, tmp_path, scheme):
     from conftest import cli, encrypt
 
     out, state = tmp_path / "out", tmp_path / "state"
-    # mi-shuffle without its default gap: every setting here is over the budget when stored losslessly
-    gap = ["--gap", "0"] if scheme == "mi-shuffle" else []
+    # mi-shuffle without its default flip: every setting here is over the budget when stored losslessly
+    gap = ["--no-flip"] if scheme == "mi-shuffle" else []
     encrypt(sample_src, out, "--scheme", scheme, "--format", "png", "--seed", "1", *gap, state=state)
     # --plain is optional: the owner state says where SRC was
     res = cli("audit", out, "--report", tmp_path / "rep", "--state-dir", state, "--samples", "4")
@@ -188,15 +192,15 @@ def test_gap_defence_breaks_the_solver_where_it_otherwise_wins():
     assert res[0] == 1.0 and res[4] < 0.5
 
 
-def test_the_default_setting_is_mi_shuffle_with_its_gap_and_within_the_budget(sample_src, tmp_path):
-    """No --scheme, no --gap: mi-shuffle with a 1-pixel gap (README 'Privacy': the one setting within the leak
-    budget under the audit and the outside solver), recorded in the manifest; its quick audit of the bundled photos,
-    as the quick start runs it, is within the budget and prints no warning."""
+def test_the_default_setting_is_mi_shuffle_with_flip_and_within_the_budget(sample_src, tmp_path):
+    """No --scheme, no defence named: mi-shuffle with the flip defence and no gap (README 'Privacy': within the
+    leak budget under the orientation-aware audit, at the smallest cost measured), recorded in the manifest; its
+    quick audit of the bundled photos, as the quick start runs it, is within the budget and prints no warning."""
     from conftest import encrypt, manifest
 
     res = encrypt(sample_src, tmp_path / "out", "--seed", "4", state=tmp_path / "state", audit=True)
     sch = manifest(tmp_path / "out")["job"]["scheme"]
-    assert (sch["kind"], sch["shuffle"], sch["gap"], sch["patch"]) == ("mi", True, 1, 16)
+    assert (sch["kind"], sch["shuffle"], sch["gap"], sch["flip"], sch["patch"]) == ("mi", True, 0, True, 16)
     a = manifest(tmp_path / "out")["audit"]
     assert a["meets_budget"] is True and "warning" not in res.output
     assert "within the leak budget against this attack" in res.output

@@ -22,10 +22,10 @@ def outs(sample_src, tmp_path_factory):
     """The same sample, same seed (so the same keys hold the same inputs), in four schemes, lossless."""
     base = tmp_path_factory.mktemp("decrypt")
     args = ("--format", "png", "--seed", "5", "--shard-size", "7")
-    for name, extra in (("none", ()), ("rs", ()), ("mi", ()), ("mi-shuffle", ("--gap", "0")),
-                        ("mi-shuffle-gapdefault", ()), ("rs-def", ("--gap", "1", "--drop", "0.25")),
-                        ("rs-flip", ("--flip",)), ("mi-shuffle-flip", ("--gap", "0", "--flip"))):
-        scheme = name.split("-def")[0].split("-gapdefault")[0].split("-flip")[0]
+    for name, extra in (("none", ()), ("rs", ()), ("mi", ()), ("mi-shuffle", ("--no-flip",)),
+                        ("mi-shuffle-gap1", ("--gap", "1", "--no-flip")), ("rs-def", ("--gap", "1", "--drop", "0.25")),
+                        ("rs-flip", ("--flip",)), ("mi-shuffle-flip", ())):
+        scheme = name.split("-def")[0].split("-gap1")[0].split("-flip")[0]
         encrypt(sample_src, base / name, "--scheme", scheme, *args, *extra, state=base / f"{name}.state")
     return base
 
@@ -49,7 +49,7 @@ def test_decrypt_inverts_rs_exactly_on_lossless_shards(outs, tmp_path):
 
 def test_flip_turns_cells_and_decrypt_turns_them_back_exactly(outs, tmp_path):
     """--flip stores every cell in a keyed orientation (the same keys as rs: the same permutations); the
-    owner's decrypt undoes both, bit for bit on lossless shards; mi-shuffle --flip decrypts to mi."""
+    owner's decrypt undoes both, bit for bit on lossless shards; mi-shuffle (flip by default) decrypts to mi."""
     plain, rs, flip = stored(outs / "none"), stored(outs / "rs"), stored(outs / "rs-flip")
     got = decrypted(outs, "rs-flip", tmp_path)
     assert set(got) == set(plain) and len(plain) == 18
@@ -80,11 +80,11 @@ def test_decrypt_of_mi_shuffle_is_mi_and_mi_is_shown_at_full_size(outs, tmp_path
         assert np.array_equal(got_mis[k], full), k
 
 
-def test_decrypt_of_the_default_mi_shuffle_is_mi_inside_its_gap(outs, tmp_path):
-    """The default mi-shuffle carries a 1-pixel gap in every 8-px MI cell: decrypted, every cell's interior is
+def test_decrypt_of_mi_shuffle_with_a_gap_is_mi_inside_its_gap(outs, tmp_path):
+    """mi-shuffle --gap 1 blanks a 1-pixel border in every 8-px MI cell: decrypted, every cell's interior is
     MI's in its true place (shown 2x) and the gap border stays blank."""
     mi = stored(outs / "mi")
-    got = decrypted(outs, "mi-shuffle-gapdefault", tmp_path)
+    got = decrypted(outs, "mi-shuffle-gap1", tmp_path)
     mask = defence_mask(Scheme("mi", 16, 224, 224, 1, shuffle=True)).numpy() > 0
     keep = np.repeat(np.repeat(mask.reshape(112, 112, -1), 2, 0), 2, 1)
     assert keep.mean() == pytest.approx((6 / 8) ** 2)

@@ -154,7 +154,7 @@ def randomise(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     return model
 
 
-FLIP_SCHEMES = [("rs", 0), ("mi-shuffle", 1)]  # mi-shuffle with its default gap: blanked borders are D4-symmetric
+FLIP_SCHEMES = [("rs", 0), ("mi-shuffle", 1)]  # mi-shuffle with a gap: blanked borders are D4-symmetric
 
 
 @pytest.mark.parametrize("rpe", [True, False])

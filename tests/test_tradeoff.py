@@ -47,7 +47,7 @@ def test_end_to_end_table_recommendation_report_and_nothing_in_src(shapes, tmp_p
     for col in ("leak neighbour / direct", "meets budget", "top-1", "cost vs none"):
         assert col in head
     assert "lower bounds" in out and "recommendation:" in out
-    assert "the product's default (encrypt-shards without --scheme / --gap): mi-shuffle gap 1" in out
+    assert "the product's default (encrypt-shards without --scheme / --gap / --flip): mi-shuffle flip" in out
     rows = {line.split(" (")[0]: line for line in out.splitlines() if " | " in line and not line.startswith("setting")}
     assert set(rows) == {"none", "rs", "rs gap 1", "mi-shuffle 2P"}
     assert "plain (not encrypted)" in rows["none"]
