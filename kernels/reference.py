@@ -98,19 +98,27 @@ def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tens
         raise ValueError(f"perms must have shape {(b, gh * gw)}, got {tuple(perms.shape)}")
     dev = x.device
     if orient is not None:
-        o = check_orient(orient, b, gh * gw, dev).clamp(0, 7)
-        ty, tx = orient_index(patch, dev)
-        ry, rx = ty[o], tx[o]                                   # (b, n, P, P): row / column inside the source cell
-        sy = (perms // gw).view(b, gh * gw, 1, 1) * patch + ry
-        sx = (perms % gw).view(b, gh * gw, 1, 1) * patch + rx
-        bb = torch.arange(b, device=dev).view(b, 1, 1, 1)
-        pix = ((bb * h + sy) * w + sx).view(b, gh, gw, patch, patch).permute(0, 1, 3, 2, 4)  # output pixel order
-        src = x.contiguous().view(-1, c)
+        # the fast row gather first (cells in their slots, unturned), then each orientation's cells turned as a
+        # group through strided views: about 4x faster on the CPU than a gather of single pixels
+        o = check_orient(orient, b, gh * gw, dev).clamp(0, 7).view(b, gh, gw)
         check_out(out, x.shape, x)
-        if out is None:
-            return src.index_select(0, pix.reshape(-1)).view(b, h, w, c)
-        torch.index_select(src, 0, pix.reshape(-1), out=out.view(-1, c))
-        return out
+        y = rs_permute(x, perms, patch)
+        res = torch.empty_like(y) if out is None else out
+        yv = y.view(b, gh, patch, gw, patch, c).permute(0, 1, 3, 2, 4, 5)     # (b, gh, gw, P, P, C) views
+        rv = res.view(b, gh, patch, gw, patch, c).permute(0, 1, 3, 2, 4, 5)
+        for code in range(8):
+            m = o == code
+            if not bool(m.any()):
+                continue
+            cells = yv[m]                                                     # (k, P, P, C)
+            if code & 1:
+                cells = cells.transpose(1, 2)
+            if code & 2:
+                cells = cells.flip(2)
+            if code & 4:
+                cells = cells.flip(1)
+            rv[m] = cells
+        return res
     sy = (perms // gw).view(b, gh, 1, gw)
     sx = (perms % gw).view(b, gh, 1, gw)
     r = torch.arange(patch, device=dev).view(1, 1, patch, 1)
