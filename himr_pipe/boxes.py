@@ -68,7 +68,7 @@ def letterbox_frame(width: int, height: int, canvas: tuple[int, int],
 
 
 def pixel_window(window_rel, width: int, height: int) -> tuple[int, int, int, int]:
-    """A view's window (x, y, w, h relative to the image, as :func:`himr_pipe.worker.view_window` gives it) in
+    """A view's window (x, y, w, h relative to the image, as :func:`himr_pipe.geometry.view_window` gives it) in
     whole pixels inside the image: x0, y0, width, height (at least one pixel)."""
     x, y, w, h = (float(v) for v in window_rel[:4])
     x0, y0 = min(width - 1, int(round(x * width))), min(height - 1, int(round(y * height)))

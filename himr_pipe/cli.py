@@ -477,7 +477,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, fl
     import numpy as np
     from PIL import Image
 
-    from .audit.mi_inverse import full_size
+    from .geometry import full_size
     from .decode import DaliDecoder, inspect_header
     from .kernels import encrypt, make_permutations
     from . import keys

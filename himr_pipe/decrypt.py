@@ -1,7 +1,7 @@
 """The owner's decrypt: put every stored cell back where it came from.
 
 Only the owner can do this: the permutations derive from the job key, which
-lives in the owner's state and never in OUT (DESIGN.md, "What OUT may hold").
+lives in the owner's state and never in OUT (docs/architecture.md, "What OUT may hold").
 For every sample the key names its shard and planned position
 (``{shard:06d}_{pos:06d}``); the state's per-shard record gives the shard's
 index and planned count, so the sort keys of that shard are regenerated
@@ -103,7 +103,7 @@ def plain_geometry(view: OwnerView, stored: np.ndarray, perm: np.ndarray | None)
     img = decrypt(s, torch.from_numpy(np.ascontiguousarray(stored))[None],
                   None if perm is None else perm[None])[0].numpy()
     if s.kind == "mi":
-        from .audit.mi_inverse import full_size
+        from .geometry import full_size
 
         img = full_size(img)
     return img

@@ -153,11 +153,9 @@ class RayTasks:
         self.num_cpus = num_cpus
 
     def run(self, todo: list[ShardTask], on_done: Callable[[dict], None], progress: Callable[[int], None]) -> str | None:
-        import os
-
         import ray
 
-        from .worker import FAILPOINT_ENV
+        from . import failpoints
 
         if not todo:
             return None
@@ -165,7 +163,7 @@ class RayTasks:
         if started:
             ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
                      include_dashboard=False, log_to_driver=False)
-        env = {FAILPOINT_ENV: os.environ[FAILPOINT_ENV]} if FAILPOINT_ENV in os.environ else {}
+        env = failpoints.child_env()
         task_fn = ray.remote(**ray_task_options(self.worker_args[5], self.max_retries, env))(_ray_shard)
         args = ray.put(self.worker_args)
         refs = {task_fn.remote(args, t): t for t in todo}
@@ -214,7 +212,7 @@ def _ray_shard(worker_args: tuple, task: ShardTask) -> dict:
     tag = json.dumps(worker_args, sort_keys=True)
     w = _RAY_WORKERS.get(tag)
     if w is None:
-        from .job import JobConfig
+        from .plan import JobConfig
 
         cfg_public, key, out, threads, batch, device, kernels = worker_args
         if device != "cpu":

@@ -1,7 +1,7 @@
-"""The job: what defines an output (JobConfig), the plan of shards, and the checks before any work.
+"""The job: the plan of shards, and the checks before any work.
 
-* :class:`JobConfig` is everything that defines OUT: two runs with equal configs write the same OUT.
-  :class:`RunOptions` is how to run it, which never changes the output.
+* :class:`~.plan.JobConfig` (in :mod:`.plan`, re-exported here) is everything that defines OUT: two runs with
+  equal configs write the same OUT. :class:`RunOptions` is how to run it, which never changes the output.
 * :func:`plan_shards` orders the accepted inputs (x their views) with the job key's order stream and
   cuts them into shards: the shard is the unit of work, of resume and of distribution.
 * :func:`prepare` runs every check that must pass before any work, takes OUT's lock and starts or
@@ -14,105 +14,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from . import __version__, keys
-from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES
-from .encode import ImageFormat
+from . import keys
 from .lock import LOCK_NAME, OutLocked, lock_for
 from .manifest import MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manifest
-from .scheme import Scheme
 from .shards import shard_name
-from .sources import DEFAULT_MAX_BYTES, Input, Source, open_source
+from .sources import Input, Source, open_source
 from .state import OwnerState
 from .storage import Location, StorageError, in_process_only, is_url
-from .worker import VIEW_TRANSFORM, PlannedSample, ShardTask
+from .plan import JobConfig, JobError, PlannedSample, ShardTask  # noqa: F401 (JobConfig, JobError: re-exported)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
-TASKS = ("classification", "detection")
 GT_PREFIX = "ground-truth-"  # detection: OUT/ground-truth-{split}.json, the sanitised COCO ground truth
 AUDIT_SAMPLES = 4  # the quick audit that ends a run: a few seconds, figures into the manifest
-
-
-class JobError(Exception):
-    """A problem found before any work: the run does not start."""
-
-
-@dataclass(frozen=True)
-class JobConfig:
-    """What defines the output. Two runs with equal configs write the same OUT."""
-
-    scheme: Scheme
-    fmt: ImageFormat
-    resize: str = "crop"
-    shard_size: int = 1000
-    split: str = "train"
-    shuffle: bool = True
-    seeded: bool = False
-    include_paths: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = DEFAULT_MAX_BYTES
-    decoder: str = "dali"      # decode stage: they resize alike but not pixel for pixel
-    encoder: str = "cpu"       # encode stage (resolved, never "auto"): codecs differ in bytes
-    views: int = 1             # >1: that many random-resized-crop + flip views per input, each a sample
-    task: str = "classification"  # or "detection" (a COCO source: boxes in each sample's .json)
-    keep_image_ids: bool = False  # detection: the ground truth keeps the source's image ids (else opaque ids)
-
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise JobError(f"task must be one of {TASKS}")
-        if self.task == "detection":
-            if self.scheme.kind == "rs" or self.scheme.shuffled:
-                raise JobError(f"--scheme {self.scheme.name} is refused for detection: shuffling moves patches, "
-                               "so boxes lose their place; use mi (the default for detection: it keeps every "
-                               "patch where it was) or none")
-            if self.resize == "crop":
-                raise JobError("--resize crop is refused for detection: it cuts objects away unseen; use "
-                               "letterbox (the default for detection) or stretch")
-        if self.resize not in RESIZE_MODES:
-            raise JobError(f"--resize must be one of {RESIZE_MODES}")
-        if self.shard_size < 1:
-            raise JobError("--shard-size must be at least 1")
-        if self.views < 1:
-            raise JobError("--views must be at least 1")
-        if not self.split or any(c in self.split for c in "/\\{}. "):
-            raise JobError(f"--split {self.split!r} must be a plain name (it prefixes the shard files)")
-
-    def public(self) -> dict:
-        """The job as written into the manifest: all parameters, never a seed."""
-        return {
-            "tool": f"himr-pipe {__version__}",
-            "scheme": self.scheme.to_dict(),
-            "format": self.fmt.to_dict(),
-            "resize": self.resize,
-            "shard_size": self.shard_size,
-            "split": self.split,
-            "shuffle": self.shuffle,
-            "randomness": "seeded" if self.seeded else "cryptographic",
-            "randomness_note": (
-                "sample order and permutations are reproducible by whoever holds the seed; the seed is not stored here"
-                if self.seeded else
-                "sample order and permutations come from a key drawn from the OS's cryptographic source; "
-                "it is kept only in the owner's state, never in this folder"),
-            "include_paths": self.include_paths,
-            "max_pixels": self.max_pixels,
-            "max_bytes": self.max_bytes,
-            "decoder": self.decoder,
-            "encoder": self.encoder,
-            "views": self.views,
-            "view_transform": VIEW_TRANSFORM if self.views > 1 else None,
-            "task": self.task,
-            **({"image_ids": "source" if self.keep_image_ids else "opaque"} if self.task == "detection" else {}),
-        }
-
-    @classmethod
-    def from_public(cls, d: dict) -> "JobConfig":
-        from .encode import ImageFormat
-
-        f = d["format"]
-        fmt = ImageFormat(f["name"], f.get("quality", 90), f.get("subsampling", "444"), f.get("compress_level", 1))
-        return cls(Scheme.from_dict(d["scheme"]), fmt, d["resize"], d["shard_size"], d["split"], d["shuffle"],
-                   d["randomness"] == "seeded", d["include_paths"], d["max_pixels"], d["max_bytes"],
-                   d.get("decoder", "dali"), d.get("encoder", "cpu"), d.get("views", 1),
-                   d.get("task", "classification"), d.get("image_ids") == "source")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """What a job writes about itself: the public manifest in OUT and the owner's state.
 
-OUT is handed to people who must not see the data (DESIGN.md, "What OUT may
+OUT is handed to people who must not see the data (docs/architecture.md, "What OUT may
 hold"). So the two records are kept apart:
 
 ``OUT/manifest.json`` (public)
@@ -10,7 +10,7 @@ hold"). So the two records are kept apart:
     and reason. Source paths appear only with ``--include-paths``. ``audit``:
     the quick audit's figures (attack name, neighbour and direct accuracy,
     PSNR/SSIM, the leak budget and whether it is met): numbers only, never
-    pictures (DESIGN.md allows measured leak figures).
+    pictures (docs/architecture.md allows measured leak figures).
 ``OUT/_info.json`` (public)
     the split file timm's ``ReaderWds`` reads (splits -> name, num_samples,
     filenames, shard_lengths), so timm reads OUT unchanged.

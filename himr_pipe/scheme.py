@@ -5,7 +5,7 @@ models and loaders) takes a :class:`Scheme`. It is immutable, validated on
 construction, and round-trips through the manifest with :meth:`to_dict` /
 :meth:`from_dict`.
 
-Schemes (see ../shared/PAPER.md):
+Schemes (see docs/method.md):
 
 * ``rs``   cut the HxW image into PxP patches and put them back in a fresh
            uniformly random order per image. Output is HxW.

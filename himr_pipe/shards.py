@@ -22,10 +22,6 @@ def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
 
-def tmp_name(name: str) -> str:
-    return f".{name}.tmp"
-
-
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile's record: a stream is padded to a whole number of them
 

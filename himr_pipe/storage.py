@@ -86,6 +86,12 @@ class StorageError(OSError):
     """A location can't be used (unknown scheme, missing backend)."""
 
 
+def tmp_name(name: str) -> str:
+    """The temporary name a local file is written under before it is published as ``name`` (hidden, so
+    readers that list ``*.tar`` never see a half-written shard)."""
+    return f".{name}.tmp"
+
+
 class Location:
     """A folder that is a local path or a URL prefix; names within it are plain file names."""
 
@@ -232,8 +238,6 @@ class Location:
     def staging_path(self, name: str) -> str:
         """Where a file is written before :meth:`publish`: beside it (local) or a local spool file (remote)."""
         if not self.remote:
-            from .shards import tmp_name
-
             return os.path.join(self.root, tmp_name(name))
         fd, path = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", suffix=f"-{name}")
         os.close(fd)

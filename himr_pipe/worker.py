@@ -12,13 +12,15 @@ on another node needs no access to the owner's machine). A shard published
 whose stats were not recorded (a crash in between) is simply redone, and a
 redone shard is byte-identical, because order and permutations derive from
 the job key, shard by shard.
+
+What it composes lives beside it: the plan's records (:mod:`.plan`), the crop and letterbox geometry
+(:mod:`.geometry`), the thread stages and buffers (:mod:`.stages`), and the tests' failpoints
+(:mod:`.failpoints`).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -26,8 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import keys
+from . import failpoints, keys
 from .decode import DecodeBatch, Header, inspect_header
+from .geometry import decode_geometry
+from .plan import JobConfig, PlannedSample, ShardTask
+from .stages import BufferPool, Prefetch, Sink
 from .shards import ShardWriter
 from .sources import InputError, read_input
 from .storage import Location
@@ -35,27 +40,6 @@ from .storage import Location
 if TYPE_CHECKING:
     import torch
 
-    from .job import JobConfig
-
-# tests: "kill-after=N" SIGKILLs the worker process after N samples; "kill-once-after=N:MARKER" does so only
-# if the file MARKER does not exist yet, and creates it first (a retried task then runs through)
-FAILPOINT_ENV = "HIMR_PIPE_FAILPOINT"
-# --views K > 1: torchvision's RandomResizedCrop defaults, then a horizontal flip half of the time
-VIEW_TRANSFORM = {"random_resized_crop": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}, "hflip": 0.5}
-
-
-@dataclass(frozen=True)
-class PlannedSample:
-    """One sample of a shard's plan: an input (or one of its views) at a position of the shard."""
-
-    pos: int        # position in the shard's plan: the output key is {shard:06d}_{pos:06d}
-    index: int      # the input's sample id (its position in the sorted source listing)
-    ref: str        # owner-side name; never written to OUT unless --include-paths
-    label: int
-    loc: tuple      # where its bytes are (sources.read_input)
-    view: int = 0   # which of --views
-    target: object = None  # detection: the input's annotations (coco.ImageTarget)
-    image_id: int = 0      # detection: the image's id in OUT's ground truth (opaque unless --keep-image-ids)
 
 
 @dataclass(frozen=True)
@@ -65,13 +49,6 @@ class ScreenedSample:
     sample: PlannedSample
     header: Header
     frame: object = None  # resize "letterbox": the boxes.Frame from the original image to the canvas
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    index: int
-    name: str
-    items: tuple  # of PlannedSample, in plan order
 
 
 class ShardWorker:
@@ -101,13 +78,7 @@ class ShardWorker:
         s = cfg.scheme
         self.sample_meta = {"scheme": s.name, "size": list(s.out_size), "patch": s.out_cell}
         self.sample_json = json.dumps(self.sample_meta).encode()
-        fp = os.environ.get(FAILPOINT_ENV, "")
-        self.kill_after, self.kill_marker = None, None
-        if fp.startswith("kill-after="):
-            self.kill_after = int(fp.split("=", 1)[1])
-        elif fp.startswith("kill-once-after="):
-            n, self.kill_marker = fp.split("=", 1)[1].split(":", 1)
-            self.kill_after = None if os.path.exists(self.kill_marker) else int(n)
+        self.failpoint = failpoints.from_env()  # the tests' crash injection; None in every real run
         self.done_samples = 0
 
     def _batches(self, items, skipped: list, draws: np.ndarray | None = None, timing: dict | None = None):
@@ -136,16 +107,10 @@ class ShardWorker:
                 skipped.append((it.index, it.ref, e.reason))
                 continue
             data.append(blob)
-            frame = None
-            if letterbox:
-                from .boxes import letterbox_frame, view_frame
-
-                canvas = cfg.scheme.size
-                frame = (view_frame(view_window(draws[it.pos], hdr.width, hdr.height), hdr.width, hdr.height, canvas)
-                         if draws is not None else letterbox_frame(hdr.width, hdr.height, canvas))
-                wins.append(frame.decoder_row())
-            elif draws is not None:
-                wins.append(view_window(draws[it.pos], hdr.width, hdr.height))
+            row, frame = decode_geometry(cfg.resize, cfg.scheme.size, hdr.width, hdr.height,
+                                         None if draws is None else draws[it.pos])
+            if row is not None:
+                wins.append(row)
             screened.append(ScreenedSample(it, hdr, frame))
             if len(data) == self.batch_size:
                 if timing is not None:
@@ -276,10 +241,8 @@ class ShardWorker:
             timing["write"] += clock() - t2
             self.done_samples += len(meta)
         count["reported"] += self._report(len(meta) + n_bad)
-        if self.kill_after is not None and self.done_samples >= self.kill_after:
-            if self.kill_marker:
-                open(self.kill_marker, "w").close()
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.failpoint is not None:
+            self.failpoint.reached(self.done_samples)
 
     def _encrypt(self, x, perms, out):
         """One batch through the scheme's kernel; on the CPU cut into one chunk per encoder thread, run in
@@ -319,178 +282,6 @@ class ShardWorker:
         return json.dumps(d).encode()
 
 
-class BufferPool:
-    """Batch buffers, reused: the decoder resizes into one, encryption writes into another, and the sink
-    gives both back once the batch is encoded. A buffer is taken free or made (so nothing ever waits on
-    the pool); the queues between the stages bound how many batches are in flight, and so how many
-    buffers exist (about five of each kind). Reuse keeps the hot path free of allocations: a fresh
-    150 KB-per-image tensor costs page faults on every batch."""
-
-    def __init__(self, batch_size: int):
-        import threading
-
-        self.batch_size = batch_size
-        self.free: dict[tuple, list] = {}
-        self.lock = threading.Lock()
-
-    def take(self, n: int, size: tuple[int, int], device) -> "torch.Tensor":
-        """A (n, H, W, 3) uint8 view of a reused buffer on ``device``."""
-        import torch
-
-        key = (tuple(size), _device_key(device))
-        with self.lock:
-            bufs = self.free.get(key)
-            buf = bufs.pop() if bufs else None
-        if buf is None or buf.shape[0] < n:
-            buf = torch.empty((max(n, self.batch_size), *size, 3), dtype=torch.uint8, device=device)
-        return buf[:n]
-
-    def allocator(self, size: tuple[int, int]):
-        """``alloc(n)`` for a decoder: its batches on the device it decodes to."""
-        return lambda n, device: self.take(n, size, device)
-
-    def give_back(self, *views) -> None:
-        """Return the buffers behind these batch views (each at most once; other tensors are ignored)."""
-        import torch
-
-        seen = set()
-        for v in views:
-            if not isinstance(v, torch.Tensor) or v.dim() != 4:
-                continue
-            base = v if v._base is None else v._base
-            if id(base) in seen or base.shape[0] < self.batch_size:
-                continue
-            seen.add(id(base))
-            with self.lock:
-                self.free.setdefault((tuple(base.shape[1:3]), _device_key(base.device)), []).append(base)
-
-
-def _device_key(device) -> str:
-    """One name per device: "cuda" and a tensor's "cuda:0" must find the same buffers (else a buffer given
-    back under one name is never taken under the other, and the pool grows a buffer a batch)."""
-    import torch
-
-    d = torch.device(device)
-    if d.type == "cuda" and d.index is None:
-        d = torch.device("cuda", torch.cuda.current_device())
-    return str(d)
-
-
-class Prefetch:
-    """Run a generator in a thread of its own, up to ``depth`` items ahead; its errors reach the consumer."""
-
-    _END = object()
-
-    def __init__(self, gen, depth: int = 2):
-        import queue
-        import threading
-
-        self.q: queue.Queue = queue.Queue(depth)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(gen,), daemon=True, name="himr-reader")
-        self.thread.start()
-
-    def _run(self, gen) -> None:
-        try:
-            for item in gen:
-                if not self._put((item, None)):
-                    return
-            self._put((self._END, None))
-        except BaseException as e:
-            self._put((None, e))
-
-    def _put(self, x) -> bool:
-        import queue
-
-        while not self.stopped.is_set():
-            try:
-                self.q.put(x, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self):
-        while True:
-            item, err = self.q.get()
-            if err is not None:
-                raise err
-            if item is self._END:
-                return
-            yield item
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-
-class Sink:
-    """A thread that runs ``fn(item, *args)`` on what is put, in order, at most ``depth`` items behind;
-    an error there stops it and is raised in the producer at its next ``put`` or at ``close``."""
-
-    def __init__(self, fn, depth: int = 2):
-        import queue
-        import threading
-
-        self.fn = fn
-        self.q: queue.Queue = queue.Queue(depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True, name="himr-sink")
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self.q.get()
-            if job is None:
-                return
-            if self.error is None:
-                try:
-                    self.fn(*job)
-                except BaseException as e:
-                    self.error = e
-
-    def put(self, item, *args) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put((item, *args))
-
-    def close(self) -> None:
-        """Wait for everything put to be done; raise the sink's error if there was one."""
-        self.q.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def stop(self) -> None:
-        """After a failure elsewhere: let the thread end without waiting for it (what is queued is dropped)."""
-        import queue
-
-        if self.error is None:
-            self.error = RuntimeError("stopped")
-        while True:  # make room for the end mark (only the producer puts, and it is here)
-            try:
-                self.q.get_nowait()
-            except queue.Empty:
-                break
-        self.q.put_nowait(None)
-
-
-def view_window(u, width: int, height: int) -> tuple[float, float, float, float, float]:
-    """RandomResizedCrop's window from five uniform draws, relative to the image (see decode.VIEW_FIELDS).
-
-    Area fraction uniform in ``scale``, log aspect ratio uniform in ``ratio``;
-    a window too large for the image is clipped to it (torchvision retries
-    instead; clipping keeps one draw per view, which keeps resume exact).
-    """
-    rrc = VIEW_TRANSFORM["random_resized_crop"]
-    lo, hi = rrc["scale"]
-    area = lo + float(u[0]) * (hi - lo)
-    lr0, lr1 = math.log(rrc["ratio"][0]), math.log(rrc["ratio"][1])
-    r = math.exp(lr0 + float(u[1]) * (lr1 - lr0))
-    rw = min(1.0, math.sqrt(area * r * height / width))
-    rh = min(1.0, math.sqrt(area / r * width / height))
-    return (float(u[2]) * (1 - rw), float(u[3]) * (1 - rh), rw, rh, float(u[4]))
-
-
 def _upscaled(hdr, size, resize) -> bool:
     h, w = size
     if resize == "letterbox":  # scaled up when it fits inside the canvas on both sides
@@ -506,8 +297,6 @@ def init_process_worker(cfg_public: dict, key_hex: str, out_dir: str, threads: i
                         batch_size: int, device: str, kernels: str, queue) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
-    from .job import JobConfig
-
     cfg = JobConfig.from_public(cfg_public)
     _WORKER = ShardWorker(cfg, key_hex, out_dir, threads, batch_size, device, kernels,
                           progress=lambda n: queue.put(n))

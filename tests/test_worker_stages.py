@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from himr_pipe.worker import BufferPool, Prefetch, Sink
+from himr_pipe.stages import BufferPool, Prefetch, Sink
 
 
 def test_a_sink_error_reaches_the_producer_and_stop_ends_the_thread():
@@ -74,7 +74,7 @@ def test_buffers_are_reused_once_given_back_and_never_shared_in_flight():
 def test_the_pool_names_a_device_one_way():
     """A buffer given back is found again whatever spelling of its device the next take uses (on a GPU the
     pipeline asks for "cuda" and gives back tensors on "cuda:0")."""
-    from himr_pipe.worker import _device_key
+    from himr_pipe.stages import _device_key
 
     pool = BufferPool(batch_size=2)
     a = pool.take(2, (4, 4), torch.device("cpu"))

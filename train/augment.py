@@ -6,7 +6,7 @@ research code is not available. This module augments batches of *encrypted*
 images with operations that commute with the scheme, i.e. for which
 ``aug(E(x))`` is (in distribution) ``E(aug'(x))`` for an ordinary augmentation
 ``aug'`` of the plain image. Each function's docstring states why.
-See ../shared/PAPER.md, "What the released code leaves to a real tool".
+See docs/method.md, "Where this project differs or adds".
 
 Conventions shared by every function:
 

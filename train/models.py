@@ -2,7 +2,7 @@
 
 All three are timm's :class:`~timm.models.vision_transformer.VisionTransformer`;
 only the patch embedding and the position embedding differ (see
-../shared/PAPER.md):
+docs/method.md):
 
 * **PEViT** (scheme ``rs``): no position embedding, a class token read by the
   head, and a reference-based positional encoding (RPE) inside the patch

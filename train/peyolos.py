@@ -5,7 +5,7 @@ detection tokens added to the patch tokens; after the last block every
 detection token goes through two 3-layer MLP heads, one giving
 ``num_classes + 1`` class logits (the last is "no object") and one giving a
 box ``(cx, cy, w, h)`` normalised to [0, 1] by a sigmoid. Training is DETR's
-set loss (:mod:`himr_pipe.train.detection`). PEYOLOS (see ../shared/PAPER.md)
+set loss (:mod:`himr_pipe.train.detection`). PEYOLOS (see docs/method.md)
 is YOLOS on MI images:
 
 * **MI** (scheme ``mi``): the input is the (H/2)x(W/2) MI image and the patch

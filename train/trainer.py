@@ -20,7 +20,7 @@ PEYOLOS when the shards are detection shards (the manifest's ``job.task``).
   second of compute), and the share of time spent waiting: a starving loader
   shows as a high wait share.
 
-The DeiT recipe of PAPER.md is the default for ImageNet-scale runs: lr
+The DeiT recipe (docs/method.md) is the default for ImageNet-scale runs: lr
 5e-4 x batch/512, weight decay 0.05, 5 warm-up epochs, drop-path 0.1, label
 smoothing 0.1.
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from ..scheme import Scheme
 from .jigsaw import assemble, cut
-from .mi_inverse import downsampled_baseline, full_size, ls_inverse
+from ..geometry import full_size
+from .mi_inverse import downsampled_baseline, ls_inverse
 from .scores import frame_symmetries, image_quality, layout_scores, symmetric_layout_scores
 
 BUDGET = {"direct_accuracy": 0.02, "neighbour_accuracy": 0.10}

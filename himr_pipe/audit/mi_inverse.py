@@ -39,11 +39,6 @@ def _At(m: np.ndarray, patch: int) -> np.ndarray:
     return t.reshape(gh * patch, gw * patch, c)
 
 
-def full_size(m: np.ndarray) -> np.ndarray:
-    """An MI image shown at the plain image's geometry: each value as a 2x2 block (what a person sees)."""
-    return np.repeat(np.repeat(m, 2, axis=0), 2, axis=1)
-
-
 def naive_inverse(m: np.ndarray, patch: int) -> np.ndarray:
     """Tile every observed cell into the four sub-patch positions (uint8 out)."""
     return np.clip(np.rint(_At(m.astype(np.float64), patch) * 4), 0, 255).astype(np.uint8)

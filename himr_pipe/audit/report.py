@@ -36,7 +36,7 @@ def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tu
     """Rebuild the plain images of the picked samples: {key: HxWx3}, or ({}, why not)."""
     from ..decode import DecodeBatch, inspect_header, make_decoder
     from ..keys import view_draws
-    from ..worker import view_window
+    from ..geometry import decode_geometry
     from ..sources import InputError, SourceError, open_source, read_input
 
     job = view.manifest["job"]
@@ -71,14 +71,9 @@ def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tu
                 st = view.shards[shard]
                 pos = int(key.rsplit("_", 1)[1])
                 u = view_draws(view.key_hex, st["index"], st["planned"])[pos]
-            if views > 1 or letterbox:  # the worker's own geometry (worker._batches)
-                from ..boxes import letterbox_frame, view_frame
-
+            if views > 1 or letterbox:  # the worker's own geometry, from the same function
                 hdr = inspect_header(data)
-                win = None if u is None else view_window(u, hdr.width, hdr.height)
-                row = (win if not letterbox else
-                       (view_frame(win, hdr.width, hdr.height, view.scheme.size) if win is not None else
-                        letterbox_frame(hdr.width, hdr.height, view.scheme.size)).decoder_row())
+                row, _ = decode_geometry(job["resize"], view.scheme.size, hdr.width, hdr.height, u)
                 batch = DecodeBatch([data], np.array([row], np.float32))
         except InputError as e:
             return {}, f"a plain source can't be read ({e.reason})"

@@ -1,0 +1,47 @@
+"""Failure injection for the tests: the one place that reads ``$HIMR_PIPE_FAILPOINT``.
+
+* ``kill-after=N``: the worker process SIGKILLs itself once it has written N samples (a crash mid-shard, as by
+  kill -9);
+* ``kill-once-after=N:MARKER``: the same, only if the file MARKER does not exist yet, which it creates first
+  (so a retried task then runs through: the Ray retry tests).
+
+Unset, nothing happens and nothing is read again. The product never sets it; the tests do, in the
+environment of the processes they start (distributors pass it on to their workers: :func:`child_env`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+ENV = "HIMR_PIPE_FAILPOINT"
+
+
+@dataclass(frozen=True)
+class KillAfter:
+    samples: int
+    marker: str | None = None
+
+    def reached(self, done: int) -> None:
+        """SIGKILL this process when ``done`` samples are written (creating the marker first)."""
+        if done >= self.samples:
+            if self.marker:
+                open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def from_env() -> KillAfter | None:
+    """The failpoint the environment asks for, or None."""
+    fp = os.environ.get(ENV, "")
+    if fp.startswith("kill-after="):
+        return KillAfter(int(fp.split("=", 1)[1]))
+    if fp.startswith("kill-once-after="):
+        n, marker = fp.split("=", 1)[1].split(":", 1)
+        return None if os.path.exists(marker) else KillAfter(int(n), marker)
+    return None
+
+
+def child_env() -> dict[str, str]:
+    """The failpoint's variable for a worker started elsewhere (a Ray task), or nothing."""
+    return {ENV: os.environ[ENV]} if ENV in os.environ else {}
