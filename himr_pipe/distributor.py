@@ -31,7 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
-from .worker import ShardTask, ShardWorker, init_process_worker, run_in_process_worker
+from .worker import ShardTask, WorkerSpec, init_process_worker, run_in_process_worker
 
 
 def failure_reason(task: ShardTask | None, exc: BaseException) -> str:
@@ -79,13 +79,13 @@ def default_workers(device: str) -> int:
 class Serial:
     """Every shard in this process, one after another."""
 
-    def __init__(self, make_worker: Callable[[Callable[[int], None]], ShardWorker]):
-        self.make_worker = make_worker
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
 
     def run(self, todo: list[ShardTask], on_done: Callable[[dict], None], progress: Callable[[int], None]) -> str | None:
         if not todo:
             return None
-        worker = self.make_worker(progress)
+        worker = self.spec.build(progress)
         for t in todo:
             try:
                 on_done(worker.run(t))
@@ -97,9 +97,9 @@ class Serial:
 class LocalProcesses:
     """Shards on ``workers`` spawned processes of this machine (DALI and torch threads do not survive fork)."""
 
-    def __init__(self, workers: int, worker_args: tuple):
+    def __init__(self, workers: int, spec: WorkerSpec):
         self.workers = workers
-        self.worker_args = worker_args  # (job's public config, key, out, threads, batch, device, kernels)
+        self.spec = spec
 
     def run(self, todo: list[ShardTask], on_done: Callable[[dict], None], progress: Callable[[int], None]) -> str | None:
         import multiprocessing as mp
@@ -110,7 +110,7 @@ class LocalProcesses:
         queue = ctx.Queue()
         failure = None
         with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=ctx,
-                                 initializer=init_process_worker, initargs=(*self.worker_args, queue)) as ex:
+                                 initializer=init_process_worker, initargs=(self.spec, queue)) as ex:
             futs = {ex.submit(run_in_process_worker, t): t for t in todo}
             pending = set(futs)
             try:
@@ -146,9 +146,9 @@ class RayTasks:
     """Each shard a Ray task (one CPU each). Uses the Ray already initialised in this process, or starts one
     (``address``: an existing cluster; None: a local one) and shuts it down after the run."""
 
-    def __init__(self, address: str | None, worker_args: tuple, max_retries: int = 3, num_cpus: int | None = None):
+    def __init__(self, address: str | None, spec: WorkerSpec, max_retries: int = 3, num_cpus: int | None = None):
         self.address = address
-        self.worker_args = worker_args
+        self.spec = spec
         self.max_retries = max_retries
         self.num_cpus = num_cpus
 
@@ -164,8 +164,8 @@ class RayTasks:
             ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
                      include_dashboard=False, log_to_driver=False)
         env = failpoints.child_env()
-        task_fn = ray.remote(**ray_task_options(self.worker_args[5], self.max_retries, env))(_ray_shard)
-        args = ray.put(self.worker_args)
+        task_fn = ray.remote(**ray_task_options(self.spec.device, self.max_retries, env))(_ray_shard)
+        args = ray.put(self.spec)
         refs = {task_fn.remote(args, t): t for t in todo}
         failure = None
         try:
@@ -205,19 +205,16 @@ def ray_task_options(device: str, max_retries: int, env: dict | None = None) -> 
 _RAY_WORKERS: dict = {}
 
 
-def _ray_shard(worker_args: tuple, task: ShardTask) -> dict:
-    """One shard in a Ray worker process; the ShardWorker (decoder, encoder pool) is kept per process."""
+def _ray_shard(spec: WorkerSpec, task: ShardTask) -> dict:
+    """One shard in a Ray worker process; the worker (decoder, encoder pool) is kept per process and spec."""
     import json
+    from dataclasses import asdict, replace
 
-    tag = json.dumps(worker_args, sort_keys=True)
+    tag = json.dumps(asdict(spec), sort_keys=True)
     w = _RAY_WORKERS.get(tag)
     if w is None:
-        from .plan import JobConfig
-
-        cfg_public, key, out, threads, batch, device, kernels = worker_args
-        if device != "cpu":
-            device = "cuda"  # the one GPU Ray gave this task (CUDA_VISIBLE_DEVICES)
-        w = ShardWorker(JobConfig.from_public(cfg_public), key, out, threads, batch, device, kernels)
+        # the one GPU Ray gave this task (CUDA_VISIBLE_DEVICES)
+        w = replace(spec, device="cpu" if spec.device == "cpu" else "cuda").build()
         _RAY_WORKERS.clear()
         _RAY_WORKERS[tag] = w
     return w.run(task)

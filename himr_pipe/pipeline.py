@@ -23,7 +23,7 @@ from .lock import LeaseLost
 from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info, reason_counts
 from .state import OwnerState
 from .storage import Location
-from .worker import ShardWorker
+from .worker import WorkerSpec
 
 
 def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
@@ -55,14 +55,14 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
 
     bar = tqdm(total=remaining, unit="img", disable=not show, dynamic_ncols=True, smoothing=0.1,
                desc=f"encrypt-shards {cfg.scheme.name}")
-    worker_args = (cfg.public(), key, outl.root, threads, opts.batch_size, opts.device, opts.kernels)
+    spec = WorkerSpec(job=cfg.public(), key_hex=key, out=outl.root, threads=threads, batch_size=opts.batch_size,
+                      device=opts.device, kernels=opts.kernels)
     if opts.distributor == "ray":
-        dist = RayTasks(opts.ray_address, worker_args, num_cpus=opts.workers or None)
+        dist = RayTasks(opts.ray_address, spec, num_cpus=opts.workers or None)
     elif opts.workers == 0:
-        dist = Serial(lambda progress: ShardWorker(cfg, key, outl.root, threads, opts.batch_size, opts.device,
-                                                   opts.kernels, progress=progress))
+        dist = Serial(spec)
     else:
-        dist = LocalProcesses(opts.workers, worker_args)
+        dist = LocalProcesses(opts.workers, spec)
     def record(st: dict) -> None:
         """A finished shard: its stats into the owner's state (only the driver writes the state)."""
         ostate.write_shard(st)

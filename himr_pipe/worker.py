@@ -152,9 +152,12 @@ class ShardWorker:
         written: list[tuple[str, int, str]] = []
         count = {"upscaled": 0, "reported": 0, "boxes": 0, "boxes_cut": 0}
         # seconds per stage, kept in the owner's state: where a shard's time went. The stages overlap, so
-        # these are busy times of their own threads; "decode" is this thread's wait for the decoder,
-        # "wait_sink" its wait for room in the sink's queue.
-        timing = {"read": 0.0, "decode": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0, "wait_sink": 0.0}
+        # these are busy times of their own threads, and each slot has one writer: "read" the reader's,
+        # "decode" (this thread's wait for the decoder), "launch" (permutations, buffers, and on a GPU the
+        # kernels' launch) and "wait_sink" (its wait for room in the sink's queue) this thread's, "encrypt"
+        # (the CPU's kernels), "encode" and "write" the sink's.
+        timing = {"read": 0.0, "decode": 0.0, "launch": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0,
+                  "wait_sink": 0.0}
         clock = time.perf_counter
         reader = Prefetch(self._batches(task.items, skipped, draws, timing), depth=2)
         sink = Sink(self._sink_batch, depth=2)
@@ -180,7 +183,7 @@ class ShardWorker:
                     # On a GPU the kernels are launched here (asynchronous); on the CPU the sink encrypts, in
                     # its encoder's threads, off this thread's path (decode and resize)
                     enc = self._encrypt(x, perms, out) if x.is_cuda else (x, perms, out)
-                    timing["encrypt"] += clock() - t
+                    timing["launch"] += clock() - t
                 t = clock()
                 sink.put((enc, meta, len(bad), images), *args)
                 timing["wait_sink"] += clock() - t  # the sink's queue was full: the sink is the slower stage
@@ -290,19 +293,37 @@ def _upscaled(hdr, size, resize) -> bool:
         min(hdr.width / w, hdr.height / h) < 1.0)
 
 
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How to build a worker: picklable, by keyword, the same for every distributor.
+
+    The job travels as its public record (what the manifest holds, never a seed), so every distributor,
+    the in-process one included, builds its worker through the same ``JobConfig.from_public`` round trip
+    that worker processes and Ray tasks depend on (img2dataset's single ``Downloader`` object)."""
+
+    job: dict           # JobConfig.public()
+    key_hex: str
+    out: str            # OUT's root (a path or a URL)
+    threads: int
+    batch_size: int
+    device: str = "cpu"
+    kernels: str = "auto"
+
+    def build(self, progress=None) -> ShardWorker:
+        return ShardWorker(JobConfig.from_public(self.job), self.key_hex, self.out, self.threads,
+                           self.batch_size, self.device, self.kernels, progress=progress)
+
+
 _WORKER: ShardWorker | None = None
 
 
-def init_process_worker(cfg_public: dict, key_hex: str, out_dir: str, threads: int,
-                        batch_size: int, device: str, kernels: str, queue) -> None:
+def init_process_worker(spec: WorkerSpec, queue) -> None:
+    """A worker process's one worker, built from ``spec`` (its progress goes to the driver's queue)."""
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
-    cfg = JobConfig.from_public(cfg_public)
-    _WORKER = ShardWorker(cfg, key_hex, out_dir, threads, batch_size, device, kernels,
-                          progress=lambda n: queue.put(n))
+    _WORKER = spec.build(progress=lambda n: queue.put(n))
 
 
 def run_in_process_worker(task: ShardTask) -> dict:
     assert _WORKER is not None
     return _WORKER.run(task)
-

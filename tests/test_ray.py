@@ -29,6 +29,34 @@ def test_ray_writes_the_same_bytes_and_manifest_as_local_processes(sample_src, t
     assert manifest(tmp_path / "ray") == manifest(tmp_path / "local")
 
 
+def test_every_distributor_builds_its_worker_from_one_spec_and_writes_the_same_bytes(sample_src, tmp_path,
+                                                                                       local_ray, monkeypatch):
+    """Serial (--workers 0), local processes and Ray each get the one WorkerSpec (by keyword, picklable, the job
+    as its public record), and the three write the same bytes."""
+    import pickle
+
+    from himr_pipe import distributor, pipeline
+    from himr_pipe.worker import WorkerSpec
+
+    specs = []
+    for name in ("Serial", "LocalProcesses", "RayTasks"):
+        cls = getattr(distributor, name)
+
+        class Spy(cls):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                specs.append(self.spec)
+
+        monkeypatch.setattr(pipeline, name, Spy)
+    outs = {"serial": (), "processes": ("--workers", "2", "--threads", "1"), "ray": ("--distributor", "ray")}
+    for name, extra in outs.items():
+        encrypt(sample_src, tmp_path / name, *ARGS, *extra)
+    assert len(specs) == 3 and all(isinstance(s, WorkerSpec) for s in specs)
+    assert len({pickle.dumps(s.job) for s in specs}) == 1 and len({s.key_hex for s in specs}) == 1
+    assert pickle.loads(pickle.dumps(specs[0])) == specs[0]
+    assert shard_bytes(tmp_path / "serial") == shard_bytes(tmp_path / "processes") == shard_bytes(tmp_path / "ray")
+
+
 def test_a_killed_ray_worker_is_retried_to_the_same_bytes(sample_src, tmp_path, local_ray, monkeypatch):
     encrypt(sample_src, tmp_path / "local", *ARGS)
     marker = tmp_path / "killed"
