@@ -200,7 +200,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
         res = encrypt_shards(src, out, cfg, seed, opts)
     except (SchemeError, FormatError, JobError) as e:
         _fail_usage(str(e))
-    if not res.manifest:  # stopped before the manifest (an object-store lease lost to another run)
+    if res.manifest is None:  # stopped before the manifest (an object-store lease lost to another run)
         for m in res.messages:
             click.echo(f"himr-pipe: {m}", err=True)
         sys.exit(res.exit_code)
@@ -214,8 +214,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
             + f", {len(res.manifest['shards'])} shards, {res.seconds:.1f} s, {rate:.0f} img/s -> "
             + os.path.join(out, "manifest.json"))
     for m in res.messages:
-        if not m.startswith("quick audit:"):
-            click.echo(f"himr-pipe: {m}", err=True)
+        click.echo(f"himr-pipe: {m}", err=True)
     click.echo(line)
     det_rec = res.manifest.get("detection")
     if det_rec:
@@ -226,8 +225,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
                    + (f", {a['cut_from_training']} boxes cut by views or too small" if a["cut_from_training"] else ""))
     a = res.manifest.get("audit")
     if a and "mean" in a:
-        took = next((m.split(": ", 1)[1] for m in res.messages if m.startswith("quick audit:")), "")
-        click.echo(f"himr-pipe: quick audit of {a['samples']} samples ({took}): the attack recovered "
+        click.echo(f"himr-pipe: quick audit of {a['samples']} samples ({res.audit_seconds:.0f} s): the attack recovered "
                    f"{a['mean']['neighbour_accuracy']:.3f} of the neighbours, {a['mean']['direct_accuracy']:.3f} of the "
                    f"cells in place (lower bounds); "
                    + ("within the leak budget against this attack" if a["meets_budget"] else "OVER the leak budget")

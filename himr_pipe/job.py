@@ -47,12 +47,17 @@ class RunOptions:
 
 @dataclass
 class RunResult:
-    manifest: dict
+    """What a run reports: its manifest (None when it stopped before writing one: an object-store lease lost
+    to another run), exit code, seconds (the quick audit's apart), samples processed, the owner's state,
+    warnings and failures to print, and how long the quick audit took (None: none ran)."""
+
+    manifest: dict | None
     exit_code: int
     seconds: float
     processed: int = 0
     state_dir: str = ""
     messages: list[str] = field(default_factory=list)
+    audit_seconds: float | None = None
 
 
 # -- the plan -----------------------------------------------------------------------

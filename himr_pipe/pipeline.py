@@ -1,10 +1,13 @@
 """encrypt-shards: source -> decode + resize -> encrypt -> encode -> shard sink, by role.
 
-* :mod:`.job`: what defines the output, the plan of shards, the checks before any work, the resume scan;
-* :mod:`.worker`: one shard, start to end;
-* :mod:`.distributor`: who runs the shards (this process, local processes), under one failure policy;
-* this module: the orchestration: prepare, plan, scan, distribute, then the manifest (assembled from the
-  per-shard stats, complete or not) and the quick audit.
+* :mod:`.plan`: what defines the output and the records of the plan;
+* :mod:`.job`: the plan of shards, the checks before any work, the resume scan;
+* :mod:`.worker`: one shard, start to end, built from a :class:`~.worker.WorkerSpec`;
+* :mod:`.distributor`: who runs the shards (this process, local processes, Ray), under one failure policy;
+* this module: the orchestration, one function a job: :func:`prepared` (the checks, OUT's lock held for the
+  ``with``), :func:`_plan` (plan and resume scan), :func:`_distribute`, :func:`_finish` (the manifest,
+  assembled from the per-shard stats, complete or not, then the quick audit). The CLI gets a typed
+  :class:`~.job.RunResult`.
 
 The shard is the unit of work (as in img2dataset). A rerun finds complete shards and redoes the rest;
 because order and permutations derive from the job key, shard by shard, the result is byte-identical to
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from .distributor import LocalProcesses, RayTasks, Serial, usable_cpus
 from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, GT_PREFIX, JobConfig, RunOptions, RunResult, image_id_of,
@@ -28,55 +33,97 @@ from .worker import WorkerSpec
 
 def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
                    opts: RunOptions | None = None, log=print) -> RunResult:
+    """Encrypt SRC into OUT: prepare (checks, OUT's lock, the owner's state), plan and scan, distribute the
+    shards to do, assemble the manifest from every shard's stats, then the quick audit."""
     opts = opts or RunOptions()
     t0 = time.time()
+    with prepared(src, out, cfg, seed, opts) as job:
+        plan = _plan(job, cfg)
+        failure = _distribute(plan, job, cfg, opts)
+        return _finish(plan, job, cfg, opts, failure, t0)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job that passed every check, with OUT's lock held."""
+
+    where: str          # OUT as the user named it (a path or a URL)
+    out: Location
+    source: object      # sources.Source (or the COCO source)
+    state: str          # the owner's state folder
+    key: str            # the job key (never in OUT)
+    lock: object        # OUT's lock or lease
+
+
+@contextmanager
+def prepared(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptions):
+    """:func:`~.job.prepare`'s checks, with OUT's lock held for the whole ``with`` (released however it ends)."""
     source, state, key, lock = prepare(src, out, cfg, seed, opts)
     try:
-        return _run(src, out, cfg, opts, t0, source, state, key, lock)
+        yield Prepared(out, Location(out), source, str(state), key, lock)
     finally:
         lock.__exit__(None, None, None)
 
 
-def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source, state, key, lock) -> RunResult:
-    outl = Location(out)
-    shards = plan_shards(source, key, cfg)
-    image_id = image_id_of(source, key, cfg)
-    done, todo = resume_scan(shards, cfg, outl, state, image_id)
-    ostate = OwnerState(state)
-    total_inputs = len(source.inputs)
-    pre_skipped = [(x.index, x.ref, x.skip) for x in source.inputs if x.skip is not None]
-    remaining = sum(len(t.items) for t in todo)
+@dataclass
+class Plan:
+    """The job's shards, split by the resume scan; ``done`` gains every shard that finishes."""
+
+    shards: list
+    todo: list          # the ShardTasks still to write
+    done: dict          # shard index -> its stats
+    image_id: object
+    remaining: int      # samples still to write
+
+
+def _plan(job: Prepared, cfg: JobConfig) -> Plan:
+    shards = plan_shards(job.source, job.key, cfg)
+    image_id = image_id_of(job.source, job.key, cfg)
+    done, todo = resume_scan(shards, cfg, job.out, job.state, image_id)
+    return Plan(shards, todo, done, image_id, sum(len(t.items) for t in todo))
+
+
+def _distribute(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions) -> str | None:
+    """Run the shards to do; each finished shard's stats go into the owner's state (only the driver writes it)
+    and into ``plan.done``. Returns None, or why the run stopped."""
     # threads per worker: a share of this machine; a Ray task takes one CPU, so one thread unless asked
     # (the processes that will run: no more than the shards to do, so a small job's few processes get the CPUs)
     threads = opts.threads or (1 if opts.distributor == "ray" else
-                               max(1, usable_cpus() // max(1, min(opts.workers, len(todo)))))
-    show = sys.stderr.isatty() if opts.progress is None else opts.progress
-    from tqdm import tqdm
-
-    bar = tqdm(total=remaining, unit="img", disable=not show, dynamic_ncols=True, smoothing=0.1,
-               desc=f"encrypt-shards {cfg.scheme.name}")
-    spec = WorkerSpec(job=cfg.public(), key_hex=key, out=outl.root, threads=threads, batch_size=opts.batch_size,
-                      device=opts.device, kernels=opts.kernels)
+                               max(1, usable_cpus() // max(1, min(opts.workers, len(plan.todo)))))
+    spec = WorkerSpec(job=cfg.public(), key_hex=job.key, out=job.out.root, threads=threads,
+                      batch_size=opts.batch_size, device=opts.device, kernels=opts.kernels)
     if opts.distributor == "ray":
         dist = RayTasks(opts.ray_address, spec, num_cpus=opts.workers or None)
     elif opts.workers == 0:
         dist = Serial(spec)
     else:
         dist = LocalProcesses(opts.workers, spec)
-    def record(st: dict) -> None:
-        """A finished shard: its stats into the owner's state (only the driver writes the state)."""
-        ostate.write_shard(st)
-        done[st["index"]] = st
+    ostate = OwnerState(job.state)
 
+    def record(st: dict) -> None:
+        ostate.write_shard(st)
+        plan.done[st["index"]] = st
+
+    show = sys.stderr.isatty() if opts.progress is None else opts.progress
+    from tqdm import tqdm
+
+    bar = tqdm(total=plan.remaining, unit="img", disable=not show, dynamic_ncols=True, smoothing=0.1,
+               desc=f"encrypt-shards {cfg.scheme.name}")
     try:
-        failure = dist.run(todo, record, bar.update)
+        return dist.run(plan.todo, record, bar.update)
     finally:
         bar.close()
 
-    # The manifest is assembled from the per-shard stats, complete or not.
+
+def _finish(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions, failure: str | None,
+            t0: float) -> RunResult:
+    """The manifest, assembled from the per-shard stats (complete or not), written last; then the quick audit."""
+    outl, source, ostate, done = job.out, job.source, OwnerState(job.state), plan.done
+    total_inputs = len(source.inputs)
     shard_recs, skipped, upscaled, inputs_written = [], {}, 0, set()
-    for idx, ref, reason in pre_skipped:
-        skipped[idx] = (idx, ref, reason)
+    for x in source.inputs:
+        if x.skip is not None:
+            skipped[x.index] = (x.index, x.ref, x.skip)
     for i in sorted(done):
         st = done[i]
         for x in st["skipped"]:  # with --views an input is planned once per view: count it once
@@ -89,15 +136,14 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
     skipped = sorted(skipped.values())
     skip_recs = [({"input": i, "reason": r, "path": ref} if cfg.include_paths else {"input": i, "reason": r})
                  for i, ref, r in skipped]
-    complete = failure is None and len(done) == len(shards)
+    complete = failure is None and len(done) == len(plan.shards)
     detection = None
     if complete and cfg.task == "detection":
-        detection = _detection_record(cfg, source, outl, ostate, done, inputs_written, image_id)
+        detection = _detection_record(cfg, source, outl, ostate, done, inputs_written, plan.image_id)
     try:
-        lock.check()  # on an object store: is this run still OUT's owner? (the manifest is the last word)
-    except LeaseLost as e:
-        return RunResult({}, EXIT_FAILED, time.time() - t0, remaining, str(state),
-                         [f"run stopped: {e}"])  # no manifest: the run that owns OUT now writes it
+        job.lock.check()  # on an object store: is this run still OUT's owner? (the manifest is the last word)
+    except LeaseLost as e:  # no manifest: the run that owns OUT now writes it
+        return RunResult(None, EXIT_FAILED, time.time() - t0, plan.remaining, job.state, [f"run stopped: {e}"])
     manifest = build_manifest(cfg.public(), source.classes, source.empty_classes, shard_recs, total_inputs,
                               skip_recs, upscaled, "complete" if complete else "incomplete", len(inputs_written))
     if detection is not None:
@@ -111,17 +157,20 @@ def _run(src: str, out: str, cfg: JobConfig, opts: RunOptions, t0: float, source
         ostate.write_skipped([{"input": i, "path": ref, "reason": r} for i, ref, r in skipped])
     outl.write_json(MANIFEST, manifest)  # last: after every shard and the split file
     secs = time.time() - t0  # the run's own time; the quick audit's is recorded with its figures
-    msgs = []
+    msgs: list[str] = []
+    audit_seconds = None
     if complete and opts.audit_samples > 0 and cfg.scheme.kind != "none" and manifest["totals"]["written"]:
         # after the complete manifest is on disk: an interrupted audit never leaves OUT unfinished
-        manifest["audit"] = quick_audit(out, str(state), opts.audit_samples, source, msgs)
+        t = time.perf_counter()
+        manifest["audit"] = quick_audit(job.where, job.state, opts.audit_samples, source, msgs)
+        audit_seconds = time.perf_counter() - t
         outl.write_json(MANIFEST, manifest)
     if failure:
         msgs.append(f"run stopped: {failure}. Complete shards are kept; rerun the same command to resume.")
         code = EXIT_FAILED
     else:
         code = EXIT_PARTIAL if skipped else EXIT_OK
-    return RunResult(manifest, code, secs, remaining, str(state), msgs)
+    return RunResult(manifest, code, secs, plan.remaining, job.state, msgs, audit_seconds)
 
 
 def _detection_record(cfg: JobConfig, source, outl, ostate, done: dict, written: set, image_id) -> dict:
@@ -166,14 +215,12 @@ def quick_audit(out: str, state: str, samples: int, source, msgs: list) -> dict:
     from .audit.report import audit_out, manifest_figures
     from .scheme import Scheme
 
-    t = time.perf_counter()
     try:
         report, _ = audit_out(out, samples, state, seed=0, source=source)
     except Exception as e:  # the audit must never cost the user a finished run
         msgs.append(f"the quick audit failed ({type(e).__name__}: {e}); run himr-pipe audit OUT to measure the leak")
         return {"error": f"{type(e).__name__}: {e}"}
     fig = manifest_figures(report)
-    msgs.append(f"quick audit: {time.perf_counter() - t:.0f} s")
     warn = warning_line(Scheme.from_dict(report["scheme"]), report["mean"])
     if warn:
         msgs.append(warn)
