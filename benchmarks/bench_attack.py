@@ -9,7 +9,7 @@ patch ``perm[j]``. The encrypted image is stored as the product stores it
 both attacks read the stored bytes:
 
 * old: ``himr_pipe.audit.jigsaw.solve`` on the default simplejpeg decode;
-* new: ``himr_pipe.audit.solver.solve_stored(load_stored(blob, ext), ...)``.
+* new: ``himr_pipe.audit.solver.solve_stored(seams.load_stored(blob, ext), ...)``.
 
 Scores (``himr_pipe.audit.scores.layout_scores``): direct and neighbour
 accuracy over the non-blank pieces (dropped pieces are wildcards).
@@ -35,7 +35,8 @@ from PIL import Image
 
 from himr_pipe.audit import jigsaw
 from himr_pipe.audit.scores import layout_scores
-from himr_pipe.audit.solver import ATTACK_NAME, load_stored, solve_stored
+from himr_pipe.audit.seams import load_stored
+from himr_pipe.audit.solver import ATTACK_NAME, solve_stored
 from himr_pipe.encode import ImageFormat
 
 

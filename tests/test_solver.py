@@ -15,7 +15,8 @@ from PIL import Image
 
 from himr_pipe.audit import jigsaw
 from himr_pipe.audit.scores import direct_accuracy, layout_scores, neighbour_accuracy
-from himr_pipe.audit.solver import ATTACK_NAME, detect_blank, load_stored, solve_stored
+from himr_pipe.audit.seams import detect_blank, load_stored
+from himr_pipe.audit.solver import ATTACK_NAME, solve_stored
 from himr_pipe.encode import choose_format
 from himr_pipe.scheme import Scheme
 from himr_pipe.shards import decode_image
@@ -132,7 +133,7 @@ def test_layout_scores_by_hand():
 def test_mi_kriging_weights_reproduce_smooth_images():
     """The MI kriging predictor is unbiased (weights sum to 1) and, on a linear plain image, predicts the
     neighbour's first column closely (its cells are linear too, cell + 1 px further on)."""
-    from himr_pipe.audit.solver import _mi_krige_weights
+    from himr_pipe.audit.seams import _mi_krige_weights
 
     s = 8
     W = _mi_krige_weights(s, 1.0, 0.05, 1)
@@ -150,7 +151,7 @@ def test_gap_band_chroma_unmixing_makes_the_attack_stronger_on_odd_gaps(photos):
     """RS-16 --gap 1 as JPEG 4:2:0: the chroma sample on each cell's edge is half black band, half the piece's
     edge, so un-mixing it (v3) must find strictly more true neighbours than reading it as blank (v2, 'unmix'
     off) on these photos, and never fewer on one of them by much; even gaps are untouched (same layouts)."""
-    from himr_pipe.audit.solver import _unmix_chroma
+    from himr_pipe.audit.seams import _unmix_chroma
 
     v2, v3 = [], []
     for i, img in enumerate(photos):

@@ -3,7 +3,7 @@
 One function, :func:`attack_sample`, serves every place that measures a
 leak: ``himr-pipe audit``, the quick audit that ends ``encrypt-shards``
 (figures into the manifest), and the trade-off benchmark. The attacker sees
-only the stored bytes (:func:`solver.load_stored`: JPEG artefacts
+only the stored bytes (:func:`seams.load_stored`: JPEG artefacts
 included); the owner's side supplies the truth (the true permutation from the
 job key, :mod:`himr_pipe.decrypt`) and, where available, the plain image.
 
@@ -63,7 +63,8 @@ def attack_sample(scheme: Scheme, blob: bytes, ext: str, perm: np.ndarray | None
     or None when the owner cannot rebuild it (then no picture figures).
     """
     from ..shards import decode_image
-    from .solver import load_stored, solve_stored, virtual_pieces
+    from .seams import load_stored, virtual_pieces
+    from .solver import solve_stored
 
     t0 = time.perf_counter()
     stored = decode_image(blob, ext)
