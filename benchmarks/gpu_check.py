@@ -245,7 +245,7 @@ def main():
 
     # -- 4. the pipeline on the device ---------------------------------------------------------
     print("4. encrypt-shards on", DEV, flush=True)
-    from himr_pipe.decode import TorchvisionDecoder  # noqa: E402
+    from himr_pipe.decoders import TorchvisionDecoder  # noqa: E402
     from himr_pipe.encode import NvImageCodecEncoder, TorchvisionJpegEncoder, choose_format  # noqa: E402
     from himr_pipe.job import JobConfig, RunOptions  # noqa: E402
     from himr_pipe.pipeline import encrypt_shards  # noqa: E402

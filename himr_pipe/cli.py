@@ -145,7 +145,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
     a COCO images folder with its instances JSON. SRC and OUT may be URLs
     (s3://, gs://, memory://).
     """
-    from .decode import DEFAULT_MAX_PIXELS, resolve_decoder
+    from .decoders import DEFAULT_MAX_PIXELS, resolve_decoder
     from .encode import FormatError, choose_format, resolve_encoder
     from .job import AUDIT_SAMPLES, EXIT_PARTIAL, JobConfig, JobError, RunOptions
     from .pipeline import encrypt_shards
@@ -476,7 +476,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, fl
     from PIL import Image
 
     from .geometry import full_size
-    from .decode import DaliDecoder, inspect_header
+    from .decoders import DaliDecoder, inspect_header
     from .kernels import encrypt, make_permutations
     from . import keys
     from .scheme import Scheme, SchemeError, default_flip, default_gap, parse_size

@@ -85,7 +85,7 @@ def true_permutations(view: OwnerView, shard: str, keys: list[str]) -> dict[str,
     st = view.shards.get(shard)
     if st is None:
         raise DecryptError(f"the owner state has no record of shard {shard}")
-    rows = permutation_keys(view.key_hex, st["index"], st["planned"], view.scheme.num_patches)
+    rows = permutation_keys(view.key_hex, st.index, st.planned, view.scheme.num_patches)
     out = {}
     for k in keys:
         pos = int(k.rsplit("_", 1)[1])

@@ -16,7 +16,7 @@ from .plan import VIEW_TRANSFORM
 
 
 def view_window(u, width: int, height: int) -> tuple[float, float, float, float, float]:
-    """RandomResizedCrop's window from five uniform draws, relative to the image (see decode.VIEW_FIELDS).
+    """RandomResizedCrop's window from five uniform draws, relative to the image (see decoders.VIEW_FIELDS).
 
     Area fraction uniform in ``scale``, log aspect ratio uniform in ``ratio``;
     a window too large for the image is clipped to it (torchvision retries

@@ -21,7 +21,7 @@ from .shards import shard_name
 from .sources import Input, Source, open_source
 from .state import OwnerState
 from .storage import Location, StorageError, in_process_only, is_url
-from .plan import JobConfig, JobError, PlannedSample, ShardTask  # noqa: F401 (JobConfig, JobError: re-exported)
+from .plan import JobConfig, JobError, PlannedSample, ShardStats, ShardTask  # noqa: F401 (JobConfig, JobError: re-exported)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 GT_PREFIX = "ground-truth-"  # detection: OUT/ground-truth-{split}.json, the sanitised COCO ground truth
@@ -82,7 +82,7 @@ def image_id_of(source: Source, key_hex: str, cfg: JobConfig):
 
 
 def resume_scan(shards: list, cfg: JobConfig, out: Location, state,
-                image_id=lambda x: 0) -> tuple[dict[int, dict], list[ShardTask]]:
+                image_id=lambda x: 0) -> tuple[dict[int, ShardStats], list[ShardTask]]:
     """(done, todo): shards whose stats are in the state and whose file is complete, and the rest as tasks.
 
     OUT is listed once (one request on an object store), not asked about shard by shard."""
@@ -91,12 +91,11 @@ def resume_scan(shards: list, cfg: JobConfig, out: Location, state,
     for e in sizes:
         if e.startswith(f".{cfg.split}-") and e.endswith(".tar.tmp"):
             out.remove(e)  # leftovers of an interrupted run (OUT's lock makes this safe)
-    done: dict[int, dict] = {}
+    done: dict[int, ShardStats] = {}
     todo: list[ShardTask] = []
     for i, items in enumerate(shards):
         st = OwnerState(state).read_shard(i)
-        if st is not None and st.get("planned") == len(items) and (
-                st["samples"] == 0 or sizes.get(names[i]) == st["bytes"]):
+        if st is not None and st.planned == len(items) and (st.samples == 0 or sizes.get(names[i]) == st.bytes):
             done[i] = st
             continue
         todo.append(ShardTask(i, names[i], tuple(PlannedSample(pos, x.index, x.ref, x.label, x.loc, v, x.target,

@@ -1,7 +1,8 @@
-"""What a job writes about itself: the public manifest in OUT and the owner's state.
+"""The public records a job writes about itself in OUT: ``manifest.json`` and timm's ``_info.json``.
 
-OUT is handed to people who must not see the data (docs/architecture.md, "What OUT may
-hold"). So the two records are kept apart:
+OUT is handed to people who must not see the data (docs/architecture.md, "What OUT may hold, and what stays
+with the owner"), so these records hold nothing private. The owner's private state (the key, the map from
+output keys to source files) is not here: :mod:`himr_pipe.state` reads and writes it, outside OUT.
 
 ``OUT/manifest.json`` (public)
     the job (scheme with all parameters, format, shard size, whether the run
@@ -15,16 +16,9 @@ hold"). So the two records are kept apart:
     the split file timm's ``ReaderWds`` reads (splits -> name, num_samples,
     filenames, shard_lengths), so timm reads OUT unchanged.
 
-the owner's state directory (private, mode 0700; :mod:`himr_pipe.state`)
-    ``job.json``: the job, the 256-bit key that derives sample order and
-    permutations (from ``secrets`` unless ``--seed``), a hash of the seed, and
-    a fingerprint of SRC; ``shards/NNNNNN.json``: per-shard stats with the
-    map from output keys to source paths and the skipped files by name. This
-    is what lets an interrupted run without ``--seed`` resume to the same
-    result, and what lets the owner trace a sample back to its file. Default
-    location: ``$HIMR_PIPE_STATE_HOME`` or ``$XDG_STATE_HOME/himr-pipe`` or
-    ``~/.local/state/himr-pipe``, then one folder per OUT (a hash of its
-    absolute path); ``--state-dir`` overrides it. It never lives inside OUT.
+:func:`build_manifest` and :func:`build_timm_info` make them, :class:`Manifest` reads and checks the manifest
+for every reader, :func:`reason_counts` counts skip reasons by category, and :func:`read_json` and
+:func:`write_json_atomic` read and write a local JSON file (the owner's state uses them too).
 """
 
 from __future__ import annotations

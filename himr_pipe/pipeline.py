@@ -25,6 +25,7 @@ from .distributor import LocalProcesses, RayTasks, Serial, usable_cpus
 from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, GT_PREFIX, JobConfig, RunOptions, RunResult, image_id_of,
                   plan_shards, prepare, resume_scan)
 from .lock import LeaseLost
+from .plan import ShardStats
 from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info, reason_counts
 from .state import OwnerState
 from .storage import Location
@@ -100,9 +101,9 @@ def _distribute(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions) -> 
         dist = LocalProcesses(opts.workers, spec)
     ostate = OwnerState(job.state)
 
-    def record(st: dict) -> None:
+    def record(st: ShardStats) -> None:
         ostate.write_shard(st)
-        plan.done[st["index"]] = st
+        plan.done[st.index] = st
 
     show = sys.stderr.isatty() if opts.progress is None else opts.progress
     from tqdm import tqdm
@@ -126,13 +127,12 @@ def _finish(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions, failure
             skipped[x.index] = (x.index, x.ref, x.skip)
     for i in sorted(done):
         st = done[i]
-        for x in st["skipped"]:  # with --views an input is planned once per view: count it once
+        for x in st.skipped:  # with --views an input is planned once per view: count it once
             skipped[x[0]] = tuple(x)
-        inputs_written.update(st["inputs_written"])
-        upscaled += st.get("upscaled", 0)
-        if st["samples"]:
-            shard_recs.append({"name": st["name"], "samples": st["samples"], "bytes": st["bytes"],
-                               "sha256": st["sha256"]})
+        inputs_written.update(st.inputs_written)
+        upscaled += st.upscaled
+        if st.samples:
+            shard_recs.append({"name": st.name, "samples": st.samples, "bytes": st.bytes, "sha256": st.sha256})
     skipped = sorted(skipped.values())
     skip_recs = [({"input": i, "reason": r, "path": ref} if cfg.include_paths else {"input": i, "reason": r})
                  for i, ref, r in skipped]
@@ -197,8 +197,8 @@ def _detection_record(cfg: JobConfig, source, outl, ostate, done: dict, written:
             "of_skipped_images": sum(len(x.target.boxes) for x in source.inputs
                                      if x.target is not None and x.index not in written),
             "in_ground_truth": len(gt["annotations"]),
-            "training_boxes": sum(st.get("boxes", 0) for st in done.values()),
-            "cut_from_training": sum(st.get("boxes_cut", 0) for st in done.values()),
+            "training_boxes": sum(st.boxes or 0 for st in done.values()),
+            "cut_from_training": sum(st.boxes_cut or 0 for st in done.values()),
         },
         "boxes": "normalised cx, cy, w, h on the stored canvas; each sample's .json 'frame' maps them back to "
                  "its image (boxes.canvas_to_orig)",

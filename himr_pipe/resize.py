@@ -5,9 +5,10 @@ image: cut a window of whole pixels, resize it (bilinear, antialiased when
 reducing), flip it, and put it at the top-left of its slot in the batch
 (padding the rest with black: only ``letterbox`` leaves a rest). :func:`plan`
 turns a mode and an image's decoded size (plus the batch's per-sample rows for
-``--views`` and ``letterbox``, see ``decode.VIEW_FIELDS`` and
-``decode.LETTERBOX_FIELDS``) into that window; :func:`resize_into` carries it
-out. The CPU path of the DALI decoder and the torchvision decoder both use it.
+``--views`` and ``letterbox``, see ``decoders.VIEW_FIELDS`` and
+``decoders.LETTERBOX_FIELDS``) into that window; :func:`resize_into` carries it
+out. The CPU path of the DALI decoder and the torchvision and nvImageCodec
+decoders use it.
 
 Why not DALI's own resize on the CPU: it measured about 1.6 ms an image of
 ImageNet's sizes (500x375 to 224x224) on this project's 2-core machine, twice

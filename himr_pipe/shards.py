@@ -72,6 +72,10 @@ class ShardInfo:
 class ShardWriter:
     """Write one shard: ``add`` samples, then ``commit`` (make it durable) and ``publish``, or ``abort``.
 
+    Unlike WebDataset's ShardWriter, which rotates over many shards (a new file every ``maxcount`` samples or
+    ``maxsize`` bytes), this one never starts another file: the caller decides what goes into the shard it
+    names, and opens one ShardWriter per shard.
+
     The bytes are those of WebDataset's TarWriter (members of a sample in sorted order, the stream closed
     with two zero blocks and padded to tarfile's 10 KiB record; ``tests/test_shards.py`` holds them
     equal), built here directly: tarfile's per-member Python cost about 70 us a member, a third of the

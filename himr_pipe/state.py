@@ -1,18 +1,22 @@
 """The owner's private state: one reader and writer for everything a job keeps outside OUT.
 
-Layout of a state folder (mode 0700; default location: :func:`default_state_dir`, never inside OUT):
+It is always a local folder, also when OUT is on an object store: the key never leaves the owner's machine
+except to the run's own workers.
+
+Layout of a state folder (mode 0700; default location: :func:`default_state_dir`, or ``--state-dir``; never
+inside OUT):
 
 * ``job.json``: the job (as in the manifest), the job key, a check value of
   the seed, SRC's location and fingerprint, OUT's location;
-
-It is always a local folder, also when OUT is on an object store: the key
-never leaves the owner's machine except to the run's own workers.
 * ``shards/NNNNNN.json``: per-shard stats: planned and written counts, bytes,
   sha256, the map from every output key to its input (index and source
   path), the skipped inputs by name, seconds per stage;
-* ``skipped.json``: every skipped input of a finished run, by name.
+* ``skipped.json``: every skipped input of a finished run, by name;
+* detection only: ``image_ids.json`` and ``dropped_annotations.json`` (:meth:`OwnerState.write_extra`).
 
-Written by the pipeline; read by resume, ``decrypt`` and ``audit``.
+This is what lets an interrupted run without ``--seed`` resume to the same result, and what lets the owner
+trace a sample back to its file. ``job.json`` is written when a job is prepared (:mod:`himr_pipe.job`), the
+rest by the pipeline; read by resume, ``decrypt`` and ``audit``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import shutil
 from pathlib import Path
 
 from .manifest import read_json, write_json_atomic
+from .plan import ShardStats
 
 
 def default_state_dir(out_dir: str) -> Path:
@@ -78,19 +83,19 @@ class OwnerState:
     def shard_path(self, index: int) -> Path:
         return self.path / "shards" / f"{index:06d}.json"
 
-    def read_shard(self, index: int) -> dict | None:
+    def read_shard(self, index: int) -> ShardStats | None:
         p = self.shard_path(index)
-        return read_json(p) if p.exists() else None
+        return ShardStats.from_dict(read_json(p)) if p.exists() else None
 
-    def write_shard(self, stats: dict) -> None:
-        write_json_atomic(self.shard_path(stats["index"]), stats, private=True)
+    def write_shard(self, stats: ShardStats) -> None:
+        write_json_atomic(self.shard_path(stats.index), stats.to_dict(), private=True)
 
-    def shards(self) -> dict[str, dict]:
+    def shards(self) -> dict[str, ShardStats]:
         """Every recorded shard's stats, by shard file name."""
         out = {}
         for p in sorted((self.path / "shards").glob("*.json")):
-            st = read_json(p)
-            out[st["name"]] = st
+            st = ShardStats.from_dict(read_json(p))
+            out[st.name] = st
         return out
 
     # -- the end of a run ---------------------------------------------------------------

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import failpoints, keys
-from .decode import DecodeBatch, Header, inspect_header
+from .decoders import DecodeBatch, Header, inspect_header
 from .geometry import decode_geometry
-from .plan import JobConfig, PlannedSample, ShardTask
+from .plan import JobConfig, PlannedSample, ShardStats, ShardTask
 from .stages import BufferPool, Prefetch, Sink
 from .shards import ShardWriter
 from .sources import InputError, read_input
@@ -58,7 +58,7 @@ class ShardWorker:
                  batch_size: int, device: str = "cpu", kernels: str = "auto", progress=None):
         import torch
 
-        from .decode import make_decoder
+        from .decoders import make_decoder
         from .encode import make_encoder
 
         torch.set_num_threads(1)
@@ -128,7 +128,7 @@ class ShardWorker:
             self.progress(n)
         return n
 
-    def run(self, task: ShardTask) -> dict:
+    def run(self, task: ShardTask) -> ShardStats:
         """Write shard ``task`` and return its stats. The stages overlap, each in its own thread: reading and
         screening (the reader, up to two batches ahead), decoding (the decoder's threads; the CPU resize of
         batch i runs in this thread's call while batch i+1 decodes), and the sink (encryption, in chunks over
@@ -196,19 +196,17 @@ class ShardWorker:
             sink.stop()
             writer.abort()
             raise
-        stats = {
-            "index": task.index, "name": task.name, "planned": len(task.items),
-            "samples": info.samples, "bytes": info.bytes, "sha256": info.sha256, "upscaled": count["upscaled"],
-            "written": written, "skipped": sorted(skipped), "seconds": timing,
-            "inputs_written": sorted({w[1] for w in written}),
-        }
-        if cfg.task == "detection":
-            stats.update(boxes=count["boxes"], boxes_cut=count["boxes_cut"])
+        det = cfg.task == "detection"
         if info.samples == 0:
             writer.abort()  # an empty tar helps no reader; the stats still account for every input
-            stats.update(bytes=0, sha256=None)
         else:
             writer.publish()
+        stats = ShardStats(
+            index=task.index, name=task.name, planned=len(task.items), samples=info.samples,
+            bytes=info.bytes if info.samples else 0, sha256=info.sha256 if info.samples else None,
+            upscaled=count["upscaled"], written=written, skipped=sorted(skipped), seconds=timing,
+            inputs_written=sorted({w[1] for w in written}),
+            boxes=count["boxes"] if det else None, boxes_cut=count["boxes_cut"] if det else None)
         return stats
 
     def _sink_batch(self, item, task, writer, written, count, timing) -> None:
@@ -324,6 +322,6 @@ def init_process_worker(spec: WorkerSpec, queue) -> None:
     _WORKER = spec.build(progress=lambda n: queue.put(n))
 
 
-def run_in_process_worker(task: ShardTask) -> dict:
+def run_in_process_worker(task: ShardTask) -> ShardStats:
     assert _WORKER is not None
     return _WORKER.run(task)

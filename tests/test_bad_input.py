@@ -144,7 +144,7 @@ def test_every_input_is_accounted_for(corpus, tmp_path):
 
 
 def test_one_corrupt_file_in_a_batch_skips_only_itself(corpus, tmp_path):
-    from himr_pipe.decode import DaliDecoder
+    from himr_pipe.decoders import DaliDecoder
 
     root, _ = corpus
     good = (root / "good/a.jpg").read_bytes()
@@ -242,7 +242,7 @@ JPEGS = _real_jpegs()
 
 
 def test_the_fast_jpeg_header_path_reads_what_pillow_reads():
-    from himr_pipe.decode import _plain_jpeg_header
+    from himr_pipe.decoders.common import _plain_jpeg_header
 
     for blob in JPEGS:
         assert _plain_jpeg_header(blob) == _header_verdict(blob)
@@ -257,7 +257,7 @@ _DECODED: list = []  # the sizes the spy decoder's images had before resizing
 
 def _spy_decoder():
     """The DALI CPU decoder with its resizer's input sizes (the decoded sizes) recorded; built once."""
-    from himr_pipe.decode import DaliDecoder
+    from himr_pipe.decoders import DaliDecoder
 
     if not hasattr(_spy_decoder, "dec"):
         dec = DaliDecoder((64, 64), "stretch", 1, 1)
@@ -279,7 +279,7 @@ def test_a_jpeg_the_fast_header_path_accepts_decodes_to_that_size_or_is_skipped(
     """Hostile headers (bytes changed in the first 700, or the file cut short): where the fast path reads a size,
     the decoder gives an image of exactly that size or refuses it (a decode error): the header's size is what the
     letterbox frames and boxes are built on."""
-    from himr_pipe.decode import _plain_jpeg_header
+    from himr_pipe.decoders.common import _plain_jpeg_header
 
     blob = bytearray(JPEGS[which])
     for pos, val in edits:

@@ -55,7 +55,7 @@ def test_gpu_encoders_write_sound_jpegs(sample_src, tmp_path, encoder):
 
 
 def test_torchvision_decoder_isolates_a_bad_file_and_keeps_the_rest(sample_src):
-    from himr_pipe.decode import TorchvisionDecoder
+    from himr_pipe.decoders import TorchvisionDecoder
 
     files = sorted(sample_src.glob("*/*.jpg"))[:3]
     good = [f.read_bytes() for f in files]
@@ -74,7 +74,7 @@ def test_decoder_and_encoder_are_part_of_the_job(sample_src, tmp_path):
 def test_nvimgcodec_decoder_decodes_like_the_others_and_isolates_bad_files(sample_src):
     """nvImageCodec's decoder (its CPU backend here, the GPU's hardware decoder on a card) through the same
     resizer: the same pictures as torchvision's decoder, bad files skipped alone, a PNG through the fallback."""
-    from himr_pipe.decode import NvImageCodecDecoder, TorchvisionDecoder
+    from himr_pipe.decoders import NvImageCodecDecoder, TorchvisionDecoder
 
     files = sorted(sample_src.glob("*/*.jpg"))[:3]
     good = [f.read_bytes() for f in files]
@@ -93,7 +93,7 @@ def close(x, y, tol: float = 3.0) -> bool:
 
 
 def test_decoder_auto_is_recorded_as_what_ran(sample_src, tmp_path):
-    from himr_pipe.decode import resolve_decoder
+    from himr_pipe.decoders import resolve_decoder
 
     encrypt(sample_src, tmp_path / "a", "--seed", "1", "--scheme", "none")
     assert manifest(tmp_path / "a")["job"]["decoder"] == resolve_decoder("auto") == "dali"

@@ -84,7 +84,7 @@ def test_16_bit_images_are_taken_as_decoded():
 
 def test_both_cpu_decoders_decode_the_sample_photos_alike(sample_src):
     """DALI (CPU) and torchvision decode with libjpeg-turbo and resize with this module: the same pictures."""
-    from himr_pipe.decode import DaliDecoder, DecodeBatch, TorchvisionDecoder
+    from himr_pipe.decoders import DaliDecoder, DecodeBatch, TorchvisionDecoder
 
     blobs = [f.read_bytes() for f in sorted(sample_src.glob("*/*.jpg"))[:6]]
     (_, a, bad_a), = DaliDecoder((224, 224), "crop", 8, 2, None).run([DecodeBatch(blobs)])

@@ -34,7 +34,7 @@ class AuditError(ValueError):
 
 def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tuple[dict, str | None]:
     """Rebuild the plain images of the picked samples: {key: HxWx3}, or ({}, why not)."""
-    from ..decode import DecodeBatch, inspect_header, make_decoder
+    from ..decoders import DecodeBatch, inspect_header, make_decoder
     from ..keys import view_draws
     from ..geometry import decode_geometry
     from ..sources import InputError, SourceError, open_source, read_input
@@ -70,7 +70,7 @@ def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tu
             if views > 1:
                 st = view.shards[shard]
                 pos = int(key.rsplit("_", 1)[1])
-                u = view_draws(view.key_hex, st["index"], st["planned"])[pos]
+                u = view_draws(view.key_hex, st.index, st.planned)[pos]
             if views > 1 or letterbox:  # the worker's own geometry, from the same function
                 hdr = inspect_header(data)
                 row, _ = decode_geometry(job["resize"], view.scheme.size, hdr.width, hdr.height, u)
@@ -94,7 +94,7 @@ def audit_out(out: str, samples: int = 16, state_dir: str | None = None, seed: i
     scheme = view.scheme
     if scheme.kind == "none":
         raise AuditError("OUT holds unencrypted images (scheme none): there is nothing to attack")
-    written = [(st["name"], k, idx, ref) for _, st in sorted(view.shards.items()) for k, idx, ref in st["written"]]
+    written = [(st.name, k, idx, ref) for _, st in sorted(view.shards.items()) for k, idx, ref in st.written]
     if not written:
         raise AuditError("no written samples in the owner state")
     picks = sorted(random.Random(seed).sample(written, min(samples, len(written))))
