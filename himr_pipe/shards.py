@@ -18,6 +18,26 @@ from dataclasses import dataclass
 
 
 
+# The members of a sample (one key of a shard): the encrypted image under its format's extension, the label
+# (classification only) and the sample's JSON (scheme, size and cell; a detection sample's boxes and frame).
+# The worker writes them, verify checks them and the training loader reads them, all from here.
+LABEL, META = "cls", "json"
+
+
+def sample_members(ext: str, task: str = "classification") -> set[str]:
+    """The members every sample of a ``task`` shard has."""
+    return {ext, META} if task == "detection" else {ext, LABEL, META}
+
+
+def make_members(ext: str, image: bytes, meta: bytes, label: int | None = None) -> dict[str, bytes]:
+    """One sample's members (``label`` None: a detection sample, whose targets are in ``meta``)."""
+    members = {ext: image}
+    if label is not None:
+        members[LABEL] = str(label).encode()
+    members[META] = meta
+    return members
+
+
 def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 

@@ -15,7 +15,7 @@ import json
 import tarfile
 
 from .manifest import TIMM_INFO, Manifest, ManifestError
-from .shards import iter_shard
+from .shards import META, iter_shard, sample_members
 from .storage import Location
 
 
@@ -50,7 +50,7 @@ def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
         problems.append(f"{e}: a leftover of an interrupted run")
     samples_read = 0
     detection = man.job.get("task") == "detection"
-    want = {ext, "json"} if detection else {ext, "cls", "json"}
+    want = sample_members(ext, "detection" if detection else "classification")
     for s in m["shards"]:
         if s["name"] not in sizes:
             problems.append(f"{s['name']}: missing")
@@ -74,9 +74,9 @@ def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
                     err = _check_image(members[ext], ext, scheme.out_size)
                     if err:
                         problems.append(f"{s['name']}: sample {key}: {err}")
-                if "json" in members:
+                if META in members:
                     try:
-                        meta = json.loads(members["json"])
+                        meta = json.loads(members[META])
                     except ValueError:
                         problems.append(f"{s['name']}: sample {key}: .json is not valid JSON")
                     else:

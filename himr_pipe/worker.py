@@ -33,7 +33,7 @@ from .decoders import DecodeBatch, Header, inspect_header
 from .geometry import decode_geometry
 from .plan import JobConfig, PlannedSample, ShardStats, ShardTask
 from .stages import BufferPool, Prefetch, Sink
-from .shards import ShardWriter
+from .shards import ShardWriter, make_members
 from .sources import InputError, read_input
 from .storage import Location
 
@@ -227,14 +227,15 @@ class ShardWorker:
                 it = sc.sample
                 key = f"{task.index:06d}_{it.pos:06d}"
                 if cfg.task == "detection":
-                    members = {cfg.fmt.ext: blob, "json": self._detection_json(sc, count)}
+                    members = make_members(cfg.fmt.ext, blob, self._detection_json(sc, count))
                 else:
-                    members = {cfg.fmt.ext: blob, "cls": str(it.label).encode(), "json": self.sample_json}
+                    meta = self.sample_json
                     if cfg.include_paths or cfg.views > 1:
                         extra = {"view": it.view} if cfg.views > 1 else {}
                         if cfg.include_paths:
                             extra["source"] = it.ref
-                        members["json"] = json.dumps({**self.sample_meta, **extra}).encode()
+                        meta = json.dumps({**self.sample_meta, **extra}).encode()
+                    members = make_members(cfg.fmt.ext, blob, meta, it.label)
                 writer.add(key, members)
                 written.append((key, it.index, it.ref))
                 count["upscaled"] += _upscaled(sc.header, cfg.scheme.size, cfg.resize)

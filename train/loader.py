@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from himr_pipe.manifest import Manifest, ManifestError
 from himr_pipe.scheme import Scheme
-from himr_pipe.shards import decode_image
+from himr_pipe.shards import LABEL, META, decode_image
 
 
 class DataError(ValueError):
@@ -86,7 +86,7 @@ def decode_sample(sample: dict, ext: str, raw: bool = False) -> tuple[torch.Tens
 
     A detection sample (no ``.cls``) has its targets in place of the label: :func:`sample_targets`."""
     blob = sample[ext]
-    y = int(sample["cls"]) if "cls" in sample else sample_targets(sample)
+    y = int(sample[LABEL]) if LABEL in sample else sample_targets(sample)
     if raw:
         return torch.frombuffer(bytearray(blob), dtype=torch.uint8), y
     return torch.from_numpy(decode_image(blob, ext)), y
@@ -97,7 +97,7 @@ def sample_targets(sample: dict) -> dict:
     ``image_id`` in the ground truth and its ``frame`` (what maps the canvas back to the image)."""
     import json
 
-    d = json.loads(sample["json"])
+    d = json.loads(sample[META])
     return {"boxes": torch.tensor(d["boxes"], dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(d["labels"], dtype=torch.int64), "image_id": int(d["image_id"]),
             "frame": d["frame"]}
