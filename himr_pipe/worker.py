@@ -229,13 +229,13 @@ class ShardWorker:
                 if cfg.task == "detection":
                     members = make_members(cfg.fmt.ext, blob, self._detection_json(sc, count))
                 else:
-                    meta = self.sample_json
+                    sample_json = self.sample_json
                     if cfg.include_paths or cfg.views > 1:
                         extra = {"view": it.view} if cfg.views > 1 else {}
                         if cfg.include_paths:
                             extra["source"] = it.ref
-                        meta = json.dumps({**self.sample_meta, **extra}).encode()
-                    members = make_members(cfg.fmt.ext, blob, meta, it.label)
+                        sample_json = json.dumps({**self.sample_meta, **extra}).encode()
+                    members = make_members(cfg.fmt.ext, blob, sample_json, it.label)
                 writer.add(key, members)
                 written.append((key, it.index, it.ref))
                 count["upscaled"] += _upscaled(sc.header, cfg.scheme.size, cfg.resize)
