@@ -11,9 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 
-ORIENTATIONS = 8  # the flip defence: the eight symmetries of a square cell (kernels/reference.py, orient_index)
-
-
 def make_permutations(sort_keys, orient: bool = False):
     """One uniform permutation per row of ``sort_keys`` (B, N): the stable argsort of each row.
 

@@ -243,3 +243,18 @@ def test_flip_makes_weak_seams_weaker_under_the_orientation_aware_attack(photos)
             blob, ext, cells = flip_puzzle(img, s, "jpeg", 1)
             got.append(attack_sample(s, blob, ext, cells)[0]["neighbour_accuracy"])
         assert got[1] < got[0]
+
+
+def test_the_attack_turns_pieces_as_the_kernels_do():
+    """The attack's numpy orientations (seams.orient_pieces, on stored pieces) are the kernels' own convention,
+    code for code, so a virtual piece q * N + i is stored piece i turned exactly as the encryption turns cells."""
+    import torch
+
+    from himr_pipe.audit.seams import orient_pieces
+    from himr_pipe.kernels.reference import rs_permute
+
+    cell = np.arange(5 * 5 * 3, dtype=np.uint8).reshape(1, 5, 5, 3)
+    for q in range(8):
+        by_kernel = rs_permute(torch.from_numpy(cell), torch.zeros((1, 1), dtype=torch.long), 5,
+                               orient=torch.full((1, 1), q))[0].numpy()
+        assert np.array_equal(orient_pieces(cell, q)[0], by_kernel), q
