@@ -26,14 +26,29 @@ PINNED = {
         "train-000002.tar": "e2bc0f91871b4fb432b52de97bdeded0dacf6bcd39847075b7fcee655066eb54"},
         "manifest": "b4eb3ce07de4f8309f0a614d6b623944db6117120881abcf49b93988ca1e731c"},
 }
+PINNED_DETECTION = {
+    "shards": {"train-000000.tar": "ff83c3649104d546409ef792f0f581e0c6d5f0f65e93088549e6f58ff6337c33",
+               "train-000001.tar": "115cc33a139b040f7d202cb60df07741a4a90cbdaeec4790088f76697811b3c7",
+               "train-000002.tar": "dd27013c5071062e874a1c286c2403c4e2901b9ddf6425ada7357255ad1e55c0"},
+    "manifest": "0b141dbabc92f904c4dd04a459dab711df0ea4aa838ca88d9f27651fd19a4084",
+    "ground_truth": {"ground-truth-train.json": "64003cb646fc285a2e40b7333a5aa58bbaf951d7187b7c56446f7de733e8bf25"}}
 ARGS = {"default": (), "rs-png": ("--scheme", "rs", "--format", "png", "--gap", "1", "--drop", "0.25")}
+# detection (issue 17's tasks as objects): a COCO sample, with views (boxes move with the pixels) and the
+# sanitised ground truth, whose bytes are pinned with the shards
+DET_ARGS = ("--size", "128", "--views", "2")
 
 
 def digests(out) -> dict:
+    from pathlib import Path
+
     m = manifest(out)
     m.pop("tool", None)
-    return {"shards": {k: hashlib.sha256(v).hexdigest() for k, v in shard_bytes(out).items()},
-            "manifest": hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()}
+    d = {"shards": {k: hashlib.sha256(v).hexdigest() for k, v in shard_bytes(out).items()},
+         "manifest": hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()}
+    gt = sorted(Path(out).glob("ground-truth-*.json"))
+    if gt:
+        d["ground_truth"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in gt}
+    return d
 
 
 @pytest.mark.parametrize("name", list(ARGS))
@@ -41,6 +56,15 @@ def test_a_seeded_run_writes_the_pinned_bytes(sample_src, tmp_path, name):
     out = tmp_path / name
     encrypt(sample_src, out, "--seed", "17", "--shard-size", "7", *ARGS[name])
     assert digests(out) == PINNED[name]
+
+
+def test_a_seeded_detection_run_writes_the_pinned_bytes(tmp_path):
+    from himr_pipe.sample_data import make_detection_sample
+
+    make_detection_sample(tmp_path / "coco", train_images=5, val_images=0, seed=3)
+    out = tmp_path / "det"
+    encrypt(tmp_path / "coco" / "train2017", out, "--seed", "17", "--shard-size", "4", *DET_ARGS)
+    assert digests(out) == PINNED_DETECTION
 
 
 def import_graph() -> dict[str, set[str]]:
