@@ -86,7 +86,8 @@ def validate(run: Path, val_out: Path) -> dict:
 
     from himr_pipe.train.loader import manifest_scheme, read_manifest
     from himr_pipe.train.peyolos import build_detector
-    from himr_pipe.train.trainer import MEAN, STD, evaluate_detection
+    from himr_pipe.train.tasks import evaluate_detection
+    from himr_pipe.train.trainer import MEAN, STD
 
     ck = torch.load(run / "checkpoint-last.pt", map_location="cpu", weights_only=False)
     c = ck["config"]

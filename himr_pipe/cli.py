@@ -15,8 +15,9 @@ import click
 
 from . import __version__
 
-# The default scheme: chosen by measured leak and accuracy cost (README "Privacy", benchmarks/bench_tradeoff.py)
-DEFAULT_SCHEME = "mi-shuffle"
+# The tasks and their defaults (the default scheme: chosen by measured leak and accuracy cost, README "Privacy",
+# benchmarks/bench_tradeoff.py); light to import, the help text names them
+from .tasks import TASKS
 
 
 class Where(click.ParamType):
@@ -56,7 +57,8 @@ def main():
 @click.argument("src")
 @click.argument("out", type=Where())
 @click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "none"]), default=None,
-              help=f"Default: {DEFAULT_SCHEME} (classification), mi (detection). "
+              help=f"Default: {TASKS['classification'].default_scheme} (classification), "
+                   f"{TASKS['detection'].default_scheme} (detection). "
                    "mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled and turned "
                    "per image (the default, with --flip: within the leak budget under the audit at the smallest "
                    "cost we measured, README 'Privacy'); rs: shuffle PxP "
@@ -81,7 +83,7 @@ def main():
 @click.option("--resize", type=click.Choice(["crop", "stretch", "letterbox"]), default=None,
               help="crop (the classification default): shorter side to size, centre crop; stretch: both sides to "
                    "size; letterbox (the detection default): the whole image fitted in, aspect kept, padded.")
-@click.option("--task", type=click.Choice(["auto", "classification", "detection"]), default="auto",
+@click.option("--task", type=click.Choice(["auto", *TASKS]), default="auto",
               show_default=True,
               help="detection: SRC is a COCO images folder (boxes in every sample's .json, a sanitised ground "
                    "truth in OUT). auto: detection when --annotations is given or SRC has the usual COCO "
@@ -151,22 +153,19 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
     from .pipeline import encrypt_shards
     from .scheme import Scheme, SchemeError, default_flip, default_gap, parse_size
     from .sources import DEFAULT_MAX_BYTES
+    from .tasks import task_for_source, task_named
 
     try:
-        if task == "auto":
-            from .coco import find_annotations
-
-            task = "detection" if annotations or find_annotations(src) else "classification"
-        det = task == "detection"
-        if annotations and not det:
-            raise JobError("--annotations is for --task detection")
-        if keep_image_ids and not det:
-            raise JobError("--keep-image-ids is for --task detection")
-        h, w = parse_size(size or ("512" if det else "224"))
-        name = scheme or ("mi" if det else DEFAULT_SCHEME)
+        kind = task_for_source(src, annotations) if task == "auto" else task_named(task)
+        if annotations and not kind.takes_annotations:
+            raise JobError(f"--annotations is for --task detection, not {kind.name}")
+        if keep_image_ids and not kind.takes_annotations:
+            raise JobError(f"--keep-image-ids is for --task detection, not {kind.name}")
+        h, w = parse_size(size or kind.default_size)
+        name = scheme or kind.default_scheme
         sch = Scheme.named(name, patch, h, w, default_gap(name) if gap is None else gap, drop,
                            default_flip(name) if flip is None else flip)
-        resize = resize or ("letterbox" if det else "crop")
+        resize = resize or kind.default_resize
         if not _is_device(device):
             raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
         enc_name = resolve_encoder(encoder, fmt, device)
@@ -176,7 +175,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
                              only="420" if tv and device == "cpu" else None)
         cfg = JobConfig(sch, ifmt, resize, shard_size, split, shuffle, seed is not None, include_paths,
                         max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES, decoder, enc_name, views,
-                        task, keep_image_ids)
+                        kind.name, keep_image_ids)
         if batch_size < 1:
             raise JobError("--batch-size must be at least 1")
         if ray_address and distributor != "ray":
@@ -216,13 +215,9 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
     for m in res.messages:
         click.echo(f"himr-pipe: {m}", err=True)
     click.echo(line)
-    det_rec = res.manifest.get("detection")
-    if det_rec:
-        a = det_rec["annotations"]
-        click.echo(f"himr-pipe: detection: {a['training_boxes']} training boxes, {a['in_ground_truth']} ground-truth "
-                   f"annotations in {det_rec['ground_truth']['file']}, {a['dropped']} annotations dropped"
-                   + (f" ({', '.join(f'{k}: {v}' for k, v in a['drop_reasons'].items())})" if a["dropped"] else "")
-                   + (f", {a['cut_from_training']} boxes cut by views or too small" if a["cut_from_training"] else ""))
+    task_line = cfg.task_def.summary(res.manifest)
+    if task_line:
+        click.echo(f"himr-pipe: {task_line}")
     a = res.manifest.get("audit")
     if a and "mean" in a:
         click.echo(f"himr-pipe: quick audit of {a['samples']} samples ({res.audit_seconds:.0f} s): the attack recovered "

@@ -18,13 +18,13 @@ from . import keys
 from .lock import LOCK_NAME, OutLocked, lock_for
 from .manifest import MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manifest
 from .shards import shard_name
-from .sources import Input, Source, open_source
+from .sources import Input, Source
 from .state import OwnerState
 from .storage import Location, StorageError, in_process_only, is_url
+from .tasks import owns_file
 from .plan import JobConfig, JobError, PlannedSample, ShardStats, ShardTask  # noqa: F401 (JobConfig, JobError: re-exported)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
-GT_PREFIX = "ground-truth-"  # detection: OUT/ground-truth-{split}.json, the sanitised COCO ground truth
 AUDIT_SAMPLES = 4  # the quick audit that ends a run: a few seconds, figures into the manifest
 
 
@@ -70,17 +70,6 @@ def plan_shards(source: Source, key_hex: str, cfg: JobConfig) -> list[list[tuple
 
 
 
-def image_id_of(source: Source, key_hex: str, cfg: JobConfig):
-    """input -> its image id in OUT's ground truth (detection): opaque (a permutation of 1..n drawn from the
-    job key) unless --keep-image-ids; 0 for classification."""
-    if cfg.task != "detection":
-        return lambda x: 0
-    if cfg.keep_image_ids:
-        return lambda x: int(x.target.coco_id)
-    ids = keys.image_ids(key_hex, len(source.inputs))
-    return lambda x: int(ids[x.index])
-
-
 def resume_scan(shards: list, cfg: JobConfig, out: Location, state,
                 image_id=lambda x: 0) -> tuple[dict[int, ShardStats], list[ShardTask]]:
     """(done, todo): shards whose stats are in the state and whose file is complete, and the rest as tasks.
@@ -122,7 +111,7 @@ def _own_files(out: Location) -> bool:
     for e in out.listdir():
         if e in (MANIFEST, TIMM_INFO, MANIFEST + ".tmp", TIMM_INFO + ".tmp", LOCK_NAME):
             continue
-        if e.endswith(".tar") or e.endswith(".tar.tmp") or (e.startswith(GT_PREFIX) and e.endswith(".json")):
+        if e.endswith(".tar") or e.endswith(".tar.tmp") or owns_file(e):
             continue
         return False
     return True
@@ -143,17 +132,7 @@ def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptio
 
     try:
         outl = Location(out)
-        if cfg.task == "detection":
-            from .coco import find_annotations, open_coco_source
-
-            ann = opts.annotations or find_annotations(src)
-            if ann is None:
-                raise JobError(f"detection needs the COCO instances JSON of {src!r}: pass --annotations PATH (it "
-                               "was not found at ../annotations/instances_<folder>.json either)")
-            source, info = open_coco_source(src, ann)
-            source.detection = info
-        else:
-            source = open_source(src)
+        source = cfg.task_def.open_source(src, opts.annotations)
     except (SourceError, StorageError) as e:
         raise JobError(str(e)) from None
     if (source.in_process or in_process_only(out)) and (opts.workers > 0 or opts.distributor != "local"):
@@ -217,7 +196,7 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
             jstate = {"job": job, "key": key, "seed_check": keys.seed_digest(seed, key) if seed is not None else None,
                       "source": {"kind": source.kind, "root": _abs(src), "fingerprint": source.fingerprint,
                                  "inputs": len(source.inputs),
-                                 **({"annotations": _abs(source.detection.annotations)} if source.detection else {})},
+                                 **cfg.task_def.source_record(source)},
                       "out": _abs(out)}
             ostate.start(jstate)
     else:

@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .distributor import LocalProcesses, RayTasks, Serial, usable_cpus
-from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, GT_PREFIX, JobConfig, RunOptions, RunResult, image_id_of,
-                  plan_shards, prepare, resume_scan)
+from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, JobConfig, RunOptions, RunResult, plan_shards, prepare,
+                  resume_scan)
 from .lock import LeaseLost
 from .plan import ShardStats
-from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info, reason_counts
+from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info
 from .state import OwnerState
 from .storage import Location
 from .worker import WorkerSpec
@@ -79,7 +79,7 @@ class Plan:
 
 def _plan(job: Prepared, cfg: JobConfig) -> Plan:
     shards = plan_shards(job.source, job.key, cfg)
-    image_id = image_id_of(job.source, job.key, cfg)
+    image_id = cfg.task_def.image_ids(job.source, job.key, cfg)
     done, todo = resume_scan(shards, cfg, job.out, job.state, image_id)
     return Plan(shards, todo, done, image_id, sum(len(t.items) for t in todo))
 
@@ -137,17 +137,16 @@ def _finish(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions, failure
     skip_recs = [({"input": i, "reason": r, "path": ref} if cfg.include_paths else {"input": i, "reason": r})
                  for i, ref, r in skipped]
     complete = failure is None and len(done) == len(plan.shards)
-    detection = None
-    if complete and cfg.task == "detection":
-        detection = _detection_record(cfg, source, outl, ostate, done, inputs_written, plan.image_id)
+    task_record = cfg.task_def.finish(cfg, source, outl, ostate, done, inputs_written, plan.image_id) \
+        if complete else None  # detection: the ground truth, written once every shard is done
     try:
         job.lock.check()  # on an object store: is this run still OUT's owner? (the manifest is the last word)
     except LeaseLost as e:  # no manifest: the run that owns OUT now writes it
         return RunResult(None, EXIT_FAILED, time.time() - t0, plan.remaining, job.state, [f"run stopped: {e}"])
     manifest = build_manifest(cfg.public(), source.classes, source.empty_classes, shard_recs, total_inputs,
                               skip_recs, upscaled, "complete" if complete else "incomplete", len(inputs_written))
-    if detection is not None:
-        manifest["detection"] = detection
+    if task_record is not None:
+        manifest[cfg.task] = task_record
     if complete:
         t = manifest["totals"]
         assert t["inputs_written"] + t["skipped"] == total_inputs, t
@@ -171,38 +170,6 @@ def _finish(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions, failure
     else:
         code = EXIT_PARTIAL if skipped else EXIT_OK
     return RunResult(manifest, code, secs, plan.remaining, job.state, msgs, audit_seconds)
-
-
-def _detection_record(cfg: JobConfig, source, outl, ostate, done: dict, written: set, image_id) -> dict:
-    """Write the sanitised ground truth into OUT and the owner's map into the state; return the manifest's
-    ``detection`` record (categories, the ground truth's file and sha256, what happened to every annotation)."""
-    from .coco import ground_truth
-
-    info = source.detection
-    gt, owner = ground_truth(source, written, image_id)
-    name = f"{GT_PREFIX}{cfg.split}.json"
-    sha = outl.write_json(name, gt)
-    ostate.write_extra("image_ids.json", owner)
-    ostate.write_extra("dropped_annotations.json",
-                       [{"annotation": a, "file": f, "reason": r} for a, f, r in info.dropped])
-    return {
-        "categories": info.category_map(),
-        "ground_truth": {"file": name, "sha256": sha, "images": len(gt["images"]),
-                         "annotations": len(gt["annotations"]),
-                         "crowd": sum(a["iscrowd"] for a in gt["annotations"])},
-        "annotations": {
-            "in_source": info.total_annotations,
-            "dropped": len(info.dropped), "drop_reasons": reason_counts(r for _, _, r in info.dropped),
-            # in_source = dropped + of_skipped_images + in_ground_truth
-            "of_skipped_images": sum(len(x.target.boxes) for x in source.inputs
-                                     if x.target is not None and x.index not in written),
-            "in_ground_truth": len(gt["annotations"]),
-            "training_boxes": sum(st.boxes or 0 for st in done.values()),
-            "cut_from_training": sum(st.boxes_cut or 0 for st in done.values()),
-        },
-        "boxes": "normalised cx, cy, w, h on the stored canvas; each sample's .json 'frame' maps them back to "
-                 "its image (boxes.canvas_to_orig)",
-    }
 
 
 def quick_audit(out: str, state: str, samples: int, source, msgs: list) -> dict:

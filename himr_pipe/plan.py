@@ -14,8 +14,7 @@ from .decoders import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from .encode import ImageFormat
 from .scheme import Scheme
 from .sources import DEFAULT_MAX_BYTES
-
-TASKS = ("classification", "detection")
+from .tasks import TASKS, task_named
 # --views K > 1: torchvision's RandomResizedCrop defaults, then a horizontal flip half of the time
 VIEW_TRANSFORM = {"random_resized_crop": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}, "hflip": 0.5}
 
@@ -41,20 +40,15 @@ class JobConfig:
     decoder: str = "dali"      # decode stage: they resize alike but not pixel for pixel
     encoder: str = "cpu"       # encode stage (resolved, never "auto"): codecs differ in bytes
     views: int = 1             # >1: that many random-resized-crop + flip views per input, each a sample
-    task: str = "classification"  # or "detection" (a COCO source: boxes in each sample's .json)
+    task: str = "classification"  # a name of tasks.TASKS: what the samples carry beside the image
     keep_image_ids: bool = False  # detection: the ground truth keeps the source's image ids (else opaque ids)
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise JobError(f"task must be one of {TASKS}")
-        if self.task == "detection":
-            if self.scheme.kind == "rs" or self.scheme.shuffled:
-                raise JobError(f"--scheme {self.scheme.name} is refused for detection: shuffling moves patches, "
-                               "so boxes lose their place; use mi (the default for detection: it keeps every "
-                               "patch where it was) or none")
-            if self.resize == "crop":
-                raise JobError("--resize crop is refused for detection: it cuts objects away unseen; use "
-                               "letterbox (the default for detection) or stretch")
+            raise JobError(f"task must be one of {tuple(TASKS)}")
+        why = self.task_def.refusal(self)
+        if why:
+            raise JobError(why)
         if self.resize not in RESIZE_MODES:
             raise JobError(f"--resize must be one of {RESIZE_MODES}")
         if self.shard_size < 1:
@@ -63,6 +57,11 @@ class JobConfig:
             raise JobError("--views must be at least 1")
         if not self.split or any(c in self.split for c in "/\\{}. "):
             raise JobError(f"--split {self.split!r} must be a plain name (it prefixes the shard files)")
+
+    @property
+    def task_def(self):
+        """The job's task as an object (:mod:`.tasks`): what classification or detection adds to each stage."""
+        return task_named(self.task)
 
     def public(self) -> dict:
         """The job as written into the manifest: all parameters, never a seed."""
@@ -88,7 +87,7 @@ class JobConfig:
             "views": self.views,
             "view_transform": VIEW_TRANSFORM if self.views > 1 else None,
             "task": self.task,
-            **({"image_ids": "source" if self.keep_image_ids else "opaque"} if self.task == "detection" else {}),
+            **self.task_def.job_record(self),
         }
 
     @classmethod

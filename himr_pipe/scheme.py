@@ -60,6 +60,8 @@ NAMES = ("rs", "mi", "mi-shuffle", "none")
 # 0.13-0.14 of the neighbours. rs keeps none: it is the paper's scheme, and rs --flip alone still leaks 0.62, so a
 # default would buy a cost and no budget. ``--no-flip`` / ``--gap 0`` ask for the leakier settings explicitly.
 DEFAULT_DEFENCES = {"mi-shuffle": {"gap": 0, "flip": True}}
+# classification's scheme when the user names none (detection's is mi: :mod:`.tasks.detection`)
+DEFAULT_SCHEME = "mi-shuffle"
 
 
 def default_gap(name: str) -> int:

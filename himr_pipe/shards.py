@@ -20,13 +20,9 @@ from dataclasses import dataclass
 
 # The members of a sample (one key of a shard): the encrypted image under its format's extension, the label
 # (classification only) and the sample's JSON (scheme, size and cell; a detection sample's boxes and frame).
-# The worker writes them, verify checks them and the training loader reads them, all from here.
+# Each task (:mod:`.tasks`) says which its samples have and builds them with make_members; verify checks them
+# and the training loader reads them by these names.
 LABEL, META = "cls", "json"
-
-
-def sample_members(ext: str, task: str = "classification") -> set[str]:
-    """The members every sample of a ``task`` shard has."""
-    return {ext, META} if task == "detection" else {ext, LABEL, META}
 
 
 def make_members(ext: str, image: bytes, meta: bytes, label: int | None = None) -> dict[str, bytes]:

@@ -674,7 +674,7 @@ def recommend(res: dict) -> dict:
 
 def default_setting() -> str:
     """The label of the candidate encrypt-shards uses when the user names no scheme and no defence."""
-    from .cli import DEFAULT_SCHEME
+    from .scheme import DEFAULT_SCHEME
     from .scheme import default_flip, default_gap
 
     gap, flip = default_gap(DEFAULT_SCHEME), default_flip(DEFAULT_SCHEME)

@@ -15,7 +15,8 @@ import json
 import tarfile
 
 from .manifest import TIMM_INFO, Manifest, ManifestError
-from .shards import META, iter_shard, sample_members
+from .shards import META, iter_shard
+from .tasks import task_of_job
 from .storage import Location
 
 
@@ -49,8 +50,8 @@ def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
     for e in leftovers:
         problems.append(f"{e}: a leftover of an interrupted run")
     samples_read = 0
-    detection = man.job.get("task") == "detection"
-    want = sample_members(ext, "detection" if detection else "classification")
+    task = task_of_job(man.job)
+    want = task.members(ext)
     for s in m["shards"]:
         if s["name"] not in sizes:
             problems.append(f"{s['name']}: missing")
@@ -80,10 +81,9 @@ def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
                     except ValueError:
                         problems.append(f"{s['name']}: sample {key}: .json is not valid JSON")
                     else:
-                        if detection:
-                            err = _check_targets(meta)
-                            if err:
-                                problems.append(f"{s['name']}: sample {key}: {err}")
+                        err = task.check_sample(meta)
+                        if err:
+                            problems.append(f"{s['name']}: sample {key}: {err}")
         except tarfile.TarError as e:
             problems.append(f"{s['name']}: not a readable tar ({e})")
         if n != s["samples"]:
@@ -98,28 +98,10 @@ def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
             if list(split.get("filenames", [])) != [s["name"] for s in m["shards"]] or \
                     list(split.get("shard_lengths", [])) != [s["samples"] for s in m["shards"]]:
                 problems.append(f"{TIMM_INFO} does not match the manifest's shards")
-    if detection and m.get("status") == "complete":
-        gt = m.get("detection", {}).get("ground_truth", {})
-        name = gt.get("file")
-        if not name or name not in sizes:
-            problems.append(f"the ground truth {name or '(unnamed)'} is missing")
-        elif loc.sha256(name)[0] != gt.get("sha256"):
-            problems.append(f"{name}: sha256 mismatch (the ground truth was changed or damaged)")
+    if m.get("status") == "complete":
+        problems += task.check_out(m, loc, sizes)  # detection: the ground truth
     summary = {"shards": len(m["shards"]), "samples": samples_read, **t}
     return problems, summary
-
-
-def _check_targets(meta: dict) -> str | None:
-    """A detection sample's targets: as many labels as boxes, boxes normalised and inside the canvas."""
-    boxes, labels = meta.get("boxes"), meta.get("labels")
-    if not isinstance(boxes, list) or not isinstance(labels, list) or len(boxes) != len(labels):
-        return "detection targets malformed (boxes and labels must be lists of one length)"
-    for b in boxes:
-        if len(b) != 4 or not all(0.0 <= v <= 1.0 for v in b) or b[2] <= 0 or b[3] <= 0:
-            return f"box {b} is not a normalised cx, cy, w, h inside the canvas"
-    if "frame" not in meta or "image_id" not in meta:
-        return "detection sample lacks its frame or image_id"
-    return None
 
 
 def _check_image(blob: bytes, ext: str, size: tuple[int, int]) -> str | None:

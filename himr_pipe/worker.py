@@ -20,7 +20,6 @@ What it composes lives beside it: the plan's records (:mod:`.plan`), the crop an
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from .decoders import DecodeBatch, Header, inspect_header
 from .geometry import decode_geometry
 from .plan import JobConfig, PlannedSample, ShardStats, ShardTask
 from .stages import BufferPool, Prefetch, Sink
-from .shards import ShardWriter, make_members
+from .shards import ShardWriter
 from .sources import InputError, read_input
 from .storage import Location
 
@@ -76,8 +75,9 @@ class ShardWorker:
         self.encoder = make_encoder(cfg.encoder, cfg.fmt, threads, device)
         self.progress = progress
         s = cfg.scheme
-        self.sample_meta = {"scheme": s.name, "size": list(s.out_size), "patch": s.out_cell}
-        self.sample_json = json.dumps(self.sample_meta).encode()
+        # every sample's JSON holds the scheme, the canvas and the cell; the task adds its targets
+        self.members = cfg.task_def.member_writer(cfg, {"scheme": s.name, "size": list(s.out_size),
+                                                        "patch": s.out_cell})
         self.failpoint = failpoints.from_env()  # the tests' crash injection; None in every real run
         self.done_samples = 0
 
@@ -150,7 +150,8 @@ class ShardWorker:
         writer = ShardWriter(self.out, task.name)
         skipped: list[tuple[int, str, str]] = []
         written: list[tuple[str, int, str]] = []
-        count = {"upscaled": 0, "reported": 0, "boxes": 0, "boxes_cut": 0}
+        task_counts = cfg.task_def.new_counts()  # detection: boxes written and cut
+        count = {"upscaled": 0, "reported": 0, **task_counts}
         # seconds per stage, kept in the owner's state: where a shard's time went. The stages overlap, so
         # these are busy times of their own threads, and each slot has one writer: "read" the reader's,
         # "decode" (this thread's wait for the decoder), "launch" (permutations, buffers, and on a GPU the
@@ -196,7 +197,6 @@ class ShardWorker:
             sink.stop()
             writer.abort()
             raise
-        det = cfg.task == "detection"
         if info.samples == 0:
             writer.abort()  # an empty tar helps no reader; the stats still account for every input
         else:
@@ -205,8 +205,7 @@ class ShardWorker:
             index=task.index, name=task.name, planned=len(task.items), samples=info.samples,
             bytes=info.bytes if info.samples else 0, sha256=info.sha256 if info.samples else None,
             upscaled=count["upscaled"], written=written, skipped=sorted(skipped), seconds=timing,
-            inputs_written=sorted({w[1] for w in written}),
-            boxes=count["boxes"] if det else None, boxes_cut=count["boxes_cut"] if det else None)
+            inputs_written=sorted({w[1] for w in written}), **{k: count[k] for k in task_counts})
         return stats
 
     def _sink_batch(self, item, task, writer, written, count, timing) -> None:
@@ -226,17 +225,7 @@ class ShardWorker:
             for sc, blob in zip(meta, blobs):
                 it = sc.sample
                 key = f"{task.index:06d}_{it.pos:06d}"
-                if cfg.task == "detection":
-                    members = make_members(cfg.fmt.ext, blob, self._detection_json(sc, count))
-                else:
-                    sample_json = self.sample_json
-                    if cfg.include_paths or cfg.views > 1:
-                        extra = {"view": it.view} if cfg.views > 1 else {}
-                        if cfg.include_paths:
-                            extra["source"] = it.ref
-                        sample_json = json.dumps({**self.sample_meta, **extra}).encode()
-                    members = make_members(cfg.fmt.ext, blob, sample_json, it.label)
-                writer.add(key, members)
+                writer.add(key, self.members(sc, blob, count))
                 written.append((key, it.index, it.ref))
                 count["upscaled"] += _upscaled(sc.header, cfg.scheme.size, cfg.resize)
             writer.flush()
@@ -263,25 +252,6 @@ class ShardWorker:
         for j in jobs:
             j.result()
         return out
-
-    def _detection_json(self, sc: ScreenedSample, count: dict) -> bytes:
-        """The sample's targets: non-crowd boxes on the canvas (normalised cxcywh), labels, and the frame."""
-        from .boxes import boxes_to_canvas
-
-        cfg = self.cfg
-        t, it = sc.sample.target, sc.sample
-        idx = [i for i, c in enumerate(t.crowd) if not c]
-        b, keep = boxes_to_canvas([t.boxes[i] for i in idx], sc.frame)
-        count["boxes"] += len(keep)
-        count["boxes_cut"] += len(idx) - len(keep)
-        d = {**self.sample_meta, "image_id": int(it.image_id),
-             "boxes": [[round(float(v), 6) for v in r] for r in b],
-             "labels": [int(t.labels[idx[k]]) for k in keep], "frame": sc.frame.to_dict()}
-        if cfg.views > 1:
-            d["view"] = it.view
-        if cfg.include_paths:
-            d["source"] = it.ref
-        return json.dumps(d).encode()
 
 
 def _upscaled(hdr, size, resize) -> bool:

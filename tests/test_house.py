@@ -138,3 +138,35 @@ def test_the_package_imports_have_no_circles():
             if len(comp) > 1:
                 cycles.append(set(comp))
     assert [c for c in cycles if c not in KNOWN_CYCLES] == []
+
+
+# sample-data's --task names which sample set to write (its kinds include shapes, which is no task of the pipeline)
+TASK_NAME_TESTS_ALLOWED = {"himr_pipe.cli": 4}
+
+
+def test_stages_ask_the_task_object_instead_of_testing_its_name():
+    """Classification and detection differ only through their task objects (himr_pipe.tasks, train/tasks.py):
+    no other module compares a task's name, and every pipeline task has a training recipe."""
+    import ast
+    from pathlib import Path
+
+    from himr_pipe.tasks import TASKS
+    from himr_pipe.train.tasks import TRAININGS
+
+    top = Path(__file__).resolve().parent.parent
+    found = {}
+    for pkg, root in {"himr_pipe": top / "himr_pipe", "himr_pipe.train": top / "train"}.items():
+        for p in root.rglob("*.py"):
+            name = ".".join((pkg, *p.relative_to(root).with_suffix("").parts))
+            if name.startswith("himr_pipe.tasks") or name == "himr_pipe.train.tasks":
+                continue
+            n = sum(1 for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Compare)
+                    for c in [node.left, *node.comparators]
+                    if isinstance(c, ast.Constant) and c.value in TASKS)
+            if n:
+                found[name] = n
+    assert found == TASK_NAME_TESTS_ALLOWED
+    assert set(TRAININGS) == set(TASKS)
+    for t in TASKS.values():  # the interface is whole: every task answers every question of the pipeline
+        assert t.members("jpg") >= {"jpg", "json"}
+        assert isinstance(t.new_counts(), dict)

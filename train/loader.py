@@ -150,21 +150,14 @@ class EvalStream(IterableDataset):
             yield decode_sample(s, self.ext, self.raw)
 
 
-def _raw_collate(batch):
-    return [b[0] for b in batch], torch.tensor([b[1] for b in batch], dtype=torch.int64)
+def collate(batch):
+    """A batch for every task: images stacked (or, raw, a list of encoded images: they differ in length); class
+    labels as one int64 tensor, detection targets as a list (they differ in length too)."""
+    from torch.utils.data import default_collate  # stacks into shared memory in a worker process
 
-
-def _detection_collate(batch):
-    """Images stacked (or, raw, a list of encoded images) and the targets as a list: they differ in length."""
-    imgs = [b[0] for b in batch]
-    first = imgs[0] if imgs else None
-    return (imgs if first is not None and first.dim() == 1 else torch.stack(imgs)), [b[1] for b in batch]
-
-
-def _collate(m: dict, raw: bool):
-    if m["job"].get("task") == "detection":
-        return _detection_collate
-    return _raw_collate if raw else None
+    imgs, ys = [b[0] for b in batch], [b[1] for b in batch]
+    x = imgs if imgs and imgs[0].dim() == 1 else default_collate(imgs)
+    return x, (torch.tensor(ys, dtype=torch.int64) if ys and isinstance(ys[0], int) else ys)
 
 
 def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, samples_per_epoch: int | None = None,
@@ -180,7 +173,7 @@ def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, sa
     ds = TrainStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], per_rank, epoch, seed, rank, world,
                      shuffle_buffer, raw)
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available() and not raw, collate_fn=_collate(m, raw))
+                      pin_memory=torch.cuda.is_available() and not raw, collate_fn=collate)
 
 
 def eval_loader(shards_dir: str, batch_size: int, workers: int = 2, rank: int = 0, world: int = 1,
@@ -188,7 +181,7 @@ def eval_loader(shards_dir: str, batch_size: int, workers: int = 2, rank: int = 
     m = read_manifest(shards_dir)
     ds = EvalStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], rank, world, raw)
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False,
-                      collate_fn=_collate(m, raw))
+                      collate_fn=collate)
 
 
 def decode_on_device(blobs: list[torch.Tensor], device) -> torch.Tensor:

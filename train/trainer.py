@@ -1,5 +1,7 @@
 """The trainer behind ``himr-pipe train``: streaming from encrypted shards into PEViT / MI-ViT / ViT, or into
-PEYOLOS when the shards are detection shards (the manifest's ``job.task``).
+PEYOLOS when the shards are detection shards (the manifest's ``job.task``). One loop for every task; what a
+task adds (classes, model, optimiser defaults, augmentation, loss, validation metric) is its
+:class:`~himr_pipe.train.tasks.Training`.
 
 * The model comes from the shard manifest (scheme, patch, input size) through
   ``models.build_model``; ``check_model_matches`` refuses a model that does
@@ -49,9 +51,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from .loader import DataError, decode_on_device, eval_loader, manifest_scheme, read_manifest, train_loader
+from .loader import DataError, decode_on_device, manifest_scheme, read_manifest, train_loader
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -123,8 +124,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
-    from .augment import build_augment
-    from .models import build_model, check_model_matches
+    from .tasks import training_for
 
     rank, world, local = _dist_env()
     if cfg.device == "auto":
@@ -139,44 +139,28 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     m = read_manifest(cfg.shards)
     scheme = manifest_scheme(m)
-    detection = m["job"].get("task") == "detection"
-    if detection:
-        categories = m["detection"]["categories"]
-        num_classes = len(categories)
-        label_to_category = [c["id"] for c in categories]
-    else:
-        num_classes = m["num_classes"] or (1 + max(0, _max_label(cfg.shards)))
+    task = training_for(m, cfg.shards)  # what the task adds: model, loss, augmentation, validation metric
+    num_classes = task.num_classes
     if cfg.val:
         mv = read_manifest(cfg.val)
         if manifest_scheme(mv) != scheme:
             raise DataError(f"--val shards use scheme {mv['job']['scheme']}, training shards {m['job']['scheme']}: "
                             "a model can only be evaluated on data encrypted the same way")
-        if (mv["job"].get("task") == "detection") != detection:
-            raise DataError("--val shards are for another task than the training shards")
-        if detection and mv["detection"]["categories"] != categories:
-            raise DataError("--val shards have other categories than the training shards")
+        task.check_val(mv)
     _seed_all(cfg.seed)
     overrides = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth),
                                    ("num_heads", cfg.num_heads)) if v is not None}
-    if detection:
-        from .peyolos import build_detector, check_detector_matches
-
-        model = build_detector(scheme, num_classes, size=cfg.model, det_tokens=cfg.det_tokens,
-                               drop_path_rate=cfg.drop_path, **overrides).to(device)
-        check_detector_matches(model, scheme)
-    else:
-        model = build_model(scheme, num_classes, size=cfg.model, rpe=cfg.rpe, drop_path_rate=cfg.drop_path,
-                            **overrides).to(device)
-        check_model_matches(model, scheme)
+    model = task.build_model(scheme, cfg, overrides).to(device)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
 
     global_batch = cfg.batch_size * world
-    lr = cfg.lr if cfg.lr is not None else (1e-4 if detection else 5e-4 * global_batch / 512)
-    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else (1e-4 if detection else 0.05)
-    clip_grad = cfg.clip_grad if cfg.clip_grad is not None else (0.1 if detection else None)
+    dflt = task.defaults(global_batch)
+    lr = cfg.lr if cfg.lr is not None else dflt["lr"]
+    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else dflt["weight_decay"]
+    clip_grad = cfg.clip_grad if cfg.clip_grad is not None else dflt["clip_grad"]
     samples = cfg.samples_per_epoch or m["totals"]["written"]
     steps_per_epoch = max(1, (samples // world) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -184,14 +168,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     sched = CosineLRScheduler(opt, t_initial=total_steps, lr_min=cfg.min_lr,
                               warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=lr * 1e-3,
                               t_in_epochs=False)
-    if detection:
-        from .det_augment import DetectionAugment
-        from .detection import SetCriterion
-
-        aug = DetectionAugment(scheme.out_cell, **(cfg.aug_config or {})) if cfg.augment else None
-        criterion = SetCriterion(num_classes)
-    else:
-        aug = build_augment(scheme, num_classes, cfg.aug_config if cfg.augment else {"enabled": False})
+    task.setup(scheme, cfg)  # the augmentation and the loss
     amp = cfg.amp and device.type == "cuda"
     if cfg.decode not in ("auto", "workers", "device"):
         raise ValueError("decode must be auto, workers or device")
@@ -235,26 +212,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             t1 = time.perf_counter()
             t_wait += t1 - t0
             imgs = decode_on_device(imgs, device) if raw else imgs.to(device, non_blocking=True)
-            if detection:
-                targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in labels]
-                if aug is not None:  # per image: each moves its own boxes (a handful of small ops)
-                    moved = [aug(imgs[i], t["boxes"], t["labels"], gen) for i, t in enumerate(targets)]
-                    imgs = torch.stack([a[0] for a in moved])
-                    targets = [{"boxes": a[1], "labels": a[2]} for a in moved]
-                x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out_ = net(x)
-                loss = criterion({k: v.float() for k, v in out_.items()}, targets)["loss"]
-            else:
-                x = imgs.permute(0, 3, 1, 2).float().div_(255)
-                y = labels.to(device, non_blocking=True)
-                x, y_soft = aug(x, y, gen)
-                if cfg.label_smoothing:
-                    y_soft = y_soft * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
-                x = (x - mean) / std
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = net(x)
-                loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            loss = task.loss(net, imgs, labels, device, gen, amp, mean, std, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if clip_grad:
@@ -273,18 +231,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
                "loader_img_s": n_img * world / max(t_wait, 1e-9), "step_img_s": n_img * world / max(t_step, 1e-9),
                "wait_share": t_wait / max(t_wait + t_step, 1e-9)}
         if cfg.val and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            if detection:
-                ap = evaluate_detection(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std,
-                                        label_to_category, rank, world, amp, raw)
-                rec.update({f"val_{k}": v for k, v in ap.items()})
-            else:
-                rec["val_top1"] = evaluate(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std, rank, world,
-                                           amp, raw)
+            rec.update(task.evaluate(net, cfg, device, mean, std, rank, world, amp, raw))
         history.append(rec)
         if main_rank:
             log(_line(epoch, step, total_steps, rec["train_loss"], opt, n_img, t_wait, t_step, world)
-                + (f" | val top-1 {rec['val_top1']:.4f}" if "val_top1" in rec else "")
-                + (f" | val AP {rec['val_AP']:.4f}, AP50 {rec['val_AP50']:.4f}" if "val_AP" in rec else ""))
+                + task.describe(rec))
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -303,57 +254,3 @@ def _line(epoch, step, total, loss, opt, n_img, t_wait, t_step, world) -> str:
     wait = t_wait / max(t_wait + t_step, 1e-9)
     return (f"epoch {epoch} step {step}/{total} loss {loss:.4f} lr {lr:.2e} | loader {n_img * world / max(t_wait, 1e-9):.0f}"
             f" img/s, step {n_img * world / max(t_step, 1e-9):.0f} img/s, waiting {100 * wait:.0f}% of the time")
-
-
-@torch.no_grad()
-def evaluate(net, shards: str, batch_size: int, workers: int, device, mean, std, rank: int = 0, world: int = 1,
-             amp: bool = False, raw: bool = False) -> float:
-    """Top-1 over every validation sample exactly once (summed over ranks)."""
-    was = net.training
-    net.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    total = torch.zeros((), dtype=torch.long, device=device)
-    for imgs, labels in eval_loader(shards, batch_size, workers, rank, world, raw):
-        imgs = decode_on_device(imgs, device) if raw else imgs.to(device)
-        x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = net(x).argmax(-1)
-        correct += (pred == labels.to(device)).sum()
-        total += len(labels)
-    if world > 1:
-        dist.all_reduce(correct)
-        dist.all_reduce(total)
-    net.train(was)
-    return (correct.float() / total.clamp(min=1)).item()
-
-
-@torch.no_grad()
-def evaluate_detection(net, shards: str, batch_size: int, workers: int, device, mean, std, label_to_category,
-                       rank: int = 0, world: int = 1, amp: bool = False, raw: bool = False) -> dict:
-    """COCO AP of the detector on a validation OUT: every sample once (over ranks), predictions mapped back to
-    each image's original frame, gathered, and scored against the OUT's sanitised ground truth."""
-    from himr_pipe.storage import Location
-
-    from .detection import coco_evaluate, gather_results, postprocess
-
-    was = net.training
-    net.eval()
-    results = []
-    for imgs, targets in eval_loader(shards, batch_size, workers, rank, world, raw):
-        imgs = decode_on_device(imgs, device) if raw else imgs.to(device)
-        x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = net(x)
-        results += postprocess({k: v.float() for k, v in out.items()},
-                               [{**t["frame"], "image_id": t["image_id"]} for t in targets], label_to_category)
-    results = gather_results(results)
-    gt = Location(shards).read_json(read_manifest(shards)["detection"]["ground_truth"]["file"])
-    net.train(was)
-    return coco_evaluate(gt, results)
-
-
-def _max_label(shards: str) -> int:
-    m = read_manifest(shards)
-    from himr_pipe.shards import iter_shard
-
-    return max(int(s["cls"]) for e in m["shards"] for _, s in iter_shard(shards, e["name"]))

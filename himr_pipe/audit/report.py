@@ -37,23 +37,16 @@ def _plain_images(view, picks, source=None, plain_root: str | None = None) -> tu
     from ..decoders import DecodeBatch, inspect_header, make_decoder
     from ..keys import view_draws
     from ..geometry import decode_geometry
-    from ..sources import InputError, SourceError, open_source, read_input
+    from ..sources import InputError, SourceError, read_input
+    from ..tasks import task_of_job
 
     job = view.manifest["job"]
     if source is None:
         root = plain_root or view.source_root
         if not root:
             return {}, "the owner state does not say where SRC was; pass --plain"
-        try:
-            if job.get("task") == "detection":
-                from ..coco import find_annotations, open_coco_source
-
-                ann = (view.source_annotations if root == view.source_root else None) or find_annotations(root)
-                if ann is None:
-                    return {}, "the COCO annotations of the plain images are not known; pass --plain"
-                source, _ = open_coco_source(root, ann)
-            else:
-                source = open_source(root)
+        try:  # detection: its annotations as the run had them (found beside --plain otherwise)
+            source = task_of_job(job).open_source(root, view.source_annotations if root == view.source_root else None)
         except SourceError as e:
             return {}, f"SRC is not readable ({e}); pass --plain"
     views = job.get("views", 1)

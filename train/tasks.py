@@ -1,0 +1,217 @@
+"""How each task trains: the training side of :mod:`himr_pipe.tasks`, keyed by the same name.
+
+The trainer (:mod:`.trainer`) is one loop for every task: loaders, DDP, bf16, warm-up + cosine, checkpoints,
+exact resume and the log line. What differs is asked of the task's :class:`Training`: the classes it
+predicts, the model, the optimiser's defaults, the augmentation and loss of a step, and the validation metric.
+
+* classification: PEViT / MI-ViT / ViT (``models.build_model``), the DeiT recipe (lr 5e-4 x batch/512,
+  weight decay 0.05), augmentation in the encrypted domain (``augment.build_augment``), soft-target cross
+  entropy with label smoothing, top-1.
+* detection: PEYOLOS (``peyolos.build_detector``), DETR's set loss (``detection.SetCriterion``), AdamW at
+  lr 1e-4 and weight decay 1e-4 with gradient clipping at 0.1 (YOLOS), augmentation exact for MI with the
+  boxes moved along (``det_augment.DetectionAugment``), COCO AP on the validation OUT's ground truth.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .loader import DataError, decode_on_device, eval_loader, read_manifest
+
+
+class Training:
+    """One training run's task: built from the training shards' manifest."""
+
+    name = ""
+
+    def __init__(self, m: dict, shards: str):
+        self.num_classes = 0
+
+    def check_val(self, mv: dict) -> None:
+        """Refuse validation shards this model cannot be scored on (raises DataError)."""
+
+    def build_model(self, scheme, cfg, overrides: dict):
+        raise NotImplementedError
+
+    def defaults(self, global_batch: int) -> dict:
+        """The optimiser's defaults: lr, weight_decay, clip_grad (None: no clipping)."""
+        raise NotImplementedError
+
+    def setup(self, scheme, cfg) -> None:
+        """Build the augmentation and the loss, once the model is."""
+
+    def loss(self, net, imgs, labels, device, gen, amp: bool, mean, std, cfg) -> torch.Tensor:
+        """One step's loss on a decoded batch (uint8 NHWC on the device)."""
+        raise NotImplementedError
+
+    def evaluate(self, net, cfg, device, mean, std, rank, world, amp, raw) -> dict:
+        """The validation figures (``val_*`` keys of the log)."""
+        raise NotImplementedError
+
+    def describe(self, rec: dict) -> str:
+        """The log line's part about the validation figures."""
+        return ""
+
+
+def _max_label(shards: str) -> int:
+    from himr_pipe.shards import LABEL, iter_shard
+
+    m = read_manifest(shards)
+    return max(int(s[LABEL]) for e in m["shards"] for _, s in iter_shard(shards, e["name"]))
+
+
+class ClassificationTraining(Training):
+    name = "classification"
+
+    def __init__(self, m, shards):
+        self.num_classes = m["num_classes"] or (1 + max(0, _max_label(shards)))
+
+    def check_val(self, mv):
+        if mv["job"].get("task", "classification") != self.name:
+            raise DataError("--val shards are for another task than the training shards")
+
+    def build_model(self, scheme, cfg, overrides):
+        from .models import build_model, check_model_matches
+
+        model = build_model(scheme, self.num_classes, size=cfg.model, rpe=cfg.rpe, drop_path_rate=cfg.drop_path,
+                            **overrides)
+        check_model_matches(model, scheme)
+        return model
+
+    def defaults(self, global_batch):
+        return {"lr": 5e-4 * global_batch / 512, "weight_decay": 0.05, "clip_grad": None}
+
+    def setup(self, scheme, cfg):
+        from .augment import build_augment
+
+        self.aug = build_augment(scheme, self.num_classes, cfg.aug_config if cfg.augment else {"enabled": False})
+
+    def loss(self, net, imgs, labels, device, gen, amp, mean, std, cfg):
+        x = imgs.permute(0, 3, 1, 2).float().div_(255)
+        y = labels.to(device, non_blocking=True)
+        x, y_soft = self.aug(x, y, gen)
+        if cfg.label_smoothing:
+            y_soft = y_soft * (1 - cfg.label_smoothing) + cfg.label_smoothing / self.num_classes
+        x = (x - mean) / std
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(x)
+        return torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+    def evaluate(self, net, cfg, device, mean, std, rank, world, amp, raw):
+        return {"val_top1": evaluate(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std, rank, world,
+                                     amp, raw)}
+
+    def describe(self, rec):
+        return f" | val top-1 {rec['val_top1']:.4f}" if "val_top1" in rec else ""
+
+
+class DetectionTraining(Training):
+    name = "detection"
+
+    def __init__(self, m, shards):
+        self.categories = m["detection"]["categories"]
+        self.num_classes = len(self.categories)
+        self.label_to_category = [c["id"] for c in self.categories]
+
+    def check_val(self, mv):
+        if mv["job"].get("task", "classification") != self.name:
+            raise DataError("--val shards are for another task than the training shards")
+        if mv["detection"]["categories"] != self.categories:
+            raise DataError("--val shards have other categories than the training shards")
+
+    def build_model(self, scheme, cfg, overrides):
+        from .peyolos import build_detector, check_detector_matches
+
+        model = build_detector(scheme, self.num_classes, size=cfg.model, det_tokens=cfg.det_tokens,
+                               drop_path_rate=cfg.drop_path, **overrides)
+        check_detector_matches(model, scheme)
+        return model
+
+    def defaults(self, global_batch):
+        return {"lr": 1e-4, "weight_decay": 1e-4, "clip_grad": 0.1}
+
+    def setup(self, scheme, cfg):
+        from .det_augment import DetectionAugment
+        from .detection import SetCriterion
+
+        self.aug = DetectionAugment(scheme.out_cell, **(cfg.aug_config or {})) if cfg.augment else None
+        self.criterion = SetCriterion(self.num_classes)
+
+    def loss(self, net, imgs, labels, device, gen, amp, mean, std, cfg):
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in labels]
+        if self.aug is not None:  # per image: each moves its own boxes (a handful of small ops)
+            moved = [self.aug(imgs[i], t["boxes"], t["labels"], gen) for i, t in enumerate(targets)]
+            imgs = torch.stack([a[0] for a in moved])
+            targets = [{"boxes": a[1], "labels": a[2]} for a in moved]
+        x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = net(x)
+        return self.criterion({k: v.float() for k, v in out.items()}, targets)["loss"]
+
+    def evaluate(self, net, cfg, device, mean, std, rank, world, amp, raw):
+        ap = evaluate_detection(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std,
+                                self.label_to_category, rank, world, amp, raw)
+        return {f"val_{k}": v for k, v in ap.items()}
+
+    def describe(self, rec):
+        return f" | val AP {rec['val_AP']:.4f}, AP50 {rec['val_AP50']:.4f}" if "val_AP" in rec else ""
+
+
+TRAININGS = {t.name: t for t in (ClassificationTraining, DetectionTraining)}
+
+
+def training_for(m: dict, shards: str) -> Training:
+    """The training of the task the shards were written for (the manifest's ``job.task``)."""
+    name = m["job"].get("task", "classification")
+    if name not in TRAININGS:
+        raise DataError(f"these shards are for task {name!r}, which this trainer cannot train")
+    return TRAININGS[name](m, shards)
+
+
+@torch.no_grad()
+def evaluate(net, shards: str, batch_size: int, workers: int, device, mean, std, rank: int = 0, world: int = 1,
+             amp: bool = False, raw: bool = False) -> float:
+    """Top-1 over every validation sample exactly once (summed over ranks)."""
+    was = net.training
+    net.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = torch.zeros((), dtype=torch.long, device=device)
+    for imgs, labels in eval_loader(shards, batch_size, workers, rank, world, raw):
+        imgs = decode_on_device(imgs, device) if raw else imgs.to(device)
+        x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            pred = net(x).argmax(-1)
+        correct += (pred == labels.to(device)).sum()
+        total += len(labels)
+    if world > 1:
+        dist.all_reduce(correct)
+        dist.all_reduce(total)
+    net.train(was)
+    return (correct.float() / total.clamp(min=1)).item()
+
+
+@torch.no_grad()
+def evaluate_detection(net, shards: str, batch_size: int, workers: int, device, mean, std, label_to_category,
+                       rank: int = 0, world: int = 1, amp: bool = False, raw: bool = False) -> dict:
+    """COCO AP of the detector on a validation OUT: every sample once (over ranks), predictions mapped back to
+    each image's original frame, gathered, and scored against the OUT's sanitised ground truth."""
+    from himr_pipe.storage import Location
+
+    from .detection import coco_evaluate, gather_results, postprocess
+
+    was = net.training
+    net.eval()
+    results = []
+    for imgs, targets in eval_loader(shards, batch_size, workers, rank, world, raw):
+        imgs = decode_on_device(imgs, device) if raw else imgs.to(device)
+        x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = net(x)
+        results += postprocess({k: v.float() for k, v in out.items()},
+                               [{**t["frame"], "image_id": t["image_id"]} for t in targets], label_to_category)
+    results = gather_results(results)
+    gt = Location(shards).read_json(read_manifest(shards)["detection"]["ground_truth"]["file"])
+    net.train(was)
+    return coco_evaluate(gt, results)
