@@ -17,7 +17,10 @@ from . import __version__
 
 # The tasks and their defaults (the default scheme: chosen by measured leak and accuracy cost, README "Privacy",
 # benchmarks/bench_tradeoff.py); light to import, the help text names them
+from .request import EncryptRequest, is_device
 from .tasks import TASKS
+
+R = EncryptRequest  # the option defaults, stated once in himr_pipe.request
 
 
 class Where(click.ParamType):
@@ -35,11 +38,6 @@ class Where(click.ParamType):
         if is_url(str(value)):
             return str(value)
         return click.Path(exists=self.exists, file_okay=False).convert(value, param, ctx)
-
-
-def _is_device(device: str) -> bool:
-    """cpu, cuda or cuda:N."""
-    return device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
 
 
 def _fail_usage(msg: str):
@@ -64,75 +62,76 @@ def main():
                    "cost we measured, README 'Privacy'); rs: shuffle PxP "
                    "patches per image (stored as JPEG, a jigsaw solver rebuilds most images); mi: without the "
                    "shuffle (keeps positions: a blurred picture); none: plain.")
-@click.option("--patch", type=int, default=16, show_default=True, help="Patch size P.")
+@click.option("--patch", type=int, default=R.patch, show_default=True, help="Patch size P.")
 @click.option("--size", default=None,
               help="Image (canvas) size before encryption: N or HxW. Default: 224 (classification), 512 (detection).")
 @click.option("--gap", type=int, default=None,
               help="Defence of rs / mi-shuffle: blank a border of this many pixels inside every stored cell "
                    "(seams stop matching; it costs accuracy where flip does not, README 'Privacy'). Default: 0.")
-@click.option("--drop", type=float, default=0.0, show_default=True,
+@click.option("--drop", type=float, default=R.drop, show_default=True,
               help="Defence of rs / mi-shuffle: blank this fraction of every image's cells.")
 @click.option("--flip/--no-flip", default=None,
               help="Defence of rs / mi-shuffle: turn every stored cell by a keyed random flip, transpose or rotation "
                    "(one of 8), so a cell's edges no longer say which neighbour they met; keeps every pixel, and "
                    "the models are exactly invariant to it. Default: on for mi-shuffle (within the leak budget "
                    "under the audit, README 'Privacy'), off otherwise; --no-flip turns it off.")
-@click.option("--format", "fmt", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["jpeg", "png", "raw"]), default=R.fmt, show_default=True,
               help="Image encoding in the shards (png/raw are lossless; raw is .npy uint8).")
-@click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
+@click.option("--quality", type=int, default=R.quality, show_default=True, help="JPEG quality.")
 @click.option("--resize", type=click.Choice(["crop", "stretch", "letterbox"]), default=None,
               help="crop (the classification default): shorter side to size, centre crop; stretch: both sides to "
                    "size; letterbox (the detection default): the whole image fitted in, aspect kept, padded.")
-@click.option("--task", type=click.Choice(["auto", *TASKS]), default="auto",
+@click.option("--task", type=click.Choice(["auto", *TASKS]), default=R.task,
               show_default=True,
               help="detection: SRC is a COCO images folder (boxes in every sample's .json, a sanitised ground "
                    "truth in OUT). auto: detection when --annotations is given or SRC has the usual COCO "
                    "layout (../annotations/instances_<folder>.json).")
 @click.option("--annotations", default=None, help="Detection: the COCO instances JSON of SRC (path or URL).")
-@click.option("--keep-image-ids", is_flag=True,
+@click.option("--keep-image-ids", is_flag=True, default=R.keep_image_ids,
               help="Detection: keep the source's image ids in OUT's ground truth (default: opaque ids; the map "
                    "back stays in the owner's state).")
-@click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
-@click.option("--split", default="train", show_default=True,
+@click.option("--shard-size", type=int, default=R.shard_size, show_default=True, help="Samples per shard.")
+@click.option("--split", default=R.split, show_default=True,
               help="Split name: shard prefix ({split}-000000.tar) and timm split in _info.json.")
 @click.option("--workers", type=int, default=None,
               help="Worker processes (shards run in parallel); 0 runs in this process. Default: on the CPU one per "
                    "usable CPU (up to 16), on a GPU one per 8 CPUs.")
-@click.option("--threads", type=int, default=0,
+@click.option("--threads", type=int, default=R.threads,
               help="Decode/resize/encode threads per worker. Default: usable CPUs // workers.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per decode/encrypt batch.")
+@click.option("--batch-size", type=int, default=R.batch_size, show_default=True, help="Images per decode/encrypt batch.")
 @click.option("--seed", type=int, default=None,
               help="Make sample order and permutations reproducible. Without it they come from a cryptographic "
                    "source. The seed is never written into OUT.")
-@click.option("--shuffle/--no-shuffle", default=True, show_default=True, help="Shuffle sample order across shards.")
-@click.option("--include-paths", is_flag=True, help="Write source paths into OUT (off: OUT names no source file).")
+@click.option("--shuffle/--no-shuffle", default=R.shuffle, show_default=True, help="Shuffle sample order across shards.")
+@click.option("--include-paths", is_flag=True, default=R.include_paths,
+              help="Write source paths into OUT (off: OUT names no source file).")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="Owner's private state (keys, resume, source paths). Default: ~/.local/state/himr-pipe/<OUT>.")
 @click.option("--max-pixels", type=int, default=None, help="Refuse images with more pixels (decompression bombs).")
 @click.option("--max-bytes", type=int, default=None, help="Refuse input files larger than this.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-@click.option("--device", default="cpu", show_default=True,
+@click.option("--device", default=R.device, show_default=True,
               help="cpu, or cuda / cuda:N: decode, encrypt (Triton) and encode on that GPU.")
-@click.option("--decoder", type=click.Choice(["auto", "dali", "torchvision", "nvimgcodec"]), default="auto",
+@click.option("--decoder", type=click.Choice(["auto", "dali", "torchvision", "nvimgcodec"]), default=R.decoder,
               show_default=True,
               help="Decode stage: NVIDIA DALI (auto, where installed), torchvision (nvJPEG on a GPU) or nvImageCodec "
                    "(the GPU's hardware JPEG decoder where it has one). Resizing is himr_pipe's own on the CPU "
                    "and for the last two; DALI's on a GPU.")
-@click.option("--encoder", type=click.Choice(["auto", "cpu", "torchvision", "nvimgcodec"]), default="auto",
+@click.option("--encoder", type=click.Choice(["auto", "cpu", "torchvision", "nvimgcodec"]), default=R.encoder,
               show_default=True, help="Encode stage. auto: CPU threads on the CPU; nvimgcodec (else torchvision) "
                                       "on a GPU for JPEG.")
-@click.option("--kernels", type=click.Choice(["auto", "torch", "triton"]), default="auto", show_default=True,
+@click.option("--kernels", type=click.Choice(["auto", "torch", "triton"]), default=R.kernels, show_default=True,
               help="Encryption kernels. auto: Triton on a GPU, torch on the CPU.")
-@click.option("--views", type=int, default=1, show_default=True,
+@click.option("--views", type=int, default=R.views, show_default=True,
               help="K > 1: bake K random-resized-crop + flip views of each input before encryption, each its own "
                    "sample (offline encryption freezes the image; this restores the usual train-time crops).")
-@click.option("--distributor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--distributor", type=click.Choice(["local", "ray"]), default=R.distributor, show_default=True,
               help="Who runs the shards: local (this process with --workers 0, else local processes) or ray (each "
                    "shard a Ray task; a worker that dies is retried).")
 @click.option("--ray-address", default=None,
               help="With --distributor ray: an existing Ray cluster ('auto', 'ray://host:10001'); default: a local one "
                    "with --workers CPUs (all CPUs when --workers is not given).")
-@click.option("--audit/--no-audit", default=True, show_default=True,
+@click.option("--audit/--no-audit", default=R.audit, show_default=True,
               help="End with a quick audit of a few samples (seconds): the strongest attack we have, its figures "
                    "written into the manifest, and a warning when the setting is over the leak budget.")
 def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, quality, resize, task, annotations,
@@ -147,55 +146,20 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
     a COCO images folder with its instances JSON. SRC and OUT may be URLs
     (s3://, gs://, memory://).
     """
-    from .decoders import DEFAULT_MAX_PIXELS, resolve_decoder
-    from .encode import FormatError, choose_format, resolve_encoder
-    from .job import AUDIT_SAMPLES, EXIT_PARTIAL, JobConfig, JobError, RunOptions
+    from .encode import FormatError
+    from .job import EXIT_PARTIAL, JobError
     from .pipeline import encrypt_shards
-    from .scheme import Scheme, SchemeError, default_flip, default_gap, parse_size
-    from .sources import DEFAULT_MAX_BYTES
-    from .tasks import task_for_source, task_named
+    from .scheme import SchemeError
 
+    req = EncryptRequest(scheme=scheme, patch=patch, size=size, gap=gap, drop=drop, flip=flip, fmt=fmt,
+                         quality=quality, resize=resize, task=task, annotations=annotations,
+                         keep_image_ids=keep_image_ids, shard_size=shard_size, split=split, workers=workers,
+                         threads=threads, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                         include_paths=include_paths, state_dir=state_dir, max_pixels=max_pixels,
+                         max_bytes=max_bytes, progress=progress, device=device, decoder=decoder, encoder=encoder,
+                         kernels=kernels, views=views, distributor=distributor, ray_address=ray_address, audit=audit)
     try:
-        kind = task_for_source(src, annotations) if task == "auto" else task_named(task)
-        if annotations and not kind.takes_annotations:
-            raise JobError(f"--annotations is for --task detection, not {kind.name}")
-        if keep_image_ids and not kind.takes_annotations:
-            raise JobError(f"--keep-image-ids is for --task detection, not {kind.name}")
-        h, w = parse_size(size or kind.default_size)
-        name = scheme or kind.default_scheme
-        sch = Scheme.named(name, patch, h, w, default_gap(name) if gap is None else gap, drop,
-                           default_flip(name) if flip is None else flip)
-        resize = resize or kind.default_resize
-        if not _is_device(device):
-            raise JobError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-        enc_name = resolve_encoder(encoder, fmt, device)
-        decoder = resolve_decoder(decoder)
-        tv = enc_name == "torchvision"  # nvJPEG writes 4:4:4 only; torchvision's CPU encoder 4:2:0 only
-        ifmt = choose_format(fmt, sch, quality, allow_420=not tv or device == "cpu",
-                             only="420" if tv and device == "cpu" else None)
-        cfg = JobConfig(sch, ifmt, resize, shard_size, split, shuffle, seed is not None, include_paths,
-                        max_pixels or DEFAULT_MAX_PIXELS, max_bytes or DEFAULT_MAX_BYTES, decoder, enc_name, views,
-                        kind.name, keep_image_ids)
-        if batch_size < 1:
-            raise JobError("--batch-size must be at least 1")
-        if ray_address and distributor != "ray":
-            raise JobError("--ray-address needs --distributor ray")
-        if distributor == "ray":
-            try:
-                import ray  # noqa: F401
-            except ImportError:
-                raise JobError("--distributor ray needs Ray: pip install 'himr-pipe[ray]'") from None
-            workers = workers or 0  # ray: the local cluster's CPUs (0: all of them)
-        elif workers is None:
-            from .distributor import default_workers
-
-            workers = default_workers(device)
-        if workers < 0:
-            raise JobError("--workers must be 0 or more")
-        opts = RunOptions(workers=workers, threads=threads, batch_size=batch_size, state_dir=state_dir,
-                          progress=progress, device=device, kernels=kernels,
-                          audit_samples=AUDIT_SAMPLES if audit else 0, distributor=distributor,
-                          ray_address=ray_address, annotations=annotations)
+        cfg, opts = req.build(src)
         res = encrypt_shards(src, out, cfg, seed, opts)
     except (SchemeError, FormatError, JobError) as e:
         _fail_usage(str(e))
@@ -366,7 +330,7 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
         hw = parse_size(size)
         chosen = pick_settings(settings)
         recipe = RECIPE if epochs is None else replace(RECIPE, epochs=epochs)
-        if device != "auto" and not _is_device(device):
+        if device != "auto" and not is_device(device):
             raise TradeoffError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
         res = run_tradeoff(src, samples, hw, patch, recipe, fmt, quality, seed, seeds, close_seeds, chosen, work,
                            report_dir, audit_samples, classes=classes, device=device,

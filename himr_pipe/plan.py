@@ -14,7 +14,7 @@ from .decoders import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from .encode import ImageFormat
 from .scheme import Scheme
 from .sources import DEFAULT_MAX_BYTES
-from .tasks import TASKS, task_named
+from .tasks import TASKS, job_task, task_named
 # --views K > 1: torchvision's RandomResizedCrop defaults, then a horizontal flip half of the time
 VIEW_TRANSFORM = {"random_resized_crop": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}, "hflip": 0.5}
 
@@ -99,7 +99,7 @@ class JobConfig:
         return cls(Scheme.from_dict(d["scheme"]), fmt, d["resize"], d["shard_size"], d["split"], d["shuffle"],
                    d["randomness"] == "seeded", d["include_paths"], d["max_pixels"], d["max_bytes"],
                    d.get("decoder", "dali"), d.get("encoder", "cpu"), d.get("views", 1),
-                   d.get("task", "classification"), d.get("image_ids") == "source")
+                   job_task(d), d.get("image_ids") == "source")
 
 
 @dataclass(frozen=True)

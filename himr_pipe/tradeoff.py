@@ -46,7 +46,6 @@ on digits.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -56,7 +55,6 @@ import sys
 import tempfile
 import time
 import traceback
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -268,33 +266,23 @@ def write_sample(split: dict, dest: Path) -> dict:
 # -- one setting ----------------------------------------------------------------------------------
 
 def encrypt(src: Path, out: Path, scheme: Scheme, fmt: str, quality: int, seed: int) -> dict:
-    """Encrypt ``src`` into ``out`` with ``himr-pipe encrypt-shards`` itself (in this process); its manifest.
+    """Encrypt ``src`` into ``out`` as ``himr-pipe encrypt-shards`` does (the same request, resolved by
+    :class:`~.request.EncryptRequest`, in this process); its manifest.
 
     The owner state goes next to ``out`` (``out.state``). Exit 3 (some inputs skipped, each with its reason
     in the manifest) is accepted: the table is then measured on the inputs that were written.
     """
-    import click
+    from .pipeline import encrypt_shards
+    from .request import EncryptRequest
 
-    from .cli import main
-
-    args = ["encrypt-shards", str(src), str(out), "--scheme", scheme.name, "--patch", str(scheme.patch),
-            "--size", f"{scheme.height}x{scheme.width}", "--gap", str(scheme.gap), "--drop", str(scheme.drop),
-            "--flip" if scheme.flip else "--no-flip", "--format", fmt,
-            "--quality", str(quality), "--seed", str(seed), "--shard-size", "1000", "--workers", "0",
-            "--no-progress", "--no-audit", "--state-dir", str(out) + ".state"]
-    buf = io.StringIO()
-    code = 0
-    with redirect_stdout(buf), redirect_stderr(buf):
-        try:
-            main.main(args, prog_name="himr-pipe", standalone_mode=False)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except click.ClickException as e:
-            code = e.exit_code
-            buf.write(e.format_message())
-    if code not in (0, 3):
-        raise RuntimeError(f"encrypt-shards exited {code}: {buf.getvalue().strip()}")
-    return json.loads((out / "manifest.json").read_text())
+    req = EncryptRequest(scheme=scheme.name, patch=scheme.patch, size=f"{scheme.height}x{scheme.width}",
+                         gap=scheme.gap, drop=scheme.drop, flip=scheme.flip, fmt=fmt, quality=quality, seed=seed,
+                         workers=0, progress=False, audit=False, state_dir=str(out) + ".state")
+    cfg, opts = req.build(str(src))
+    res = encrypt_shards(str(src), str(out), cfg, seed, opts)
+    if res.exit_code not in (0, 3) or res.manifest is None:
+        raise RuntimeError(f"encrypt-shards exited {res.exit_code}: " + "; ".join(res.messages))
+    return res.manifest
 
 
 def leak(out: Path, samples: int) -> dict:

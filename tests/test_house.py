@@ -58,6 +58,32 @@ def test_a_seeded_run_writes_the_pinned_bytes(sample_src, tmp_path, name):
     assert digests(out) == PINNED[name]
 
 
+def test_a_request_in_process_writes_the_commands_bytes(sample_src, tmp_path):
+    """The trade-off study and the benchmarks encrypt through EncryptRequest, not the command line: the same
+    request resolves to the same job, and so to the command's pinned bytes."""
+    from himr_pipe.pipeline import encrypt_shards
+    from himr_pipe.request import EncryptRequest
+
+    out = tmp_path / "rs-png"
+    req = EncryptRequest(scheme="rs", fmt="png", gap=1, drop=0.25, seed=17, shard_size=7, workers=0,
+                         progress=False, audit=False, state_dir=f"{out}.state")
+    cfg, opts = req.build(str(sample_src))
+    assert encrypt_shards(str(sample_src), str(out), cfg, 17, opts).exit_code == 0
+    assert digests(out) == PINNED["rs-png"]
+
+
+def test_the_commands_defaults_are_the_requests():
+    """encrypt-shards's option defaults are read from EncryptRequest (stated once), option for option."""
+    from dataclasses import fields
+
+    from himr_pipe.cli import encrypt_shards_cmd
+    from himr_pipe.request import EncryptRequest
+
+    params = {p.name: p.default for p in encrypt_shards_cmd.params if p.name not in ("src", "out")}
+    assert set(params) == {f.name for f in fields(EncryptRequest)}
+    assert params == {f.name: f.default for f in fields(EncryptRequest)}
+
+
 def test_a_seeded_detection_run_writes_the_pinned_bytes(tmp_path):
     from himr_pipe.sample_data import make_detection_sample
 
@@ -100,11 +126,6 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
-# The one circle left, on purpose for now: `himr-pipe tradeoff` runs the encrypt-shards command itself (so a
-# setting is encrypted exactly as a user's run would be), and the CLI registers the tradeoff command.
-KNOWN_CYCLES = [{"himr_pipe.cli", "himr_pipe.tradeoff"}]
-
-
 def test_the_package_imports_have_no_circles():
     """No module reaches itself through imports (a plan both the job and the worker import, the temporary-name
     rule in storage alone, MI's display in geometry): the modules then sit on floors, each importing only below."""
@@ -137,7 +158,34 @@ def test_the_package_imports_have_no_circles():
             visit(m, reverse, comp)
             if len(comp) > 1:
                 cycles.append(set(comp))
-    assert [c for c in cycles if c not in KNOWN_CYCLES] == []
+    assert cycles == []  # the last one went: the CLI and the trade-off study share himr_pipe.request
+
+
+# The floors, top down: the commands; the orchestration; the audit and the trainers (side by side, neither
+# imports the other); the library every stage shares (plan, job, worker, tasks, decoders, kernels, storage...).
+FLOORS = [("app", ("himr_pipe.cli", "himr_pipe.tradeoff", "himr_pipe.__main__")), ("pipeline", ("himr_pipe.pipeline",)),
+          ("audit", ("himr_pipe.audit",)), ("train", ("himr_pipe.train",))]
+
+
+def floor_of(module: str) -> int:
+    """The floor's number, 0 at the top; the audit and the trainers share one (2), the library is 3."""
+    for i, (_, prefixes) in enumerate(FLOORS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return min(i, 2)
+    return 3
+
+
+def test_no_import_runs_back_up_a_floor():
+    """The library never reaches into the audit, the trainers, the orchestration or the commands (decrypt once
+    borrowed MI's display from the audit, the worker read the job's records); the audit and the trainers never
+    reach into each other or up; only the commands and the pipeline stand above them."""
+    graph = import_graph()
+    up = sorted((m, t) for m, ts in graph.items() for t in ts if floor_of(t) < floor_of(m))
+    across = sorted((m, t) for m, ts in graph.items() for t in ts
+                    if floor_of(m) == floor_of(t) == 2 and m.split(".")[1] != t.split(".")[1])
+    assert up == [] and across == []
+    assert floor_of("himr_pipe.audit.report") == floor_of("himr_pipe.train.trainer") == 2
+    assert floor_of("himr_pipe.tasks.detection") == floor_of("himr_pipe.kernels.reference") == 3
 
 
 # sample-data's --task names which sample set to write (its kinds include shapes, which is no task of the pipeline)

@@ -107,7 +107,6 @@ def test_out_is_owned_by_one_run_and_a_killed_runs_lock_is_taken_over(sample_src
     import signal
     import subprocess
     import sys
-    import time
 
     from himr_pipe.lock import LOCK_NAME
 

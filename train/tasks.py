@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from himr_pipe.tasks import job_task
+
 from .loader import DataError, decode_on_device, eval_loader, read_manifest
 
 
@@ -30,7 +32,10 @@ class Training:
         self.num_classes = 0
 
     def check_val(self, mv: dict) -> None:
-        """Refuse validation shards this model cannot be scored on (raises DataError)."""
+        """Refuse validation shards this model cannot be scored on (raises DataError): another task's, and
+        (in a subclass) whatever else the task needs to match."""
+        if job_task(mv["job"]) != self.name:
+            raise DataError("--val shards are for another task than the training shards")
 
     def build_model(self, scheme, cfg, overrides: dict):
         raise NotImplementedError
@@ -67,10 +72,6 @@ class ClassificationTraining(Training):
 
     def __init__(self, m, shards):
         self.num_classes = m["num_classes"] or (1 + max(0, _max_label(shards)))
-
-    def check_val(self, mv):
-        if mv["job"].get("task", "classification") != self.name:
-            raise DataError("--val shards are for another task than the training shards")
 
     def build_model(self, scheme, cfg, overrides):
         from .models import build_model, check_model_matches
@@ -116,8 +117,7 @@ class DetectionTraining(Training):
         self.label_to_category = [c["id"] for c in self.categories]
 
     def check_val(self, mv):
-        if mv["job"].get("task", "classification") != self.name:
-            raise DataError("--val shards are for another task than the training shards")
+        super().check_val(mv)
         if mv["detection"]["categories"] != self.categories:
             raise DataError("--val shards have other categories than the training shards")
 
@@ -164,7 +164,7 @@ TRAININGS = {t.name: t for t in (ClassificationTraining, DetectionTraining)}
 
 def training_for(m: dict, shards: str) -> Training:
     """The training of the task the shards were written for (the manifest's ``job.task``)."""
-    name = m["job"].get("task", "classification")
+    name = job_task(m["job"])
     if name not in TRAININGS:
         raise DataError(f"these shards are for task {name!r}, which this trainer cannot train")
     return TRAININGS[name](m, shards)

@@ -35,9 +35,14 @@ def task_named(name: str) -> Task:
         raise ValueError(f"task must be one of {tuple(TASKS)}, got {name!r}") from None
 
 
+def job_task(job: dict) -> str:
+    """The task's name in a manifest's ``job`` record (records of versions before tasks say none: classification)."""
+    return job.get("task", "classification")
+
+
 def task_of_job(job: dict) -> Task:
-    """The task of a manifest's ``job`` record (records of versions before tasks say none: classification)."""
-    return task_named(job.get("task", "classification"))
+    """The task of a manifest's ``job`` record, as an object."""
+    return task_named(job_task(job))
 
 
 def task_for_source(src: str, annotations: str | None) -> Task:
@@ -50,4 +55,4 @@ def owns_file(name: str) -> bool:
     return any(t.owns_file(name) for t in TASKS.values())
 
 
-__all__ = ["TASKS", "Task", "owns_file", "task_for_source", "task_named", "task_of_job"]
+__all__ = ["TASKS", "Task", "job_task", "owns_file", "task_for_source", "task_named", "task_of_job"]
