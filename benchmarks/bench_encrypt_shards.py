@@ -1,4 +1,4 @@
-"""Throughput of `himr-pipe encrypt-shards` against a naive single-process baseline.
+"""Throughput of `himr-pipe encrypt-shards` as users run it, against a naive single-process baseline.
 
 What it measures, side by side in one run on this machine:
 
@@ -6,27 +6,33 @@ What it measures, side by side in one run on this machine:
   centre crop, RS patch shuffle in numpy with P=16, PIL JPEG q90) written with
   the standard ``tarfile`` into shards of the same size, plus a ``.cls`` member,
   run in a fresh process of its own (this script with ``--naive SRC OUT``);
-* ``himr-pipe encrypt-shards`` with ``--scheme none``, ``rs`` and ``mi`` (default
-  settings, ``--shard-size 250``), run as a subprocess;
-* the ratios rs/none (goal >= 0.95) and rs/naive (goal >= 2.0);
+* the CLI itself, ``himr-pipe encrypt-shards SRC OUT --scheme S --no-audit`` with
+  every other option at its default (worker processes, threads, JPEG q90,
+  ``--shard-size 250``), run as a subprocess, for S in none, rs, mi and
+  mi-shuffle (the default scheme, with its default flip defence);
+* the ratios rs/none, mi-shuffle/none (goal >= 0.95), mi/none (goal >= 1.0: MI
+  encodes a quarter of the pixels) and rs/naive (goal >= 4);
 * peak RSS of encrypt-shards, summed over the process and all its children
-  (the workers are spawned processes), sampled every ~20 ms (goal < 2 GiB).
+  (the workers are spawned processes), sampled every ~20 ms (goal < 2 GiB);
+* where each scheme's time goes: the workers' stage timings from the owner's
+  state (busy ms per image of each stage's thread, summed over shards).
 
-Run:  python benchmarks/bench_encrypt_shards.py [--n 1000] [--quick] [--repeat 1]
-                                                [--work DIR] [--json PATH]
+The image set: ImageNet-like JPEGs of hundreds of sizes (``sample_data``'s
+``imagenet`` sizes), 6 classes, made once and cached under ``--work``.
 
 Why marginal rates: a run of encrypt-shards pays fixed costs (Python and torch
 imports, spawning workers, building the DALI pipeline) that have nothing to
-do with the steady-state speed and would dominate a small set. Each method is
-timed on a set of N images and on a set of 2N images, and the rate reported
-is (2N - N) / (t_2N - t_N): the fixed costs cancel. End-to-end rates at 2N are
-printed too, for reference. Methods run interleaved (naive, none, rs, mi for
-N, then for 2N) so that drift in machine load hits all of them alike; with
-``--repeat R`` each timing is the best of R. Marginal rates come from a
-difference of two timings, so they are noisy on a busy or small machine: use
-``--repeat 3`` (or a larger ``--n``) for figures worth quoting. The table also
-gives the marginal CPU time per image (user + sys over all processes), which
-load drift hardly moves.
+do with the steady-state speed. Each method is timed on a set of N images and
+on one of 3N (default N=3000, so the difference is several seconds even for
+the fastest method), and the rate reported is (3N - N) / (t_3N - t_N): the
+fixed costs cancel. Methods run interleaved (every method on N, then every
+method on 3N, round after round) so that drift in machine load hits all of
+them alike; the figure is the median over ``--rounds`` (default 3) of each
+round's marginal rate. The table also gives the marginal CPU time per image
+(user + sys over all processes), which load drift hardly moves.
+
+Run:  python benchmarks/bench_encrypt_shards.py [--n 3000] [--rounds 3] [--quick]
+                                                [--workers W] [--work DIR] [--json PATH]
 
 The naive loop in a fresh process is sensitive to glibc's malloc: every
 decoded image is a large buffer that glibc maps and returns to the kernel,
@@ -60,7 +66,9 @@ from PIL import Image
 from himr_pipe.sample_data import PHOTOS, make_sample_folder
 
 SIZE, PATCH, QUALITY, SHARD_SIZE = 224, 16, 90, 250
-METHODS = ("naive", "none", "rs", "mi")
+METHODS = ("naive", "none", "rs", "mi", "mi-shuffle")
+GOALS = {"rs/none": 0.95, "mi-shuffle/none": 0.95, "mi/none": 1.0, "rs/naive": 4.0}
+STAGES = ("read", "decode", "launch", "encrypt", "encode", "write", "wait_sink")
 NCLASSES = len(PHOTOS)
 
 
@@ -157,10 +165,12 @@ class PeakRSS:
         return self.peak
 
 
-def encrypt_shards(scheme: str, src: Path, out: Path, state: Path) -> tuple[int, int]:
+def encrypt_shards(scheme: str, src: Path, out: Path, state: Path, workers: int | None) -> tuple[int, int]:
     """Run the CLI; returns (written, peak RSS bytes). Fails loudly on any problem."""
     cmd = [sys.executable, "-m", "himr_pipe.cli", "encrypt-shards", str(src), str(out), "--scheme", scheme,
            "--shard-size", str(SHARD_SIZE), "--state-dir", str(state), "--no-progress", "--no-audit"]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mon = PeakRSS(proc.pid)
     log, _ = proc.communicate()
@@ -170,6 +180,15 @@ def encrypt_shards(scheme: str, src: Path, out: Path, state: Path) -> tuple[int,
     return json.loads((out / "manifest.json").read_text())["totals"]["written"], peak
 
 
+def stage_ms(state: Path, count: int) -> dict:
+    """Busy ms per image of each worker stage (the owner's per-shard timings, summed over shards)."""
+    total = dict.fromkeys(STAGES, 0.0)
+    for f in (state / "shards").glob("*.json"):
+        for k, v in json.loads(f.read_text()).get("seconds", {}).items():
+            total[k] = total.get(k, 0.0) + v
+    return {k: 1e3 * v / count for k, v in total.items()}
+
+
 # -- the benchmark ---------------------------------------------------------------------
 def cpu_seconds() -> float:
     """CPU time (user + sys) of the finished child process trees (not of this script's RSS sampler)."""
@@ -177,8 +196,8 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def timed(method: str, src: Path, work: Path, expect: int) -> tuple[float, float, int]:
-    """One timed run of ``method`` on ``src``; returns (wall s, CPU s, peak RSS bytes or 0)."""
+def timed(method: str, src: Path, work: Path, expect: int, workers: int | None) -> dict:
+    """One timed run of ``method`` on ``src``: wall s, CPU s, peak RSS bytes (0 for naive), stage ms/img."""
     out, state = work / "out", work / "state"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(state, ignore_errors=True)
@@ -186,89 +205,85 @@ def timed(method: str, src: Path, work: Path, expect: int) -> tuple[float, float
     if method == "naive":
         written, peak = run_naive(src, out), 0
     else:
-        written, peak = encrypt_shards(method, src, out, state)
+        written, peak = encrypt_shards(method, src, out, state, workers)
     secs, cpu = time.perf_counter() - t, cpu_seconds() - c
     if written != expect:
         sys.exit(f"FAILED: {method} on {src} wrote {written} samples, expected {expect}")
-    return secs, cpu, peak
+    return {"seconds": secs, "cpu": cpu, "peak": peak, "stages": stage_ms(state, expect) if method != "naive" else None}
 
 
-def summarize(n1: int, n2: int, secs: list, cpu: list, peak_mib: float | None) -> dict:
-    """``secs``, ``cpu``: one (N, 2N) pair per round. Each round gives a marginal rate (its two runs were
-    interleaved with the other methods'); the median over rounds is the figure (a best-of taken separately
-    for N and 2N pairs the luckiest N with the luckiest 2N, which can swing a ratio by 30%)."""
+def summarize(n1: int, n2: int, runs: list) -> dict:
+    """``runs``: one (small set, large set) pair of :func:`timed` results per round. Each round gives a
+    marginal rate (its two runs were interleaved with the other methods'); the median over rounds is the
+    figure (a best-of taken separately for each set pairs the luckiest small run with the luckiest large one,
+    which can swing a ratio by 30%)."""
     med = statistics.median
-    rates = [(n2 - n1) / (b - a) if b > a else None for a, b in secs]  # None: noise swamped the difference
-    good = [r for r in rates if r is not None]
-    return {"seconds_n": med(a for a, _ in secs), "seconds_2n": med(b for _, b in secs),
+    rates = [(n2 - n1) / (b["seconds"] - a["seconds"]) if b["seconds"] > a["seconds"] else None for a, b in runs]
+    good = [r for r in rates if r is not None]  # None: noise swamped the difference
+    stages = [b["stages"] for _, b in runs if b["stages"]]
+    return {"seconds_n": med(a["seconds"] for a, _ in runs), "seconds_3n": med(b["seconds"] for _, b in runs),
             "marginal_img_s_per_round": rates, "marginal_img_s": med(good) if good else None,
-            "end_to_end_img_s_2n": n2 / med(b for _, b in secs),
-            "marginal_cpu_ms_per_img": med(1e3 * (b - a) / (n2 - n1) for a, b in cpu),
-            "peak_rss_mib": peak_mib}
+            "end_to_end_img_s_3n": n2 / med(b["seconds"] for _, b in runs),
+            "marginal_cpu_ms_per_img": med(1e3 * (b["cpu"] - a["cpu"]) / (n2 - n1) for a, b in runs),
+            "peak_rss_mib": max(max(a["peak"], b["peak"]) for a, b in runs) / 2**20 or None,
+            "stage_ms_per_img_3n": {k: med(s[k] for s in stages) for k in stages[0]} if stages else None}
 
 
-def steady_state(src: Path, count: int, rounds: int) -> dict:
-    """img/s of none, rs and mi in this process, warm (one worker, ``--workers 0``: no start-up at all in
-    the timings), interleaved, median of ``rounds``: the cleanest ratio between schemes on a busy machine."""
-    from himr_pipe.encode import choose_format
-    from himr_pipe.job import JobConfig, RunOptions
-    from himr_pipe.pipeline import encrypt_shards as run
-    from himr_pipe.scheme import Scheme
-
-    def once(scheme: str, out: Path) -> float:
-        sch = Scheme.named(scheme, PATCH, SIZE, SIZE)
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(f"{out}.state", ignore_errors=True)
-        t = time.perf_counter()
-        res = run(str(src), str(out), JobConfig(sch, choose_format("jpeg", sch, QUALITY), shard_size=SHARD_SIZE),
-                  opts=RunOptions(workers=0, state_dir=f"{out}.state", progress=False, audit_samples=0),
-                  log=lambda *a: None)
-        dt = time.perf_counter() - t
-        if res.exit_code != 0 or res.manifest["totals"]["written"] != count:
-            sys.exit(f"FAILED: steady-state {scheme}: {res.messages}")
-        return dt
-
-    out = src.parent / "steady-out"
-    once("rs", out)  # warm-up: imports, DALI pipeline, thread pools
-    times: dict = {m: [] for m in METHODS[1:]}
-    for r in range(rounds):
-        for m in times:
-            times[m].append(once(m, out))
-            print(f"  [steady {r + 1}/{rounds}] {m:5s} {count} img  {times[m][-1]:6.2f} s  "
-                  f"{count / times[m][-1]:6.0f} img/s", flush=True)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(f"{out}.state", ignore_errors=True)
-    return {m: {"seconds": v, "img_s": count / statistics.median(v)} for m, v in times.items()}
+def ratios_of(res: dict) -> dict:
+    """The goals' ratios (those whose two methods ran). The figure is the median over rounds of each round's
+    ratio of marginal rates: the two rates of a round were measured minutes apart, in the same machine state,
+    so a round's ratio is a paired comparison; the ratio of the two medians is given beside it."""
+    out = {}
+    for name, goal in GOALS.items():
+        if not all(m in res for m in name.split("/")):
+            continue
+        a, b = (res[m] for m in name.split("/"))
+        per_round = [x / y for x, y in zip(a["marginal_img_s_per_round"], b["marginal_img_s_per_round"]) if x and y]
+        out[name] = {"marginal": statistics.median(per_round) if per_round else None, "per_round": per_round,
+                     "of_medians": a["marginal_img_s"] / b["marginal_img_s"]
+                     if a["marginal_img_s"] and b["marginal_img_s"] else None,
+                     "cpu": b["marginal_cpu_ms_per_img"] / a["marginal_cpu_ms_per_img"],
+                     "end_to_end_3n": a["end_to_end_img_s_3n"] / b["end_to_end_img_s_3n"], "goal": goal}
+    return out
 
 
-def report(n1: int, n2: int, repeat: int, res: dict, ratios: dict, worst_peak: float) -> None:
+def report(n1: int, n2: int, rounds: int, workers, res: dict, ratios: dict) -> None:
     def f(x, spec):
         return "n/a" if x is None else format(x, spec)
 
-    print(f"\nencrypt-shards vs naive: N={n1} and 2N={n2} images, shard size {SHARD_SIZE}, "
-          f"{os.cpu_count()} CPUs, median of {repeat} rounds")
-    print(f"{'method':8s}{'t(N) s':>9s}{'t(2N) s':>9s}{'marginal img/s':>16s}{'e2e@2N img/s':>14s}"
+    print(f"\nencrypt-shards (CLI, defaults{'' if workers is None else f', --workers {workers}'}) vs naive: "
+          f"N={n1} and 3N={n2} images, shard size {SHARD_SIZE}, {os.cpu_count()} CPUs, median of {rounds} rounds")
+    print(f"{'method':11s}{'t(N) s':>9s}{'t(3N) s':>9s}{'marginal img/s':>16s}{'e2e@3N img/s':>14s}"
           f"{'cpu ms/img':>12s}{'peak RSS MiB':>14s}")
     for m, v in res.items():
-        print(f"{m:8s}{v['seconds_n']:9.2f}{v['seconds_2n']:9.2f}{f(v['marginal_img_s'], '.1f'):>16s}"
-              f"{v['end_to_end_img_s_2n']:14.1f}{v['marginal_cpu_ms_per_img']:12.2f}"
+        print(f"{m:11s}{v['seconds_n']:9.2f}{v['seconds_3n']:9.2f}{f(v['marginal_img_s'], '.1f'):>16s}"
+              f"{v['end_to_end_img_s_3n']:14.1f}{v['marginal_cpu_ms_per_img']:12.2f}"
               f"{f(v['peak_rss_mib'], '.0f') if v['peak_rss_mib'] else '-':>14s}")
     print("(cpu ms/img: marginal CPU time, user + sys, summed over all processes and threads)")
+    print("\nworker stages on the 3N set, busy ms per image of each stage's thread (median over rounds):")
+    print(f"{'method':11s}" + "".join(f"{k:>10s}" for k in STAGES))
+    for m, v in res.items():
+        if v["stage_ms_per_img_3n"]:
+            print(f"{m:11s}" + "".join(f"{v['stage_ms_per_img_3n'].get(k, 0.0):10.3f}" for k in STAGES))
+    print("(decode: the main thread's wait for the decoder and its CPU resize; encode: the sink's encoder call, "
+          "the CPU's fused encryption included; encrypt: the kernels' busy time within it)\n")
     for name, r in ratios.items():
         verdict = "n/a" if r["marginal"] is None else ("ok" if r["marginal"] >= r["goal"] else "BELOW GOAL")
-        print(f"{name:9s} marginal {f(r['marginal'], '.2f'):>5s}  (e2e@2N {r['end_to_end_2n']:.2f})"
+        rounds_txt = " ".join(f(x, ".2f") for x in r["per_round"])
+        print(f"{name:16s} marginal {f(r['marginal'], '.2f'):>5s}  (rounds {rounds_txt}; of medians "
+              f"{f(r['of_medians'], '.2f')}; by CPU time {r['cpu']:.2f}; e2e@3N {r['end_to_end_3n']:.2f})"
               f"  goal >= {r['goal']}: {verdict}")
-    print(f"peak RSS of encrypt-shards {worst_peak:.0f} MiB  goal < 2048 MiB: "
-          f"{'ok' if worst_peak < 2048 else 'ABOVE GOAL'}")
+    worst = max(v["peak_rss_mib"] or 0 for v in res.values())
+    print(f"peak RSS of encrypt-shards {worst:.0f} MiB  goal <= 2048 MiB: {'ok' if worst <= 2048 else 'ABOVE GOAL'}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=1000, help="N: sets of about N and 2N images (default 1000)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: N=200")
-    ap.add_argument("--repeat", type=int, default=1, help="rounds (each times every method on N and 2N); medians count")
-    ap.add_argument("--steady", type=int, default=3,
-                    help="rounds of the in-process steady-state comparison on the 2N set (0: skip it)")
+    ap.add_argument("--n", type=int, default=3000, help="N: sets of about N and 3N images (default 3000)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: N=300, one round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (each times every method on N and 3N); medians count")
+    ap.add_argument("--workers", type=int, default=None, help="pass --workers W to the CLI (default: its own default)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument("--work", type=Path, default=None, help="cache folder for the image sets and outputs")
     ap.add_argument("--json", type=Path, default=None, help="write the full results here")
     ap.add_argument("--naive", nargs=2, type=Path, metavar=("SRC", "OUT"), help=argparse.SUPPRESS)
@@ -276,60 +291,39 @@ def main() -> None:
     if args.naive:  # the child process of run_naive
         print(naive(*args.naive))
         return
-    n = 200 if args.quick else args.n
+    n, rounds = (300, 1) if args.quick else (args.n, args.rounds)
+    methods = [m for m in args.methods.split(",") if m]
+    if any(m not in METHODS for m in methods):
+        sys.exit(f"--methods: choose from {', '.join(METHODS)}")
     work = args.work or Path(tempfile.gettempdir()) / "himr-bench-encrypt-shards"
     work.mkdir(parents=True, exist_ok=True)
 
     print(f"building image sets under {work}", flush=True)
     per_class = max(1, round(n / NCLASSES))
-    sets = [image_set(work, per_class, seed=1), image_set(work, 2 * per_class, seed=2)]
-    secs = {m: [] for m in METHODS}
-    cpu = {m: [] for m in METHODS}
-    peak = {m: 0 for m in METHODS}
-    for r in range(args.repeat):
-        rs, cs = {m: [] for m in METHODS}, {m: [] for m in METHODS}
-        for k, (src, count) in enumerate(sets):
-            for m in METHODS:
-                s, c, p = timed(m, src, work, count)
-                rs[m].append(s)
-                cs[m].append(c)
-                peak[m] = max(peak[m], p)
-                print(f"  [{r + 1}/{args.repeat}] {m:5s} {count:5d} img  {s:7.2f} s  {count / s:6.1f} img/s"
-                      f"  cpu {c:6.2f} s"
-                      + (f"  peak RSS {p / 2**20:6.0f} MiB" if p else ""), flush=True)
-        for m in METHODS:
-            secs[m].append(tuple(rs[m]))
-            cpu[m].append(tuple(cs[m]))
+    sets = [image_set(work, per_class, seed=1), image_set(work, 3 * per_class, seed=2)]
+    runs: dict = {m: [] for m in methods}
+    for r in range(rounds):
+        got: dict = {m: [] for m in methods}
+        for src, count in sets:
+            for m in methods:
+                t = timed(m, src, work, count, args.workers)
+                got[m].append(t)
+                print(f"  [{r + 1}/{rounds}] {m:10s} {count:5d} img  {t['seconds']:7.2f} s  "
+                      f"{count / t['seconds']:6.1f} img/s  cpu {t['cpu']:6.2f} s"
+                      + (f"  peak RSS {t['peak'] / 2**20:6.0f} MiB" if t["peak"] else ""), flush=True)
+        for m in methods:
+            runs[m].append(tuple(got[m]))
     shutil.rmtree(work / "out", ignore_errors=True)
     shutil.rmtree(work / "state", ignore_errors=True)
-    steady = steady_state(*sets[1], args.steady) if args.steady else None
 
     n1, n2 = (c for _, c in sets)
-    res = {m: {"name": m, **summarize(n1, n2, secs[m], cpu[m], peak[m] / 2**20 if m != "naive" else None)}
-           for m in METHODS}
-    ratios = {}
-    for name, goal in (("rs/none", 0.95), ("rs/naive", 2.0)):
-        a, b = (res[m] for m in name.split("/"))
-        ratios[name] = {"marginal": a["marginal_img_s"] / b["marginal_img_s"]
-                        if a["marginal_img_s"] and b["marginal_img_s"] else None,
-                        "end_to_end_2n": a["end_to_end_img_s_2n"] / b["end_to_end_img_s_2n"], "goal": goal}
-        if steady:  # naive has no start-up to speak of: its end-to-end rate is its steady rate
-            ours = steady[name.split("/")[0]]["img_s"]
-            ratios[name]["steady"] = ours / (steady[b["name"]]["img_s"] if b["name"] in steady
-                                             else b["end_to_end_img_s_2n"])
-    worst_peak = max(peak.values()) / 2**20
-    report(n1, n2, args.repeat, res, ratios, worst_peak)
-    if steady:
-        print(f"steady state in one process on the 2N set (median of {args.steady}): "
-              + ", ".join(f"{m} {v['img_s']:.0f} img/s" for m, v in steady.items()))
-        for name, r in ratios.items():
-            print(f"{name:9s} steady   {r['steady']:.2f}  goal >= {r['goal']}: "
-                  f"{'ok' if r['steady'] >= r['goal'] else 'BELOW GOAL'}")
+    res = {m: {"name": m, **summarize(n1, n2, runs[m])} for m in methods}
+    ratios = ratios_of(res)
+    report(n1, n2, rounds, args.workers, res, ratios)
     if args.json:
         args.json.write_text(json.dumps({
-            "n": n1, "2n": n2, "repeat": args.repeat, "cpus": os.cpu_count(), "shard_size": SHARD_SIZE,
-            "methods": res, "ratios": ratios, "steady_state": steady, "peak_rss_mib": worst_peak,
-            "python": sys.version.split()[0],
+            "n": n1, "3n": n2, "rounds": rounds, "workers": args.workers, "cpus": os.cpu_count(),
+            "shard_size": SHARD_SIZE, "methods": res, "ratios": ratios, "python": sys.version.split()[0],
         }, indent=2) + "\n")
         print(f"wrote {args.json}")
 

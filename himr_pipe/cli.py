@@ -120,8 +120,8 @@ def main():
 @click.option("--encoder", type=click.Choice(["auto", "cpu", "torchvision", "nvimgcodec"]), default=R.encoder,
               show_default=True, help="Encode stage. auto: CPU threads on the CPU; nvimgcodec (else torchvision) "
                                       "on a GPU for JPEG.")
-@click.option("--kernels", type=click.Choice(["auto", "torch", "triton"]), default=R.kernels, show_default=True,
-              help="Encryption kernels. auto: Triton on a GPU, torch on the CPU.")
+@click.option("--kernels", type=click.Choice(["auto", "cpu", "torch", "triton"]), default=R.kernels, show_default=True,
+              help="Encryption kernels. auto: Triton on a GPU, on the CPU numpy per image (cpu), fused with encoding; torch: the batched reference.")
 @click.option("--views", type=int, default=R.views, show_default=True,
               help="K > 1: bake K random-resized-crop + flip views of each input before encryption, each its own "
                    "sample (offline encryption freezes the image; this restores the usual train-time crops).")

@@ -107,7 +107,12 @@ ENCODERS = ("auto", "cpu", "torchvision", "nvimgcodec")
 
 
 class CpuEncoder:
-    """Encode a batch on the CPU in a thread pool (simplejpeg and zlib release the GIL)."""
+    """Encode a batch on the CPU, in a thread pool where there are threads to spare (simplejpeg and zlib
+    release the GIL), else in the calling thread (no hand-off per image).
+
+    ``prepare(i, image)``: a per-image step run just before image ``i`` is encoded, in the thread that
+    encodes it, whose result is what gets encoded: the worker's encryption (:class:`himr_pipe.kernels.cpu.ImageKernel`),
+    so the encrypted image is encoded while it is still in that core's cache."""
 
     name = "cpu"
 
@@ -116,11 +121,16 @@ class CpuEncoder:
 
         self.fmt = fmt
         self.threads = max(1, threads)
-        self.pool = ThreadPoolExecutor(self.threads)
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
-    def encode(self, batch) -> list[bytes]:
+    def encode(self, batch, prepare=None) -> list[bytes]:
         arr = batch.cpu().numpy() if hasattr(batch, "cpu") else batch
-        return list(self.pool.map(self.fmt.encode, arr))
+        enc = self.fmt.encode
+        one = enc if prepare is None else (lambda i: enc(prepare(i, arr[i])))
+        items = arr if prepare is None else range(len(arr))
+        if self.pool is None or len(arr) < 2:
+            return [one(a) for a in items]
+        return list(self.pool.map(one, items))
 
 
 class TorchvisionJpegEncoder:

@@ -38,7 +38,7 @@ class RunOptions:
     state_dir: str | None = None
     progress: bool | None = None   # None: on when stderr is a terminal
     device: str = "cpu"            # "cpu" or "cuda[:N]": where decode, encryption and encode run
-    kernels: str = "auto"          # "auto" (Triton on CUDA, torch on CPU), "torch" or "triton"
+    kernels: str = "auto"          # "auto" (Triton on CUDA, on the CPU "cpu": numpy, fused with encoding), "cpu", "torch", "triton"
     audit_samples: int = AUDIT_SAMPLES  # quick audit of this many samples at the end (0: none)
     distributor: str = "local"     # "local" (this process with workers=0, else local processes) or "ray"
     annotations: str | None = None  # detection: the COCO instances JSON (None: the usual layout beside SRC)

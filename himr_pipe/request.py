@@ -82,6 +82,8 @@ class EncryptRequest:
                            default_flip(name) if self.flip is None else self.flip)
         if not is_device(self.device):
             raise JobError(f"--device must be {DEVICE_HELP}, got {self.device!r}")
+        if self.kernels == "cpu" and self.device != "cpu":
+            raise JobError(f"--kernels cpu runs on the CPU; on --device {self.device} use auto (Triton) or torch")
         enc_name = resolve_encoder(self.encoder, self.fmt, self.device)
         tv = enc_name == "torchvision"  # nvJPEG writes 4:4:4 only; torchvision's CPU encoder 4:2:0 only
         ifmt = choose_format(self.fmt, sch, self.quality, allow_420=not tv or self.device == "cpu",

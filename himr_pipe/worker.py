@@ -3,8 +3,9 @@
 It reads and screens the bytes of its planned samples (a reader thread, two
 batches ahead), decodes and resizes them in batches (DALI, torchvision or
 nvImageCodec; the next batch decodes while this one is resized), encrypts
-each batch with one kernel call (into a reused buffer), encodes the images
-in a thread pool and writes them a batch at a time (the sink thread), into
+them (on a GPU one kernel call a batch, into a reused buffer; on the CPU one
+image at a time inside the encoder's call, in the thread that encodes it:
+:class:`Fused`), encodes them and writes them a batch at a time (the sink thread), into
 the shard under a temporary name (a local spool file when OUT is on an object store),
 then publishes it atomically (:mod:`.storage`). It returns the shard's stats
 and never touches the owner's state: the driver records them (so a worker
@@ -79,6 +80,14 @@ class ShardWorker:
         self.members = cfg.task_def.member_writer(cfg, {"scheme": s.name, "size": list(s.out_size),
                                                         "patch": s.out_cell})
         self.failpoint = failpoints.from_env()  # the tests' crash injection; None in every real run
+        # the CPU's encryption runs inside the encoder's per-image call (see Fused); a GPU, an encoder of its
+        # own or kernels asked for by name ("torch", "triton") take the batched path
+        from .encode import CpuEncoder
+
+        self.fused = device == "cpu" and kernels in ("auto", "cpu") and isinstance(self.encoder, CpuEncoder)
+        import threading
+
+        self._local, self._kernels, self._kernels_lock = threading.local(), [], threading.Lock()
         self.done_samples = 0
 
     def _batches(self, items, skipped: list, draws: np.ndarray | None = None, timing: dict | None = None):
@@ -131,9 +140,9 @@ class ShardWorker:
     def run(self, task: ShardTask) -> ShardStats:
         """Write shard ``task`` and return its stats. The stages overlap, each in its own thread: reading and
         screening (the reader, up to two batches ahead), decoding (the decoder's threads; the CPU resize of
-        batch i runs in this thread's call while batch i+1 decodes), and the sink (encryption, in chunks over
-        the encoder's threads on the CPU; on a GPU the kernels are launched from this thread), encoding and
-        the tar, a batch at a time. Queues between them are short, so memory stays bounded; batch buffers
+        batch i runs in this thread's call while batch i+1 decodes), and the sink (on the CPU encryption
+        fused with encoding, image by image, over the encoder's threads; on a GPU the kernels are launched
+        from this thread), encoding and the tar, a batch at a time. Queues between them are short, so memory stays bounded; batch buffers
         are reused (:class:`BufferPool`)."""
         import torch
 
@@ -156,7 +165,8 @@ class ShardWorker:
         # these are busy times of their own threads, and each slot has one writer: "read" the reader's,
         # "decode" (this thread's wait for the decoder), "launch" (permutations, buffers, and on a GPU the
         # kernels' launch) and "wait_sink" (its wait for room in the sink's queue) this thread's, "encrypt"
-        # (the CPU's kernels), "encode" and "write" the sink's.
+        # (the CPU's kernels: on the fused CPU path their busy time summed over the encoder's threads, a part
+        # of "encode"), "encode" and "write" the sink's.
         timing = {"read": 0.0, "decode": 0.0, "launch": 0.0, "encrypt": 0.0, "encode": 0.0, "write": 0.0,
                   "wait_sink": 0.0}
         clock = time.perf_counter
@@ -177,13 +187,16 @@ class ShardWorker:
                     x = images.to(self.device)
                     perms = None
                     if perm_keys is not None:
-                        rows = torch.from_numpy(perm_keys[[m.sample.pos for m in meta]]).to(self.device,
-                                                                                             non_blocking=True)
+                        rows = perm_keys[[m.sample.pos for m in meta]]
+                        if not self.fused:  # sorted on the device
+                            rows = torch.from_numpy(rows).to(self.device, non_blocking=True)
                         perms = make_permutations(rows, orient=s.flip)  # flip: orientations packed in
-                    out = None if s.kind == "none" else self.buffers.take(len(meta), s.out_size, self.device)
-                    # On a GPU the kernels are launched here (asynchronous); on the CPU the sink encrypts, in
-                    # its encoder's threads, off this thread's path (decode and resize)
-                    enc = self._encrypt(x, perms, out) if x.is_cuda else (x, perms, out)
+                    if self.fused:
+                        enc = Fused(x, perms)  # the sink encrypts each image as it encodes it
+                    else:
+                        out = None if s.kind == "none" else self.buffers.take(len(meta), s.out_size, self.device)
+                        # on a GPU the kernels are launched here (asynchronous); otherwise the sink runs them
+                        enc = self._encrypt(x, perms, out) if x.is_cuda else (x, perms, out)
                     timing["launch"] += clock() - t
                 t = clock()
                 sink.put((enc, meta, len(bad), images), *args)
@@ -213,14 +226,23 @@ class ShardWorker:
         enc, meta, n_bad, images = item
         cfg, clock = self.cfg, time.perf_counter
         if meta:
-            if isinstance(enc, tuple):  # the CPU: encrypt here
-                t0 = clock()
-                enc = self._encrypt(*enc)
-                timing["encrypt"] += clock() - t0
-            t1 = clock()
-            blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
-            t2 = clock()
-            timing["encode"] += t2 - t1
+            if isinstance(enc, Fused):  # the CPU: each image encrypted in the thread that encodes it, just before
+                before = self._kernel_seconds()
+                t1 = clock()
+                blobs = self.encoder.encode(enc.images, None if self.cfg.scheme.kind == "none" else enc.prepare(self))
+                t2 = clock()
+                timing["encrypt"] += self._kernel_seconds() - before  # summed over the encoder's threads
+                timing["encode"] += t2 - t1  # the fused encryption included
+                enc = enc.images
+            else:
+                if isinstance(enc, tuple):  # kernels "torch" or "triton" on the CPU: one batched call here
+                    t0 = clock()
+                    enc = self._encrypt(*enc)
+                    timing["encrypt"] += clock() - t0
+                t1 = clock()
+                blobs = self.encoder.encode(enc)  # waits for the (asynchronous) kernel on a GPU
+                t2 = clock()
+                timing["encode"] += t2 - t1
             self.buffers.give_back(images, enc)
             for sc, blob in zip(meta, blobs):
                 it = sc.sample
@@ -236,22 +258,45 @@ class ShardWorker:
             self.failpoint.reached(self.done_samples)
 
     def _encrypt(self, x, perms, out):
-        """One batch through the scheme's kernel; on the CPU cut into one chunk per encoder thread, run in
-        that pool (the kernels release the GIL: the RS gather, about 75 us an image, is then spread over
-        the threads instead of lengthening one thread's path)."""
+        """One batch through the scheme's kernel, in one call (a GPU's Triton kernels; on the CPU the torch
+        reference or Triton's interpreter, when asked for by name)."""
         from himr_pipe.kernels import encrypt
 
-        s = self.cfg.scheme
-        pool, k = getattr(self.encoder, "pool", None), getattr(self.encoder, "threads", 1)
-        # (Triton on CPU tensors is its interpreter, which is not thread-safe: one call)
-        if x.is_cuda or pool is None or k < 2 or s.kind == "none" or len(x) < 2 * k or self.kernels == "triton":
-            return encrypt(s, x, perms, impl=self.kernels, out=out)
-        cuts = [len(x) * i // k for i in range(k + 1)]
-        jobs = [pool.submit(encrypt, s, x[a:b], None if perms is None else perms[a:b], self.kernels, out[a:b])
-                for a, b in zip(cuts, cuts[1:])]
-        for j in jobs:
-            j.result()
-        return out
+        return encrypt(self.cfg.scheme, x, perms, impl=self.kernels, out=out)
+
+    def _kernel(self):
+        """This thread's :class:`~himr_pipe.kernels.cpu.ImageKernel` (its scratch buffers are its state)."""
+        k = getattr(self._local, "kernel", None)
+        if k is None:
+            from himr_pipe.kernels.cpu import ImageKernel
+
+            k = self._local.kernel = ImageKernel(self.cfg.scheme)
+            with self._kernels_lock:
+                self._kernels.append(k)
+        return k
+
+    def _kernel_seconds(self) -> float:
+        with self._kernels_lock:
+            return sum(k.seconds for k in self._kernels)
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A CPU batch on its way to the sink: the resized images and their permutations (None for unshuffled
+    schemes), encrypted one image at a time inside the encoder's call (:meth:`prepare`), in the thread
+    that encodes the image, so that the encrypted image is encoded while it is still in that core's cache.
+    Measured against the batched kernel followed by the encoder: see benchmarks/RESULTS.md (issue 18)."""
+
+    images: "torch.Tensor"
+    perms: np.ndarray | None
+
+    def prepare(self, worker: "ShardWorker"):
+        perms = self.perms
+
+        def one(i: int, img: np.ndarray) -> np.ndarray:
+            return worker._kernel()(img, None if perms is None else perms[i])
+
+        return one
 
 
 def _upscaled(hdr, size, resize) -> bool:

@@ -14,7 +14,7 @@ import importlib
 _EXPORTS = {
     "encrypt": ".api",
     "decrypt": ".api",
-    "defence_mask": ".api",
+    "defence_mask": ".reference",
     "mi_mix": ".reference",
     "rs_permute": ".reference",
     "rs_unpermute": ".reference",

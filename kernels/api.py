@@ -1,9 +1,10 @@
 """One entry point for encryption, whatever the device: ``encrypt(scheme, batch, perms)``.
 
-``impl="auto"`` runs the Triton kernels on CUDA tensors and the torch
-reference otherwise; ``impl="triton"`` forces Triton (on CPU tensors that
-needs ``TRITON_INTERPRET=1``: the tests' way of running the GPU code path on
-the CPU). Both give bit-identical results.
+``impl="auto"`` runs the Triton kernels on CUDA tensors and the CPU's numpy
+kernels (:mod:`.cpu`, one image at a time) otherwise; ``impl="torch"`` the torch
+reference, the ground truth, on any device; ``impl="triton"`` forces Triton (on
+CPU tensors that needs ``TRITON_INTERPRET=1``: the tests' way of running the GPU
+code path on the CPU). All give bit-identical results.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import torch
 
 from himr_pipe.scheme import Scheme
 
-IMPLS = ("auto", "torch", "triton")
+from .reference import defence_mask  # noqa: F401 (the kernels' public name, kernels.defence_mask)
+
+IMPLS = ("auto", "torch", "cpu", "triton")
 
 
 def _module(x: torch.Tensor, impl: str):
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}")
-    if impl == "triton" or (impl == "auto" and x.is_cuda):
+    if impl == "triton" or (impl == "auto" and x.is_cuda):  # decrypt's "auto" and "cpu" on the CPU: the reference
         from . import triton_kernels
 
         return triton_kernels
@@ -38,6 +41,12 @@ def encrypt(scheme: Scheme, x: torch.Tensor, perms: torch.Tensor | np.ndarray | 
         raise ValueError(f"batch images are {tuple(x.shape[1:3])}, scheme expects {scheme.size}")
     if scheme.kind == "none":
         return x
+    if impl == "cpu" or (impl == "auto" and not x.is_cuda):
+        if x.is_cuda:
+            raise ValueError("impl='cpu' takes CPU tensors")
+        from . import cpu
+
+        return cpu.encrypt(scheme, x, perms, out=out)
     mod = _module(x, impl)
     if not scheme.shuffled:
         return mod.mi_mix(x, scheme.patch, out=out)
@@ -79,24 +88,3 @@ def _cells(scheme: Scheme, perms, device) -> tuple[torch.Tensor, torch.Tensor | 
     from .perm import split_cells
 
     return split_cells(perms, scheme.num_patches)
-
-
-def defence_mask(scheme: Scheme, device="cpu") -> torch.Tensor:
-    """(H, W, 1) uint8 mask of the defences on the stored image: 0 on every cell's gap border and
-    on the dropped slots.
-
-    The dropped slots are the first ``scheme.dropped`` output slots: after a uniform shuffle they
-    hold a uniformly random subset of the image's cells, so no extra randomness is needed.
-    """
-    p, g = scheme.out_cell, scheme.gap
-    gh, gw = scheme.grid
-    cell = torch.ones((p, p), dtype=torch.uint8, device=device)
-    if g:
-        cell[:g] = 0
-        cell[-g:] = 0
-        cell[:, :g] = 0
-        cell[:, -g:] = 0
-    keep = torch.ones(gh * gw, dtype=torch.uint8, device=device)
-    keep[:scheme.dropped] = 0
-    m = keep.view(gh, 1, gw, 1) * cell.view(1, p, 1, p)
-    return m.reshape(gh * p, gw * p, 1)

@@ -166,3 +166,24 @@ def mi_mix(x: torch.Tensor, patch: int, out: torch.Tensor | None = None) -> torc
         return total.to(torch.uint8).view(b, h // 2, w // 2, c)
     out.view(total.shape).copy_(total)
     return out
+
+
+def defence_mask(scheme, device="cpu") -> torch.Tensor:
+    """(H, W, 1) uint8 mask of the defences on the stored image: 0 on every cell's gap border and
+    on the dropped slots.
+
+    The dropped slots are the first ``scheme.dropped`` output slots: after a uniform shuffle they
+    hold a uniformly random subset of the image's cells, so no extra randomness is needed.
+    """
+    p, g = scheme.out_cell, scheme.gap
+    gh, gw = scheme.grid
+    cell = torch.ones((p, p), dtype=torch.uint8, device=device)
+    if g:
+        cell[:g] = 0
+        cell[-g:] = 0
+        cell[:, :g] = 0
+        cell[:, -g:] = 0
+    keep = torch.ones(gh * gw, dtype=torch.uint8, device=device)
+    keep[:scheme.dropped] = 0
+    m = keep.view(gh, 1, gw, 1) * cell.view(1, p, 1, p)
+    return m.reshape(gh * p, gw * p, 1)
