@@ -165,10 +165,13 @@ class PeakRSS:
         return self.peak
 
 
+CLI_ARGS: list[str] = []  # --cli-arg: more options for every CLI run
+
+
 def encrypt_shards(scheme: str, src: Path, out: Path, state: Path, workers: int | None) -> tuple[int, int]:
     """Run the CLI; returns (written, peak RSS bytes). Fails loudly on any problem."""
     cmd = [sys.executable, "-m", "himr_pipe.cli", "encrypt-shards", str(src), str(out), "--scheme", scheme,
-           "--shard-size", str(SHARD_SIZE), "--state-dir", str(state), "--no-progress", "--no-audit"]
+           "--shard-size", str(SHARD_SIZE), "--state-dir", str(state), "--no-progress", "--no-audit", *CLI_ARGS]
     if workers is not None:
         cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -283,6 +286,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: N=300, one round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds (each times every method on N and 3N); medians count")
     ap.add_argument("--workers", type=int, default=None, help="pass --workers W to the CLI (default: its own default)")
+    ap.add_argument("--cli-arg", action="append", default=[],
+                    help="one more option for every CLI run (repeat it), e.g. --cli-arg=--kernels=torch")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument("--work", type=Path, default=None, help="cache folder for the image sets and outputs")
     ap.add_argument("--json", type=Path, default=None, help="write the full results here")
@@ -292,6 +297,7 @@ def main() -> None:
         print(naive(*args.naive))
         return
     n, rounds = (300, 1) if args.quick else (args.n, args.rounds)
+    CLI_ARGS.extend(args.cli_arg)
     methods = [m for m in args.methods.split(",") if m]
     if any(m not in METHODS for m in methods):
         sys.exit(f"--methods: choose from {', '.join(METHODS)}")
@@ -322,7 +328,7 @@ def main() -> None:
     report(n1, n2, rounds, args.workers, res, ratios)
     if args.json:
         args.json.write_text(json.dumps({
-            "n": n1, "3n": n2, "rounds": rounds, "workers": args.workers, "cpus": os.cpu_count(),
+            "n": n1, "3n": n2, "rounds": rounds, "workers": args.workers, "cli_args": args.cli_arg, "cpus": os.cpu_count(),
             "shard_size": SHARD_SIZE, "methods": res, "ratios": ratios, "python": sys.version.split()[0],
         }, indent=2) + "\n")
         print(f"wrote {args.json}")
