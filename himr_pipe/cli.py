@@ -393,7 +393,7 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
 
     Multi-GPU or multi-process: torchrun --nproc_per_node N -m himr_pipe.cli train ...
     """
-    from himr_pipe.train.loader import DataError
+    from himr_pipe.train.loader import DataError, ShardFault, error_message
     from himr_pipe.train.trainer import TrainConfig, train
 
     cfg = TrainConfig(shards=shards, out=out_dir, val=val, model=model, embed_dim=embed_dim, depth=depth,
@@ -405,8 +405,12 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
                       stop_after=stop_after, decode=decode, eval_every=eval_every)
     try:
         res = train(cfg, log=lambda s: click.echo(f"himr-pipe train: {s}"))
+    except ShardFault as e:  # met mid-run: a failure (exit 1), the last epoch's checkpoint intact
+        click.echo(f"himr-pipe train: error: {error_message(e)}\nhimr-pipe train: the last checkpoint is "
+                   f"{os.path.join(out_dir, 'checkpoint-last.pt')}: fix the shards and --resume", err=True)
+        sys.exit(1)
     except (DataError, ValueError) as e:
-        _fail_usage(str(e))
+        _fail_usage(error_message(e))
     last = res["history"][-1] if res["history"] else {}
     if "val_top1" in last:
         click.echo(f"himr-pipe train: done, val top-1 {last['val_top1']:.4f}")
@@ -414,6 +418,23 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
         click.echo("himr-pipe train: done, val " + ", ".join(f"{k[4:]} {last[k]:.4f}" for k in
                                                              ("val_AP", "val_AP50", "val_AP75", "val_AP_S", "val_AP_M",
                                                               "val_AP_L")))
+
+
+@main.command("timm-train", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("train_py", type=click.Path(exists=True, dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def timm_train_cmd(train_py, args):
+    """Run timm's own TRAIN_PY (pytorch-image-models' train.py) on encrypted shards: ARGS go to it as they are,
+    and for a himr-pipe OUT given as --data-dir the flags OUT implies are added unless given (--dataset wds/himr,
+    --train-split, --model and --model-kwargs shards=OUT, and --no-aug, which keeps the stored grid).
+    See the README's "timm's train.py"."""
+    from himr_pipe.train.timm_script import TimmTrainError, run_timm_train
+
+    try:
+        code = run_timm_train(train_py, list(args), warn=lambda s: click.echo(f"himr-pipe timm-train: {s}", err=True))
+    except TimmTrainError as e:
+        _fail_usage(str(e))
+    sys.exit(code)
 
 
 @main.command("preview")

@@ -5,6 +5,10 @@
 * ``kill-once-after=N:MARKER``: the same, only if the file MARKER does not exist yet, which it creates first
   (so a retried task then runs through: the Ray retry tests).
 
+* ``train-kill-at-step=N``: the trainer SIGKILLs itself once step N is done (a run killed mid-epoch);
+* ``train-kill-after-checkpoint=E``: the trainer SIGKILLs itself right after epoch E's checkpoint is on disk,
+  before the log is (a kill between the two writes).
+
 Unset, nothing happens and nothing is read again. The product never sets it; the tests do, in the
 environment of the processes they start (distributors pass it on to their workers: :func:`child_env`).
 """
@@ -45,3 +49,20 @@ def from_env() -> KillAfter | None:
 def child_env() -> dict[str, str]:
     """The failpoint's variable for a worker started elsewhere (a Ray task), or nothing."""
     return {ENV: os.environ[ENV]} if ENV in os.environ else {}
+
+
+def _train_point(name: str) -> int | None:
+    fp = os.environ.get(ENV, "")
+    return int(fp.split("=", 1)[1]) if fp.startswith(name + "=") else None
+
+
+def train_step(step: int) -> None:
+    """The trainer's step ``step`` is done (``train-kill-at-step``)."""
+    if _train_point("train-kill-at-step") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after_checkpoint(epoch: int) -> None:
+    """The checkpoint after ``epoch`` epochs is on disk, its log not yet (``train-kill-after-checkpoint``)."""
+    if _train_point("train-kill-after-checkpoint") == epoch:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -144,9 +144,12 @@ def build_manifest(job: dict, classes: list[str] | None, empty_classes: list[str
     }
 
 
-def build_timm_info(split: str, shards: list[dict]) -> dict:
+def build_timm_info(split: str, shards: list[dict], model: dict | None = None) -> dict:
+    """timm's split file; ``model``: the family that fits the shards (the manifest's ``model``), so the one file
+    timm reads also says which ``--model`` to pass."""
     return {
         "name": "himr-pipe",
+        **({"model": model} if model else {}),
         "splits": {
             split: {
                 "name": split,

@@ -145,13 +145,14 @@ def _finish(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions, failure
         return RunResult(None, EXIT_FAILED, time.time() - t0, plan.remaining, job.state, [f"run stopped: {e}"])
     manifest = build_manifest(cfg.public(), source.classes, source.empty_classes, shard_recs, total_inputs,
                               skip_recs, upscaled, "complete" if complete else "incomplete", len(inputs_written))
+    manifest["model"] = model = cfg.task_def.model_record(cfg.scheme)  # the timm family that fits the shards
     if task_record is not None:
         manifest[cfg.task] = task_record
     if complete:
         t = manifest["totals"]
         assert t["inputs_written"] + t["skipped"] == total_inputs, t
         assert t["written"] == t["inputs_written"] * cfg.views, t
-        outl.write_json(TIMM_INFO, build_timm_info(cfg.split, shard_recs))
+        outl.write_json(TIMM_INFO, build_timm_info(cfg.split, shard_recs, model))
         # the owner's copy of what was skipped, by name
         ostate.write_skipped([{"input": i, "path": ref, "reason": r} for i, ref, r in skipped])
     outl.write_json(MANIFEST, manifest)  # last: after every shard and the split file

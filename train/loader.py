@@ -22,11 +22,22 @@ for PNG, numpy for raw) and batches leave as uint8 NHWC tensors plus int64
 labels; or, with ``raw=True`` (the trainer's choice on a GPU with JPEG
 shards), the workers only read and the batch is decoded on the device in one
 nvJPEG call (:func:`decode_on_device`), which frees the CPU cores.
+
+Every shard is read through :func:`checked_samples`, which holds it to the manifest: a shard that can't be
+opened or read to its end (truncated, corrupt), a sample that lacks a member, does not decode or has no integer
+label, and a shard that gives another number of samples than the manifest says are each a *fault*, named by
+shard and key. Training skips what is faulty with one warning per shard (stderr) and counts the skipped samples
+(``TrainStream.faults``: the trainer logs them per epoch); a stream whose every shard is unreadable raises
+:class:`DataError` instead of cycling forever, and a stream left short says that its epoch repeats samples to
+keep its length. Evaluation reads every sample once, so a fault there is a :class:`DataError` naming the shard:
+a metric over what happened to be readable would be a wrong metric, silently.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import random
+import sys
 from itertools import islice
 
 import torch
@@ -39,7 +50,25 @@ from himr_pipe.shards import LABEL, META, decode_image
 
 
 class DataError(ValueError):
-    pass
+    """The shards can't be trained or evaluated on as they are (the message names the OUT or the shard)."""
+
+
+class ShardFault(DataError):
+    """A shard met while training or evaluating can't be used (unreadable, or faulty where every sample counts):
+    the run fails there (exit 1), its last checkpoint intact."""
+
+
+def error_message(e: BaseException) -> str:
+    """A DataError's own message, also when it crossed from a loader worker (torch re-raises it with the
+    worker's traceback in the message)."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        tail = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+        for cls in ("ShardFault: ", "DataError: "):
+            if cls in tail:
+                return tail.split(cls, 1)[1]
+        msg = tail
+    return msg
 
 
 def read_manifest(shards_dir: str) -> dict:
@@ -59,6 +88,61 @@ def shard_paths(shards_dir: str, m: dict) -> list[str]:
 
     loc = Location(shards_dir)
     return [loc.url(s["name"]) for s in m["shards"]]
+
+
+def required_members(m: dict) -> frozenset[str]:
+    """The members every sample of the manifest's task has (a sample without one is a fault)."""
+    from himr_pipe.tasks import job_task, task_named
+
+    return frozenset(task_named(job_task(m["job"])).members(m["job"]["format"]["ext"]))
+
+
+def _warn(msg: str) -> None:
+    print(f"himr-pipe train: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _shard_name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def checked_samples(url: str, expected: int | None, ext: str, members: frozenset[str], raw: bool, fault):
+    """The decoded samples of one shard, each held to the manifest; ``fault(url, what, key, lost)`` is told of
+    every fault (``key`` None: the shard's own, an unreadable tar or a count that differs from ``expected``,
+    ``lost`` the samples it lacks).
+
+    Yields only the good samples, decoded as :func:`decode_sample` does (with
+    ``raw``, the JPEG header is still read here, so that a corrupt file never reaches the device's one call
+    for the whole batch)."""
+    errors: list[Exception] = []
+
+    def handler(e: Exception) -> bool:
+        errors.append(e)
+        return True
+
+    seen = 0
+    for s in shard_samples(iter([{"url": url}]), handler=handler):
+        seen += 1
+        key = s.get("__key__", "?")
+        missing = sorted(members - set(s))
+        if missing:
+            fault(url, f"sample {key} lacks {', '.join(missing)}", key, 1)
+            continue
+        try:
+            item = decode_sample(s, ext, raw)
+            if raw and ext == "jpg":
+                import simplejpeg
+
+                simplejpeg.decode_jpeg_header(s[ext])
+        except Exception as e:  # a corrupt image or label: named, skipped by the caller's rule
+            fault(url, f"sample {key} does not decode ({type(e).__name__}: {e})", key, 1)
+            continue
+        yield item
+    lost = max(0, expected - seen) if expected is not None else 0
+    if errors:
+        e = errors[0]
+        fault(url, f"unreadable after {seen} samples ({type(e).__name__}: {e.args[0] if e.args else e})", None, lost)
+    elif expected is not None and seen != expected:
+        fault(url, f"holds {seen} samples, the manifest says {expected}", None, lost)
 
 
 def open_shards(urls, handler=wds.reraise_exception):
@@ -111,10 +195,23 @@ def _stream_id(rank: int, world: int) -> tuple[int, int]:
 
 class TrainStream(IterableDataset):
     def __init__(self, urls: list[str], ext: str, samples_per_rank: int, epoch: int, seed: int,
-                 rank: int = 0, world: int = 1, shuffle_buffer: int = 2000, raw: bool = False):
+                 rank: int = 0, world: int = 1, shuffle_buffer: int = 2000, raw: bool = False,
+                 counts: dict[str, int] | None = None, members: frozenset[str] | None = None):
         self.urls, self.ext, self.raw = urls, ext, raw
         self.samples_per_rank, self.epoch, self.seed = samples_per_rank, epoch, seed
         self.rank, self.world, self.buf = rank, world, shuffle_buffer
+        self.counts, self.members = counts or {}, members or frozenset({ext})
+        # faults met this epoch, summed over the loader's workers (forked: the counter is shared)
+        self._faults = mp.get_context("fork").Value("q", 0)
+
+    @property
+    def faults(self) -> int:
+        """Samples skipped this epoch (faulty samples, and the samples a faulty shard's count lacks)."""
+        return int(self._faults.value)
+
+    def _count(self, n: int) -> None:
+        with self._faults.get_lock():
+            self._faults.value += n
 
     def __iter__(self):
         sid, n = _stream_id(self.rank, self.world)
@@ -128,26 +225,60 @@ class TrainStream(IterableDataset):
         random.Random(f"himr-epoch:{self.seed}:{self.epoch}").shuffle(order)
         mine = order[sid::n] or [order[sid % len(order)]]  # more streams than shards: share some
 
-        def shards():
-            while True:
-                for u in mine:
-                    yield {"url": u}
+        warned: set[tuple[str, bool]] = set()  # (shard, a shard's own fault): one warning each
+        dead: set[str] = set()  # shards that gave no sample at all: not read again this epoch
 
-        samples = shard_samples(shards(), handler=wds.warn_and_continue)
-        samples = wds.shuffle(self.buf, initial=min(self.buf, 100), rng=random.Random(rng.random()))(samples)
-        for s in islice(samples, quota):
-            yield decode_sample(s, self.ext, self.raw)
+        def fault(url, what, key, lost):
+            name = _shard_name(url)
+            self._count(lost)
+            if (url, key is None) not in warned:
+                warned.add((url, key is None))
+                _warn(f"shard {name}: {what}; " + ("its faulty samples are skipped" if key is not None else
+                      "the samples it lacks are skipped") + " (the epoch's count is in log.jsonl)")
+
+        def samples():
+            first = True
+            while True:
+                good = 0
+                for u in mine:
+                    if u in dead:
+                        continue
+                    n = 0
+                    for item in checked_samples(u, self.counts.get(u), self.ext, self.members, self.raw, fault):
+                        n += 1
+                        yield item
+                    if n == 0:
+                        dead.add(u)
+                    good += n
+                if good == 0:
+                    raise ShardFault(f"none of the {len(mine)} shard(s) this loader stream reads gave a sample "
+                                    f"({', '.join(_shard_name(u) for u in mine[:4])}{' ...' if len(mine) > 4 else ''}):"
+                                    " check them with `himr-pipe verify OUT`")
+                if first and warned and good < quota:
+                    _warn(f"{quota - good} samples short after skipping faults: this epoch repeats samples of its "
+                          "shards to keep its length")
+                first = False
+
+        items = wds.shuffle(self.buf, initial=min(self.buf, 100), rng=random.Random(rng.random()))(samples())
+        yield from islice(items, quota)
 
 
 class EvalStream(IterableDataset):
-    def __init__(self, urls: list[str], ext: str, rank: int = 0, world: int = 1, raw: bool = False):
+    def __init__(self, urls: list[str], ext: str, rank: int = 0, world: int = 1, raw: bool = False,
+                 counts: dict[str, int] | None = None, members: frozenset[str] | None = None):
         self.urls, self.ext, self.rank, self.world, self.raw = urls, ext, rank, world, raw
+        self.counts, self.members = counts or {}, members or frozenset({ext})
 
     def __iter__(self):
         sid, n = _stream_id(self.rank, self.world)
-        mine = [{"url": u} for u in self.urls[sid::n]]
-        for s in shard_samples(iter(mine)):
-            yield decode_sample(s, self.ext, self.raw)
+
+        def fault(url, what, key, lost):
+            raise ShardFault(f"validation shard {_shard_name(url)}: {what}. Evaluation reads every sample once, "
+                            "so it stops rather than report a metric over part of the set: check the OUT with "
+                            "`himr-pipe verify OUT` and rerun its encrypt-shards command")
+
+        for u in self.urls[sid::n]:
+            yield from checked_samples(u, self.counts.get(u), self.ext, self.members, self.raw, fault)
 
 
 def collate(batch):
@@ -170,16 +301,24 @@ def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, sa
     m = read_manifest(shards_dir)
     total = samples_per_epoch or m["totals"]["written"]
     per_rank = total // world
-    ds = TrainStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], per_rank, epoch, seed, rank, world,
-                     shuffle_buffer, raw)
+    urls = shard_paths(shards_dir, m)
+    ds = TrainStream(urls, m["job"]["format"]["ext"], per_rank, epoch, seed, rank, world, shuffle_buffer, raw,
+                     shard_counts(urls, m), required_members(m))
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available() and not raw, collate_fn=collate)
+                      pin_memory=torch.cuda.is_available() and not raw, collate_fn=collate,
+                      multiprocessing_context="fork" if workers else None)
+
+
+def shard_counts(urls: list[str], m: dict) -> dict[str, int]:
+    """url -> the samples the manifest says the shard holds."""
+    return {u: int(s["samples"]) for u, s in zip(urls, m["shards"])}
 
 
 def eval_loader(shards_dir: str, batch_size: int, workers: int = 2, rank: int = 0, world: int = 1,
                 raw: bool = False) -> DataLoader:
     m = read_manifest(shards_dir)
-    ds = EvalStream(shard_paths(shards_dir, m), m["job"]["format"]["ext"], rank, world, raw)
+    urls = shard_paths(shards_dir, m)
+    ds = EvalStream(urls, m["job"]["format"]["ext"], rank, world, raw, shard_counts(urls, m), required_members(m))
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False,
                       collate_fn=collate)
 

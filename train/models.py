@@ -335,23 +335,79 @@ def _cfg(input_size=(3, 224, 224), first_conv="patch_embed.proj", **kwargs) -> d
     }
 
 
+# The variants of the defences, one registered name each, so that every scheme's shards have a model that
+# timm (and its train.py) can build by name: (name pattern, class, input, patch, fixed kwargs).
+_VARIANTS = {
+    "pevit_{}_flip_patch16_224": (224, 16, dict(flip=True)),                      # rs with the flip defence
+    "mivit_{}_shuffle_patch16_224": (112, 8, dict(shuffled=True)),                # mi-shuffle
+    "mivit_{}_shuffle_flip_patch16_224": (112, 8, dict(shuffled=True, flip=True)),  # mi-shuffle + flip: the default
+}
+
 # Read by timm's @register_model (must exist before the entrypoints below).
 default_cfgs = generate_default_cfgs({
     **{f"pevit_{s}_patch16_224": _cfg() for s in SIZES},
     **{f"mivit_{s}_patch16_224": _cfg(input_size=(3, 112, 112), first_conv="patch_embed.proj.0") for s in SIZES},
+    **{pat.format(s): _cfg(input_size=(3, n, n), first_conv="patch_embed.proj.0")
+       for pat, (n, _, _) in _VARIANTS.items() for s in SIZES},
 })
 
 
+def shards_scheme(shards) -> tuple[Scheme, int | None, str]:
+    """(scheme, number of classes, task) of an OUT (a path or URL, or its manifest dict)."""
+    if isinstance(shards, Mapping):
+        m = shards
+    else:
+        from himr_pipe.manifest import Manifest
+
+        m = Manifest.load(str(shards), require_complete=True).data
+    from himr_pipe.tasks import job_task, task_named
+
+    task = job_task(m["job"])
+    return Scheme.from_dict(m["job"]["scheme"]), task_named(task).num_classes(m), task
+
+
 def _create(cls, variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Build a registered model. ``shards=OUT`` (a path, URL or manifest dict; timm's train.py passes it with
+    ``--model-kwargs shards=OUT``) or ``scheme=`` fit it to the data: input size and patch from the scheme,
+    the classes from the manifest (unless ``num_classes`` is given), the pretrained_cfg's ``input_size`` set to
+    the stored image size (``crop_pct`` stays 1.0), and a ``ValueError`` saying which model fits when this
+    one does not (:func:`check_model_matches`)."""
     if pretrained:
         raise ValueError(f"{variant}: there are no pretrained weights for models on encrypted images; "
                          "train from scratch (pretrained=False)")
+    shards, scheme = kwargs.pop("shards", None), kwargs.pop("scheme", None)
     out_indices = kwargs.pop("out_indices", 3)
     overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
+    if shards is not None:
+        scheme, ncls, task = shards_scheme(shards)
+        if task != getattr(cls, "himr_task", "classification"):
+            from himr_pipe.tasks import task_named
+
+            fits = task_named(task).model_record(_as_scheme(scheme))["timm"]
+            raise ValueError(f"{variant} is a {getattr(cls, 'himr_task', 'classification')} model and these are "
+                             f"{task} shards: the model for them: {' / '.join(fits)}")
+        if ncls:
+            kwargs.setdefault("num_classes", ncls)
+    if scheme is not None:
+        scheme = _as_scheme(scheme)
+        kwargs.update(img_size=scheme.out_size, patch_size=scheme.out_cell)
+        overlay = {"input_size": (kwargs.get("in_chans", 3), *scheme.out_size), **overlay}
     if kwargs.get("flip") and cls is PEViT:  # the orbit-pooled embedding's first conv is proj[0], as MI's
         overlay = {"first_conv": "patch_embed.proj.0", **overlay}
-    return build_model_with_cfg(cls, variant, False, pretrained_cfg_overlay=overlay or None,
-                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+    model = build_model_with_cfg(cls, variant, False, pretrained_cfg_overlay=overlay or None,
+                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+    if scheme is not None:
+        check = getattr(cls, "check_matches", None) or check_model_matches  # PEYOLOS: check_detector_matches
+        try:
+            check(model, scheme)
+        except ValueError as e:
+            from himr_pipe.tasks import task_named
+
+            fits = task_named(getattr(cls, "himr_task", "classification")).model_record(scheme)["timm"]
+            raise ValueError(f"{variant} does not fit these shards (scheme {scheme.name}): {e}\n"
+                             f"the model for them: {' / '.join(fits)}") from None
+        model.himr_scheme = scheme.to_dict()
+    return model
 
 
 def _size_args(size: str) -> dict[str, int]:
@@ -396,6 +452,27 @@ def mivit_small_patch16_224(pretrained: bool = False, **kwargs) -> MIViT:
 def mivit_base_patch16_224(pretrained: bool = False, **kwargs) -> MIViT:
     """MI-ViT-B for MI of 224x224 with P=16: 112x112 input, patch_size 8, 14x14 grid."""
     return _create(MIViT, "mivit_base_patch16_224", pretrained, **{**_size_args("base"), "patch_size": 8, **kwargs})
+
+
+def _register_variant(pattern: str, size: str, patch: int, fixed: dict) -> None:
+    name = pattern.format(size)
+    cls = PEViT if name.startswith("pevit") else MIViT
+
+    def entry(pretrained: bool = False, **kwargs):
+        clash = sorted(k for k in fixed if k in kwargs and kwargs[k] != fixed[k])
+        if clash:
+            raise ValueError(f"{name} is the model with {fixed}; for other settings use its base model")
+        return _create(cls, name, pretrained, **{**_size_args(size), "patch_size": patch, **kwargs, **fixed})
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__module__ = __name__
+    entry.__doc__ = f"{cls.__name__}-{size} with {fixed} (see the module's docstring)."
+    globals()[name] = register_model(entry)
+
+
+for _pat, (_n, _patch, _fixed) in _VARIANTS.items():
+    for _size in SIZES:
+        _register_variant(_pat, _size, _patch, _fixed)
 
 
 # ---------------------------------------------------------------- scheme <-> model

@@ -327,3 +327,8 @@ def check_detector_matches(model: nn.Module, scheme: Scheme | Mapping[str, Any],
     if problems:
         raise ValueError("detector does not match the data:\n  - " + "\n  - ".join(problems)
                          + "\nbuild the detector from the data's scheme: build_detector(scheme, num_classes, ...)")
+
+
+# what timm.create_model(name, shards=OUT) checks a PEYOLOS against (models._create)
+PEYOLOS.check_matches = staticmethod(check_detector_matches)
+PEYOLOS.himr_task = "detection"

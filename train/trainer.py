@@ -52,7 +52,28 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from himr_pipe import failpoints
+
 from .loader import DataError, decode_on_device, manifest_scheme, read_manifest, train_loader
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(f)`` into ``path.tmp``, flushed to the disk, then renamed over ``path`` (and the rename flushed):
+    a kill at any point leaves the old file or the new one, never a part."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -182,6 +203,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint-last.pt"
     start_epoch, step = 0, 0
+    logged: list[dict] = []  # log.jsonl's records: rewritten whole after each checkpoint, from the checkpoint's
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
     if cfg.resume and ckpt_path.exists():
@@ -192,6 +214,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start_epoch, step = ck["epoch"], ck["step"]
+        logged = list(ck.get("log", []))
         _set_rng_state(ck["rng"])
         if main_rank:
             log(f"resumed from {ckpt_path} at epoch {start_epoch}, step {step}")
@@ -219,6 +242,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             opt.step()
             step += 1
+            failpoints.train_step(step)
             sched.step_update(step)
             loss_sum += loss.item()
             loss_n += 1
@@ -228,6 +252,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if main_rank and cfg.log_interval and step % cfg.log_interval == 0:
                 log(_line(epoch, step, total_steps, loss_sum / loss_n, opt, n_img, t_wait, t_step, world))
         rec = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(1, loss_n),
+               "skipped_samples": loader.dataset.faults,  # faulty samples skipped (loader.checked_samples)
                "loader_img_s": n_img * world / max(t_wait, 1e-9), "step_img_s": n_img * world / max(t_step, 1e-9),
                "wait_share": t_wait / max(t_wait + t_step, 1e-9)}
         if cfg.val and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
@@ -236,14 +261,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if main_rank:
             log(_line(epoch, step, total_steps, rec["train_loss"], opt, n_img, t_wait, t_step, world)
                 + task.describe(rec))
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            logged.append(rec)
             ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                   "epoch": epoch + 1, "step": step, "rng": _rng_state(), "scheme": scheme.to_dict(),
-                  "config": asdict(cfg), "num_classes": num_classes}
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(ck, tmp)
-            os.replace(tmp, ckpt_path)
+                  "config": asdict(cfg), "num_classes": num_classes, "log": logged}
+            # the checkpoint first, then the log it holds: a kill between them or inside either leaves a
+            # checkpoint and a log that agree once --resume rewrites the log (no lost or doubled epoch)
+            _write_atomic(ckpt_path, lambda f: torch.save(ck, f))
+            failpoints.after_checkpoint(epoch + 1)
+            _write_atomic(out / "log.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in logged).encode()))
         if world > 1:
             dist.barrier()
     return {"history": history, "model": model, "steps": step}

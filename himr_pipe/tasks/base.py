@@ -40,6 +40,20 @@ class Task:
         """input -> the id its samples carry in OUT (0: the task keeps none)."""
         return lambda x: 0
 
+    # timm's train.py trains this task's models (classifiers; the detector trains with ``himr-pipe train``)
+    timm_trainable: bool = True
+
+    def num_classes(self, manifest: dict) -> int | None:
+        """The classes a model of a finished OUT's ``manifest`` predicts (None: the manifest does not say)."""
+        return manifest.get("num_classes")
+
+    def model_record(self, scheme) -> dict:
+        """The timm model family that fits shards of ``scheme`` (the manifest's and ``_info.json``'s
+        ``model``): registered names per size, the input they take, the kwargs a geometry other than the
+        registered one needs, and how to build it (``timm.create_model(name, shards=OUT)`` after importing
+        ``himr_pipe.train.models`` (or ``.peyolos``): geometry, classes and the match are then read from OUT's manifest)."""
+        raise NotImplementedError
+
     # -- a sample and its shard ---------------------------------------------------------------------------
     def members(self, ext: str) -> set[str]:
         """The members every sample has (:mod:`himr_pipe.shards`: LABEL, META)."""

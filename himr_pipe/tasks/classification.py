@@ -18,6 +18,35 @@ class Classification(Task):
 
         return open_source(src)
 
+    # registered geometry of every family (train/models.py registers these names): 224x224, P=16
+    REGISTERED = (16, 224)
+    SIZES = ("tiny", "small", "base")
+
+    @staticmethod
+    def model_family(scheme) -> str:
+        """pevit[_flip] (rs), mivit (mi), mivit_shuffle[_flip] (mi-shuffle), vit (none: timm's own ViT)."""
+        if scheme.kind == "rs":
+            return "pevit" + ("_flip" if scheme.flip else "")
+        if scheme.kind == "mi":
+            return "mivit" + ("_shuffle" if scheme.shuffle else "") + ("_flip" if scheme.flip else "")
+        return "vit"
+
+    def model_record(self, scheme):
+        fam = self.model_family(scheme)
+        base, _, variant = fam.partition("_")
+        names = [f"{base}_{size}{'_' + variant if variant else ''}_patch16_224" for size in self.SIZES]
+        p, n = self.REGISTERED
+        if fam == "vit":  # plain images: timm's own ViT (any timm model fits), at the stored size
+            kwargs = {} if tuple(scheme.out_size) == (n, n) else {"img_size": list(scheme.out_size)}
+            create = (f"timm.create_model('{names[0]}', num_classes=<the manifest's num_classes>"
+                      f"{''.join(f', {k}={tuple(v)}' for k, v in kwargs.items())}) (plain images: any timm model fits)")
+        else:
+            kwargs = {} if (scheme.patch, scheme.height, scheme.width) == (p, n, n) else \
+                {"img_size": list(scheme.out_size), "patch_size": scheme.out_cell}
+            create = f"import himr_pipe.train.models; timm.create_model('{names[0]}', shards=OUT)"
+        return {"family": fam, "timm": names, "input_size": [3, *scheme.out_size], "crop_pct": 1.0,
+                "kwargs": kwargs, "create": create}
+
     def members(self, ext):
         return {ext, LABEL, META}
 

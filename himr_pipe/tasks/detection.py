@@ -35,6 +35,14 @@ class Detection(Task):
 
         ann = annotations or find_annotations(src)
         if ann is None:
+            from ..sources import CocoRootError, open_source
+
+            try:  # SRC the root of a COCO dataset: say which images folder to pass
+                open_source(src)
+            except CocoRootError:
+                raise
+            except SourceError:
+                pass
             raise SourceError(f"detection needs the COCO instances JSON of {src!r}: pass --annotations PATH (it "
                              "was not found at ../annotations/instances_<folder>.json either)")
         source, info = open_coco_source(src, ann)
@@ -67,6 +75,22 @@ class Detection(Task):
 
         ids = image_ids(key_hex, len(source.inputs))
         return lambda x: int(ids[x.index])
+
+    timm_trainable = False
+
+    def num_classes(self, manifest):
+        return len(manifest["detection"]["categories"])  # object classes (the detector adds "no object")
+
+    def model_record(self, scheme):
+        # train/peyolos.py registers peyolos_{tiny,small}[_none]_patch16_512 (MI: 256x256 input, patch 8)
+        variant = "" if scheme.kind == "mi" else "_none"
+        names = [f"peyolos_{size}{variant}_patch16_512" for size in ("tiny", "small")]
+        kwargs = {} if (scheme.patch, scheme.height, scheme.width) == (16, 512, 512) else \
+            {"img_size": list(scheme.out_size), "patch_size": scheme.out_cell}
+        return {"family": "peyolos" + variant, "timm": names, "input_size": [3, *scheme.out_size],
+                "crop_pct": 1.0, "kwargs": kwargs,
+                "create": f"import himr_pipe.train.peyolos; timm.create_model('{names[0]}', shards=OUT) "
+                          "(himr-pipe train-detection OUT trains it)"}
 
     def members(self, ext):
         return {ext, META}
