@@ -158,11 +158,17 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
                          include_paths=include_paths, state_dir=state_dir, max_pixels=max_pixels,
                          max_bytes=max_bytes, progress=progress, device=device, decoder=decoder, encoder=encoder,
                          kernels=kernels, views=views, distributor=distributor, ray_address=ray_address, audit=audit)
+    from .storage import StoreUnavailable
+
     try:
         cfg, opts = req.build(src)
         res = encrypt_shards(src, out, cfg, seed, opts)
     except (SchemeError, FormatError, JobError) as e:
         _fail_usage(str(e))
+    except StoreUnavailable as e:  # before any shard (the checks, the lease, the resume scan): nothing changed
+        click.echo(f"himr-pipe: run stopped: {e}. Nothing more was written; rerun the same command to resume "
+                   f"once the store answers.", err=True)
+        sys.exit(1)
     if res.manifest is None:  # stopped before the manifest (an object-store lease lost to another run)
         for m in res.messages:
             click.echo(f"himr-pipe: {m}", err=True)

@@ -31,6 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
+from .storage import StoreUnavailable
 from .worker import ShardTask, WorkerSpec, init_process_worker, run_in_process_worker
 
 
@@ -40,6 +41,9 @@ def failure_reason(task: ShardTask | None, exc: BaseException) -> str:
         return "interrupted"
     if isinstance(exc, BrokenProcessPool):
         return "a worker process died (killed or crashed)"
+    if isinstance(exc, StoreUnavailable):  # it names the request; add the shard where it does not
+        name = task.name if task else "?"
+        return str(exc) if name in str(exc) else f"{exc} (shard {name})"
     return f"shard {task.name if task else '?'} failed: {type(exc).__name__}: {exc}"
 
 

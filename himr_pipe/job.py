@@ -20,7 +20,7 @@ from .manifest import MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manife
 from .shards import shard_name
 from .sources import Input, Source
 from .state import OwnerState
-from .storage import Location, StorageError, in_process_only, is_url
+from .storage import Location, StorageError, StoreUnavailable, in_process_only, is_url
 from .tasks import owns_file
 from .plan import JobConfig, JobError, PlannedSample, ShardStats, ShardTask  # noqa: F401 (JobConfig, JobError: re-exported)
 
@@ -146,6 +146,8 @@ def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptio
         lock.__enter__()
     except OutLocked as e:
         raise JobError(str(e)) from None
+    except StoreUnavailable:  # no answer at all: not the user's arguments (exit 1, not 2)
+        raise
     except OSError as e:  # an object store refused the lease: no bucket, no credentials, no permission
         raise JobError(f"cannot write to OUT {out!r} ({type(e).__name__}: {e})") from None
     try:

@@ -34,6 +34,8 @@ import socket
 import threading
 import time
 
+from .storage import bounded, retrying, store_patience
+
 LOCK_NAME = ".himr-pipe.lock"
 
 
@@ -126,35 +128,43 @@ class OutLease:
         return {"host": socket.gethostname(), "pid": os.getpid(), "since": self._since, "token": self.token,
                 "renewed": time.time(), "ttl": self.ttl}
 
-    def _read(self) -> dict | None:
+    def _read(self, quiet: bool = False) -> dict | None:
+        path = f"{self.out.base}/{LOCK_NAME}"
         try:
-            return json.loads(self.out.read_bytes(LOCK_NAME).decode() or "{}")
+            data = retrying("reading OUT's lease", self.out.root,
+                            lambda: self.out.fs.cat_file(path, **bounded(self.out.fs)), quiet=quiet)
+            return json.loads(data.decode() or "{}")
         except FileNotFoundError:
             return None
         except ValueError:
             return {}
 
-    def _write(self, exclusive: bool) -> bool:
+    def _write(self, exclusive: bool, quiet: bool = False) -> bool:
         """Write our record; with ``exclusive``, only if no lease exists (False if one does)."""
         data = json.dumps(self._record()).encode()
         path = f"{self.out.base}/{LOCK_NAME}"
         if exclusive:
             try:
-                with self.out.fs.open(path, "xb") as f:
-                    f.write(data)
+                def create():
+                    with self.out.fs.open(path, "xb") as f:
+                        f.write(data)
+                self.out._try("taking OUT's lease", create)
                 return True
             except FileExistsError:
                 return False
             except (NotImplementedError, ValueError):  # a backend without conditional writes
                 if self._read() is not None:
                     return False
-        self.out.fs.pipe_file(path, data)
+        retrying("renewing OUT's lease", self.out.root,
+                 lambda: self.out.fs.pipe_file(path, data, **bounded(self.out.fs)), quiet=quiet)
         return True
 
     def __enter__(self) -> "OutLease":
         self._since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if not self._write(exclusive=True):
             cur = self._read() or {}
+            if cur.get("token") == self.token:  # our create went through, its answer was lost and retried
+                cur = {}
             age = time.time() - float(cur.get("renewed", 0) or 0)
             if age < float(cur.get("ttl", self.ttl) or self.ttl):
                 raise OutLocked(f"OUT is being written by another himr-pipe run (host {cur.get('host', '?')}, "
@@ -175,11 +185,11 @@ class OutLease:
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 4):
             try:
-                cur = self._read()
+                cur = self._read(quiet=True)  # the run's own requests say when the store stalls
                 if cur is None or cur.get("token") != self.token:
                     self.lost = True
                     return
-                self._write(exclusive=False)
+                self._write(exclusive=False, quiet=True)
             except Exception:  # a failed renewal is retried at the next tick; the lease outlives a few
                 continue
 
@@ -198,8 +208,14 @@ class OutLease:
             self._thread = None
         if self._held:
             self._held = False
+            # a few seconds at most: a run stopped by a store that went away must not wait on it again; a lease
+            # left behind is taken over once stale
+            path, short = f"{self.out.base}/{LOCK_NAME}", min(5.0, store_patience())
             try:
-                if (self._read() or {}).get("token") == self.token:
-                    self.out.remove(LOCK_NAME)
+                cur = json.loads(retrying("releasing OUT's lease", self.out.root,
+                                          lambda: self.out.fs.cat_file(path, **bounded(self.out.fs)), patience=short).decode() or "{}")
+                if cur.get("token") == self.token:
+                    retrying("releasing OUT's lease", self.out.root, lambda: self.out.fs.rm_file(path, **bounded(self.out.fs)),
+                             patience=short)
             except Exception:
                 pass

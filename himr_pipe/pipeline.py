@@ -28,7 +28,7 @@ from .lock import LeaseLost
 from .plan import ShardStats
 from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info
 from .state import OwnerState
-from .storage import Location
+from .storage import Location, StoreUnavailable
 from .worker import WorkerSpec
 
 
@@ -118,6 +118,19 @@ def _distribute(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions) -> 
 
 def _finish(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions, failure: str | None,
             t0: float) -> RunResult:
+    """:func:`_write_manifest`, or, when the object store holding OUT is gone, why the run stopped (exit 1; the
+    owner's state has every finished shard, so the rerun resumes from them)."""
+    try:
+        return _write_manifest(plan, job, cfg, opts, failure, t0)
+    except StoreUnavailable as e:
+        why = failure or str(e)
+        return RunResult(None, EXIT_FAILED, time.time() - t0, plan.remaining, job.state,
+                         [f"run stopped: {why}. OUT's manifest could not be updated; complete shards are kept; "
+                          f"rerun the same command to resume once the store answers."])
+
+
+def _write_manifest(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions, failure: str | None,
+                    t0: float) -> RunResult:
     """The manifest, assembled from the per-shard stats (complete or not), written last; then the quick audit."""
     outl, source, ostate, done = job.out, job.source, OwnerState(job.state), plan.done
     total_inputs = len(source.inputs)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import braceexpand
 
-from .storage import in_process_only, is_url, local_path, open_url, url_fs
+from .storage import in_process_only, is_url, local_path, bounded, open_url, retrying, url_fs
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
 # WebDataset member extensions that hold the image, in order of preference.
@@ -101,7 +101,7 @@ def read_input(loc: tuple, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
             if size > max_bytes:
                 raise InputError(f"file-too-large: {size} bytes exceeds the limit of {max_bytes}")
             fs, p = url_fs(url)
-            data = fs.cat_file(p)
+            data = retrying(f"reading {p.rsplit('/', 1)[-1]}", url, lambda: fs.cat_file(p, **bounded(fs, size)))
             if len(data) > max_bytes:
                 raise InputError(f"file-too-large: {len(data)} bytes exceeds the limit of {max_bytes}")
             return data
@@ -131,7 +131,8 @@ def read_input(loc: tuple, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
 def _read_range(path: str, offset: int, size: int) -> bytes:
     if is_url(path):
         fs, p = url_fs(path)
-        return fs.cat_file(p, start=offset, end=offset + size)
+        return retrying(f"reading {p.rsplit('/', 1)[-1]}", path,
+                        lambda: fs.cat_file(p, start=offset, end=offset + size, **bounded(fs, size)))
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(size)
@@ -142,7 +143,7 @@ def _file_row(path: str) -> tuple | None:
     if is_url(path):
         fs, p = url_fs(path)
         try:
-            info = fs.info(p)
+            info = retrying(f"looking at {p.rsplit('/', 1)[-1]}", path, lambda: fs.info(p, **bounded(fs)))
         except FileNotFoundError:
             return None
         if info.get("type") != "file":
@@ -197,12 +198,12 @@ def _open_remote(src: str) -> Source:
     base = base.rstrip("/")
     fs.invalidate_cache()
     try:
-        if fs.isfile(base):
+        if retrying("looking at SRC", root, lambda: fs.isfile(base, **bounded(fs))):
             with open_url(root, 1 << 20) as f:
                 if not tarfile.is_tarfile(f):
                     raise SourceError(f"SRC {src!r} is a file but not a tar archive")
             return _webdataset_source(src, [root])
-        found = fs.find(base, withdirs=False, detail=True)
+        found = retrying("listing SRC", root, lambda: fs.find(base, withdirs=False, detail=True, **bounded(fs)))
     except FileNotFoundError:
         found = {}
     scheme = root.split("://", 1)[0]

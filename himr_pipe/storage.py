@@ -19,6 +19,14 @@ Credentials and endpoints come from the environment, as each fsspec backend
 reads them (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_ENDPOINT_URL`` for MinIO or another S3-compatible store, or a profile).
 Object listings are never cached across calls: other processes write OUT.
+
+A store that goes away or stalls is retried, never waited on silently (:func:`retrying`): every request to an
+object store is one bounded attempt (on S3: ``$HIMR_PIPE_STORE_TIMEOUT`` seconds to connect and to answer,
+default 60, and no hidden retries inside botocore or s3fs), retried with exponential backoff (0.5 s doubling,
+at most 15 s) for ``$HIMR_PIPE_STORE_PATIENCE`` seconds (default 120), with one line on stderr per retry that
+names the store, the operation and when it gives up. Then :class:`StoreUnavailable`: the run stops with exit 1
+naming the store, complete shards kept, and the same command resumes once the store is back. Errors that a
+retry cannot mend (a missing object, access denied, a bad URL) are raised at once.
 """
 
 from __future__ import annotations
@@ -26,8 +34,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
-from typing import IO, Any
+import time
+from typing import IO, Any, Callable, TypeVar
 
 LOCAL_SCHEMES = ("file://",)
 SPOOL_PREFIX = "himr-pipe-spool-"
@@ -44,16 +54,125 @@ def local_path(path: str) -> str:
     return p[len("file://"):] if p.startswith("file://") else p
 
 
+TIMEOUT_ENV, PATIENCE_ENV = "HIMR_PIPE_STORE_TIMEOUT", "HIMR_PIPE_STORE_PATIENCE"
+DEFAULT_TIMEOUT, DEFAULT_PATIENCE = 60.0, 120.0
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
 def url_fs(url: str):
-    """(filesystem, path within it) of a URL; fsspec caches filesystem instances per process."""
+    """(filesystem, path within it) of a URL; fsspec caches filesystem instances per process. On S3 each
+    request is one attempt bounded by ``$HIMR_PIPE_STORE_TIMEOUT``: :func:`retrying` does the retrying, so that
+    it can say so."""
     import fsspec
 
+    scheme = url.split("://", 1)[0]
+    opts: dict = {}
+    if scheme in ("s3", "s3a"):
+        t = _env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
+        opts["config_kwargs"] = {"connect_timeout": t, "read_timeout": t, "retries": {"total_max_attempts": 1}}
     try:
-        return fsspec.core.url_to_fs(url)
+        fs, p = fsspec.core.url_to_fs(url, **opts)
     except (ImportError, ValueError) as e:
-        scheme = url.split("://", 1)[0]
         raise StorageError(f"cannot open {scheme}:// URLs ({e}); install the fsspec backend for it "
                            f"(s3fs for s3://, gcsfs for gs://)") from None
+    if opts and getattr(fs, "retries", 1) != 1:
+        fs.retries = 1  # s3fs retries timeouts five times, silently, inside each call
+    return fs, p
+
+
+def bounded(fs, nbytes: int = 0) -> dict:
+    """Keyword arguments that bound one call of an async fsspec filesystem (s3fs, gcsfs) by
+    ``$HIMR_PIPE_STORE_TIMEOUT``, plus a second per MB moved (a store slower than 1 MB/s counts as stalled):
+    fsspec's ``timeout``, which raises ``FSTimeoutError``. botocore's own read timeout does not cover every
+    wait (an upload whose answer never comes hangs past it). Nothing for a synchronous filesystem."""
+    from fsspec.asyn import AsyncFileSystem
+
+    if not isinstance(fs, AsyncFileSystem):
+        return {}
+    return {"timeout": _env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT) + nbytes / 1e6}
+
+
+# errors a retry cannot mend: raised at once
+_PERMANENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+              NotImplementedError, ValueError, TypeError, KeyError)
+_TRANSIENT_NAMES = {"ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                    "ConnectionClosedError", "HTTPClientError", "ResponseStreamingError", "IncompleteReadError",
+                    "ClientConnectorError", "ClientOSError", "ServerDisconnectedError", "ClientPayloadError",
+                    "FSTimeoutError", "TimeoutError", "ProxyConnectionError"}
+
+
+def transient(exc: BaseException) -> bool:
+    """True for a store error that a later attempt may not meet: no connection, a timeout, a dropped
+    connection, a 5xx or throttling answer (s3fs gives those as a plain OSError)."""
+    if isinstance(exc, StoreUnavailable) or isinstance(exc, _PERMANENT):
+        return False
+    if any(c.__name__ in _TRANSIENT_NAMES for c in type(exc).__mro__):
+        return True
+    return type(exc) is OSError or isinstance(exc, (ConnectionError, TimeoutError))
+
+
+class StoreUnavailable(OSError):
+    """The object store did not answer within its patience: the run stops (exit 1) and resumes when it is back."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):  # crosses process boundaries (a worker's failure) intact
+        return (type(self), (self.message,))
+
+
+def store_name(url: str) -> str:
+    """The store as a user knows it: the URL's scheme and bucket, and the S3 endpoint when one is set."""
+    scheme, rest = str(url).split("://", 1) if "://" in str(url) else ("", str(url))
+    where = f"{scheme}://{rest.split('/', 1)[0]}"
+    ep = os.environ.get("AWS_ENDPOINT_URL") if scheme in ("s3", "s3a") else None
+    return f"{where} (endpoint {ep})" if ep else where
+
+
+T = TypeVar("T")
+
+
+def store_patience() -> float:
+    """How long a request to a store that does not answer is retried (``$HIMR_PIPE_STORE_PATIENCE``)."""
+    return _env_seconds(PATIENCE_ENV, DEFAULT_PATIENCE)
+
+
+def retrying(what: str, url: str, fn: Callable[[], T], patience: float | None = None, quiet: bool = False) -> T:
+    """``fn()``, retried with backoff while it fails with a :func:`transient` error, for ``patience`` seconds
+    (``$HIMR_PIPE_STORE_PATIENCE``); a line on stderr per retry; then :class:`StoreUnavailable`."""
+    patience = store_patience() if patience is None else patience
+    t0, delay, tries = time.monotonic(), 0.5, 0
+    while True:
+        tries += 1
+        try:
+            return fn()
+        except Exception as e:
+            if not transient(e):
+                raise
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+            if isinstance(e, TimeoutError) and not str(e):
+                reason += " (no answer within the request's time limit, $HIMR_PIPE_STORE_TIMEOUT)"
+            left = patience - (time.monotonic() - t0)
+            if left <= 0:
+                raise StoreUnavailable(
+                    f"the object store {store_name(url)} did not answer while {what} ({tries} tries over "
+                    f"{time.monotonic() - t0:.0f} s; last: {reason})") from None
+            wait = min(delay, left, 15.0)
+            if not quiet:
+                print(f"himr-pipe: the object store {store_name(url)} is not answering ({what}: {reason}); "
+                      f"retry {tries} in {wait:.1f} s, giving up in {left:.0f} s", file=sys.stderr, flush=True)
+            time.sleep(wait)
+            delay *= 2
 
 
 def in_process_only(path: str) -> bool:
@@ -68,7 +187,8 @@ def open_url(path: str, block_size: int = 8 << 20) -> IO[bytes]:
     if not is_url(path):
         return open(path, "rb")
     fs, p = url_fs(path)
-    return fs.open(p, "rb", block_size=block_size, cache_type="readahead")
+    return retrying(f"opening {p.rsplit('/', 1)[-1]}", path,
+                    lambda: fs.open(p, "rb", block_size=block_size, cache_type="readahead"))
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
@@ -119,6 +239,10 @@ class Location:
     def _p(self, name: str) -> str:
         return f"{self.base}/{name}"
 
+    def _try(self, what: str, fn: Callable[[], T]) -> T:
+        """A request to the store, retried while it does not answer (:func:`retrying`)."""
+        return retrying(what, self.root, fn)
+
     @property
     def identity(self) -> str:
         """A stable, absolute name for this folder (keys the owner's default state folder)."""
@@ -134,14 +258,14 @@ class Location:
     def exists(self, name: str) -> bool:
         if not self.remote:
             return os.path.exists(os.path.join(self.root, name))
-        return self.fs.exists(self._p(name))
+        return self._try(f"looking for {name}", lambda: self.fs.exists(self._p(name), **bounded(self.fs)))
 
     def is_file_root(self) -> bool:
         """True when the root itself is a file (not a folder)."""
         if not self.remote:
             return os.path.isfile(self.root)
         try:
-            return self.fs.isfile(self.base)
+            return self._try("looking at OUT", lambda: self.fs.isfile(self.base, **bounded(self.fs)))
         except FileNotFoundError:
             return False
 
@@ -157,7 +281,7 @@ class Location:
             return sorted(os.listdir(self.root)) if os.path.isdir(self.root) else []
         self.fs.invalidate_cache(self.base)
         try:
-            entries = self.fs.ls(self.base, detail=False)
+            entries = self._try("listing the folder", lambda: self.fs.ls(self.base, detail=False, **bounded(self.fs)))
         except FileNotFoundError:
             return []
         return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != self.base})
@@ -173,7 +297,7 @@ class Location:
             return out
         self.fs.invalidate_cache(self.base)
         try:
-            entries = self.fs.ls(self.base, detail=True)
+            entries = self._try("listing the folder", lambda: self.fs.ls(self.base, detail=True, **bounded(self.fs)))
         except FileNotFoundError:
             return {}
         return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
@@ -183,7 +307,7 @@ class Location:
         try:
             if not self.remote:
                 return os.path.getsize(os.path.join(self.root, name))
-            return int(self.fs.info(self._p(name))["size"])
+            return int(self._try(f"looking at {name}", lambda: self.fs.info(self._p(name), **bounded(self.fs)))["size"])
         except (FileNotFoundError, KeyError):
             return None
 
@@ -196,12 +320,17 @@ class Location:
         if not self.remote:
             with open(os.path.join(self.root, name), "rb") as f:
                 return f.read()
-        return self.fs.cat_file(self._p(name))
+        return self._try(f"reading {name}", lambda: self.fs.cat_file(self._p(name), **bounded(self.fs)))
 
     def read_json(self, name: str) -> Any:
         return json.loads(self.read_bytes(name).decode("utf-8"))
 
     def sha256(self, name: str, chunk: int = 1 << 20) -> tuple[str, int]:
+        if self.remote:  # a read cut short is read again from the start
+            return self._try(f"reading {name}", lambda: self._sha256(name, chunk))
+        return self._sha256(name, chunk)
+
+    def _sha256(self, name: str, chunk: int) -> tuple[str, int]:
         h, n = hashlib.sha256(), 0
         with self.open(name) as f:
             while True:
@@ -219,7 +348,7 @@ class Location:
         if not self.remote:
             atomic_write(os.path.join(self.root, name), data)
         else:
-            self.fs.pipe_file(self._p(name), data)
+            self._try(f"writing {name}", lambda: self.fs.pipe_file(self._p(name), data, **bounded(self.fs, len(data))))
         return hashlib.sha256(data).hexdigest()
 
     def write_json(self, name: str, obj: Any) -> str:
@@ -231,7 +360,7 @@ class Location:
             if not self.remote:
                 os.remove(os.path.join(self.root, name))
             else:
-                self.fs.rm_file(self._p(name))
+                self._try(f"removing {name}", lambda: self.fs.rm_file(self._p(name), **bounded(self.fs)))
         except FileNotFoundError:
             pass
 
@@ -249,7 +378,8 @@ class Location:
             os.replace(staged, os.path.join(self.root, name))
             return
         try:
-            self.fs.put_file(staged, self._p(name))
+            self._try(f"uploading {name}", lambda: self.fs.put_file(staged, self._p(name),
+                                                                    **bounded(self.fs, os.path.getsize(staged))))
         finally:
             os.remove(staged)
 

@@ -183,3 +183,59 @@ def test_memory_urls_tar_src_and_out_match_local(sample_src, tmp_path):
     r = cli("encrypt-shards", "memory://himr-src", "memory://himr-out2", "--workers", "1", "--no-audit",
             "--state-dir", tmp_path / "st2", *ARGS, expect=2)
     assert "memory://" in r.output and "--workers 0" in r.output
+
+
+@pytest.fixture
+def proxy(s3):
+    """The suite's S3 behind a proxy that can go away or stall on cue (tests/storeproxy.py)."""
+    from storeproxy import StoreProxy
+
+    host, port = os.environ["AWS_ENDPOINT_URL"].rsplit("//", 1)[1].split(":")
+    p = StoreProxy(host, int(port))
+    yield p
+    p.close()
+
+
+# a store that does not answer is retried for 2 s, each request bounded by 1 s; a dead run's lease is stale in 2 s
+FAULT_ENV = {"HIMR_PIPE_STORE_PATIENCE": "2", "HIMR_PIPE_STORE_TIMEOUT": "1", "HIMR_PIPE_LEASE_TTL": "2"}
+
+
+@pytest.mark.parametrize("mode,workers", [("down", "2"), ("stall", "0")])
+def test_a_store_that_goes_away_or_stalls_stops_the_run_clearly_and_the_rerun_resumes(
+        s3, proxy, sample_src, local_run, tmp_path, mode, workers):
+    url, prefix, state = f"s3://{BUCKET}/out-{mode}", f"{BUCKET}/out-{mode}", tmp_path / "st"
+    env = {**FAULT_ENV, "AWS_ENDPOINT_URL": proxy.endpoint}
+    proxy.arm(fail_after=3, mode=mode)  # the third shard's upload is never answered, nor anything after it
+    t = time.monotonic()
+    r = encrypt_subprocess(sample_src, url, *ARGS, "--workers", workers, state=state, env=env, timeout=120)
+    took = time.monotonic() - t
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) < 40, r.stderr
+    assert f"is not answering" in r.stderr and "retry 1 in" in r.stderr  # a line per retry, while it waits
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("himr-pipe: run stopped: the object store s3://himr-test (endpoint "
+                           f"{proxy.endpoint}) did not answer while uploading "), last
+    assert "-00000" in last and "rerun the same command to resume" in last, last  # the shard it was on
+    assert took < 60, took  # bounded: patience per request, not botocore's and s3fs's hidden retries
+
+    proxy.up()
+    got = remote_shards(s3, prefix)
+    assert 1 <= len(got) < 4 and all(shard_bytes(local_run)[k] == v for k, v in got.items())
+    if mode == "stall":
+        return  # the resume after a stopped run is the same code either way: proven once, on the "down" run
+    time.sleep(2.5)  # the stopped run's lease, which it could not release, goes stale
+    # in one process (the bytes do not depend on the workers; it saves the suite a pool's start)
+    r = encrypt_subprocess(sample_src, url, *ARGS, "--workers", "0", state=state, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert remote_shards(s3, prefix) == shard_bytes(local_run)
+    assert remote_manifest(s3, prefix) == manifest(local_run)
+
+
+def test_a_store_down_before_the_run_starts_is_one_clear_line(s3, proxy, sample_src, tmp_path):
+    proxy.close()
+    r = encrypt_subprocess(sample_src, f"s3://{BUCKET}/out-gone", *ARGS, state=tmp_path / "st",
+                           env={**FAULT_ENV, "AWS_ENDPOINT_URL": proxy.endpoint}, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"himr-pipe: run stopped: the object store s3://himr-test (endpoint {proxy.endpoint}) did not answer"), r.stderr
+    assert "Nothing more was written" in r.stderr
