@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--decoder", default="dali", help="encrypt-shards' decoder (torchvision where DALI is absent)")
+    ap.add_argument("--aux-loss", action="store_true", help="train with --aux-loss (DETR's auxiliary set losses)")
+    ap.add_argument("--schemes", default="none,mi,rs-control", help="which rows to train (comma-separated)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -140,14 +142,14 @@ def main() -> None:
             outs[("rs-control", split)] = work / f"rs-control-{split}"
             rs_control(outs[("none", split)], outs[("rs-control", split)], args.patch, seed=2 if split == "val" else 1)
         rows = {}
-        for scheme in ("none", "mi", "rs-control"):
+        for scheme in args.schemes.split(","):
             run = work / f"run-{scheme}"
             t = time.time()
             run_cli("train", outs[(scheme, "train")], "--val", outs[(scheme, "train")], "--out", run,
                     "--epochs", args.epochs, "--batch-size", args.batch, "--embed-dim", "96", "--depth", "4",
                     "--heads", "3", "--det-tokens", "20", "--lr", "5e-4", "--warmup-epochs", "2",
                     "--drop-path", "0", "--no-aug", "--workers", "0", "--log-interval", "0", "--seed", "0",
-                    "--eval-every", args.epochs)
+                    "--eval-every", args.epochs, *(("--aux-loss",) if args.aux_loss else ()))
             fit = log_of(run)
             rows[scheme] = {"fit": {k[4:]: v for k, v in fit.items() if k.startswith("val_")},
                             "val": validate(run, outs[(scheme, "val")]),
@@ -163,7 +165,7 @@ def main() -> None:
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     res = {"args": vars(args), "device": dev, "rows": rows, "seconds": time.time() - t0}
     print(f"\n== detection ({args.data}), {args.train} train / {args.val} val images, canvas {args.size}, P={args.patch}, "
-          f"{args.epochs} epochs, tiny PEYOLOS (width 96, depth 4), {dev} ==")
+          f"{args.epochs} epochs, tiny PEYOLOS (width 96, depth 4){', aux losses' if args.aux_loss else ''}, {dev} ==")
     print("scheme      split  AP     AP50   AP75   AP-S   AP-M   AP-L   loader/step img/s")
     for k, r in rows.items():
         for split in ("fit", "val"):

@@ -373,6 +373,8 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
 @click.option("--weight-decay", type=float, default=None, help="Default: 0.05 (DeiT); detection: 1e-4 (YOLOS).")
 @click.option("--clip-grad", type=float, default=None, help="Gradient norm clip. Default: none; detection: 0.1.")
 @click.option("--det-tokens", type=int, default=100, show_default=True, help="Detection: YOLOS's detection tokens.")
+@click.option("--aux-loss/--no-aux-loss", default=False, show_default=True,
+              help="Detection: DETR's auxiliary set losses on every block's detection tokens (shared heads).")
 @click.option("--warmup-epochs", type=float, default=5, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
 @click.option("--drop-path", type=float, default=0.1, show_default=True)
@@ -392,7 +394,7 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
 @click.option("--stop-after", type=int, default=None,
               help="End this run after N epochs (for time-boxed jobs); --resume continues it exactly.")
 def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs, batch_size, lr, weight_decay,
-              clip_grad, det_tokens, warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
+              clip_grad, det_tokens, aux_loss, warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
               samples_per_epoch, resume, decode, eval_every, stop_after):
     """Train on encrypted SHARDS (an OUT folder of encrypt-shards), streaming: a classifier, or PEYOLOS when the
     shards are detection shards (COCO AP on --val).
@@ -404,7 +406,7 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
 
     cfg = TrainConfig(shards=shards, out=out_dir, val=val, model=model, embed_dim=embed_dim, depth=depth,
                       num_heads=heads, rpe=rpe, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, clip_grad=clip_grad, det_tokens=det_tokens,
+                      weight_decay=weight_decay, clip_grad=clip_grad, det_tokens=det_tokens, aux_loss=aux_loss,
                       warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                       drop_path=drop_path, augment=aug, workers=workers, seed=seed, device=device, amp=amp,
                       log_interval=log_interval, samples_per_epoch=samples_per_epoch, resume=resume,

@@ -86,6 +86,50 @@ def test_detector_outputs(kind, hw):
     check_detector_matches(model, s)
 
 
+def test_aux_loss_supervises_every_block_with_the_shared_heads():
+    """--aux-loss: in training the model also gives each earlier block's detection tokens through the same norm
+    and heads; the final prediction is the plain forward's exactly, and evaluation has no aux outputs."""
+    torch.manual_seed(0)
+    s = Scheme("mi", 16, 64, 64)
+    model = build_detector(s, 3, **TINY, aux_loss=True)
+    depth = len(model.blocks)
+    x = torch.randn(2, 3, *s.out_size)
+    model.train()
+    out = model(x)
+    assert len(out["aux_outputs"]) == depth - 1 >= 1
+    assert all(a["pred_logits"].shape == out["pred_logits"].shape and a["pred_boxes"].shape == out["pred_boxes"].shape
+               for a in out["aux_outputs"])
+    plain = model.forward_head(model.forward_features(x))  # dropouts are 0: the same numbers
+    torch.testing.assert_close(out["pred_boxes"], plain["pred_boxes"], rtol=0, atol=0)
+    # block k's aux output is the heads on block k's tokens: recompute block 1 by hand
+    t = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    first = model.forward_head(model.norm(model.blocks[0](t)))
+    torch.testing.assert_close(out["aux_outputs"][0]["pred_logits"], first["pred_logits"], rtol=0, atol=0)
+    assert "aux_outputs" not in model.eval()(x)
+    # the training loss sums the set loss of every output; each term is >= 0 and has a gradient
+    crit = SetCriterion(3)
+    tg = [{"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]), "labels": torch.tensor([1])}] * 2
+    model.train()
+    from himr_pipe.train.tasks import DetectionTraining
+
+    class _T(DetectionTraining):
+        def __init__(self):
+            self.aug, self.criterion = None, crit
+
+    class _Cfg:
+        pass
+    imgs = (torch.rand(2, *s.out_size, 3) * 255).to(torch.uint8)
+    total = _T().loss(model, imgs, tg, torch.device("cpu"), None, False, 0.0, 1.0, _Cfg())
+    with torch.no_grad():
+        torch.manual_seed(1)
+        o = model(imgs.permute(0, 3, 1, 2).float().div(255))
+        parts = [crit({k: o[k] for k in ("pred_logits", "pred_boxes")}, tg)["loss"]] + \
+            [crit(a, tg)["loss"] for a in o["aux_outputs"]]
+    torch.testing.assert_close(total.detach(), sum(parts), rtol=1e-5, atol=1e-5)
+    total.backward()
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
 def test_detection_tokens_have_their_own_positions():
     """Identical detection tokens still give different outputs: their position-embedding rows tell them apart."""
     torch.manual_seed(0)

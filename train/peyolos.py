@@ -104,7 +104,7 @@ class PEYOLOS(VisionTransformer):
     _FIXED = ("pos_embed", "embed_layer", "reg_tokens", "no_embed_class", "global_pool", "dynamic_img_pad")
 
     def __init__(self, img_size=256, patch_size=8, num_classes: int = 91, det_tokens: int = 100, mi: bool = True,
-                 **kwargs):
+                 aux_loss: bool = False, **kwargs):
         for key in self._FIXED:
             if key in kwargs:
                 raise ValueError(f"PEYOLOS fixes {key}; got {key}={kwargs[key]!r} (detection tokens need their own "
@@ -123,6 +123,7 @@ class PEYOLOS(VisionTransformer):
         self.num_classes = int(num_classes)
         self.det_tokens = int(det_tokens)
         self.mi = bool(mi)
+        self.aux_loss = bool(aux_loss)
         self.himr_kind = "mi" if mi else "none"
         self.class_embed = MLP(self.embed_dim, self.embed_dim, self.num_classes + 1, 3, **dd)
         self.bbox_embed = MLP(self.embed_dim, self.embed_dim, 4, 3, **dd)
@@ -178,7 +179,20 @@ class PEYOLOS(VisionTransformer):
         return {"pred_logits": self.class_embed(d), "pred_boxes": self.bbox_embed(d).sigmoid()}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward_head(self.forward_features(x))
+        """The detection tokens' predictions; in training with ``aux_loss``, also ``"aux_outputs"``: the same
+        heads (shared, as in DETR) on every earlier block's detection tokens, after the final norm, so that a
+        set loss can supervise each depth (DETR's auxiliary losses, which speed a from-scratch fit)."""
+        if not (self.aux_loss and self.training):
+            return self.forward_head(self.forward_features(x))
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        aux = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i < len(self.blocks) - 1:
+                aux.append(self.forward_head(self.norm(x)))
+        out = self.forward_head(self.norm(x))
+        out["aux_outputs"] = aux
+        return out
 
 
 # ---------------------------------------------------------------- timm registry

@@ -125,7 +125,7 @@ class DetectionTraining(Training):
         from .peyolos import build_detector, check_detector_matches
 
         model = build_detector(scheme, self.num_classes, size=cfg.model, det_tokens=cfg.det_tokens,
-                               drop_path_rate=cfg.drop_path, **overrides)
+                               aux_loss=cfg.aux_loss, drop_path_rate=cfg.drop_path, **overrides)
         check_detector_matches(model, scheme)
         return model
 
@@ -148,7 +148,10 @@ class DetectionTraining(Training):
         x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = net(x)
-        return self.criterion({k: v.float() for k, v in out.items()}, targets)["loss"]
+        loss = self.criterion({k: out[k].float() for k in ("pred_logits", "pred_boxes")}, targets)["loss"]
+        for aux in out.get("aux_outputs", ()):  # --aux-loss: each earlier block's tokens, matched on their own
+            loss = loss + self.criterion({k: v.float() for k, v in aux.items()}, targets)["loss"]
+        return loss
 
     def evaluate(self, net, cfg, device, mean, std, rank, world, amp, raw):
         ap = evaluate_detection(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std,

@@ -96,6 +96,7 @@ class TrainConfig:
     weight_decay: float | None = None  # default 0.05 (detection: 1e-4, YOLOS)
     clip_grad: float | None = None     # gradient norm clip; default none (detection: 0.1, YOLOS)
     det_tokens: int = 100              # detection: YOLOS's detection tokens
+    aux_loss: bool = False             # detection: DETR's auxiliary losses on every block's detection tokens
     warmup_epochs: float = 5
     label_smoothing: float = 0.1
     drop_path: float = 0.1
