@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 
-from .storage import bounded, retrying, store_patience
+from .storage import bounded, store_patience
 
 LOCK_NAME = ".himr-pipe.lock"
 
@@ -131,8 +131,8 @@ class OutLease:
     def _read(self, quiet: bool = False) -> dict | None:
         path = f"{self.out.base}/{LOCK_NAME}"
         try:
-            data = retrying("reading OUT's lease", self.out.root,
-                            lambda: self.out.fs.cat_file(path, **bounded(self.out.fs)), quiet=quiet)
+            data = self.out._try("reading OUT's lease", lambda: self.out.fs.cat_file(path, **bounded(self.out.fs)),
+                                 quiet=quiet)
             return json.loads(data.decode() or "{}")
         except FileNotFoundError:
             return None
@@ -155,8 +155,8 @@ class OutLease:
             except (NotImplementedError, ValueError):  # a backend without conditional writes
                 if self._read() is not None:
                     return False
-        retrying("renewing OUT's lease", self.out.root,
-                 lambda: self.out.fs.pipe_file(path, data, **bounded(self.out.fs)), quiet=quiet)
+        self.out._try("renewing OUT's lease", lambda: self.out.fs.pipe_file(path, data, **bounded(self.out.fs)),
+                      quiet=quiet)
         return True
 
     def __enter__(self) -> "OutLease":
@@ -212,10 +212,11 @@ class OutLease:
             # left behind is taken over once stale
             path, short = f"{self.out.base}/{LOCK_NAME}", min(5.0, store_patience())
             try:
-                cur = json.loads(retrying("releasing OUT's lease", self.out.root,
-                                          lambda: self.out.fs.cat_file(path, **bounded(self.out.fs)), patience=short).decode() or "{}")
+                cur = json.loads(self.out._try("releasing OUT's lease",
+                                               lambda: self.out.fs.cat_file(path, **bounded(self.out.fs)),
+                                               patience=short).decode() or "{}")
                 if cur.get("token") == self.token:
-                    retrying("releasing OUT's lease", self.out.root, lambda: self.out.fs.rm_file(path, **bounded(self.out.fs)),
-                             patience=short)
+                    self.out._try("releasing OUT's lease", lambda: self.out.fs.rm_file(path, **bounded(self.out.fs)),
+                                  patience=short)
             except Exception:
                 pass

@@ -239,9 +239,9 @@ class Location:
     def _p(self, name: str) -> str:
         return f"{self.base}/{name}"
 
-    def _try(self, what: str, fn: Callable[[], T]) -> T:
+    def _try(self, what: str, fn: Callable[[], T], patience: float | None = None, quiet: bool = False) -> T:
         """A request to the store, retried while it does not answer (:func:`retrying`)."""
-        return retrying(what, self.root, fn)
+        return retrying(what, self.root, fn, patience=patience, quiet=quiet)
 
     @property
     def identity(self) -> str:

@@ -206,9 +206,8 @@ def test_a_store_that_goes_away_or_stalls_stops_the_run_clearly_and_the_rerun_re
     url, prefix, state = f"s3://{BUCKET}/out-{mode}", f"{BUCKET}/out-{mode}", tmp_path / "st"
     env = {**FAULT_ENV, "AWS_ENDPOINT_URL": proxy.endpoint}
     proxy.arm(fail_after=3, mode=mode)  # the third shard's upload is never answered, nor anything after it
-    t = time.monotonic()
+    # the subprocess's timeout is the guard against a hang; no timing is asserted
     r = encrypt_subprocess(sample_src, url, *ARGS, "--workers", workers, state=state, env=env, timeout=120)
-    took = time.monotonic() - t
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) < 40, r.stderr
     assert f"is not answering" in r.stderr and "retry 1 in" in r.stderr  # a line per retry, while it waits
@@ -216,7 +215,10 @@ def test_a_store_that_goes_away_or_stalls_stops_the_run_clearly_and_the_rerun_re
     assert last.startswith("himr-pipe: run stopped: the object store s3://himr-test (endpoint "
                            f"{proxy.endpoint}) did not answer while uploading "), last
     assert "-00000" in last and "rerun the same command to resume" in last, last  # the shard it was on
-    assert took < 60, took  # bounded: patience per request, not botocore's and s3fs's hidden retries
+    import re
+
+    tries = int(re.search(r"\((\d+) tries over", last).group(1))
+    assert 2 <= tries <= 6, last  # our bounded retries gave up (botocore's and s3fs's hidden ones are off)
 
     proxy.up()
     got = remote_shards(s3, prefix)
