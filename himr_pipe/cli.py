@@ -230,23 +230,27 @@ def verify_cmd(out, decode):
               help="Images per class (classification; shapes: train images per class, and a quarter as many, "
                    "at least 2, for val).")
 @click.option("--size", type=int, default=128, show_default=True, help="Image side in pixels (shapes).")
+@click.option("--kind", type=click.Choice(["shapes", "rects"]), default="shapes", show_default=True,
+              help="Detection: shapes (four kinds of shape drawn on the bundled photos, JPEG) or rects (red and "
+                   "green rectangles on dark noise, PNG: the set a small detector learns to find within minutes "
+                   "on a CPU; the README's detection path).")
 @click.option("--train-images", type=int, default=24, show_default=True, help="Train images (detection).")
 @click.option("--val-images", type=int, default=8, show_default=True, help="Val images (detection).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
-def sample_data_cmd(ctx, dest, task, per_class, size, train_images, val_images, seed):
+def sample_data_cmd(ctx, dest, task, per_class, size, kind, train_images, val_images, seed):
     """Write a small sample dataset cut from scikit-image's bundled photos (no download): an ImageNet-style
     folder, with --task detection a COCO-format detection set of coloured shapes drawn on them, or with
     --task shapes the structured accuracy proxy (train/ and val/ folders)."""
     from click.core import ParameterSource
 
-    from .sample_data import make_detection_sample, make_sample_folder, make_shapes_classification
+    from .sample_data import make_detection_sample, make_rect_detection, make_sample_folder, make_shapes_classification
 
     def given(name):
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
-    if task != "detection" and (given("train_images") or given("val_images")):
-        _fail_usage("--train-images/--val-images are for --task detection")
+    if task != "detection" and (given("train_images") or given("val_images") or given("kind")):
+        _fail_usage("--kind/--train-images/--val-images are for --task detection")
     if task != "shapes" and given("size"):
         _fail_usage("--size is for --task shapes")
     if task == "shapes" and (per_class < 1 or size < 16):
@@ -257,6 +261,13 @@ def sample_data_cmd(ctx, dest, task, per_class, size, train_images, val_images, 
         _fail_usage("--train-images must be at least 1 and --val-images at least 0")
     if os.path.exists(dest) and os.listdir(dest):
         _fail_usage(f"{dest} exists and is not empty; choose a new folder")
+    if task == "detection" and kind == "rects":
+        # distinct draws for the two splits (as --task shapes)
+        make_rect_detection(dest, train_images, [seed, 0], "train2017")
+        make_rect_detection(dest, val_images, [seed, 1], "val2017")
+        click.echo(f"himr-pipe: wrote {train_images + val_images} PNGs ({train_images} train, {val_images} val) "
+                   f"of red and green rectangles (COCO detection) to {dest}")
+        return
     if task == "detection":
         r = make_detection_sample(dest, train_images=train_images, val_images=val_images, seed=seed)
         click.echo(f"himr-pipe: wrote {r['images']} JPEGs ({r['train_images']} train, {r['val_images']} val) "
@@ -369,12 +380,18 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
 @click.option("--epochs", type=int, default=300, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Per process.")
 @click.option("--lr", type=float, default=None,
-              help="Default: 5e-4 x global batch / 512 (DeiT); detection: 1e-4 (YOLOS).")
+              help="Default: 5e-4 x global batch / 512 (DeiT); detection: 5e-4 (from scratch).")
 @click.option("--weight-decay", type=float, default=None, help="Default: 0.05 (DeiT); detection: 1e-4 (YOLOS).")
 @click.option("--clip-grad", type=float, default=None, help="Gradient norm clip. Default: none; detection: 0.1.")
 @click.option("--det-tokens", type=int, default=100, show_default=True, help="Detection: YOLOS's detection tokens.")
 @click.option("--aux-loss/--no-aux-loss", default=False, show_default=True,
               help="Detection: DETR's auxiliary set losses on every block's detection tokens (shared heads).")
+@click.option("--dense-aux/--no-dense-aux", default=True, show_default=True,
+              help="Detection: a one-to-many loss on the patch tokens (each predicts the object over it, shared "
+                   "heads; training only). What makes a from-scratch PEYOLOS learn to localise at small budgets.")
+@click.option("--pos-init", type=click.Choice(["sincos", "learn"]), default="sincos", show_default=True,
+              help="Detection: start the patch position embedding at 2D sine-cosine values (still learned), or "
+                   "at timm's random ones.")
 @click.option("--warmup-epochs", type=float, default=5, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
 @click.option("--drop-path", type=float, default=0.1, show_default=True)
@@ -394,7 +411,7 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
 @click.option("--stop-after", type=int, default=None,
               help="End this run after N epochs (for time-boxed jobs); --resume continues it exactly.")
 def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs, batch_size, lr, weight_decay,
-              clip_grad, det_tokens, aux_loss, warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
+              clip_grad, det_tokens, aux_loss, dense_aux, pos_init, warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
               samples_per_epoch, resume, decode, eval_every, stop_after):
     """Train on encrypted SHARDS (an OUT folder of encrypt-shards), streaming: a classifier, or PEYOLOS when the
     shards are detection shards (COCO AP on --val).
@@ -407,6 +424,7 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
     cfg = TrainConfig(shards=shards, out=out_dir, val=val, model=model, embed_dim=embed_dim, depth=depth,
                       num_heads=heads, rpe=rpe, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, clip_grad=clip_grad, det_tokens=det_tokens, aux_loss=aux_loss,
+                      dense_aux=dense_aux, pos_init=pos_init,
                       warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                       drop_path=drop_path, augment=aug, workers=workers, seed=seed, device=device, amp=amp,
                       log_interval=log_interval, samples_per_epoch=samples_per_epoch, resume=resume,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -361,11 +362,13 @@ def make_detection_sample(root: str | os.PathLike, train_images: int = 24, val_i
     return counts
 
 
-def make_rect_detection(root, images: int = 4, seed: int = 0, folder: str = "imgs"):
+def make_rect_detection(root, images: int = 4, seed: int | Sequence[int] = 0, folder: str = "imgs"):
     """A trivially learnable COCO set: ``images`` pictures (landscape, portrait, square) of dark noise with one
     or two solid rectangles, red (category 3) or green (category 7), with exact boxes; in
     ``root/folder`` and ``root/annotations/instances_{folder}.json``. For smoke tests and the detection
-    benchmark, where a tiny detector must learn within a CPU budget; returns the images folder."""
+    benchmark, where a tiny detector must learn within a CPU budget; returns the images folder. ``seed`` is
+    numpy's (an int or a sequence of ints: ``sample-data --kind rects`` draws split ``k`` with ``[seed, k]``).
+    Zero images write an empty split (an images folder and a JSON without images)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     (root / folder).mkdir(parents=True)

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from himr_pipe.boxes import letterbox_frame
 from himr_pipe.kernels import mi_mix
 from himr_pipe.scheme import Scheme
-from himr_pipe.train.detection import HungarianMatcher, SetCriterion, coco_evaluate, gather_results, postprocess
+from himr_pipe.train.detection import (HungarianMatcher, SetCriterion, coco_evaluate, dense_loss, dense_targets,
+                                      gather_results, postprocess)
 from himr_pipe.train.models import MIPatchEmbed, build_model
-from himr_pipe.train.peyolos import PEYOLOS, build_detector, check_detector_matches
+from himr_pipe.train.peyolos import PEYOLOS, build_detector, check_detector_matches, sincos_2d
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, det_tokens=5)
 
@@ -128,6 +129,108 @@ def test_aux_loss_supervises_every_block_with_the_shared_heads():
     torch.testing.assert_close(total.detach(), sum(parts), rtol=1e-5, atol=1e-5)
     total.backward()
     assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_dense_targets_assign_each_patch_the_smallest_box_over_its_centre():
+    """A 4x4 grid (centres at 1/8, 3/8, 5/8, 7/8): a large box, a small one inside it that holds no centre (it
+    gets the patch its own centre falls in, and wins it from the large box), and a box smaller than a patch in
+    a corner; an image without objects is all background."""
+    big, small, speck = [0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.2, 0.2], [0.9, 0.1, 0.01, 0.01]
+    tg = [{"boxes": torch.tensor([big, small, speck]), "labels": torch.tensor([0, 1, 0])},
+          {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    labels, boxes = dense_targets(tg, (4, 4), num_classes=2)
+    assert labels[0].view(4, 4).tolist() == [[2, 2, 2, 0],
+                                             [2, 0, 0, 2],
+                                             [2, 0, 1, 2],
+                                             [2, 2, 2, 2]]
+    assert labels[1].tolist() == [2] * 16 and boxes[1].abs().sum() == 0
+    assert boxes[0, 5].tolist() == big and boxes[0, 10].tolist() == pytest.approx(small)
+    assert boxes[0, 3].tolist() == pytest.approx(speck) and boxes[0, 0].abs().sum() == 0
+    # a non-square grid is row-major, as the ViT's tokens: (rows 2, cols 4), a box over the right half's top row
+    lab, _ = dense_targets([{"boxes": torch.tensor([[0.75, 0.25, 0.5, 0.5]]), "labels": torch.tensor([1])}],
+                           (2, 4), num_classes=2)
+    assert lab[0].tolist() == [2, 2, 1, 1, 2, 2, 2, 2]
+
+
+def test_dense_loss_is_the_set_losses_on_the_assignment():
+    """Perfect dense predictions give zero box losses; the class term is the weighted cross entropy of the
+    assignment, recomputed with torch."""
+    tg = [{"boxes": torch.tensor([[0.25, 0.25, 0.5, 0.5]]), "labels": torch.tensor([1])}]
+    lab, box = dense_targets(tg, (2, 2), num_classes=3)
+    assert lab[0].tolist() == [1, 3, 3, 3]
+    logits = torch.randn(1, 4, 4)
+    out = {"pred_logits": logits, "pred_boxes": box.clone(), "grid": (2, 2)}
+    got = dense_loss(out, tg, num_classes=3)
+    assert got["loss_bbox"] == 0 and got["loss_giou"] == 0
+    w = torch.tensor([1, 1, 1, 0.1])
+    torch.testing.assert_close(got["loss_ce"], F.cross_entropy(logits[0], lab[0], w))
+    torch.testing.assert_close(got["loss"], got["loss_ce"])
+    out["pred_boxes"] = box + torch.tensor([0.1, 0, 0, 0])
+    assert dense_loss(out, tg, num_classes=3)["loss_bbox"] == pytest.approx(0.1)  # one positive, L1 0.1
+    with pytest.raises(ValueError, match="patches"):
+        dense_loss({**out, "grid": (3, 3)}, tg, num_classes=3)
+
+
+@pytest.mark.parametrize("kind", ["mi", "none"])
+def test_dense_aux_reads_the_patch_tokens_with_the_shared_heads(kind):
+    """--dense-aux: in training the model also gives the heads' outputs on every patch token of the last block
+    (the (H/P)x(W/P) grid, row-major, for MI as for plain), adds no parameter, leaves the detection tokens'
+    outputs as they are, and is absent in evaluation; the training loss adds the dense loss to the set loss."""
+    torch.manual_seed(0)
+    s = Scheme(kind, 8, 32, 48)
+    model = build_detector(s, 3, **TINY, dense_aux=True)
+    assert model.state_dict().keys() == build_detector(s, 3, **TINY).state_dict().keys()
+    x = torch.randn(2, 3, *s.out_size)
+    out = model.train()(x)
+    d = out["dense_outputs"]
+    assert d["grid"] == (4, 6) and d["pred_logits"].shape == (2, 24, 4) and d["pred_boxes"].shape == (2, 24, 4)
+    feats = model.forward_features(x)
+    torch.testing.assert_close(out["pred_boxes"], model.forward_head(feats)["pred_boxes"], rtol=0, atol=0)
+    patches = feats[:, model.num_prefix_tokens:]
+    torch.testing.assert_close(d["pred_logits"], model.class_embed(patches), rtol=0, atol=0)
+    assert "dense_outputs" not in model.eval()(x)
+
+    from himr_pipe.train.tasks import DetectionTraining
+
+    crit = SetCriterion(3)
+
+    class _T(DetectionTraining):
+        def __init__(self):
+            self.aug, self.criterion, self.num_classes = None, crit, 3
+
+    tg = [{"boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4]]), "labels": torch.tensor([2])}] * 2
+    imgs = (torch.rand(2, *s.out_size, 3) * 255).to(torch.uint8)
+    model.train()
+    total = _T().loss(model, imgs, tg, torch.device("cpu"), None, False, 0.0, 1.0, None)
+    with torch.no_grad():
+        o = model(imgs.permute(0, 3, 1, 2).float().div(255))
+        want = crit({k: o[k] for k in ("pred_logits", "pred_boxes")}, tg)["loss"] + dense_loss(
+            o["dense_outputs"], tg, 3)["loss"]
+    torch.testing.assert_close(total.detach(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_positions_start_as_2d_sincos():
+    """pos_init="sincos" (the default) starts the patch rows of the position embedding at MAE's 2D sine-cosine
+    values, row-major over the grid, and leaves the prefix rows (class and detection tokens) random; "learn"
+    keeps timm's random start. They are parameters either way."""
+    s = Scheme("mi", 8, 32, 48)
+    torch.manual_seed(0)
+    m = build_detector(s, 2, **TINY)
+    pe = m.pos_embed[0].detach()
+    want = sincos_2d(4, 6, 32)
+    torch.testing.assert_close(pe[m.num_prefix_tokens:], want, rtol=0, atol=0)
+    assert m.pos_embed.requires_grad and pe[:m.num_prefix_tokens].std() < 0.1
+    # row-major: token k is (row k // 6, col k % 6); the x channels repeat down a column, the y ones along a row
+    q = 32 // 4
+    torch.testing.assert_close(want[1, :2 * q], want[7, :2 * q])
+    torch.testing.assert_close(want[6, 2 * q:], want[7, 2 * q:])
+    assert want[0, 0] == 0 and want[0, q] == 1  # sin(0), cos(0)
+    learn = build_detector(s, 2, **TINY, pos_init="learn").pos_embed[0, 1 + 5:].detach()
+    assert learn.std() < 0.1 and not torch.allclose(learn, want)
+    with pytest.raises(ValueError, match="pos_init"):
+        build_detector(s, 2, **TINY, pos_init="fixed")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(2, 2, 6)
 
 
 def test_detection_tokens_have_their_own_positions():

@@ -173,3 +173,33 @@ def test_cli_detection_and_refuses_nonempty(tmp_path):
     assert res.exit_code == 2 and "not empty" in res.output
     res = runner.invoke(main, ["sample-data", "--task", "detection", "--per-class", "3", str(tmp_path / "x")])
     assert res.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+def test_cli_rects_kind_is_deterministic_with_distinct_splits(tmp_path):
+    """--kind rects: the learnable set of the README's detection path. Same seed, same bytes; the two splits
+    are distinct draws; every box is a solid rectangle of its class's colour, inside its image."""
+    runner = CliRunner()
+    args = ["sample-data", "--task", "detection", "--kind", "rects", "--train-images", "6", "--val-images", "3"]
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        res = runner.invoke(main, [*args, "--seed", str(seed), str(tmp_path / name)], catch_exceptions=False)
+        assert res.exit_code == 0 and "6 train, 3 val" in res.output, res.output
+    fa = _files(tmp_path / "a")
+    assert fa == _files(tmp_path / "b") and fa != _files(tmp_path / "c")
+    a = tmp_path / "a"
+    train, val = _load(a, "train2017"), _load(a, "val2017")
+    assert len(train["images"]) == 6 and len(val["images"]) == 3
+    assert fa["train2017/00000.png"] != fa["val2017/00000.png"]
+    colour = {3: (240, 30, 30), 7: (30, 230, 30)}
+    for split, gt in (("train2017", train), ("val2017", val)):
+        files = {im["id"]: im for im in gt["images"]}
+        last = {}  # the last-drawn rectangle of each image is wholly visible
+        for ann in gt["annotations"]:
+            last[ann["image_id"]] = ann
+        for ann in last.values():
+            im = files[ann["image_id"]]
+            px = np.asarray(Image.open(a / split / im["file_name"]))
+            x, y, w, h = ann["bbox"]
+            assert 0 <= x and x + w <= im["width"] and 0 <= y and y + h <= im["height"]
+            assert (px[y:y + h, x:x + w] == colour[ann["category_id"]]).all()
+    res = runner.invoke(main, ["sample-data", "--kind", "rects", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--task detection" in res.output and not (tmp_path / "x").exists()

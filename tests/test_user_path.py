@@ -249,7 +249,7 @@ STAND_IN = textwrap.dedent('''
     ref = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
     ref = (ref - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[:, None, None]
     json.dump({"model": a.model, "num_classes": model.num_classes, "x": list(x.shape), "labels": y.tolist(),
-               "loss": float(loss), "cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+               "loss": float(loss.detach()), "cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                "transform_diff": float((t(img) - ref).abs().max()), "val_split": a.val_split,
                "argv": sys.argv[1:]}, open(a.output, "w"))
 ''')

@@ -36,7 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
-__all__ = ["HungarianMatcher", "SetCriterion", "postprocess", "coco_evaluate", "gather_results", "COCO_METRICS"]
+__all__ = ["HungarianMatcher", "SetCriterion", "dense_targets", "dense_loss", "postprocess", "coco_evaluate", "gather_results", "COCO_METRICS"]
 
 # the first six numbers of COCOeval.summarize() for bbox, in its order
 COCO_METRICS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
@@ -177,6 +177,67 @@ class SetCriterion(nn.Module):
         losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
         losses["loss"] = sum(self.weights.get(k, 0.0) * v for k, v in losses.items())
         return losses
+
+
+# ---------------------------------------------------------------- dense (one-to-many) auxiliary loss
+def dense_targets(targets: Sequence[Mapping[str, torch.Tensor]], grid: tuple[int, int], num_classes: int,
+                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch of a ``grid`` (rows, cols): the label of the object whose box holds the patch's centre, or
+    ``num_classes`` (background), and that object's box (zeros for background).
+
+    Returns ``(labels (B, N) int64, boxes (B, N, 4) float)``, patches in row-major order (the ViT's token
+    order). Where several boxes hold a centre, the smallest one wins (FCOS's rule), so a small object in
+    front of a large one keeps its patches. A box that holds no patch centre (smaller than a patch) gets the
+    patch its centre falls in, so every object has at least one positive.
+    """
+    gh, gw = int(grid[0]), int(grid[1])
+    ys = (torch.arange(gh, dtype=torch.float32) + 0.5) / gh
+    xs = (torch.arange(gw, dtype=torch.float32) + 0.5) / gw
+    cy, cx = [g.flatten() for g in torch.meshgrid(ys, xs, indexing="ij")]  # (N,)
+    labels = torch.full((len(targets), gh * gw), num_classes, dtype=torch.int64)
+    boxes = torch.zeros(len(targets), gh * gw, 4)
+    for i, t in enumerate(targets):
+        b = t["boxes"].detach().float().cpu()
+        if not len(b):
+            continue
+        x0, y0, x1, y1 = _xyxy(b).unbind(-1)
+        inside = ((cx[:, None] > x0) & (cx[:, None] < x1) & (cy[:, None] > y0) & (cy[:, None] < y1))  # (N, n)
+        own = (b[:, 0].clamp(0, 1 - 1e-6) * gw).long() + gw * (b[:, 1].clamp(0, 1 - 1e-6) * gh).long()
+        inside[own, torch.arange(len(b))] = True
+        area = (b[:, 2] * b[:, 3])[None].expand_as(inside)
+        best = torch.where(inside, area, torch.full_like(area, float("inf"))).argmin(-1)     # (N,)
+        pos = inside.any(-1)
+        labels[i, pos] = t["labels"].cpu().to(torch.int64)[best[pos]]
+        boxes[i, pos] = b[best[pos]]
+    return labels.to(device), boxes.to(device)
+
+
+def dense_loss(outputs: Mapping[str, Any], targets: Sequence[Mapping[str, torch.Tensor]], num_classes: int,
+               eos_coef: float = 0.1, weights: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """The one-to-many auxiliary loss on the patch tokens (``PEYOLOS(dense_aux=True)``'s ``"dense_outputs"``).
+
+    Each patch is assigned by :func:`dense_targets`; the losses are the set loss's with that assignment in
+    place of the matching: cross entropy over all patches (background weighted ``eos_coef``), and L1 and
+    ``1 - GIoU`` between every positive patch's box and its object's box, summed and divided by the number
+    of positives (at least 1). ``"loss"`` is their sum weighted as the set loss's (class 1, L1 5, GIoU 2).
+    """
+    logits, boxes = outputs["pred_logits"].float(), outputs["pred_boxes"].float()
+    lab, tgt = dense_targets(targets, outputs["grid"], num_classes, logits.device)
+    if lab.shape != logits.shape[:2]:
+        raise ValueError(f"dense outputs have {logits.shape[1]} patches, the grid {tuple(outputs['grid'])} has "
+                         f"{lab.shape[1]}")
+    w = torch.ones(num_classes + 1, device=logits.device)
+    w[-1] = eos_coef
+    loss_ce = F.cross_entropy(logits.transpose(1, 2), lab, w)
+    pos = lab < num_classes
+    n = pos.sum().clamp(min=1)
+    src, dst = boxes[pos], tgt[pos]
+    loss_bbox = F.l1_loss(src, dst, reduction="sum") / n
+    loss_giou = (1 - torch.diag(generalized_box_iou(_xyxy(src), _xyxy(dst)))).sum() / n
+    losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+    wts = dict({"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0} if weights is None else weights)
+    losses["loss"] = sum(wts.get(k, 0.0) * v for k, v in losses.items())
+    return losses
 
 
 # ---------------------------------------------------------------- results

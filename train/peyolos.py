@@ -56,7 +56,7 @@ from himr_pipe.scheme import Scheme
 from himr_pipe.train.models import (SIZES, MIPatchEmbed, _as_scheme, _cfg, _create, _size_args, _unwrap,
                                     model_scheme)
 
-__all__ = ["MLP", "PEYOLOS", "build_detector", "check_detector_matches", "refuse_shuffled"]
+__all__ = ["MLP", "PEYOLOS", "build_detector", "check_detector_matches", "refuse_shuffled", "sincos_2d"]
 
 
 # ---------------------------------------------------------------- heads
@@ -74,6 +74,19 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = torch.relu(x)
         return x
+
+
+def sincos_2d(rows: int, cols: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """MAE's fixed 2D sine-cosine position embedding, (rows * cols, dim) in row-major patch order: a quarter of
+    the channels each for sin(x), cos(x), sin(y), cos(y) at ``dim / 4`` frequencies. ``dim`` must be a
+    multiple of 4."""
+    if dim % 4:
+        raise ValueError(f"a 2D sine-cosine embedding needs a width divisible by 4, got {dim}")
+    gy, gx = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
+                            indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    x, y = gx.flatten()[:, None] * omega, gy.flatten()[:, None] * omega
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], 1).float()
 
 
 # ---------------------------------------------------------------- model
@@ -94,7 +107,15 @@ class PEYOLOS(VisionTransformer):
     The detection tokens are timm's register tokens (``self.reg_token``, also
     reachable as :attr:`det_token`) with their own rows of the learned
     position embedding (``no_embed_class=False``); see the module docstring.
-    They are initialised like YOLOS's (truncated normal, std 0.02). Any other
+    They are initialised like YOLOS's (truncated normal, std 0.02).
+
+    ``pos_init="sincos"`` (the default) starts the patch rows of the position
+    embedding at MAE's 2D sine-cosine values (:func:`sincos_2d`); they stay
+    learned. YOLOS starts from DeiT's trained embedding; trained from scratch,
+    timm's initial one is noise (std 0.02), so no patch token says where it
+    is until that noise has been trained into positions, and a detector
+    cannot regress a box before then (measured in benchmarks/RESULTS.md,
+    issue 21). ``"learn"`` keeps timm's initialisation. Any other
     VisionTransformer argument passes through (``drop_path_rate``,
     ``class_token``, ``dynamic_img_size``, ...); the arguments that would
     break the detection tokens or their positions are fixed.
@@ -104,11 +125,14 @@ class PEYOLOS(VisionTransformer):
     _FIXED = ("pos_embed", "embed_layer", "reg_tokens", "no_embed_class", "global_pool", "dynamic_img_pad")
 
     def __init__(self, img_size=256, patch_size=8, num_classes: int = 91, det_tokens: int = 100, mi: bool = True,
-                 aux_loss: bool = False, **kwargs):
+                 aux_loss: bool = False, dense_aux: bool = False, pos_init: str = "sincos", **kwargs):
         for key in self._FIXED:
             if key in kwargs:
                 raise ValueError(f"PEYOLOS fixes {key}; got {key}={kwargs[key]!r} (detection tokens need their own "
                                  "learned position embeddings, and boxes are normalised to the unpadded input)")
+        if pos_init not in ("sincos", "learn"):
+            raise ValueError(f"pos_init must be 'sincos' or 'learn', got {pos_init!r}")
+        self.pos_init = pos_init  # read by _init_detection, which VisionTransformer.__init__ reaches
         if int(det_tokens) < 1:
             raise ValueError(f"det_tokens must be a positive integer, got {det_tokens!r}")
         if num_classes is None or int(num_classes) < 1:
@@ -124,6 +148,7 @@ class PEYOLOS(VisionTransformer):
         self.det_tokens = int(det_tokens)
         self.mi = bool(mi)
         self.aux_loss = bool(aux_loss)
+        self.dense_aux = bool(dense_aux)
         self.himr_kind = "mi" if mi else "none"
         self.class_embed = MLP(self.embed_dim, self.embed_dim, self.num_classes + 1, 3, **dd)
         self.bbox_embed = MLP(self.embed_dim, self.embed_dim, 4, 3, **dd)
@@ -133,6 +158,10 @@ class PEYOLOS(VisionTransformer):
         # VisionTransformer.__init__ initialised everything it built (register tokens at std 1e-6); YOLOS
         # draws its detection tokens at std 0.02, and the heads get timm's ViT init for Linear layers.
         trunc_normal_(self.reg_token, std=.02)
+        if getattr(self, "pos_init", "sincos") == "sincos":
+            gh, gw = self.patch_embed.grid_size
+            with torch.no_grad():
+                self.pos_embed[0, -gh * gw:] = sincos_2d(gh, gw, self.embed_dim).to(self.pos_embed)
         for head in (self.class_embed, self.bbox_embed):
             for m in head.modules():
                 init_weights_vit_timm(m)
@@ -178,20 +207,41 @@ class PEYOLOS(VisionTransformer):
         d = self.head_drop(d)
         return {"pred_logits": self.class_embed(d), "pred_boxes": self.bbox_embed(d).sigmoid()}
 
+    def dense_head(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The shared heads on the patch tokens of a normed token sequence: (B, N, K+1) logits, (B, N, 4) boxes."""
+        p = self.head_drop(x[:, self.num_prefix_tokens:])
+        return {"pred_logits": self.class_embed(p), "pred_boxes": self.bbox_embed(p).sigmoid()}
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The detection tokens' predictions; in training with ``aux_loss``, also ``"aux_outputs"``: the same
-        heads (shared, as in DETR) on every earlier block's detection tokens, after the final norm, so that a
-        set loss can supervise each depth (DETR's auxiliary losses, which speed a from-scratch fit)."""
-        if not (self.aux_loss and self.training):
+        """The detection tokens' predictions. In training, two optional extras for the loss (evaluation and the
+        returned boxes are never changed by them):
+
+        * ``aux_loss``: ``"aux_outputs"``, the same heads (shared, as in DETR) on every earlier block's
+          detection tokens, after the final norm, so that a set loss can supervise each depth (DETR's
+          auxiliary losses);
+        * ``dense_aux``: ``"dense_outputs"``, the same heads on every *patch* token of the last block, with
+          ``"grid"`` (rows, cols), for a one-to-many loss (each patch predicts the object that covers its
+          centre: :func:`~himr_pipe.train.detection.dense_loss`). This is Co-DETR's point (Zong et al. 2023):
+          one-to-one matching gives the encoder few positives, so it learns to localise slowly; dense
+          positives on the encoder's own tokens teach every patch where its object is, which the detection
+          tokens then read. The heads are shared, so no parameter is added and checkpoints are unchanged.
+        """
+        h, w = x.shape[-2:]
+        if not ((self.aux_loss or self.dense_aux) and self.training):
             return self.forward_head(self.forward_features(x))
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
         aux = []
         for i, blk in enumerate(self.blocks):
             x = blk(x)
-            if i < len(self.blocks) - 1:
+            if self.aux_loss and i < len(self.blocks) - 1:
                 aux.append(self.forward_head(self.norm(x)))
-        out = self.forward_head(self.norm(x))
-        out["aux_outputs"] = aux
+        x = self.norm(x)
+        out = self.forward_head(x)
+        if self.aux_loss:
+            out["aux_outputs"] = aux
+        if self.dense_aux:
+            cell = self.patch_embed.patch_size
+            out["dense_outputs"] = {**self.dense_head(x), "grid": (h // cell[0], w // cell[1])}
         return out
 
 

@@ -29,8 +29,10 @@ smoothing 0.1.
 Detection (PEYOLOS, ``peyolos.build_detector``) shares all of the above
 (loaders, DDP, bf16, warm-up + cosine, checkpoints, exact resume, the log
 line) and differs where YOLOS does: DETR's set loss (``detection.SetCriterion``:
-Hungarian matching, class 1, L1 5, GIoU 2, no-object weight 0.1), AdamW at lr
-1e-4 and weight decay 1e-4, gradient clipping at 0.1, augmentation that is
+Hungarian matching, class 1, L1 5, GIoU 2, no-object weight 0.1) plus the
+dense one-to-many loss on the patch tokens (``dense_aux``, on by default),
+AdamW at lr 5e-4 (from scratch; YOLOS's 1e-4 fine-tunes a pretrained DeiT)
+and weight decay 1e-4, gradient clipping at 0.1, augmentation that is
 exact for MI with the boxes moved along (``det_augment.DetectionAugment``:
 flips and whole-cell shifts, colour jitter), and COCO AP on the validation
 OUT's sanitised ground truth (predictions mapped back to each image's own
@@ -91,12 +93,14 @@ class TrainConfig:
     rpe: bool = True                   # the reference-based positional encoding (rs, mi-shuffle)
     epochs: int = 300
     batch_size: int = 128
-    lr: float | None = None            # default 5e-4 * global batch / 512 (detection: 1e-4, YOLOS)
+    lr: float | None = None            # default 5e-4 * global batch / 512 (detection: 5e-4)
     min_lr: float = 1e-5
     weight_decay: float | None = None  # default 0.05 (detection: 1e-4, YOLOS)
     clip_grad: float | None = None     # gradient norm clip; default none (detection: 0.1, YOLOS)
     det_tokens: int = 100              # detection: YOLOS's detection tokens
     aux_loss: bool = False             # detection: DETR's auxiliary losses on every block's detection tokens
+    dense_aux: bool = True             # detection: one-to-many loss on the patch tokens (Co-DETR's point)
+    pos_init: str = "sincos"           # detection: the patch position embedding's start (sincos | learn)
     warmup_epochs: float = 5
     label_smoothing: float = 0.1
     drop_path: float = 0.1
