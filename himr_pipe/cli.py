@@ -49,6 +49,22 @@ def _fail_usage(msg: str):
 @click.version_option(__version__, prog_name="himr-pipe")
 def main():
     """Encrypt image datasets into human-imperceptible, machine-recognizable WebDataset shards."""
+    _term_as_interrupt()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _term_as_interrupt() -> None:
+    """SIGTERM (a scheduler's stop, ``kill``, ``timeout``) is handled as Ctrl-C: the run stops the same way
+    (workers cancelled, finished shards kept, the lock released, exit 1 with the line that says to rerun) instead
+    of dying at once with 143 and no word. Only the main thread can take signals."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 @main.command("encrypt-shards")
@@ -168,6 +184,10 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
     except StoreUnavailable as e:  # before any shard (the checks, the lease, the resume scan): nothing changed
         click.echo(f"himr-pipe: run stopped: {e}. Nothing more was written; rerun the same command to resume "
                    f"once the store answers.", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the shards' loop (which reports it itself)
+        click.echo("himr-pipe: run stopped: interrupted. Finished shards are kept and OUT's lock is released; "
+                   "rerun the same command to resume.", err=True)
         sys.exit(1)
     if res.manifest is None:  # stopped before the manifest (an object-store lease lost to another run)
         for m in res.messages:
@@ -431,6 +451,10 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
                       stop_after=stop_after, decode=decode, eval_every=eval_every)
     try:
         res = train(cfg, log=lambda s: click.echo(f"himr-pipe train: {s}"))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last checkpoint is whole (written atomically)
+        click.echo(f"himr-pipe train: interrupted; the last checkpoint is "
+                   f"{os.path.join(out_dir, 'checkpoint-last.pt')}: --resume continues from it", err=True)
+        sys.exit(1)
     except ShardFault as e:  # met mid-run: a failure (exit 1), the last epoch's checkpoint intact
         click.echo(f"himr-pipe train: error: {error_message(e)}\nhimr-pipe train: the last checkpoint is "
                    f"{os.path.join(out_dir, 'checkpoint-last.pt')}: fix the shards and --resume", err=True)

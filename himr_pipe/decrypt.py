@@ -71,6 +71,11 @@ def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
     diff = _diff(jstate.get("job", {}), job)
     if diff:
         raise DecryptError(f"the owner state at {state} belongs to a different job ({'; '.join(diff[:3])})")
+    bad = ostate.mismatches(m.get("shards", []))
+    if bad:  # another run's key: every permutation would be wrong, and the images scrambled
+        raise DecryptError(f"the owner state at {state} is not the one that wrote OUT's shards "
+                           f"({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''}); pass the --state-dir of the "
+                           "run that wrote OUT")
     shards = ostate.shards()
     return OwnerView(out, m, man.scheme, man.ext, jstate["key"], shards, str(state),
                      jstate.get("source", {}).get("root"), jstate.get("source", {}).get("annotations"))

@@ -31,6 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
+from .state import StateError
 from .storage import StoreUnavailable
 from .worker import ShardTask, WorkerSpec, init_process_worker, run_in_process_worker
 
@@ -41,6 +42,8 @@ def failure_reason(task: ShardTask | None, exc: BaseException) -> str:
         return "interrupted"
     if isinstance(exc, BrokenProcessPool):
         return "a worker process died (killed or crashed)"
+    if isinstance(exc, StateError):  # the owner state's disk: not the shard's fault
+        return str(exc)
     if isinstance(exc, StoreUnavailable):  # it names the request; add the shard where it does not
         name = task.name if task else "?"
         return str(exc) if name in str(exc) else f"{exc} (shard {name})"
@@ -114,7 +117,7 @@ class LocalProcesses:
         queue = ctx.Queue()
         failure = None
         with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=ctx,
-                                 initializer=init_process_worker, initargs=(self.spec, queue)) as ex:
+                                 initializer=init_process_worker, initargs=(self.spec, queue, os.getpid())) as ex:
             futs = {ex.submit(run_in_process_worker, t): t for t in todo}
             pending = set(futs)
             try:

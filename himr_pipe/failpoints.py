@@ -5,6 +5,9 @@
 * ``kill-once-after=N:MARKER``: the same, only if the file MARKER does not exist yet, which it creates first
   (so a retried task then runs through: the Ray retry tests).
 
+* ``slow-samples=SECONDS``: the worker sleeps that long after every batch it writes (a run that stays alive
+  long enough to be signalled or killed from outside: the driver-death and SIGTERM tests).
+
 * ``train-kill-at-step=N``: the trainer SIGKILLs itself once step N is done (a run killed mid-epoch);
 * ``train-kill-after-checkpoint=E``: the trainer SIGKILLs itself right after epoch E's checkpoint is on disk,
   before the log is (a kill between the two writes).
@@ -35,9 +38,21 @@ class KillAfter:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def from_env() -> KillAfter | None:
+@dataclass(frozen=True)
+class SlowSamples:
+    seconds: float
+
+    def reached(self, done: int) -> None:
+        import time
+
+        time.sleep(self.seconds)
+
+
+def from_env() -> KillAfter | SlowSamples | None:
     """The failpoint the environment asks for, or None."""
     fp = os.environ.get(ENV, "")
+    if fp.startswith("slow-samples="):
+        return SlowSamples(float(fp.split("=", 1)[1]))
     if fp.startswith("kill-after="):
         return KillAfter(int(fp.split("=", 1)[1]))
     if fp.startswith("kill-once-after="):

@@ -117,6 +117,23 @@ def _own_files(out: Location) -> bool:
     return True
 
 
+def _first_shard_mismatch(outl: Location, ostate: OwnerState) -> list[str]:
+    """For a state recorded for another OUT path (a moved OUT, or another OUT's state): the digest of the first
+    shard on disk that the state has a record of, against that record (one shard read; a shard's bytes depend
+    on the key, so one is enough to tell)."""
+    import hashlib
+
+    sizes = outl.sizes()
+    for name, st in sorted(ostate.shards().items()):
+        if st.sha256 and name in sizes:
+            h = hashlib.sha256()
+            with outl.open(name) as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            return [] if h.hexdigest() == st.sha256 else [f"{name}: written with another key (other bytes)"]
+    return []
+
+
 def _abs(p: str) -> str:
     return p if is_url(p) else os.path.abspath(p)
 
@@ -140,11 +157,15 @@ def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptio
                        "run with --workers 0 (or use a local folder or an object store)")
     if outl.is_file_root():
         raise JobError(f"OUT {out!r} exists and is not a folder")
+    if not any(c in src for c in "{}") and not Location(src).is_file_root() and Location(src).contains(outl):
+        raise JobError("OUT must not be inside SRC")  # before OUT exists: a refusal must not add a class to SRC
+    created = _missing_dirs(outl)
     outl.makedirs()
     lock = lock_for(outl)
     try:
         lock.__enter__()
     except OutLocked as e:
+        _remove_empty(created)
         raise JobError(str(e)) from None
     except StoreUnavailable:  # no answer at all: not the user's arguments (exit 1, not 2)
         raise
@@ -154,13 +175,34 @@ def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptio
         return (*_prepare_locked(src, outl, cfg, seed, opts, source), lock)
     except BaseException:
         lock.__exit__(None, None, None)
+        _remove_empty(created)  # a refused run leaves no trace: the folders it made for OUT go again
         raise
+
+
+def _missing_dirs(outl: Location) -> list[str]:
+    """The local folders that making OUT would create, deepest first (none on an object store)."""
+    if outl.remote:
+        return []
+    out, p = [], os.path.abspath(outl.root)
+    while not os.path.exists(p):
+        out.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    return out
+
+
+def _remove_empty(dirs: list[str]) -> None:
+    for d in dirs:  # deepest first; one that something else filled meanwhile stays
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
 
 
 def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, opts: RunOptions, source):
     out = outl.root
-    if not any(c in src for c in "{}") and not Location(src).is_file_root() and Location(src).contains(outl):
-        raise JobError("OUT must not be inside SRC")
     try:
         ostate = OwnerState.for_out(out, opts.state_dir)
     except ValueError as e:
@@ -186,13 +228,18 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
     fresh = manifest is None and not any(e.endswith(".tar") for e in outl.listdir())
     if fresh:
         jstate = None  # a new OUT is a new job: a fresh key, whatever an earlier job left in this state folder
+    written = [e for e in (manifest or {}).get("shards", []) if e.get("samples")]
     if jstate is None:
-        if not fresh:
-            if manifest is not None and manifest.get("status") == "complete":
-                jstate = None  # complete and traceable from the manifest alone: nothing to resume
-            else:
-                raise JobError(f"OUT holds a partial run but the owner state for it is missing ({state}); "
-                               "pass the --state-dir of that run, or start again in an empty OUT")
+        if not fresh and written:
+            # OUT's shards were written with a key this state does not hold: going on would re-encrypt every
+            # shard with a new one, and the old state would then decrypt OUT to noise (issue 22)
+            raise JobError(f"OUT holds {len(written)} shard(s) written with a key that the owner state at {state} "
+                           "does not hold (no job record there): a run here would re-encrypt every shard with a "
+                           "new key. Pass the --state-dir of the run that wrote OUT (it is keyed by OUT's path "
+                           "when not given, so a moved OUT needs it), or use an empty OUT")
+        if not fresh and not (manifest is not None and manifest.get("status") == "complete"):
+            raise JobError(f"OUT holds a partial run but the owner state for it is missing ({state}); "
+                           "pass the --state-dir of that run, or start again in an empty OUT")
         if jstate is None:
             key = keys.key_from_seed(seed) if seed is not None else keys.new_key()
             jstate = {"job": job, "key": key, "seed_check": keys.seed_digest(seed, key) if seed is not None else None,
@@ -210,6 +257,13 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
         if jstate["source"]["fingerprint"] != source.fingerprint:
             raise JobError("SRC changed since the interrupted run (files added, removed or modified); "
                            "rerun on the same SRC or start again in an empty OUT")
+        bad = ostate.mismatches(written)
+        if not bad and not written and jstate.get("out") != _abs(out):
+            bad = _first_shard_mismatch(outl, ostate)  # a partial OUT (no shards in its manifest yet)
+        if bad:
+            raise JobError(f"the owner state at {state} is not the one that wrote OUT ({'; '.join(bad[:3])}"
+                           f"{'; ...' if len(bad) > 3 else ''}): going on would mix shards of two keys. Pass the "
+                           "--state-dir of the run that wrote OUT, or use an empty OUT")
     if manifest is None or manifest.get("status") != "complete":
         outl.write_json(MANIFEST, build_manifest(job, source.classes, source.empty_classes, [],
                                                  len(source.inputs), [], 0, "incomplete"))

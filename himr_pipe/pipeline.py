@@ -27,7 +27,7 @@ from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, JobConfig, RunOptions, Run
 from .lock import LeaseLost
 from .plan import ShardStats
 from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info
-from .state import OwnerState
+from .state import OwnerState, StateError
 from .storage import Location, StoreUnavailable
 from .worker import WorkerSpec
 
@@ -102,7 +102,12 @@ def _distribute(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions) -> 
     ostate = OwnerState(job.state)
 
     def record(st: ShardStats) -> None:
-        ostate.write_shard(st)
+        try:
+            ostate.write_shard(st)
+        except OSError as e:  # the state's disk, not the shard: say so (the shard is complete and is redone)
+            raise StateError(f"the owner state at {job.state} cannot be written ({e.strerror or e}); shard "
+                             f"{st.name} is complete in OUT but not recorded there. Free space on that disk (or "
+                             "pass another --state-dir for a new OUT) and rerun the same command to resume") from None
         plan.done[st.index] = st
 
     show = sys.stderr.isatty() if opts.progress is None else opts.progress

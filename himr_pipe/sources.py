@@ -386,6 +386,10 @@ def _split_key(name: str) -> tuple[str, str]:
     return (os.path.join(d, stem) if d else stem), ext.lower()
 
 
+# The largest class label a WebDataset SRC's ``.cls`` may hold, plus one (ImageNet-21k has 21,841 classes).
+LABEL_LIMIT = 1 << 20
+
+
 def _webdataset_source(src: str, tars: list[str]) -> Source:
     if not tars:
         raise SourceError(f"SRC {src!r} names no .tar shards")
@@ -428,10 +432,20 @@ def _webdataset_source(src: str, tars: list[str]) -> Source:
         except (ValueError, UnicodeDecodeError):
             inputs.append(Input(len(inputs), rel, -1, loc, "bad-label: .cls is not a non-negative integer"))
             return
+        if label >= LABEL_LIMIT:  # a classifier's head has one row per label: 1e11 would ask for terabytes
+            inputs.append(Input(len(inputs), rel, -1, loc, f"bad-label: .cls {label} is out of range (labels are "
+                                f"0..{LABEL_LIMIT - 1})"))
+            return
+        if key in seen:  # WebDataset groups by adjacent keys; a key met again later would be a second sample
+            inputs.append(Input(len(inputs), rel, -1, loc, f"duplicate-key: sample key {key!r} appears again, "
+                                "not next to its first members"))
+            return
+        seen.add(key)
         inputs.append(Input(len(inputs), rel, label, loc, None))
 
     for tar, row in zip(tars, rows):
         fp_rows.append(row)
+        seen: set[str] = set()  # this shard's written keys
         cur_key, cur_members, cur_skips = None, [], []
         try:
             with open_url(tar, 1 << 20) as f, tarfile.open(fileobj=f, mode="r:") as tf:

@@ -44,6 +44,10 @@ def default_state_dir(out_dir: str) -> Path:
     return Path(base) / f"{out.leaf}-{tag}"
 
 
+class StateError(OSError):
+    """The owner's state folder cannot be written (full, read-only, gone): the run stops, blaming the state."""
+
+
 class OwnerState:
     """The state folder of one job."""
 
@@ -96,6 +100,23 @@ class OwnerState:
         for p in sorted((self.path / "shards").glob("*.json")):
             st = ShardStats.from_dict(read_json(p))
             out[st.name] = st
+        return out
+
+    def mismatches(self, shards: list[dict]) -> list[str]:
+        """Why this state cannot be the one that wrote ``shards`` (a manifest's shard entries): every shard
+        with samples must have a record here with the same sha256. A shard's bytes depend on the job key (the
+        permutations, and the sample order), so another key, or a state without these records, shows here
+        without any secret in OUT. Empty: the state matches."""
+        recs = self.shards()
+        out = []
+        for e in shards:
+            if not e.get("samples"):
+                continue
+            st = recs.get(e["name"])
+            if st is None:
+                out.append(f"{e['name']}: no record in the state")
+            elif st.sha256 != e.get("sha256"):
+                out.append(f"{e['name']}: written with another key (the state records other bytes)")
         return out
 
     # -- the end of a run ---------------------------------------------------------------

@@ -195,11 +195,18 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """A local file written whole or not at all: ``path.tmp`` (created with ``mode``), fsync, rename."""
     tmp = str(path) + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, say: no half-written .tmp is left behind
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 class StorageError(OSError):

@@ -23,6 +23,11 @@ from .storage import Location
 def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
     """Return (problems, summary). No problems means OUT is sound."""
     problems: list[str] = []
+    from .lock import live_holder
+
+    holder = live_holder(Location(out))
+    if holder:  # its partial manifest and temporary files are a run in progress, not damage
+        return [f"OUT is being written by a running himr-pipe run ({holder}): verify it once that run ends"], {}
     try:
         man = Manifest.load(out)
     except ManifestError as e:

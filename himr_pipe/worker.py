@@ -21,6 +21,7 @@ What it composes lives beside it: the plan's records (:mod:`.plan`), the crop an
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -331,10 +332,44 @@ class WorkerSpec:
 _WORKER: ShardWorker | None = None
 
 
-def init_process_worker(spec: WorkerSpec, queue) -> None:
-    """A worker process's one worker, built from ``spec`` (its progress goes to the driver's queue)."""
+def die_with(parent: int) -> None:
+    """End this process as soon as ``parent`` (the driver) is gone, however it went (kill -9 included).
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); everywhere, a daemon thread
+    also checks once a second that the parent is still this process's parent (a dead parent's children are
+    re-parented). Without this, a killed driver's spawned workers went on writing shards into OUT after its lock
+    was gone, then idled for minutes holding its stdout open (issue 22).
+    """
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass  # the thread below still ends us
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if os.getppid() != parent:  # the driver died before we got here
+        os._exit(1)
+    threading.Thread(target=watch, name="himr-pipe-parent-watch", daemon=True).start()
+
+
+def init_process_worker(spec: WorkerSpec, queue, parent: int | None = None) -> None:
+    """A worker process's one worker, built from ``spec`` (its progress goes to the driver's queue); it ends
+    with the driver process ``parent`` (:func:`die_with`)."""
     global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and SIGTERM
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if parent is not None:
+        die_with(parent)
     _WORKER = spec.build(progress=lambda n: queue.put(n))
 
 

@@ -187,6 +187,10 @@ def _tar_source(path: Path, photo_jpg: bytes):
         add(tf, "cutheader.cls", b"0")
         add(tf, "truncated.jpg", photo_jpg[: len(photo_jpg) // 2])
         add(tf, "truncated.cls", b"0")
+        add(tf, "huge.jpg", photo_jpg)
+        add(tf, "huge.cls", b"99999999999")  # a label a classifier's head cannot have (issue 22)
+        add(tf, "s1.jpg", photo_jpg)  # key s1 again, not next to its first members: not a second sample
+        add(tf, "s1.cls", b"2")
 
 
 def test_webdataset_sources_and_hostile_tar_members(tmp_path):
@@ -200,7 +204,7 @@ def test_webdataset_sources_and_hostile_tar_members(tmp_path):
         for i in range(4):
             w.write({"__key__": f"ok{i}", "jpg": jpg, "cls": str(i % 2).encode()})
     expected_reasons = {"unsafe-member-name": 2, "not-a-regular-file": 1, "duplicate-name": 1, "no-label": 1,
-                        "bad-label": 1, "no-image": 1, "corrupt-header": 1, "decode-error": 1}
+                        "bad-label": 2, "no-image": 1, "corrupt-header": 1, "decode-error": 1, "duplicate-key": 1}
     for src in (shards, shards / "part-000000.tar", str(shards / "part-{000000..000001}.tar")):
         out = tmp_path / f"out{abs(hash(str(src)))}"
         encrypt(src, out, "--shard-size", "5", expect=3)
@@ -210,6 +214,9 @@ def test_webdataset_sources_and_hostile_tar_members(tmp_path):
         assert m["totals"]["written"] + m["totals"]["skipped"] == m["totals"]["inputs"]
         assert m["skip_reasons"] == expected_reasons
         assert m["classes"] is None
+        reasons = {s["reason"] for s in m["skipped"]}
+        assert any("99999999999 is out of range" in r for r in reasons)
+        assert any("'s1' appears again" in r for r in reasons)
     assert not (tmp_path / "escape.jpg").exists() and not (tmp_path.parent / "escape.jpg").exists()
 
 

@@ -1,6 +1,7 @@
 """Crash and resume: failure injection mid-shard, in the main process and in a worker."""
 
 import json
+import os
 from pathlib import Path
 
 from conftest import cli, encrypt, encrypt_subprocess, manifest, shard_bytes
@@ -142,3 +143,93 @@ def test_a_new_out_is_a_new_job_whatever_its_state_folder_held(sample_src, tmp_p
     new = json.loads((st / "job.json").read_text())
     assert new["job"]["scheme"]["kind"] == "mi" and new["key"] != old["key"]
     assert "0 problem(s)" in cli("verify", out).output
+
+
+def test_a_key_is_never_replaced_silently(sample_src, tmp_path):
+    """Issue 22: an unseeded rerun into a written OUT with another state folder (an empty one, or another OUT's
+    state of the same job) is refused before any work, OUT's bytes untouched; decrypt and audit refuse a state
+    that did not write OUT's shards; the right state still resumes and decrypts."""
+    args = ("--scheme", "rs", "--shard-size", "8")
+    out, st = tmp_path / "out", tmp_path / "st"
+    encrypt(sample_src, out, *args, state=st)
+    before, man = shard_bytes(out), manifest(out)
+    r = encrypt(sample_src, out, *args, state=tmp_path / "empty-state", expect=2)
+    assert "re-encrypt every shard with a new key" in r.output and "--state-dir" in r.output
+    other_out, other_st = tmp_path / "other", tmp_path / "other-st"
+    encrypt(sample_src, other_out, *args, state=other_st)  # the same job, another key
+    r = encrypt(sample_src, out, *args, state=other_st, expect=2)
+    assert "is not the one that wrote OUT" in r.output and "written with another key" in r.output
+    assert shard_bytes(out) == before and manifest(out) == man
+    r = cli("decrypt", out, tmp_path / "plain", "--state-dir", other_st, expect=None)
+    assert r.exit_code != 0 and "not the one that wrote OUT's shards" in r.output
+    assert not (tmp_path / "plain").exists() or not list((tmp_path / "plain").iterdir())
+    r = cli("audit", out, "--report", tmp_path / "rep", "--state-dir", other_st, "--samples", "2", expect=None)
+    assert r.exit_code != 0 and "not the one that wrote OUT's shards" in r.output
+    encrypt(sample_src, out, *args, state=st)  # its own state: nothing to redo, the same bytes
+    assert shard_bytes(out) == before
+    assert cli("decrypt", out, tmp_path / "plain", "--state-dir", st, "--limit", "2").exit_code == 0
+
+
+def test_a_partial_out_refuses_another_outs_state(sample_src, tmp_path):
+    """A killed run's OUT (no shards in its manifest yet) and the state of another OUT of the same job: the
+    first shard on disk is checked against the state's record of it, and the run is refused."""
+    args = ("--scheme", "rs", "--shard-size", "4", "--batch-size", "2")
+    other_out, other_st = tmp_path / "other", tmp_path / "other-st"
+    encrypt(sample_src, other_out, *args, state=other_st)
+    out = tmp_path / "out"
+    r = encrypt_subprocess(sample_src, out, "--workers", "0", *args, state=tmp_path / "st", env=KILL)
+    assert r.returncode == -9 and list(out.glob("*.tar"))
+    before = shard_bytes(out)
+    r = encrypt(sample_src, out, *args, state=other_st, expect=2)
+    assert "is not the one that wrote OUT" in r.output
+    assert shard_bytes(out) == before
+    r = encrypt_subprocess(sample_src, out, "--workers", "0", *args, state=tmp_path / "st")
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_refused_run_leaves_no_trace(sample_src, tmp_path):
+    """Issue 22: OUT inside SRC is refused before OUT exists, so SRC gains no class folder; a run refused after
+    OUT was made (here: the state folder inside OUT) removes the folders it made."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(sample_src, src)
+    listing = sorted(p.name for p in src.iterdir())
+    r = encrypt(src, src / "enc", state=tmp_path / "st", expect=2)
+    assert "OUT must not be inside SRC" in r.output
+    assert sorted(p.name for p in src.iterdir()) == listing
+    out = tmp_path / "a" / "b" / "out"
+    r = encrypt(src, out, state=out / "state", expect=2)
+    assert "must not be inside OUT" in r.output
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_full_state_disk_is_blamed_on_the_state_and_leaves_no_tmp(sample_src, tmp_path, monkeypatch):
+    """Issue 22 (minor): a full --state-dir stops the run naming the state, not a shard, and its half-written
+    record does not stay behind as a 0-byte .json.tmp; once there is space, the rerun finishes the job."""
+    import errno
+
+    from himr_pipe import storage
+
+    args = ("--seed", "2", "--shard-size", "6")
+    st = tmp_path / "st"
+    real_fsync = os.fsync
+    calls = {"n": 0}
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(st / "shards")):
+            calls["n"] += 1
+            if calls["n"] >= 2:  # the first shard's record goes through, the second finds the disk full
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(storage.os, "fsync", fsync)
+    r = encrypt(sample_src, tmp_path / "out", *args, state=st, expect=1)
+    assert f"the owner state at {st} cannot be written (No space left on device)" in r.output
+    assert "is complete in OUT but not recorded" in r.output and "failed: OSError" not in r.output
+    assert not list(st.rglob("*.tmp"))
+    monkeypatch.setattr(storage.os, "fsync", real_fsync)
+    encrypt(sample_src, tmp_path / "out", *args, state=st)
+    clean = tmp_path / "clean"
+    encrypt(sample_src, clean, *args)
+    assert shard_bytes(tmp_path / "out") == shard_bytes(clean)

@@ -65,6 +65,25 @@ def test_mismatches_are_clear_errors(tiny_shards, tmp_path):
     assert "checkpoint" in r.output
 
 
+def test_a_run_is_never_overwritten_or_resumed_on_other_terms(tiny_shards, tmp_path):
+    """Issue 22: a second run into a trained --out without --resume is refused (the checkpoint untouched);
+    --resume with no checkpoint says it starts from scratch; --resume with a run-defining option changed (the
+    batch size, the depth) is refused naming it, with no traceback."""
+    run = tmp_path / "run"
+    res = cli("train", tiny_shards["rs"], "--out", run, "--epochs", "1", "--resume", *TINY)
+    assert "no checkpoint at" in res.output and "starting from scratch" in res.output
+    before = (run / "checkpoint-last.pt").read_bytes()
+    r = cli("train", tiny_shards["rs"], "--out", run, "--epochs", "1", *TINY, expect=2)
+    assert "exists: pass --resume" in r.output
+    assert (run / "checkpoint-last.pt").read_bytes() == before
+    r = cli("train", tiny_shards["rs"], "--out", run, "--epochs", "1", "--resume", *TINY, "--batch-size", "3",
+            expect=2)
+    assert "batch_size 4 -> 3" in r.output and "Traceback" not in r.output
+    r = cli("train", tiny_shards["rs"], "--out", run, "--epochs", "1", "--resume", *TINY, "--depth", "2", expect=2)
+    assert "depth 1 -> 2" in r.output
+    assert (run / "checkpoint-last.pt").read_bytes() == before
+
+
 def test_ddp_two_cpu_processes(tiny_shards, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
            "-m", "himr_pipe.cli", "train", str(tiny_shards["rs"]), "--val", str(tiny_shards["rs"]),

@@ -118,6 +118,14 @@ class TrainConfig:
     eval_every: int = 1
 
 
+# The options that define a run: a --resume with any of them changed would not continue it (another model
+# cannot load the weights; another batch size, epoch count or lr runs off the stored schedule). The rest (workers,
+# device, logging, --stop-after, --eval-every, --val, where JPEGs are decoded) may change between invocations.
+RUN_DEFINING = ("model", "embed_dim", "depth", "num_heads", "rpe", "epochs", "batch_size", "lr", "min_lr",
+                "weight_decay", "clip_grad", "det_tokens", "aux_loss", "dense_aux", "pos_init", "warmup_epochs",
+                "label_smoothing", "drop_path", "augment", "aug_config", "seed", "samples_per_epoch")
+
+
 def _dist_env() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -211,10 +219,20 @@ def train(cfg: TrainConfig, log=print) -> dict:
     logged: list[dict] = []  # log.jsonl's records: rewritten whole after each checkpoint, from the checkpoint's
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume and ckpt_path.exists():
+        raise DataError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out (a new "
+                        "run would overwrite it)")
+    if cfg.resume and not ckpt_path.exists() and main_rank:
+        log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
     if cfg.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck["scheme"] != scheme.to_dict():
             raise DataError(f"the checkpoint was trained on scheme {ck['scheme']}, the shards are {scheme.to_dict()}")
+        changed = [f"{k} {ck['config'].get(k)!r} -> {getattr(cfg, k)!r}" for k in RUN_DEFINING
+                   if k in ck.get("config", {}) and ck["config"][k] != getattr(cfg, k)]
+        if changed:
+            raise DataError(f"--resume continues the run in {ckpt_path} exactly, but these options differ from "
+                            f"it: {'; '.join(changed)}. Rerun with its options, or train into another --out")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

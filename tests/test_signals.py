@@ -1,0 +1,95 @@
+"""A driver that is stopped from outside (issue 22, defect 1): its workers go with it, SIGTERM is Ctrl-C.
+
+The runs are slowed by the ``slow-samples`` failpoint so that they are still mid-job when signalled. A worker is
+found as a child process of the driver (``/proc/PID/task/*/children``, Linux) while the driver lives.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, encrypt, shard_bytes
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux) to find workers")
+SLOW = {"HIMR_PIPE_FAILPOINT": "slow-samples=0.4"}
+ARGS = ("--seed", "5", "--shard-size", "2", "--batch-size", "1", "--workers", "2", "--threads", "1")
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids |= {int(x) for x in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start(src, out, tmp_path) -> tuple[subprocess.Popen, set[int]]:
+    """encrypt-shards with two slowed workers; returns once both workers run and a shard is done."""
+    cmd = [sys.executable, "-m", "himr_pipe.cli", "encrypt-shards", str(src), str(out), "--no-progress",
+           "--no-audit", "--state-dir", str(tmp_path / "state"), *ARGS]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, **SLOW})
+    deadline = time.time() + 120
+    workers: set[int] = set()
+    while time.time() < deadline and p.poll() is None:
+        # the spawn workers are the children that run the worker (the resource tracker is another child)
+        workers = {c for c in _children(p.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
+                   and b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()} if _children(p.pid) else set()
+        if len(workers) >= 2 and list(Path(out).glob("*.tar")):
+            return p, workers
+        time.sleep(0.2)
+    p.kill()
+    raise AssertionError(f"the run did not get going: {p.communicate()}")
+
+
+def test_kill_9_of_the_driver_ends_its_workers(sample_src, tmp_path):
+    out = tmp_path / "out"
+    p, workers = _start(sample_src, out, tmp_path)
+    # verify of a live run's OUT says so, rather than calling its temporary files leftovers
+    r = cli("verify", out, expect=None)
+    assert "is being written by a running himr-pipe run" in r.output and "leftover" not in r.output
+    p.kill()
+    p.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "a worker outlived its killed driver"
+    n = len(list(out.glob("*.tar")))
+    time.sleep(1.5)
+    assert len(list(out.glob("*.tar"))) == n  # nothing more is written into OUT
+    assert "the run is incomplete" in cli("verify", out, expect=None).output  # dead now: an interrupted run
+    # and the rerun (which takes the dead run's lock over) finishes the job to the uninterrupted bytes
+    clean = tmp_path / "clean"
+    encrypt(sample_src, clean, *ARGS[:6])
+    encrypt(sample_src, out, *ARGS[:6], state=tmp_path / "state")  # in this process: the same bytes, sooner
+    assert shard_bytes(out) == shard_bytes(clean)
+
+
+def test_sigterm_stops_like_ctrl_c(sample_src, tmp_path):
+    out = tmp_path / "out"
+    p, workers = _start(sample_src, out, tmp_path)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 1, (p.returncode, stderr)
+    assert "interrupted" in stderr and "rerun the same command to resume" in stderr
+    assert "Traceback" not in stderr
+    assert not (out / ".himr-pipe.lock").exists()
+    assert not any(_alive(w) for w in workers)
+    assert "the run is incomplete" in cli("verify", out, expect=None).output  # and no live run holds OUT
