@@ -108,10 +108,10 @@ def lock_for(out) -> "OutLock | OutLease":
     return OutLease(out) if out.remote else OutLock(out.root)
 
 
-def live_holder(out) -> str | None:
-    """Who is writing OUT (a :class:`~himr_pipe.storage.Location`) right now, or None; reads only (``verify``
-    may look at a read-only OUT). Locally: the lock file is held under ``flock`` by a live process; on an object
-    store: the lease was renewed within its ttl."""
+def holder_of(out) -> dict | None:
+    """The record (host, pid, ...) of the run holding OUT (a :class:`~himr_pipe.storage.Location`) right now,
+    or None; reads only (``verify`` may look at a read-only OUT). Locally: the lock file is held under ``flock``
+    by a live process; on an object store: the lease was renewed within its ttl."""
     if out.remote:
         cur = OutLease(out)._read(quiet=True)
         if not cur:
@@ -119,7 +119,7 @@ def live_holder(out) -> str | None:
         age = time.time() - float(cur.get("renewed", 0) or 0)
         if age >= float(cur.get("ttl", DEFAULT_LEASE_TTL) or DEFAULT_LEASE_TTL):
             return None
-        return f"host {cur.get('host', '?')}, pid {cur.get('pid', '?')}, lease renewed {age:.0f} s ago"
+        return {**cur, "age": age}
     try:
         fd = os.open(os.path.join(out.root, LOCK_NAME), os.O_RDONLY)
     except OSError:
@@ -128,12 +128,20 @@ def live_holder(out) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            h = _read(fd)
-            return f"host {h.get('host', '?')}, pid {h.get('pid', '?')}, since {h.get('since', '?')}"
+            return _read(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def live_holder(out) -> str | None:
+    """:func:`holder_of` in words, for a message."""
+    h = holder_of(out)
+    if h is None:
+        return None
+    since = f"lease renewed {h['age']:.0f} s ago" if "age" in h else f"since {h.get('since', '?')}"
+    return f"host {h.get('host', '?')}, pid {h.get('pid', '?')}, {since}"
 
 
 class LeaseLost(RuntimeError):

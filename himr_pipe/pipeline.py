@@ -94,6 +94,13 @@ def _distribute(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions) -> 
     spec = WorkerSpec(job=cfg.public(), key_hex=job.key, out=job.out.root, threads=threads,
                       batch_size=opts.batch_size, device=opts.device, kernels=opts.kernels)
     if opts.distributor == "ray":
+        # Ray's workers are not this process's children: each checks, before it publishes a shard, that this
+        # run still holds OUT (local processes die with their parent instead: worker.die_with)
+        import dataclasses
+        import os
+        import socket
+
+        spec = dataclasses.replace(spec, driver=(socket.gethostname(), os.getpid()))
         dist = RayTasks(opts.ray_address, spec, num_cpus=opts.workers or None)
     elif opts.workers == 0:
         dist = Serial(spec)

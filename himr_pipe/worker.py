@@ -56,7 +56,8 @@ class ShardWorker:
     """Per-process state: one DALI pipeline and one encoder pool, reused across shards."""
 
     def __init__(self, cfg: JobConfig, key_hex: str, out_dir: str, threads: int,
-                 batch_size: int, device: str = "cpu", kernels: str = "auto", progress=None):
+                 batch_size: int, device: str = "cpu", kernels: str = "auto", progress=None,
+                 driver: tuple | None = None):
         import torch
 
         from .decoders import make_decoder
@@ -66,6 +67,7 @@ class ShardWorker:
         self.cfg = cfg
         self.key_hex = key_hex
         self.out = Location(out_dir)
+        self.driver = tuple(driver) if driver else None
         if self.out.remote:
             Location.clean_spool()  # spool files left by a worker killed on this host
         self.batch_size = batch_size
@@ -137,6 +139,20 @@ class ShardWorker:
         if self.progress is not None and n:
             self.progress(n)
         return n
+
+    def _check_driver(self) -> None:
+        """Before a shard is published: is OUT still held by the run that asked for it? A Ray worker is not
+        the driver's child, so the driver's death does not end it at once; without this check its shard in
+        flight would land in an OUT whose lock is already free."""
+        if self.driver is None:
+            return
+        from .lock import holder_of
+
+        h = holder_of(self.out)
+        host, pid = self.driver
+        if not h or h.get("host") != host or h.get("pid") != pid:
+            raise DriverGone(f"OUT is no longer held by the run that started this shard (host {host}, pid "
+                             f"{pid}); the shard is not published")
 
     def run(self, task: ShardTask) -> ShardStats:
         """Write shard ``task`` and return its stats. The stages overlap, each in its own thread: reading and
@@ -214,6 +230,11 @@ class ShardWorker:
         if info.samples == 0:
             writer.abort()  # an empty tar helps no reader; the stats still account for every input
         else:
+            try:
+                self._check_driver()
+            except BaseException:
+                writer.abort()
+                raise
             writer.publish()
         stats = ShardStats(
             index=task.index, name=task.name, planned=len(task.items), samples=info.samples,
@@ -323,13 +344,18 @@ class WorkerSpec:
     batch_size: int
     device: str = "cpu"
     kernels: str = "auto"
+    driver: tuple | None = None  # (host, pid) of the run that holds OUT: a worker not its child checks it (Ray)
 
     def build(self, progress=None) -> ShardWorker:
         return ShardWorker(JobConfig.from_public(self.job), self.key_hex, self.out, self.threads,
-                           self.batch_size, self.device, self.kernels, progress=progress)
+                           self.batch_size, self.device, self.kernels, progress=progress, driver=self.driver)
 
 
 _WORKER: ShardWorker | None = None
+
+
+class DriverGone(RuntimeError):
+    """The run that holds OUT is not the one this worker's shard belongs to any more (it died or was stopped)."""
 
 
 def die_with(parent: int) -> None:

@@ -93,3 +93,36 @@ def test_sigterm_stops_like_ctrl_c(sample_src, tmp_path):
     assert not (out / ".himr-pipe.lock").exists()
     assert not any(_alive(w) for w in workers)
     assert "the run is incomplete" in cli("verify", out, expect=None).output  # and no live run holds OUT
+
+
+def test_a_worker_that_is_not_the_drivers_child_publishes_nothing_once_the_driver_is_gone(sample_src, tmp_path):
+    """A Ray worker outlives a killed driver for a moment (it is Ray's process, not the driver's child); the
+    shard it finishes then must not land in OUT. A worker told its driver checks OUT's lock before it publishes:
+    held by that driver, it publishes; held by nobody (the driver is gone), it refuses and leaves no file."""
+    import socket
+
+    from himr_pipe.lock import OutLock
+    from himr_pipe.worker import DriverGone, ShardWorker
+
+    src, out = sample_src, tmp_path / "out"
+    encrypt(src, out, "--seed", "1", "--shard-size", "4", state=tmp_path / "st")  # a job and its plan
+    import json as _json
+
+    from himr_pipe.job import plan_shards
+    from himr_pipe.plan import JobConfig, PlannedSample, ShardTask
+    from himr_pipe.sources import open_source
+
+    man = _json.loads((out / "manifest.json").read_text())
+    key = _json.loads((tmp_path / "st" / "job.json").read_text())["key"]
+    cfg = JobConfig.from_public(man["job"])
+    shard = plan_shards(open_source(str(src)), key, cfg)[0]
+    task = ShardTask(0, "again-000000.tar", tuple(PlannedSample(i, x.index, x.ref, x.label, x.loc, v, x.target, 0)
+                                                  for i, (x, v) in enumerate(shard)))
+    me = (socket.gethostname(), os.getpid())
+    with OutLock(str(out)):  # this process is the driver: the worker publishes
+        st = ShardWorker(cfg, key, str(out), 1, 2, driver=me).run(task)
+    assert (out / "again-000000.tar").stat().st_size == st.bytes > 0
+    (out / "again-000000.tar").unlink()
+    with pytest.raises(DriverGone, match="no longer held"):  # no lock held: the driver is gone
+        ShardWorker(cfg, key, str(out), 1, 2, driver=me).run(task)
+    assert not (out / "again-000000.tar").exists() and not list(out.glob(".*.tmp"))
