@@ -135,6 +135,19 @@ def holder_of(out) -> dict | None:
         os.close(fd)
 
 
+def recorded_holder(out) -> dict | None:
+    """The holder's record in a local OUT's lock file, without asking whether it is alive (None: no lock file,
+    so no run holds OUT: a run removes it when it ends)."""
+    try:
+        fd = os.open(os.path.join(out.root, LOCK_NAME), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return _read(fd)
+    finally:
+        os.close(fd)
+
+
 def live_holder(out) -> str | None:
     """:func:`holder_of` in words, for a message."""
     h = holder_of(out)

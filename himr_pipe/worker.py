@@ -146,10 +146,15 @@ class ShardWorker:
         flight would land in an OUT whose lock is already free."""
         if self.driver is None:
             return
-        from .lock import holder_of
+        import socket
 
-        h = holder_of(self.out)
+        from .lock import holder_of, recorded_holder
+
         host, pid = self.driver
+        # liveness where it can be seen: a lease (any host), or flock on the driver's own host. A local path on
+        # another host (a shared file system, where flock may not reach across hosts) gives only who holds it.
+        live = self.out.remote or socket.gethostname() == host
+        h = holder_of(self.out) if live else recorded_holder(self.out)
         if not h or h.get("host") != host or h.get("pid") != pid:
             raise DriverGone(f"OUT is no longer held by the run that started this shard (host {host}, pid "
                              f"{pid}); the shard is not published")

@@ -126,3 +126,31 @@ def test_a_worker_that_is_not_the_drivers_child_publishes_nothing_once_the_drive
     with pytest.raises(DriverGone, match="no longer held"):  # no lock held: the driver is gone
         ShardWorker(cfg, key, str(out), 1, 2, driver=me).run(task)
     assert not (out / "again-000000.tar").exists() and not list(out.glob(".*.tmp"))
+
+
+def test_a_worker_on_another_host_trusts_the_lock_files_record(sample_src, tmp_path, monkeypatch):
+    """On a shared file system another host cannot see the driver's flock, only its record in the lock file:
+    the worker then publishes while the record names its driver, and refuses once the file is gone."""
+    import socket
+
+    from himr_pipe import lock
+    from himr_pipe.storage import Location
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / lock.LOCK_NAME).write_text('{"host": "head-node", "pid": 4242}')
+    monkeypatch.setattr(socket, "gethostname", lambda: "worker-node")
+    assert lock.holder_of(Location(str(out))) is None  # nobody holds the flock here
+    assert lock.recorded_holder(Location(str(out))) == {"host": "head-node", "pid": 4242}
+    from himr_pipe.worker import DriverGone, ShardWorker
+
+    w = ShardWorker.__new__(ShardWorker)  # only the check: no decoder needed
+    w.out, w.driver = Location(str(out)), ("head-node", 4242)
+    w._check_driver()
+    w.driver = ("head-node", 4343)
+    with pytest.raises(DriverGone):
+        w._check_driver()
+    (out / lock.LOCK_NAME).unlink()
+    w.driver = ("head-node", 4242)
+    with pytest.raises(DriverGone):
+        w._check_driver()
