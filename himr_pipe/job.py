@@ -121,16 +121,11 @@ def _first_shard_mismatch(outl: Location, ostate: OwnerState) -> list[str]:
     """For a state recorded for another OUT path (a moved OUT, or another OUT's state): the digest of the first
     shard on disk that the state has a record of, against that record (one shard read; a shard's bytes depend
     on the key, so one is enough to tell)."""
-    import hashlib
-
     sizes = outl.sizes()
     for name, st in sorted(ostate.shards().items()):
         if st.sha256 and name in sizes:
-            h = hashlib.sha256()
-            with outl.open(name) as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            return [] if h.hexdigest() == st.sha256 else [f"{name}: written with another key (other bytes)"]
+            digest, _ = outl.sha256(name)  # verify's reader (retried whole on an object store)
+            return [] if digest == st.sha256 else [f"{name}: written with another key (other bytes)"]
     return []
 
 

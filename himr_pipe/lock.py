@@ -120,29 +120,28 @@ def holder_of(out) -> dict | None:
         if age >= float(cur.get("ttl", DEFAULT_LEASE_TTL) or DEFAULT_LEASE_TTL):
             return None
         return {**cur, "age": age}
-    try:
-        fd = os.open(os.path.join(out.root, LOCK_NAME), os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return _read(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    return _local_holder(out, alive=True)
 
 
 def recorded_holder(out) -> dict | None:
     """The holder's record in a local OUT's lock file, without asking whether it is alive (None: no lock file,
     so no run holds OUT: a run removes it when it ends)."""
+    return _local_holder(out, alive=False)
+
+
+def _local_holder(out, alive: bool) -> dict | None:
     try:
         fd = os.open(os.path.join(out.root, LOCK_NAME), os.O_RDONLY)
     except OSError:
         return None
     try:
+        if alive:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:  # a live run holds it exclusively
+                return _read(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
         return _read(fd)
     finally:
         os.close(fd)

@@ -36,7 +36,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
-__all__ = ["HungarianMatcher", "SetCriterion", "dense_targets", "dense_loss", "postprocess", "coco_evaluate", "gather_results", "COCO_METRICS"]
+__all__ = ["HungarianMatcher", "SetCriterion", "dense_targets", "dense_loss", "postprocess", "coco_evaluate",
+           "gather_results", "COCO_METRICS"]
 
 # the first six numbers of COCOeval.summarize() for bbox, in its order
 COCO_METRICS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
@@ -48,6 +49,28 @@ def _dist_ready() -> bool:
 
 def _xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
+
+
+DEFAULT_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}  # DETR's / YOLOS's
+
+
+def _class_weight(num_classes: int, eos_coef: float) -> torch.Tensor:
+    """Cross-entropy class weights: 1 per object class, ``eos_coef`` for no-object (the last index)."""
+    w = torch.ones(num_classes + 1)
+    w[-1] = eos_coef
+    return w
+
+
+def _weighted(loss_ce: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, n: torch.Tensor,
+              weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """The three losses and their weighted sum: the class term as given, L1 and ``1 - GIoU`` between paired
+    boxes (normalised cxcywh), each summed and divided by ``n``. 1 - the diagonal of the pairwise GIoU, as DETR:
+    exactly 0 for identical boxes (no epsilon in the division)."""
+    loss_bbox = F.l1_loss(src, tgt, reduction="sum") / n
+    loss_giou = (1 - torch.diag(generalized_box_iou(_xyxy(src), _xyxy(tgt)))).sum() / n
+    losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+    losses["loss"] = sum(weights.get(k, 0.0) * v for k, v in losses.items())
+    return losses
 
 
 # ---------------------------------------------------------------- matching
@@ -130,14 +153,12 @@ class SetCriterion(nn.Module):
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.num_classes = int(num_classes)
         self.eos_coef = float(eos_coef)
-        self.weights = dict({"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0} if weights is None else weights)
+        self.weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         unknown = sorted(set(self.weights) - {"loss_ce", "loss_bbox", "loss_giou"})
         if unknown:
             raise ValueError(f"unknown loss weights {unknown}; the losses are loss_ce, loss_bbox, loss_giou")
         self.matcher = matcher if matcher is not None else HungarianMatcher()
-        empty_weight = torch.ones(self.num_classes + 1)
-        empty_weight[-1] = self.eos_coef
-        self.register_buffer("empty_weight", empty_weight, persistent=False)
+        self.register_buffer("empty_weight", _class_weight(self.num_classes, self.eos_coef), persistent=False)
 
     def num_boxes(self, targets: Sequence[Mapping[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
         """The number of target boxes to normalise by: averaged over ranks if distributed, at least 1."""
@@ -171,12 +192,7 @@ class SetCriterion(nn.Module):
         n = self.num_boxes(targets, device)
         src = boxes[batch_idx, pred_idx].float()
         tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(device, torch.float32)
-        loss_bbox = F.l1_loss(src, tgt, reduction="sum") / n
-        # 1 - diag of the pairwise GIoU (as DETR): exactly 0 for identical boxes (no epsilon in the division)
-        loss_giou = (1 - torch.diag(generalized_box_iou(_xyxy(src), _xyxy(tgt)))).sum() / n
-        losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
-        losses["loss"] = sum(self.weights.get(k, 0.0) * v for k, v in losses.items())
-        return losses
+        return _weighted(loss_ce, src, tgt, n, self.weights)
 
 
 # ---------------------------------------------------------------- dense (one-to-many) auxiliary loss
@@ -188,28 +204,32 @@ def dense_targets(targets: Sequence[Mapping[str, torch.Tensor]], grid: tuple[int
     Returns ``(labels (B, N) int64, boxes (B, N, 4) float)``, patches in row-major order (the ViT's token
     order). Where several boxes hold a centre, the smallest one wins (FCOS's rule), so a small object in
     front of a large one keeps its patches. A box that holds no patch centre (smaller than a patch) gets the
-    patch its centre falls in, so every object has at least one positive.
+    patch its centre falls in, so every object has at least one positive. The whole batch is assigned at once,
+    on the device the targets are on (a training step's hot path: no copy to the host, no loop over images).
     """
     gh, gw = int(grid[0]), int(grid[1])
-    ys = (torch.arange(gh, dtype=torch.float32) + 0.5) / gh
-    xs = (torch.arange(gw, dtype=torch.float32) + 0.5) / gw
-    cy, cx = [g.flatten() for g in torch.meshgrid(ys, xs, indexing="ij")]  # (N,)
-    labels = torch.full((len(targets), gh * gw), num_classes, dtype=torch.int64)
-    boxes = torch.zeros(len(targets), gh * gw, 4)
-    for i, t in enumerate(targets):
-        b = t["boxes"].detach().float().cpu()
-        if not len(b):
-            continue
-        x0, y0, x1, y1 = _xyxy(b).unbind(-1)
-        inside = ((cx[:, None] > x0) & (cx[:, None] < x1) & (cy[:, None] > y0) & (cy[:, None] < y1))  # (N, n)
-        own = (b[:, 0].clamp(0, 1 - 1e-6) * gw).long() + gw * (b[:, 1].clamp(0, 1 - 1e-6) * gh).long()
-        inside[own, torch.arange(len(b))] = True
-        area = (b[:, 2] * b[:, 3])[None].expand_as(inside)
-        best = torch.where(inside, area, torch.full_like(area, float("inf"))).argmin(-1)     # (N,)
-        pos = inside.any(-1)
-        labels[i, pos] = t["labels"].cpu().to(torch.int64)[best[pos]]
-        boxes[i, pos] = b[best[pos]]
-    return labels.to(device), boxes.to(device)
+    b, n = len(targets), gh * gw
+    dev = device if device is not None else (targets[0]["boxes"].device if b else None)
+    background = (torch.full((b, n), num_classes, dtype=torch.int64, device=dev), torch.zeros(b, n, 4, device=dev))
+    if not sum(len(t["boxes"]) for t in targets):
+        return background
+    boxes = torch.cat([t["boxes"].detach().reshape(-1, 4) for t in targets]).to(dev, torch.float32)   # (T, 4)
+    labels = torch.cat([t["labels"].reshape(-1) for t in targets]).to(dev, torch.int64)
+    img = torch.repeat_interleave(torch.arange(b, device=dev),
+                                  torch.tensor([len(t["boxes"]) for t in targets], device=dev))  # (T,) its image
+    ys = (torch.arange(gh, dtype=torch.float32, device=dev) + 0.5) / gh
+    xs = (torch.arange(gw, dtype=torch.float32, device=dev) + 0.5) / gw
+    cy, cx = [g.flatten() for g in torch.meshgrid(ys, xs, indexing="ij")]           # (N,)
+    x0, y0, x1, y1 = _xyxy(boxes).unbind(-1)                                          # (T,)
+    inside = ((cx[:, None] > x0) & (cx[:, None] < x1) & (cy[:, None] > y0) & (cy[:, None] < y1))  # (N, T)
+    own = (boxes[:, 0].clamp(0, 1 - 1e-6) * gw).long() + gw * (boxes[:, 1].clamp(0, 1 - 1e-6) * gh).long()
+    inside[own, torch.arange(len(boxes), device=dev)] = True
+    inside = inside[None] & (img == torch.arange(b, device=dev)[:, None])[:, None, :]  # (B, N, T): own image only
+    area = (boxes[:, 2] * boxes[:, 3]).expand_as(inside)
+    best = torch.where(inside, area, torch.full_like(area, float("inf"))).argmin(-1)   # (B, N)
+    pos = inside.any(-1)
+    return (torch.where(pos, labels[best], background[0]),
+            torch.where(pos[..., None], boxes[best], background[1]))
 
 
 def dense_loss(outputs: Mapping[str, Any], targets: Sequence[Mapping[str, torch.Tensor]], num_classes: int,
@@ -226,18 +246,10 @@ def dense_loss(outputs: Mapping[str, Any], targets: Sequence[Mapping[str, torch.
     if lab.shape != logits.shape[:2]:
         raise ValueError(f"dense outputs have {logits.shape[1]} patches, the grid {tuple(outputs['grid'])} has "
                          f"{lab.shape[1]}")
-    w = torch.ones(num_classes + 1, device=logits.device)
-    w[-1] = eos_coef
-    loss_ce = F.cross_entropy(logits.transpose(1, 2), lab, w)
+    loss_ce = F.cross_entropy(logits.transpose(1, 2), lab, _class_weight(num_classes, eos_coef).to(logits.device))
     pos = lab < num_classes
-    n = pos.sum().clamp(min=1)
-    src, dst = boxes[pos], tgt[pos]
-    loss_bbox = F.l1_loss(src, dst, reduction="sum") / n
-    loss_giou = (1 - torch.diag(generalized_box_iou(_xyxy(src), _xyxy(dst)))).sum() / n
-    losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
-    wts = dict({"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0} if weights is None else weights)
-    losses["loss"] = sum(wts.get(k, 0.0) * v for k, v in losses.items())
-    return losses
+    return _weighted(loss_ce, boxes[pos], tgt[pos], pos.sum().clamp(min=1), DEFAULT_WEIGHTS if weights is None
+                     else weights)
 
 
 # ---------------------------------------------------------------- results

@@ -202,15 +202,16 @@ class PEYOLOS(VisionTransformer):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Class logits and sigmoid boxes of the detection tokens (``pre_logits``: the tokens themselves)."""
         d = self.det_features(x)
-        if pre_logits:
-            return d
-        d = self.head_drop(d)
-        return {"pred_logits": self.class_embed(d), "pred_boxes": self.bbox_embed(d).sigmoid()}
+        return d if pre_logits else self._heads(d)
+
+    def _heads(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Class logits and sigmoid boxes of any tokens (the detection tokens, or the patches: the dense loss)."""
+        tokens = self.head_drop(tokens)
+        return {"pred_logits": self.class_embed(tokens), "pred_boxes": self.bbox_embed(tokens).sigmoid()}
 
     def dense_head(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The shared heads on the patch tokens of a normed token sequence: (B, N, K+1) logits, (B, N, 4) boxes."""
-        p = self.head_drop(x[:, self.num_prefix_tokens:])
-        return {"pred_logits": self.class_embed(p), "pred_boxes": self.bbox_embed(p).sigmoid()}
+        return self._heads(x[:, self.num_prefix_tokens:])
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The detection tokens' predictions. In training, two optional extras for the loss (evaluation and the
