@@ -67,13 +67,12 @@ def test_kill_9_of_the_driver_ends_its_workers(sample_src, tmp_path):
     assert "is being written by a running himr-pipe run" in r.output and "leftover" not in r.output
     p.kill()
     p.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline and any(_alive(w) for w in workers):
+    guard = time.time() + 120  # against a hang only: no timing is asserted
+    while time.time() < guard and any(_alive(w) for w in workers):
         time.sleep(0.1)
     assert not any(_alive(w) for w in workers), "a worker outlived its killed driver"
-    n = len(list(out.glob("*.tar")))
-    time.sleep(1.5)
-    assert len(list(out.glob("*.tar"))) == n  # nothing more is written into OUT
+    # workers that went on would have written the whole job (9 shards) before idling; these stopped with it
+    assert len(list(out.glob("*.tar"))) < 9
     assert "the run is incomplete" in cli("verify", out, expect=None).output  # dead now: an interrupted run
     # and the rerun (which takes the dead run's lock over) finishes the job to the uninterrupted bytes
     clean = tmp_path / "clean"
