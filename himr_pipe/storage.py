@@ -83,7 +83,27 @@ def url_fs(url: str):
                            f"(s3fs for s3://, gcsfs for gs://)") from None
     if opts and getattr(fs, "retries", 1) != 1:
         fs.retries = 1  # s3fs retries timeouts five times, silently, inside each call
+    _quiet_orphaned_errors(fs)
     return fs, p
+
+
+def _quiet_orphaned_errors(fs) -> None:
+    """On an async filesystem's event loop, drop asyncio's "Task exception was never retrieved" traceback for a
+    transient connection error: aiohttp leaves one behind when a store drops a connection mid-upload, after
+    the request itself already failed, and :func:`retrying` has reported that request in one line. Any other
+    unhandled error still goes to asyncio's default handler."""
+    loop = getattr(fs, "loop", None)
+    if loop is None or getattr(loop, "_himr_quiet", False):
+        return
+
+    def handler(lp, context):
+        exc = context.get("exception")
+        if exc is not None and transient(exc):
+            return
+        lp.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    loop._himr_quiet = True
 
 
 def bounded(fs, nbytes: int = 0) -> dict:
