@@ -24,8 +24,12 @@ and ``--budget gpu`` (8000 / 500 images on a 128-pixel canvas, P=8, YOLOS-Ti's w
 heads, 20 epochs). A flag given on the command line overrides the preset. ``--no-dense-aux``,
 ``--pos-init learn`` and ``--aux-loss`` give the ablations of RESULTS.md.
 
+``--init none=PATH,mi=PATH`` starts those rows from pretrained backbones (``himr-pipe train --init``: the
+paper's PEYOLOS recipe, the classifier's patch position embedding resampled to the canvas, detection tokens and
+heads new); ``benchmarks/bench_pretrained.py --det-backbones`` pretrains them on the public set.
+
 Run:  python benchmarks/bench_detection.py [--budget cpu|gpu] [--data rects|shapes] [--seeds 0,1]
-      [--schemes none,mi,rs-control] [--json PATH]
+      [--schemes none,mi,rs-control] [--init none=PATH,mi=PATH] [--json PATH]
 """
 
 from __future__ import annotations
@@ -143,6 +147,9 @@ def main() -> None:
     ap.add_argument("--no-dense-aux", action="store_true", help="train with --no-dense-aux (the ablation)")
     ap.add_argument("--pos-init", choices=["sincos", "learn"], default="sincos")
     ap.add_argument("--schemes", default="none,mi,rs-control", help="which rows to train (comma-separated)")
+    ap.add_argument("--init", default="",
+                    help="start each scheme's runs from a checkpoint: SCHEME=PATH[,SCHEME=PATH] (himr-pipe train --init; "
+                         "bench_pretrained.py --det-backbones makes them)")
     ap.add_argument("--jobs", type=int, default=None,
                     help="CPU: training runs side by side (default: one per core); a GPU runs one at a time")
     ap.add_argument("--json", default=None)
@@ -152,6 +159,7 @@ def main() -> None:
             setattr(args, k, v)
     seeds = [int(x) for x in args.seeds.split(",")]
     schemes = args.schemes.split(",")
+    inits = dict(x.split("=", 1) for x in args.init.split(",") if x.strip())
 
     work = Path(tempfile.mkdtemp(prefix="bench_detection_"))
     t0 = time.time()
@@ -184,7 +192,8 @@ def main() -> None:
                    args.det_tokens, "--lr", args.lr, "--warmup-epochs", args.warmup, "--drop-path", "0", "--no-aug",
                    "--workers", "0", "--log-interval", "0", "--seed", seed, "--eval-every", args.epochs,
                    "--pos-init", args.pos_init, *(("--aux-loss",) if args.aux_loss else ()),
-                   *(("--no-dense-aux",) if args.no_dense_aux else ())]
+                   *(("--no-dense-aux",) if args.no_dense_aux else ()),
+                   *(("--init", inits[scheme]) if scheme in inits else ())]
             env = dict(os.environ, OMP_NUM_THREADS=str(threads))
             p = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True)
             if p.returncode:

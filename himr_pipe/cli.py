@@ -17,7 +17,7 @@ from . import __version__
 
 # The tasks and their defaults (the default scheme: chosen by measured leak and accuracy cost, README "Privacy",
 # benchmarks/bench_tradeoff.py); light to import, the help text names them
-from .request import EncryptRequest, is_device
+from .request import EncryptRequest, device_unavailable, is_device
 from .tasks import TASKS
 
 R = EncryptRequest  # the option defaults, stated once in himr_pipe.request
@@ -369,6 +369,8 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
         recipe = RECIPE if epochs is None else replace(RECIPE, epochs=epochs)
         if device != "auto" and not is_device(device):
             raise TradeoffError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        if device != "auto" and device_unavailable(device):
+            raise TradeoffError(device_unavailable(device))
         res = run_tradeoff(src, samples, hw, patch, recipe, fmt, quality, seed, seeds, close_seeds, chosen, work,
                            report_dir, audit_samples, classes=classes, device=device,
                            max_half_width=MAX_HALF_WIDTH if max_half_width is None else max_half_width,
@@ -387,9 +389,10 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
 @main.command("train")
 @click.argument("shards", type=Where(exists=True))
 @click.option("--val", type=Where(exists=True), default=None,
-              help="Validation shards (same scheme); top-1 after every epoch.")
+              help="Validation shards (same scheme); top-1 (detection: COCO AP) after every epoch, and the best "
+                   "epoch's checkpoint kept as OUT/checkpoint-best.pt.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Folder for checkpoint-last.pt and log.jsonl.")
+              help="Folder for checkpoint-last.pt, checkpoint-best.pt (with --val) and log.jsonl.")
 @click.option("--model", type=click.Choice(["tiny", "small", "base"]), default="tiny", show_default=True,
               help="DeiT size: PEViT for rs, MI-ViT for mi, ViT for none (chosen from the shard manifest).")
 @click.option("--embed-dim", type=int, default=None, help="Override the width (small experiments).")
@@ -398,7 +401,8 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
 @click.option("--rpe/--no-rpe", default=True, show_default=True,
               help="The reference-based positional encoding of the order-invariant models (rs, mi-shuffle).")
 @click.option("--epochs", type=int, default=300, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Per process.")
+@click.option("--batch-size", type=int, default=128, show_default=True,
+              help="Per process; cut to an epoch's samples per process when larger (with a warning).")
 @click.option("--lr", type=float, default=None,
               help="Default: 5e-4 x global batch / 512 (DeiT); detection: 5e-4 (from scratch).")
 @click.option("--weight-decay", type=float, default=None, help="Default: 0.05 (DeiT); detection: 1e-4 (YOLOS).")
@@ -416,13 +420,19 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
 @click.option("--drop-path", type=float, default=0.1, show_default=True)
 @click.option("--aug/--no-aug", default=True, show_default=True, help="Augmentation in the encrypted domain.")
-@click.option("--workers", type=int, default=4, show_default=True, help="Loader processes per training process.")
+@click.option("--workers", type=int, default=None,
+              help="Loader processes per training process. Default: 4, or the usable CPUs when fewer; never more "
+                   "than the shards (or the batches of an epoch) each process reads. 0: load in the training process.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on a GPU.")
 @click.option("--log-interval", type=int, default=50, show_default=True)
 @click.option("--samples-per-epoch", type=int, default=None, help="Default: the samples in the shards.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint-last.pt.")
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from this checkpoint: a plain timm ViT / DeiT (state dict, .pth or .safetensors), adapted "
+                   "to the shards' scheme, or one of ours (checkpoint-*.pt: a classifier for a new head or for "
+                   "PEYOLOS). Prints what was loaded, adapted and newly initialised.")
 @click.option("--decode", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
               help="Where JPEG shards are decoded: in the loader workers (CPU) or in one batched call on the device "
                    "(nvJPEG on a GPU). auto: device on a GPU.")
@@ -432,7 +442,7 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
               help="End this run after N epochs (for time-boxed jobs); --resume continues it exactly.")
 def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs, batch_size, lr, weight_decay,
               clip_grad, det_tokens, aux_loss, dense_aux, pos_init, warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
-              samples_per_epoch, resume, decode, eval_every, stop_after):
+              samples_per_epoch, resume, init, decode, eval_every, stop_after):
     """Train on encrypted SHARDS (an OUT folder of encrypt-shards), streaming: a classifier, or PEYOLOS when the
     shards are detection shards (COCO AP on --val).
 
@@ -447,7 +457,7 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
                       dense_aux=dense_aux, pos_init=pos_init,
                       warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                       drop_path=drop_path, augment=aug, workers=workers, seed=seed, device=device, amp=amp,
-                      log_interval=log_interval, samples_per_epoch=samples_per_epoch, resume=resume,
+                      log_interval=log_interval, samples_per_epoch=samples_per_epoch, resume=resume, init=init,
                       stop_after=stop_after, decode=decode, eval_every=eval_every)
     try:
         res = train(cfg, log=lambda s: click.echo(f"himr-pipe train: {s}"))
@@ -461,13 +471,20 @@ def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs,
         sys.exit(1)
     except (DataError, ValueError) as e:
         _fail_usage(error_message(e))
+    from himr_pipe.train.tasks import ap_text
+
     last = res["history"][-1] if res["history"] else {}
     if "val_top1" in last:
         click.echo(f"himr-pipe train: done, val top-1 {last['val_top1']:.4f}")
-    if "val_AP" in last:
-        click.echo("himr-pipe train: done, val " + ", ".join(f"{k[4:]} {last[k]:.4f}" for k in
+    if "val_AP" in last:  # n/a: no object of that size in the validation set (COCOeval's -1, kept in log.jsonl)
+        click.echo("himr-pipe train: done, val " + ", ".join(f"{k[4:]} {ap_text(last[k])}" for k in
                                                              ("val_AP", "val_AP50", "val_AP75", "val_AP_S", "val_AP_M",
                                                               "val_AP_L")))
+    if res.get("checkpoint"):  # the last line: where the run's weights are
+        best = res.get("best")
+        click.echo(f"himr-pipe train: checkpoint {res['checkpoint']}" + (
+            f"; best ({best['metric'].replace('_', ' ', 1).replace('top1', 'top-1')} {best['value']:.4f}, epoch "
+            f"{best['epoch']}) {res['best_checkpoint']}" if best else ""))
 
 
 @main.command("timm-train", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -588,6 +605,69 @@ def decrypt_cmd(out, dest, state_dir, limit):
     except DecryptError as e:
         _fail_usage(str(e))
     click.echo(f"himr-pipe decrypt: {res['images']} images ({res['scheme']}) -> {res['dest']}")
+
+
+@main.command("predict")
+@click.argument("run", metavar="RUN_OR_CHECKPOINT")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...")
+@click.option("--top-k", type=int, default=None,
+              help="Classes per image (classification, default 5); most detections per image (detection, "
+                   "default 100).")
+@click.option("--min-score", type=float, default=0.0, show_default=True,
+              help="Detection: drop detections scoring at most this.")
+@click.option("--json", "json_out", default=None, metavar="PATH_OR_-",
+              help="Write the records as JSON to PATH ('-': stdout) instead of text lines: classification, a list "
+                   "of {image, index, top_k}; detection, COCO results (image_id: the image's position among the "
+                   "inputs, with its file_name).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (the model's).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
+def predict_cmd(run, images, top_k, min_score, json_out, device, batch_size):
+    """Run a trained model on plain images: RUN_OR_CHECKPOINT is a `himr-pipe train` --out folder (its
+    checkpoint-best.pt, else checkpoint-last.pt) or a checkpoint file; each image (a folder: its image files,
+    sorted) is resized and encrypted as its shards were, without a key (the shuffled schemes' models are
+    invariant to the order and orientation of the cells).
+
+    Text: one line per image (classification: its top classes with probabilities) or per detection (class,
+    score, x y w h in the image's own pixels). Inputs that can't be used are skipped with one line each.
+    Exit 0: every input predicted; 3: done, some skipped; 2: an unusable checkpoint or arguments.
+    """
+    import json
+
+    from himr_pipe.train.predict import PredictError, Predictor
+
+    if top_k is not None and top_k < 1:
+        _fail_usage("--top-k must be at least 1")
+    if batch_size < 1:
+        _fail_usage("--batch-size must be at least 1")
+    skipped = []
+
+    def on_skip(path, reason):
+        skipped.append(path)
+        click.echo(f"himr-pipe predict: skipped {path}: {reason}", err=True)
+
+    try:
+        p = Predictor(run, device=device, batch_size=batch_size)
+    except PredictError as e:
+        _fail_usage(str(e))
+    for note in p.notes:
+        click.echo(f"himr-pipe predict: note: {note}", err=True)
+    records = p.predict(list(images), top_k, min_score, on_skip)
+    if json_out is not None:
+        text = json.dumps(records, indent=1)
+        if json_out == "-":
+            click.echo(text)
+        else:
+            try:
+                with open(json_out, "w") as f:
+                    f.write(text + "\n")
+            except OSError as e:
+                _fail_usage(f"--json {json_out}: {e.strerror or e}")
+    else:  # one line per image (classification) or per detection: the task's own (train/tasks.py)
+        for r in records:
+            click.echo(p.line(r))
+    if json_out not in (None, "-"):
+        click.echo(f"himr-pipe predict: {p.summary(records)}, {len(skipped)} skipped -> {json_out}")
+    sys.exit(3 if skipped else 0)
 
 
 if __name__ == "__main__":

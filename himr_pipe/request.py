@@ -24,6 +24,21 @@ def is_device(device: str) -> bool:
     return device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
 
 
+def device_unavailable(device: str) -> str | None:
+    """Why ``device`` (cpu, cuda or cuda:N) cannot be used on this machine, or None: asked before any work, so
+    that a machine without CUDA is told in one line (not a worker's traceback or torch's error mid-run)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"--device {device}: this machine has no CUDA device (torch.cuda.is_available() is False); use --device cpu"
+    n, index = torch.cuda.device_count(), int(device[5:] or 0)
+    if index >= n:
+        return f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
+    return None
+
+
 @dataclass(frozen=True)
 class EncryptRequest:
     """What ``encrypt-shards`` is asked, option for option (``None``: the task's or the machine's default)."""
@@ -82,6 +97,8 @@ class EncryptRequest:
                            default_flip(name) if self.flip is None else self.flip)
         if not is_device(self.device):
             raise JobError(f"--device must be {DEVICE_HELP}, got {self.device!r}")
+        if device_unavailable(self.device):
+            raise JobError(device_unavailable(self.device))
         if self.kernels == "cpu" and self.device != "cpu":
             raise JobError(f"--kernels cpu runs on the CPU; on --device {self.device} use auto (Triton) or torch")
         enc_name = resolve_encoder(self.encoder, self.fmt, self.device)

@@ -443,7 +443,7 @@ def _texture(tex: np.ndarray, rng: np.random.Generator, size: int, bright: bool)
 
 
 def shapes_image(kind: str, rng: np.random.Generator, size: int,
-                 textures: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                 textures: list[np.ndarray], outline_of=None) -> tuple[np.ndarray, np.ndarray]:
     """One image of the shapes proxy: (size x size x 3 uint8, the object's boolean mask).
 
     A ``kind`` shape (:func:`_shape_outline`, then a uniform random rotation) of side about 45-75% of the
@@ -456,7 +456,7 @@ def shapes_image(kind: str, rng: np.random.Generator, size: int,
     area = float((size * rng.uniform(0.45, 0.75)) ** 2)
     t = rng.uniform(0, 2 * np.pi)
     c, s = np.cos(t), np.sin(t)
-    outline = _shape_outline(kind, area, rng) @ np.array([[c, s], [-s, c]])
+    outline = (outline_of or _shape_outline)(kind, area, rng) @ np.array([[c, s], [-s, c]])
     # shrink what does not fit inside the frame with a 1 px margin (long bars, turned squares), then place it
     extent = float((outline.max(0) - outline.min(0)).max())
     outline = outline * min(1.0, (size - 6) / extent)
@@ -507,3 +507,82 @@ def make_shapes_classification(root: str | os.PathLike, per_class: int = 100, si
                 im.save(path)
             n += 1
     return {"classes": len(classes), "images": n, "size": size}
+
+
+# -- a "public" pretraining set that shares nothing with the shapes proxy ------------------------------------
+# Other photos (none of TEXTURE_PHOTOS: scikit-learn's two sample photos and scikit-image's other bundled
+# images) and other classes (none of SHAPE_CLASSES): what a user's public checkpoint stands for in the
+# pretraining benchmark (benchmarks/bench_pretrained.py). A sibling task of the proxy, as ImageNet is of most
+# downstream photo sets: the same kind of images, nothing of the proxy's own.
+PUBLIC_PHOTOS = ("china", "flower", "clock", "page", "text", "microaneurysms", "horse", "shepp_logan_phantom",
+                 "checkerboard", "logo")
+PUBLIC_CLASSES = ("pentagon", "hexagon", "star", "cross", "ellipse", "lshape")
+
+
+def load_public_textures() -> list[np.ndarray]:
+    """The photos of :data:`PUBLIC_PHOTOS` as HxWx3 uint8 (grey and binary ones replicated, alpha dropped)."""
+    import skimage.data as data
+    from sklearn.datasets import load_sample_images
+
+    sk = dict(zip(("china", "flower"), load_sample_images().images))
+    out = []
+    for name in PUBLIC_PHOTOS:
+        a = np.asarray(sk[name] if name in sk else getattr(data, name)())
+        if a.dtype == bool:
+            a = a.astype(np.uint8) * 255
+        elif a.dtype != np.uint8:
+            a = np.clip(np.rint(a * (255.0 / max(float(a.max()), 1e-9))), 0, 255).astype(np.uint8)
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        out.append(np.ascontiguousarray(a[..., :3]))
+    return out
+
+
+def _regular(n: int, r: float, phase: float = 0.0) -> np.ndarray:
+    t = phase + np.arange(n) * 2 * np.pi / n
+    return np.stack([r * np.cos(t), r * np.sin(t)], 1)
+
+
+def public_outline(kind: str, area: float, rng: np.random.Generator) -> np.ndarray:
+    """Vertices (N, 2) of a :data:`PUBLIC_CLASSES` shape of about ``area`` px^2 centred on 0."""
+    if kind in ("pentagon", "hexagon"):
+        n = 5 if kind == "pentagon" else 6
+        r = np.sqrt(2 * area / (n * np.sin(2 * np.pi / n)))
+        return _regular(n, r)
+    if kind == "star":
+        outer = _regular(5, 1.0, -np.pi / 2)
+        inner = _regular(5, 0.42, -np.pi / 2 + np.pi / 5)
+        pts = np.stack([outer, inner], 1).reshape(-1, 2)
+    elif kind == "cross":
+        a = rng.uniform(0.25, 0.4)  # arm half-width, arms reach 1
+        pts = np.array([[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1], [-a, a], [-1, a],
+                        [-1, -a], [-a, -a]])
+    elif kind == "ellipse":
+        e = rng.uniform(1.6, 2.4)
+        pts = _regular(32, 1.0) * np.array([e, 1.0])
+    elif kind == "lshape":
+        a = rng.uniform(0.35, 0.5)
+        pts = np.array([[-1, -1], [-1 + 2 * a, -1], [-1 + 2 * a, 1 - 2 * a], [1, 1 - 2 * a], [1, 1], [-1, 1]])
+    else:
+        raise ValueError(f"unknown public shape {kind!r}")
+    x, y = pts[:, 0], pts[:, 1]
+    shoelace = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+    return pts * np.sqrt(area / shoelace)
+
+
+def make_public_classification(root: str | os.PathLike, per_class: int = 1000, size: int = 128, seed: int = 100,
+                               quality: int = 90) -> dict:
+    """Write an ImageNet-style folder of the public pretraining set (:data:`PUBLIC_CLASSES` on
+    :data:`PUBLIC_PHOTOS`), drawn as :func:`shapes_image` draws the proxy; JPEG q90. Same arguments, same bytes."""
+    if per_class < 1:
+        raise ValueError("per_class must be at least 1")
+    root = Path(root)
+    textures = load_public_textures()
+    rng = np.random.default_rng(seed)
+    for cls in PUBLIC_CLASSES:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+    for i in range(per_class):
+        for cls in PUBLIC_CLASSES:
+            img, _ = shapes_image(cls, rng, size, textures, outline_of=public_outline)
+            Image.fromarray(img).save(root / cls / f"{i:05d}.jpg", quality=quality)
+    return {"classes": len(PUBLIC_CLASSES), "images": per_class * len(PUBLIC_CLASSES), "size": size}

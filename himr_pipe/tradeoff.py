@@ -296,8 +296,10 @@ def leak(out: Path, samples: int) -> dict:
             "seconds": time.perf_counter() - t}
 
 
-def train_one(train_out: Path, val_out: Path, run: Path, recipe: Recipe, seed: int, device: str = "auto") -> dict:
-    """Train the recipe's model on ``train_out``; held-out top-1 on ``val_out`` after the last epoch."""
+def train_one(train_out: Path, val_out: Path, run: Path, recipe: Recipe, seed: int, device: str = "auto",
+              init: str | None = None) -> dict:
+    """Train the recipe's model on ``train_out``; held-out top-1 on ``val_out`` after the last epoch. ``init``:
+    a checkpoint to start from (``himr-pipe train --init``)."""
     from .train.trainer import TrainConfig, train
 
     cfg = TrainConfig(shards=str(train_out), val=str(val_out), out=str(run), embed_dim=recipe.embed_dim,
@@ -305,7 +307,7 @@ def train_one(train_out: Path, val_out: Path, run: Path, recipe: Recipe, seed: i
                       batch_size=recipe.batch_size, lr=recipe.lr, warmup_epochs=recipe.warmup_epochs,
                       weight_decay=recipe.weight_decay, drop_path=recipe.drop_path,
                       label_smoothing=recipe.label_smoothing, augment=recipe.augment, workers=0, seed=seed,
-                      device=device, log_interval=0, eval_every=recipe.epochs)
+                      device=device, log_interval=0, eval_every=recipe.epochs, init=init)
     t = time.perf_counter()
     res = train(cfg, log=lambda s: None)
     h = res["history"]

@@ -100,3 +100,12 @@ def test_detection_mismatches_are_clear_errors(det_shards, sample_src, tmp_path)
     r = cli("train", det_shards["mi"], "--val", det_shards["none"], "--out", tmp_path / "y", "--epochs", "1", *TINY,
             expect=2)
     assert "scheme" in r.output
+
+
+def test_an_ap_without_objects_of_its_size_is_printed_n_a():
+    """COCOeval's -1 means no ground-truth object (of that size): the log line and the CLI's last figures say
+    n/a, not -1.0000; log.jsonl keeps COCOeval's -1."""
+    from himr_pipe.train.tasks import DetectionTraining, ap_text
+
+    assert ap_text(-1.0) == "n/a" and ap_text(None) == "n/a" and ap_text(0.25) == "0.2500" and ap_text(0.0) == "0.0000"
+    assert DetectionTraining.describe(None, {"val_AP": -1.0, "val_AP50": 0.5}) == " | val AP n/a, AP50 0.5000"

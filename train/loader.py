@@ -10,10 +10,16 @@ streams straight into training):
   epoch) and dealt out shard by shard: stream s reads every n-th shard (a
   disjoint share, so ranks and workers see different data), through a
   shuffle buffer seeded by (seed, epoch, stream), cycling through its share
-  until it has produced its part of the epoch's sample count. So an epoch has
-  the same number of samples on every rank (DDP never waits on a rank that ran
-  dry), and epoch e is the same stream whether the run was interrupted before
-  it or not (exact resume at epoch boundaries).
+  (each pass shuffled on its own, so no sample comes twice before every other
+  has come once) until it has produced its part of the epoch's sample count.
+  So an epoch has the same number of samples on every rank (DDP never waits on
+  a rank that ran dry), and epoch e is the same stream whether the run was
+  interrupted before it or not (exact resume at epoch boundaries). A rank's epoch is
+  ``(samples // world) // batch`` whole batches (the trainer's steps per
+  epoch), dealt to its loader workers in whole batches, so no worker's
+  remainder is dropped and every epoch has exactly that many steps whatever
+  the worker count; a rank never runs more loader workers than it has shards
+  (:func:`loader_workers`), so no two workers read the same shard.
 * evaluation: shards are dealt round-robin to the (rank, worker) streams and
   read once, in order: every validation sample is seen exactly once.
 
@@ -47,6 +53,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from himr_pipe.manifest import Manifest, ManifestError
 from himr_pipe.scheme import Scheme
 from himr_pipe.shards import LABEL, META, decode_image
+
+# The normalisation every model sees its decoded images through, (pixel/255 - MEAN) / STD (ImageNet's): the
+# trainer's steps and evaluation, and predict on plain images (both import it from here; ``trainer.MEAN`` too)
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
 
 
 class DataError(ValueError):
@@ -95,6 +106,26 @@ def required_members(m: dict) -> frozenset[str]:
     from himr_pipe.tasks import job_task, task_named
 
     return frozenset(task_named(job_task(m["job"])).members(m["job"]["format"]["ext"]))
+
+
+def default_workers() -> int:
+    """Loader workers per training process when ``--workers`` is not given: 4, or as many as the usable CPUs
+    (the affinity mask and a container's quota, shared by the processes torchrun starts on this machine) when
+    they are fewer."""
+    import os
+
+    from himr_pipe.distributor import usable_cpus
+
+    return max(1, min(4, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
+
+def loader_workers(requested: int, shards: int, world: int = 1, batches: int | None = None) -> int:
+    """The loader workers one rank runs: ``requested``, but never more than the shards the rank reads (a stream
+    is a disjoint share of the shards: a worker beyond them would read another's) nor than the batches of its
+    epoch (a worker without a batch would start for nothing). 0 stays 0 (loading in the training process)."""
+    if requested <= 0:
+        return 0
+    return max(1, min(requested, shards // max(1, world), batches if batches is not None else requested))
 
 
 def _warn(msg: str) -> None:
@@ -196,9 +227,11 @@ def _stream_id(rank: int, world: int) -> tuple[int, int]:
 class TrainStream(IterableDataset):
     def __init__(self, urls: list[str], ext: str, samples_per_rank: int, epoch: int, seed: int,
                  rank: int = 0, world: int = 1, shuffle_buffer: int = 2000, raw: bool = False,
-                 counts: dict[str, int] | None = None, members: frozenset[str] | None = None):
+                 counts: dict[str, int] | None = None, members: frozenset[str] | None = None,
+                 batch_size: int = 1):
         self.urls, self.ext, self.raw = urls, ext, raw
         self.samples_per_rank, self.epoch, self.seed = samples_per_rank, epoch, seed
+        self.batch_size = max(1, batch_size)  # workers' quotas are whole batches of this size
         self.rank, self.world, self.buf = rank, world, shuffle_buffer
         self.counts, self.members = counts or {}, members or frozenset({ext})
         # faults met this epoch, summed over the loader's workers (forked: the counter is shared)
@@ -217,7 +250,12 @@ class TrainStream(IterableDataset):
         sid, n = _stream_id(self.rank, self.world)
         wi = get_worker_info()
         wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
-        quota = self.samples_per_rank // nw + (1 if wid < self.samples_per_rank % nw else 0)
+        # the rank's epoch is `steps` whole batches, dealt to its workers in whole batches: batched with
+        # drop_last, no worker leaves a remainder, and the epoch has exactly `steps` batches for any worker count
+        steps = self.samples_per_rank // self.batch_size
+        quota = self.batch_size * (steps // nw + (1 if wid < steps % nw else 0))
+        if quota == 0:
+            return
         rng = random.Random(f"himr-train:{self.seed}:{self.epoch}:{sid}")
         # shard-level split: the epoch's shard order is the same on every rank; stream sid takes every
         # n-th shard (a disjoint share), and cycles through it until its sample quota is met
@@ -236,31 +274,36 @@ class TrainStream(IterableDataset):
                 _warn(f"shard {name}: {what}; " + ("its faulty samples are skipped" if key is not None else
                       "the samples it lacks are skipped") + " (the epoch's count is in log.jsonl)")
 
+        def one_pass(good: list[int]):
+            for u in mine:
+                if u in dead:
+                    continue
+                n = 0
+                for item in checked_samples(u, self.counts.get(u), self.ext, self.members, self.raw, fault):
+                    n += 1
+                    yield item
+                if n == 0:
+                    dead.add(u)
+                good[0] += n
+
         def samples():
+            # shuffled pass by pass through the share: a sample comes again only once every other has come
+            # (shuffling across passes drew the buffer's first 100 from several passes: repeats in a small epoch)
+            shuffle = wds.shuffle(self.buf, initial=min(self.buf, 100), rng=random.Random(rng.random()))
             first = True
             while True:
-                good = 0
-                for u in mine:
-                    if u in dead:
-                        continue
-                    n = 0
-                    for item in checked_samples(u, self.counts.get(u), self.ext, self.members, self.raw, fault):
-                        n += 1
-                        yield item
-                    if n == 0:
-                        dead.add(u)
-                    good += n
-                if good == 0:
+                good = [0]
+                yield from shuffle(one_pass(good))
+                if good[0] == 0:
                     raise ShardFault(f"none of the {len(mine)} shard(s) this loader stream reads gave a sample "
                                     f"({', '.join(_shard_name(u) for u in mine[:4])}{' ...' if len(mine) > 4 else ''}):"
                                     " check them with `himr-pipe verify OUT`")
-                if first and warned and good < quota:
-                    _warn(f"{quota - good} samples short after skipping faults: this epoch repeats samples of its "
-                          "shards to keep its length")
+                if first and warned and good[0] < quota:
+                    _warn(f"{quota - good[0]} samples short after skipping faults: this epoch repeats samples of "
+                          "its shards to keep its length")
                 first = False
 
-        items = wds.shuffle(self.buf, initial=min(self.buf, 100), rng=random.Random(rng.random()))(samples())
-        yield from islice(items, quota)
+        yield from islice(samples(), quota)
 
 
 class EvalStream(IterableDataset):
@@ -294,7 +337,8 @@ def collate(batch):
 def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, samples_per_epoch: int | None = None,
                  workers: int = 2, rank: int = 0, world: int = 1, shuffle_buffer: int = 2000,
                  raw: bool = False) -> DataLoader:
-    """The loader of one training epoch (build one per epoch: its stream depends on the epoch).
+    """The loader of one training epoch (build one per epoch: its stream depends on the epoch): exactly
+    ``(samples // world) // batch_size`` batches, from at most :func:`loader_workers` worker processes.
 
     ``raw``: batches of encoded JPEG bytes (a list of 1-D uint8 tensors) for :func:`decode_on_device`.
     """
@@ -302,8 +346,11 @@ def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, sa
     total = samples_per_epoch or m["totals"]["written"]
     per_rank = total // world
     urls = shard_paths(shards_dir, m)
+    if not urls:
+        raise DataError(f"{shards_dir} holds no shard: nothing to train on")
     ds = TrainStream(urls, m["job"]["format"]["ext"], per_rank, epoch, seed, rank, world, shuffle_buffer, raw,
-                     shard_counts(urls, m), required_members(m))
+                     shard_counts(urls, m), required_members(m), batch_size)
+    workers = loader_workers(workers, len(urls), world, per_rank // max(1, batch_size))
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True, persistent_workers=False,
                       pin_memory=torch.cuda.is_available() and not raw, collate_fn=collate,
                       multiprocessing_context="fork" if workers else None)
@@ -319,6 +366,7 @@ def eval_loader(shards_dir: str, batch_size: int, workers: int = 2, rank: int = 
     m = read_manifest(shards_dir)
     urls = shard_paths(shards_dir, m)
     ds = EvalStream(urls, m["job"]["format"]["ext"], rank, world, raw, shard_counts(urls, m), required_members(m))
+    workers = loader_workers(workers, len(urls), world) if urls else 0
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False,
                       collate_fn=collate)
 

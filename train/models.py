@@ -65,6 +65,8 @@ from timm.models.vision_transformer import VisionTransformer
 from himr_pipe.kernels.reference import orient_index
 from himr_pipe.scheme import Scheme
 
+from .pretrained import forget_state_dict, pretrained_args
+
 __all__ = [
     "RPEPatchEmbed", "MIPatchEmbed", "RPEMIPatchEmbed", "D4OrbitProj", "D4PatchEmbed", "D4MIPatchEmbed",
     "RPED4PatchEmbed", "RPED4MIPatchEmbed", "PEViT", "MIViT", "SIZES",
@@ -371,13 +373,20 @@ def _create(cls, variant: str, pretrained: bool = False, **kwargs) -> VisionTran
     ``--model-kwargs shards=OUT``) or ``scheme=`` fit it to the data: input size and patch from the scheme,
     the classes from the manifest (unless ``num_classes`` is given), the pretrained_cfg's ``input_size`` set to
     the stored image size (``crop_pct`` stays 1.0), and a ``ValueError`` saying which model fits when this
-    one does not (:func:`check_model_matches`)."""
-    if pretrained:
-        raise ValueError(f"{variant}: there are no pretrained weights for models on encrypted images; "
-                         "train from scratch (pretrained=False)")
+    one does not (:func:`check_model_matches`). ``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=PATH)``
+    starts from a checkpoint file, adapted by :func:`himr_pipe.train.pretrained.adapt_state_dict` (the model's
+    ``pretrained_filter_fn``)."""
     shards, scheme = kwargs.pop("shards", None), kwargs.pop("scheme", None)
     out_indices = kwargs.pop("out_indices", 3)
     overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
+    start = {}
+    if pretrained:  # timm's way: pretrained_cfg_overlay=dict(file=PATH) (train.py --pretrained-path PATH)
+        if not overlay.get("file"):
+            raise ValueError(f"{variant}: there are no published weights for models on encrypted images; start from "
+                             "a checkpoint file: pretrained_cfg_overlay=dict(file=PATH) (timm's train.py: "
+                             "--pretrained --pretrained-path PATH), a plain ViT / DeiT or one of ours")
+        cfg_more, start = pretrained_args(overlay["file"], model_scheme)
+        overlay = {**overlay, **cfg_more}
     if shards is not None:
         scheme, ncls, task = shards_scheme(shards)
         if task != getattr(cls, "himr_task", "classification"):
@@ -394,8 +403,11 @@ def _create(cls, variant: str, pretrained: bool = False, **kwargs) -> VisionTran
         overlay = {"input_size": (kwargs.get("in_chans", 3), *scheme.out_size), **overlay}
     if kwargs.get("flip") and cls is PEViT:  # the orbit-pooled embedding's first conv is proj[0], as MI's
         overlay = {"first_conv": "patch_embed.proj.0", **overlay}
-    model = build_model_with_cfg(cls, variant, False, pretrained_cfg_overlay=overlay or None,
-                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+    if pretrained and "num_classes" not in overlay:  # timm keeps the checkpoint's classifier only at this count
+        overlay["num_classes"] = kwargs.get("num_classes", 1000)
+    model = build_model_with_cfg(cls, variant, pretrained, pretrained_cfg_overlay=overlay or None,
+                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **start, **kwargs)
+    forget_state_dict(model)
     if scheme is not None:
         check = getattr(cls, "check_matches", None) or check_model_matches  # PEYOLOS: check_detector_matches
         try:
@@ -487,8 +499,15 @@ def _as_scheme(scheme: Scheme | Mapping[str, Any]) -> Scheme:
     raise TypeError(f"expected a Scheme or its dict, got {type(scheme).__name__}")
 
 
+def _build_from(cls, variant: str, cfg: dict, init, keep_head, args: dict):
+    """``build_model_with_cfg`` from scratch, or (``init``: a checkpoint file) started from it the timm way."""
+    cfg_more, start = pretrained_args(init, model_scheme, keep_head)
+    model = build_model_with_cfg(cls, variant, init is not None, pretrained_cfg={**cfg, **cfg_more}, **start, **args)
+    return forget_state_dict(model)
+
+
 def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str = "tiny", rpe: bool = True,
-                **kw) -> VisionTransformer:
+                init: str | None = None, keep_head: bool | None = None, **kw) -> VisionTransformer:
     """The model for data encrypted with ``scheme``.
 
     * ``rs``   -> :class:`PEViT` on ``scheme.size`` with patch ``scheme.patch``
@@ -506,6 +525,10 @@ def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str 
     defence of rs / mi-shuffle) the patch embedding is orbit-pooled over the eight orientations of a
     cell (:class:`D4OrbitProj`), so the model is invariant to them. The scheme is recorded as
     ``model.himr_scheme`` (its ``to_dict()``).
+
+    ``init``: a checkpoint file to start from (a plain timm ViT / DeiT, or one of ours), adapted by
+    :func:`himr_pipe.train.pretrained.adapt_state_dict` through timm's pretrained loading; ``keep_head=False``
+    starts a new classifier even when the class count matches.
     """
     scheme = _as_scheme(scheme)
     if size not in SIZES:
@@ -539,7 +562,7 @@ def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str 
         args.setdefault("class_token", True)
         args.setdefault("global_pool", "token")
     cfg = _cfg(input_size=(in_chans, *scheme.out_size), first_conv=first_conv, num_classes=int(num_classes))
-    model = build_model_with_cfg(cls, variant, False, pretrained_cfg=cfg, **args)
+    model = _build_from(cls, variant, cfg, init, keep_head, args)
     model.himr_scheme = scheme.to_dict()
     return model
 

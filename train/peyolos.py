@@ -53,8 +53,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, init_weights_vit_timm
 
 from himr_pipe.scheme import Scheme
-from himr_pipe.train.models import (SIZES, MIPatchEmbed, _as_scheme, _cfg, _create, _size_args, _unwrap,
-                                    model_scheme)
+from himr_pipe.train.models import (SIZES, MIPatchEmbed, _as_scheme, _build_from, _cfg, _create, _size_args,
+                                    _unwrap, model_scheme)
 
 __all__ = ["MLP", "PEYOLOS", "build_detector", "check_detector_matches", "refuse_shuffled", "sincos_2d"]
 
@@ -303,7 +303,7 @@ def refuse_shuffled(scheme: Scheme | Mapping[str, Any]) -> Scheme:
 
 
 def build_detector(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str = "tiny", det_tokens: int = 100,
-                   **kw) -> PEYOLOS:
+                   init: str | None = None, **kw) -> PEYOLOS:
     """The PEYOLOS detector for data encrypted with ``scheme``.
 
     * ``mi``   -> MI patch embedding on ``scheme.out_size`` (H/2 x W/2) with
@@ -320,6 +320,11 @@ def build_detector(scheme: Scheme | Mapping[str, Any], num_classes: int, size: s
     input geometry comes from the scheme only. The scheme is recorded as
     ``model.himr_scheme`` (its ``to_dict()``) and ``model.himr_task`` is
     ``"detection"``.
+
+    ``init``: a checkpoint file to start from, the paper's recipe (``PEYOLOS/main.py --pre_trained``): a plain
+    ViT / DeiT or one of our classifiers on the same scheme gives the backbone, its patch position embedding
+    resampled to the detection canvas; detection tokens and heads are new
+    (:func:`himr_pipe.train.pretrained.adapt_state_dict`).
     """
     scheme = refuse_shuffled(scheme)
     if size not in SIZES:
@@ -338,7 +343,7 @@ def build_detector(scheme: Scheme | Mapping[str, Any], num_classes: int, size: s
     first_conv = "patch_embed.proj.0" if scheme.kind == "mi" else "patch_embed.proj"
     cfg = _cfg(input_size=(in_chans, *scheme.out_size), first_conv=first_conv, num_classes=int(num_classes),
                classifier="class_embed", fixed_input_size=False)
-    model = build_model_with_cfg(PEYOLOS, f"peyolos_{size}_{tag}", False, pretrained_cfg=cfg, **args)
+    model = _build_from(PEYOLOS, f"peyolos_{size}_{tag}", cfg, init, None, args)
     model.himr_scheme = scheme.to_dict()
     model.himr_task = "detection"
     return model

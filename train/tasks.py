@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from himr_pipe.tasks import job_task
+from himr_pipe.tasks import AUTO_ORDER, job_task
 
 from .loader import DataError, decode_on_device, eval_loader, read_manifest
 
@@ -30,6 +30,7 @@ class Training:
     """One training run's task: built from the training shards' manifest."""
 
     name = ""
+    metric = ""  # the validation figure the best checkpoint is chosen by (higher is better)
 
     def __init__(self, m: dict, shards: str):
         self.num_classes = 0
@@ -62,6 +63,50 @@ class Training:
         """The log line's part about the validation figures."""
         return ""
 
+    # -- the checkpoint and inference on plain images (``himr-pipe predict``, :mod:`.predict`): asked of the
+    # class, since a checkpoint has no training manifest to build a Training from
+    default_top_k = 1  # predict's records per image when none is asked for
+
+    @staticmethod
+    def manifest_categories(m: dict) -> list | None:
+        """What a checkpoint keeps of the training manifest's categories (:func:`checkpoint_record`)."""
+        return None
+
+    @classmethod
+    def owns_weights(cls, state: dict) -> bool:
+        """Are these weights (a checkpoint's state dict) this task's model? Asked of a checkpoint that does not
+        name its task (written before it did), in :func:`training_for_weights`' order."""
+        return False
+
+    @classmethod
+    def resize_refusal(cls, resize: str) -> str | None:
+        """Why predict can't run a model of this task trained on shards resized so (None: it can)."""
+        return None
+
+    @classmethod
+    def inference_model(cls, scheme, num_classes: int, size: str, cfg: dict, overrides: dict):
+        """The model a checkpoint of this task holds, built from its ``config`` as :meth:`build_model` built it
+        (its weights not yet loaded)."""
+        raise NotImplementedError
+
+    @classmethod
+    def predict_records(cls, out, images: list[dict], k: int, min_score: float, predictor) -> list[dict]:
+        """The model's output ``out`` on a batch as predict's records. ``images``: the batch's inputs in order,
+        ``{"path", "index", "frame"}`` (the index is the input's position among predict's inputs, the frame its
+        letterbox frame or None); ``predictor``: the :class:`~.predict.Predictor` (its class names,
+        categories); ``k``: the most records per image, ``min_score``: the weakest kept (where scores are)."""
+        raise NotImplementedError
+
+    @classmethod
+    def predict_line(cls, record: dict, predictor) -> str:
+        """One record as ``himr-pipe predict``'s text line."""
+        raise NotImplementedError
+
+    @classmethod
+    def predict_summary(cls, records: list[dict]) -> str:
+        """What ``himr-pipe predict --json PATH`` says it wrote."""
+        return f"{len(records)} records"
+
 
 def _max_label(shards: str) -> int:
     from himr_pipe.shards import LABEL, iter_shard
@@ -72,15 +117,27 @@ def _max_label(shards: str) -> int:
 
 class ClassificationTraining(Training):
     name = "classification"
+    metric = "val_top1"
 
     def __init__(self, m, shards):
         self.num_classes = m["num_classes"] or (1 + max(0, _max_label(shards)))
+        self.classes = m.get("classes")
+
+    def keeps_head(self, init) -> bool | None:
+        """Keep a starting checkpoint's classifier only when it names the shards' classes in the same order
+        (one of ours); a plain checkpoint's head (ImageNet's, say) is never the shards' classes."""
+        if init is None:
+            return None
+        from .pretrained import read_source
+
+        src = read_source(init)
+        return None if self.classes and src.classes == self.classes else False
 
     def build_model(self, scheme, cfg, overrides):
         from .models import build_model, check_model_matches
 
         model = build_model(scheme, self.num_classes, size=cfg.model, rpe=cfg.rpe, drop_path_rate=cfg.drop_path,
-                            **overrides)
+                            init=cfg.init, keep_head=self.keeps_head(cfg.init), **overrides)
         check_model_matches(model, scheme)
         return model
 
@@ -110,9 +167,40 @@ class ClassificationTraining(Training):
     def describe(self, rec):
         return f" | val top-1 {rec['val_top1']:.4f}" if "val_top1" in rec else ""
 
+    default_top_k = 5
+
+    @classmethod
+    def owns_weights(cls, state):
+        return True  # a classifier is what a checkpoint without another task's parts holds
+
+    @classmethod
+    def inference_model(cls, scheme, num_classes, size, cfg, overrides):
+        from .models import build_model
+
+        return build_model(scheme, num_classes, size=size, rpe=cfg.get("rpe", True), **overrides)
+
+    @classmethod
+    def predict_records(cls, out, images, k, min_score, predictor):
+        """One record per image: ``{"image", "index", "top_k": [{"label", "class", "prob"}]}`` (softmax)."""
+        probs = out.float().softmax(-1).cpu()
+        p, lab = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        return [{"image": im["path"], "index": im["index"], "top_k": [
+            {"label": int(la), "class": predictor.class_name(int(la)), "prob": float(pr)}
+            for pr, la in zip(p[row], lab[row])]} for row, im in enumerate(images)]
+
+    @classmethod
+    def predict_line(cls, record, predictor):
+        return f"{record['image']}: " + ", ".join(
+            f"{t['class'] if t['class'] is not None else t['label']} {t['prob']:.4f}" for t in record["top_k"])
+
+    @classmethod
+    def predict_summary(cls, records):
+        return f"{len(records)} images"
+
 
 class DetectionTraining(Training):
     name = "detection"
+    metric = "val_AP"
 
     def __init__(self, m, shards):
         self.categories = m["detection"]["categories"]
@@ -127,7 +215,7 @@ class DetectionTraining(Training):
     def build_model(self, scheme, cfg, overrides):
         from .peyolos import build_detector, check_detector_matches
 
-        model = build_detector(scheme, self.num_classes, size=cfg.model, det_tokens=cfg.det_tokens,
+        model = build_detector(scheme, self.num_classes, size=cfg.model, det_tokens=cfg.det_tokens, init=cfg.init,
                                aux_loss=cfg.aux_loss, dense_aux=cfg.dense_aux,
                                pos_init=cfg.pos_init, drop_path_rate=cfg.drop_path, **overrides)
         check_detector_matches(model, scheme)
@@ -167,7 +255,61 @@ class DetectionTraining(Training):
         return {f"val_{k}": v for k, v in ap.items()}
 
     def describe(self, rec):
-        return f" | val AP {rec['val_AP']:.4f}, AP50 {rec['val_AP50']:.4f}" if "val_AP" in rec else ""
+        return f" | val AP {ap_text(rec['val_AP'])}, AP50 {ap_text(rec['val_AP50'])}" if "val_AP" in rec else ""
+
+    default_top_k = 100  # COCO's most detections per image
+
+    @staticmethod
+    def manifest_categories(m):
+        return (m.get("detection") or {}).get("categories")
+
+    @classmethod
+    def owns_weights(cls, state):
+        return any(k.startswith("bbox_embed.") for k in state)
+
+    @classmethod
+    def resize_refusal(cls, resize):
+        if resize != "letterbox":
+            return f"a detector trained on {resize!r} shards: predict maps boxes back through the letterbox frame only"
+        return None
+
+    @classmethod
+    def inference_model(cls, scheme, num_classes, size, cfg, overrides):
+        from .peyolos import build_detector
+
+        return build_detector(scheme, num_classes, size=size, det_tokens=cfg.get("det_tokens", 100),
+                              aux_loss=cfg.get("aux_loss", False), dense_aux=cfg.get("dense_aux", True),
+                              pos_init=cfg.get("pos_init", "sincos"), **overrides)
+
+    @classmethod
+    def predict_records(cls, out, images, k, min_score, predictor):
+        """COCO results ``{"image_id", "category_id", "bbox", "score", "file_name"}`` in each image's own frame
+        (``detection.postprocess``), at most ``k`` per image scoring above ``min_score``."""
+        from .detection import postprocess
+
+        res = postprocess({kk: v.float() for kk, v in out.items()},
+                          [{**im["frame"].to_dict(), "image_id": im["index"]} for im in images],
+                          [c["id"] for c in predictor.categories], min_score, k)
+        path = {im["index"]: im["path"] for im in images}
+        for r in res:
+            r["file_name"] = path[r["image_id"]]
+        return res
+
+    @classmethod
+    def predict_line(cls, record, predictor):
+        x, y, w, h = record["bbox"]
+        return (f"{record['file_name']}: {predictor.category_name(record['category_id'])} {record['score']:.4f} "
+                f"box {x:.1f} {y:.1f} {w:.1f} {h:.1f}")
+
+    @classmethod
+    def predict_summary(cls, records):
+        return f"{len(records)} detections in {len({r['image_id'] for r in records})} images"
+
+
+def ap_text(v: float | None) -> str:
+    """An AP figure as the log prints it: COCOeval's -1 (no ground-truth object in that size range, or none at
+    all) is "n/a", not a score."""
+    return "n/a" if v is None or v < 0 else f"{v:.4f}"
 
 
 TRAININGS = {t.name: t for t in (ClassificationTraining, DetectionTraining)}
@@ -179,6 +321,26 @@ def training_for(m: dict, shards: str) -> Training:
     if name not in TRAININGS:
         raise DataError(f"these shards are for task {name!r}, which this trainer cannot train")
     return TRAININGS[name](m, shards)
+
+
+def training_for_weights(state: dict) -> type[Training]:
+    """The task whose model the weights ``state`` are, for a checkpoint that does not name its task: tried in
+    ``--task auto``'s order (``himr_pipe.tasks.AUTO_ORDER``; classification, which takes any, last)."""
+    return next(TRAININGS[n] for n in AUTO_ORDER if n in TRAININGS and TRAININGS[n].owns_weights(state))
+
+
+def checkpoint_record(m: dict) -> dict:
+    """What a checkpoint holds of its training manifest ``m`` for inference on plain images (the trainer adds it
+    to every checkpoint, ``himr-pipe predict`` reads it): ``task``; ``classes`` (the class names, label order;
+    None where the manifest has none); ``categories`` (detection: the manifest's category map,
+    ``[{"label", "id", "name"}]``, else None: :meth:`Training.manifest_categories`); ``resize`` (crop, stretch
+    or letterbox); ``decoder`` (the source decoder the shards were made with); ``codec`` (the stored image
+    format: name, ext, and JPEG's quality and subsampling)."""
+    job = m["job"]
+    task = job_task(job)
+    return {"task": task, "classes": m.get("classes"),
+            "categories": TRAININGS.get(task, Training).manifest_categories(m),
+            "resize": job.get("resize"), "decoder": job.get("decoder"), "codec": job.get("format")}
 
 
 @torch.no_grad()

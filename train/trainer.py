@@ -16,11 +16,20 @@ task adds (classes, model, optimiser defaults, augmentation, loss, validation me
 * A checkpoint after every epoch (model, optimizer, scheduler, step, RNG
   states). ``--resume`` continues from it; since each epoch's data stream and
   augmentation draw only on (seed, epoch, rank), the resumed run computes what
-  the uninterrupted run would have.
+  the uninterrupted run would have. With ``--val``, the best epoch's
+  checkpoint is kept beside it as ``checkpoint-best.pt`` (by val top-1, or
+  val AP for detection; the best so far is stored in the last checkpoint, so
+  a resumed run keeps tracking it).
+* An epoch is ``(samples // world) // batch`` steps, never zero: a batch larger
+  than an epoch's samples is cut to them (with a warning; the lr default
+  follows the batch used), an OUT without samples is refused before any work,
+  and the loader deals every epoch in whole batches to at most as many workers
+  as each rank has shards.
 * A log line every ``log_interval`` steps with loss, lr, the loader's rate
   (images per second of waiting for data) and the step's rate (images per
   second of compute), and the share of time spent waiting: a starving loader
-  shows as a high wait share.
+  shows as a high wait share. Each epoch ends with one line of its mean loss
+  (and the validation figures).
 
 The DeiT recipe (docs/method.md) is the default for ImageNet-scale runs: lr
 5e-4 x batch/512, weight decay 0.05, 5 warm-up epochs, drop-path 0.1, label
@@ -36,9 +45,13 @@ and weight decay 1e-4, gradient clipping at 0.1, augmentation that is
 exact for MI with the boxes moved along (``det_augment.DetectionAugment``:
 flips and whole-cell shifts, colour jitter), and COCO AP on the validation
 OUT's sanitised ground truth (predictions mapped back to each image's own
-frame, gathered over ranks). There are no pretrained weights for encrypted
-inputs, so every group of parameters trains from scratch at the one lr
-(YOLOS's lower backbone lr is for fine-tuning a pretrained backbone).
+frame, gathered over ranks). Every group of parameters trains at the one lr,
+from scratch or from ``--init``.
+
+``--init PATH`` starts a new run from a checkpoint (a plain timm ViT / DeiT, or one of ours: another class set,
+or a classifier's backbone for PEYOLOS), adapted by :mod:`.pretrained` through timm's own pretrained loading;
+the log's first line says what was loaded, adapted and newly initialised. A resumed run takes its weights from
+its own checkpoint instead.
 """
 
 from __future__ import annotations
@@ -47,7 +60,8 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +70,9 @@ import torch.distributed as dist
 
 from himr_pipe import failpoints
 
-from .loader import DataError, decode_on_device, manifest_scheme, read_manifest, train_loader
+from .loader import (MEAN, STD, DataError, decode_on_device, default_workers, loader_workers,
+                     manifest_scheme, read_manifest, train_loader)
+from .pretrained import PretrainedAdapted, describe_report
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -76,9 +92,6 @@ def _write_atomic(path: Path, write) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -106,7 +119,7 @@ class TrainConfig:
     drop_path: float = 0.1
     augment: bool = True
     aug_config: dict | None = None
-    workers: int = 4
+    workers: int | None = None         # loader processes; None: min(4, usable CPUs) (loader.default_workers)
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -114,6 +127,7 @@ class TrainConfig:
     decode: str = "auto"               # where JPEGs are decoded: "workers" (CPU), "device", or "auto" (device on a GPU)
     samples_per_epoch: int | None = None
     resume: bool = False
+    init: str | None = None            # start from this checkpoint (a plain timm ViT / DeiT, or one of ours)
     stop_after: int | None = None      # end this invocation after N epochs (time-boxed or preemptible jobs)
     eval_every: int = 1
 
@@ -158,9 +172,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
-    from .tasks import training_for
+    from .tasks import checkpoint_record, training_for
 
     rank, world, local = _dist_env()
+    _check_options(cfg)
+    asked_workers = cfg.workers
+    if cfg.workers is None:
+        cfg = replace(cfg, workers=default_workers())
     if cfg.device == "auto":
         device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
@@ -172,9 +190,30 @@ def train(cfg: TrainConfig, log=print) -> dict:
     main_rank = rank == 0
 
     m = read_manifest(cfg.shards)
+    if not m["shards"] or m["totals"]["written"] < 1:
+        raise DataError(f"{cfg.shards} holds no sample (its manifest lists {len(m['shards'])} shard(s), "
+                        f"{m['totals']['written']} samples written): an epoch would train zero steps")
     scheme = manifest_scheme(m)
     task = training_for(m, cfg.shards)  # what the task adds: model, loss, augmentation, validation metric
     num_classes = task.num_classes
+    # an epoch is (samples // world) // batch steps: never zero, and never silently fewer than asked
+    samples = cfg.samples_per_epoch or m["totals"]["written"]
+    per_rank = samples // world
+    if per_rank < 1:
+        raise DataError(f"an epoch of {samples} samples split over {world} training processes gives each none: it "
+                        "would train zero steps. Give every process at least one sample (--samples-per-epoch, or "
+                        "fewer processes)")
+    batch = min(cfg.batch_size, per_rank)  # a batch never waits for more samples than an epoch has
+    if batch < cfg.batch_size and main_rank:
+        log(f"warning: --batch-size {cfg.batch_size} is more than the {per_rank} samples of an epoch"
+            f"{' per process' if world > 1 else ''}: training with batches of {batch} (one step an epoch)")
+    steps_per_epoch = per_rank // batch
+    workers = loader_workers(cfg.workers, len(m["shards"]), world, steps_per_epoch)
+    if asked_workers is not None and workers < asked_workers and main_rank:
+        limit = max(1, len(m["shards"]) // world)
+        log(f"--workers {asked_workers} is more than the "
+            + (f"{limit} shard(s) each training process reads" if limit <= steps_per_epoch
+               else f"{steps_per_epoch} batch(es) of an epoch") + f": loading with {workers}")
     if cfg.val:
         mv = read_manifest(cfg.val)
         if manifest_scheme(mv) != scheme:
@@ -184,19 +223,23 @@ def train(cfg: TrainConfig, log=print) -> dict:
     _seed_all(cfg.seed)
     overrides = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth),
                                    ("num_heads", cfg.num_heads)) if v is not None}
-    model = task.build_model(scheme, cfg, overrides).to(device)
+    # --init starts a new run; a run resumed from its checkpoint takes its weights from there instead
+    resuming = cfg.resume and (Path(cfg.out) / "checkpoint-last.pt").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PretrainedAdapted)  # said once, in the log, below
+        model = task.build_model(scheme, replace(cfg, init=None) if resuming else cfg, overrides).to(device)
+    if main_rank and getattr(model, "himr_init", None):
+        log("init: " + describe_report(model.himr_init))
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
 
-    global_batch = cfg.batch_size * world
+    global_batch = batch * world  # the lr default scales with the batch actually used
     dflt = task.defaults(global_batch)
     lr = cfg.lr if cfg.lr is not None else dflt["lr"]
     weight_decay = cfg.weight_decay if cfg.weight_decay is not None else dflt["weight_decay"]
     clip_grad = cfg.clip_grad if cfg.clip_grad is not None else dflt["clip_grad"]
-    samples = cfg.samples_per_epoch or m["totals"]["written"]
-    steps_per_epoch = max(1, (samples // world) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     opt = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)
     sched = CosineLRScheduler(opt, t_initial=total_steps, lr_min=cfg.min_lr,
@@ -215,6 +258,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint-last.pt"
+    best_path = out / "checkpoint-best.pt"
+    # what defines the run, as it runs: the options with their defaults resolved (a --resume is compared on these)
+    terms = {**{k: getattr(cfg, k) for k in RUN_DEFINING},
+             "batch_size": batch, "lr": lr, "weight_decay": weight_decay, "clip_grad": clip_grad}
+    best = None  # the best validation figure so far: {"metric", "value", "epoch", "val"}
     start_epoch, step = 0, 0
     logged: list[dict] = []  # log.jsonl's records: rewritten whole after each checkpoint, from the checkpoint's
     if main_rank:
@@ -228,8 +276,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck["scheme"] != scheme.to_dict():
             raise DataError(f"the checkpoint was trained on scheme {ck['scheme']}, the shards are {scheme.to_dict()}")
-        changed = [f"{k} {ck['config'].get(k)!r} -> {getattr(cfg, k)!r}" for k in RUN_DEFINING
-                   if k in ck.get("config", {}) and ck["config"][k] != getattr(cfg, k)]
+        # a checkpoint from before the terms were stored: its options as given (None: the default)
+        old, new = (ck["terms"], terms) if "terms" in ck else (ck.get("config", {}), asdict(cfg))
+        changed = [f"{k} {_shown(old[k])} -> {_shown(new.get(k))}" for k in RUN_DEFINING
+                   if k in old and old[k] != new.get(k)]
         if changed:
             raise DataError(f"--resume continues the run in {ckpt_path} exactly, but these options differ from "
                             f"it: {'; '.join(changed)}. Rerun with its options, or train into another --out")
@@ -238,17 +288,25 @@ def train(cfg: TrainConfig, log=print) -> dict:
         sched.load_state_dict(ck["scheduler"])
         start_epoch, step = ck["epoch"], ck["step"]
         logged = list(ck.get("log", []))
+        best = ck.get("best")
+        if best is not None and best.get("val") != cfg.val:
+            if main_rank:
+                log(f"the best checkpoint so far was scored on --val {best.get('val')}; {best_path} now tracks "
+                    f"the best on {cfg.val}")
+            best = None
         _set_rng_state(ck["rng"])
         if main_rank:
             log(f"resumed from {ckpt_path} at epoch {start_epoch}, step {step}")
 
     history = []
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
+    if start_epoch >= cfg.epochs and main_rank:
+        log(f"the run in {out} is complete ({start_epoch} of {cfg.epochs} epochs): nothing to train")
     for epoch in range(start_epoch, last_epoch):
         net.train()
         gen = torch.Generator(device=device)
         gen.manual_seed(hash((cfg.seed, epoch, rank)) % 2**63)
-        loader = train_loader(cfg.shards, cfg.batch_size, epoch, cfg.seed, cfg.samples_per_epoch, cfg.workers,
+        loader = train_loader(cfg.shards, batch, epoch, cfg.seed, cfg.samples_per_epoch, workers,
                               rank, world, raw=raw)
         t_wait = t_step = 0.0
         n_img = 0
@@ -272,8 +330,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
             n_img += len(imgs)
             t0 = time.perf_counter()
             t_step += t0 - t1
-            if main_rank and cfg.log_interval and step % cfg.log_interval == 0:
+            if main_rank and cfg.log_interval and step % cfg.log_interval == 0 and loss_n < steps_per_epoch:
                 log(_line(epoch, step, total_steps, loss_sum / loss_n, opt, n_img, t_wait, t_step, world))
+        if loss_n == 0:
+            raise DataError(f"epoch {epoch} trained zero steps: its loader gave no batch of {batch} (expected "
+                            f"{steps_per_epoch})")
+        if loss_n != steps_per_epoch and main_rank:
+            log(f"warning: epoch {epoch} trained {loss_n} steps, not the {steps_per_epoch} of its schedule")
         rec = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(1, loss_n),
                "skipped_samples": loader.dataset.faults,  # faulty samples skipped (loader.checked_samples)
                "loader_img_s": n_img * world / max(t_wait, 1e-9), "step_img_s": n_img * world / max(t_step, 1e-9),
@@ -282,24 +345,61 @@ def train(cfg: TrainConfig, log=print) -> dict:
             rec.update(task.evaluate(net, cfg, device, mean, std, rank, world, amp, raw))
         history.append(rec)
         if main_rank:
-            log(_line(epoch, step, total_steps, rec["train_loss"], opt, n_img, t_wait, t_step, world)
+            log(_line(epoch, step, total_steps, rec["train_loss"], opt, n_img, t_wait, t_step, world, done=True)
                 + task.describe(rec))
+            value = rec.get(task.metric)
+            improved = value is not None and value >= 0 and (best is None or value > best["value"])  # AP -1: undefined
+            if improved:
+                best = {"metric": task.metric, "value": value, "epoch": epoch, "val": cfg.val}
             logged.append(rec)
             ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                   "epoch": epoch + 1, "step": step, "rng": _rng_state(), "scheme": scheme.to_dict(),
-                  "config": asdict(cfg), "num_classes": num_classes, "log": logged}
+                  "config": asdict(cfg), "num_classes": num_classes, "log": logged, "terms": terms, "best": best,
+                  # what himr-pipe predict needs of the manifest: task, class names / categories, resize, codec
+                  **checkpoint_record(m)}
             # the checkpoint first, then the log it holds: a kill between them or inside either leaves a
-            # checkpoint and a log that agree once --resume rewrites the log (no lost or doubled epoch)
+            # checkpoint and a log that agree once --resume rewrites the log (no lost or doubled epoch). A new
+            # best before the last: a kill between them leaves a last checkpoint that names an older best, and
+            # the resumed run recomputes this epoch exactly, so it writes the same best again
+            if improved:
+                _write_atomic(best_path, lambda f: torch.save(ck, f))
             _write_atomic(ckpt_path, lambda f: torch.save(ck, f))
             failpoints.after_checkpoint(epoch + 1)
             _write_atomic(out / "log.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in logged).encode()))
         if world > 1:
             dist.barrier()
-    return {"history": history, "model": model, "steps": step}
+    return {"history": history, "model": model, "steps": step,
+            "checkpoint": str(ckpt_path) if main_rank and ckpt_path.exists() else None,
+            "best": best, "best_checkpoint": str(best_path) if main_rank and best is not None else None}
 
 
-def _line(epoch, step, total, loss, opt, n_img, t_wait, t_step, world) -> str:
+def _check_options(cfg: TrainConfig) -> None:
+    """Options that cannot run, refused before any work (ValueError: the CLI's exit 2)."""
+    from himr_pipe.request import DEVICE_HELP, device_unavailable, is_device
+
+    if cfg.device != "auto":
+        if not is_device(cfg.device):
+            raise ValueError(f"--device must be auto, {DEVICE_HELP}, got {cfg.device!r}")
+        why = device_unavailable(cfg.device)
+        if why:
+            raise ValueError(why)
+    for name, v in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--stop-after", cfg.stop_after)):
+        if v is not None and v < 1:
+            raise ValueError(f"{name} must be at least 1, got {v}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {cfg.workers}")
+
+
+def _shown(v) -> str:
+    """A run-defining value in a message: None is an option left at its default."""
+    return "default" if v is None else repr(v)
+
+
+def _line(epoch, step, total, loss, opt, n_img, t_wait, t_step, world, done: bool = False) -> str:
+    """The log line: every log_interval steps (``loss``: the epoch's mean so far), and once at the end of each
+    epoch (``done``: the epoch's mean loss and rates)."""
     lr = opt.param_groups[0]["lr"]
     wait = t_wait / max(t_wait + t_step, 1e-9)
-    return (f"epoch {epoch} step {step}/{total} loss {loss:.4f} lr {lr:.2e} | loader {n_img * world / max(t_wait, 1e-9):.0f}"
+    head = f"epoch {epoch} done, step {step}/{total}: mean loss" if done else f"epoch {epoch} step {step}/{total} loss"
+    return (f"{head} {loss:.4f} lr {lr:.2e} | loader {n_img * world / max(t_wait, 1e-9):.0f}"
             f" img/s, step {n_img * world / max(t_step, 1e-9):.0f} img/s, waiting {100 * wait:.0f}% of the time")
