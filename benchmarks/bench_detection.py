@@ -152,6 +152,8 @@ def main() -> None:
                          "bench_pretrained.py --det-backbones makes them)")
     ap.add_argument("--jobs", type=int, default=None,
                     help="CPU: training runs side by side (default: one per core); a GPU runs one at a time")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU: threads per training run (default: the cores shared among --jobs)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     for k, v in BUDGETS[args.budget].items():
@@ -213,7 +215,7 @@ def main() -> None:
         # give about 2.6x one two-thread run's img/s).
         gpu = torch.cuda.is_available()
         n_jobs = 1 if gpu else max(1, min(args.jobs or (os.cpu_count() or 1), len(jobs)))
-        threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // n_jobs)
         torch.set_num_threads(threads)
         args.jobs, args.threads = n_jobs, threads  # recorded in the JSON's args
         with ThreadPoolExecutor(n_jobs) as ex:

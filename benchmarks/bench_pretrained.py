@@ -30,7 +30,7 @@ Runs go side by side, one per core (``--jobs``), one thread each. About 3 minute
 
 Run:  python benchmarks/bench_pretrained.py --work /tmp/bench_pretrained --json benchmarks/results/pretrained.json
       [--draws 0,5,9] [--jobs 2] [--pre-epochs 30] [--long-epochs 45] [--long-draws 0,5,9]
-      [--only scratch,plain,encrypted]
+      [--only scratch,plain,encrypted] [--settings none,rs,mi,default]
       [--det-backbones]   (also pretrain the 64 px, P=8 backbones that bench_detection.py --init takes)
 """
 
@@ -148,10 +148,10 @@ def finetune_jobs(work: Path, args, recipe, draws, starts, ckpt) -> list[dict]:
         if not src.is_dir():
             make_shapes_classification(src, per_class=args.per_class, size=SIZE, seed=d)
         _split(src, work / f"shapes_s{d}_split", d)
-        for name in SETTINGS:
+        for name in args.settings.split(","):
             out = work / f"shapes_s{d}_{name}"
             _encrypt(work / f"shapes_s{d}_split", out, _scheme(name), d)
-            seeds = (d, d + 1) if name in TWO_SEEDS else (d,)
+            seeds = tuple(range(d, d + args.seeds)) if name in TWO_SEEDS else (d,)
             for start in starts:
                 if start == "encrypted" and name != "default":
                     continue
@@ -164,10 +164,11 @@ def finetune_jobs(work: Path, args, recipe, draws, starts, ckpt) -> list[dict]:
 
 
 def long_jobs(work: Path, args, recipe, draws) -> list[dict]:
-    """``none`` from scratch at ``--long-epochs``: had the budget's baseline converged?"""
-    return [{"key": f"long/{d}/none/{d}", "train": str(work / f"shapes_s{d}_none" / "train"),
+    """``none`` from scratch at ``--long-epochs`` (the draw's second training seed): had the budget's baseline
+    converged?"""
+    return [{"key": f"long/{d}/none/{d + 1}", "train": str(work / f"shapes_s{d}_none" / "train"),
              "val": str(work / f"shapes_s{d}_none" / "val"), "run": str(work / "runs" / f"long_{d}_none"),
-             "recipe": asdict(replace(recipe, epochs=args.long_epochs)), "seed": d} for d in draws]
+             "recipe": asdict(replace(recipe, epochs=args.long_epochs)), "seed": d + 1} for d in draws]
 
 
 def summarise(cache: dict, draws, starts) -> dict:
@@ -228,14 +229,18 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--per-class", type=int, default=1000, help="shapes proxy images per class")
     ap.add_argument("--public-per-class", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, default=2, help="training seeds of none and the default (the others: 1)")
     ap.add_argument("--pre-epochs", type=int, default=30)
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning budget (default: the recipe's 15)")
     ap.add_argument("--long-epochs", type=int, default=45, help="the converged baseline's epochs (0: none)")
     ap.add_argument("--long-draws", default=None, help="the draws that get the converged baseline (default: all)")
     ap.add_argument("--only", default="scratch,plain,encrypted", help="which starts")
+    ap.add_argument("--settings", default=",".join(SETTINGS),
+                    help=f"which settings to train (of {', '.join(SETTINGS)}); the table shows every cached one")
     ap.add_argument("--det-backbones", action="store_true",
                     help="also pretrain the detection bench's backbones (64 px, P=8, 3 heads; none and mi)")
     ap.add_argument("--pretrain-only", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="train nothing: the table of what --work holds")
     args = ap.parse_args()
 
     from himr_pipe.tradeoff import RECIPE
@@ -252,16 +257,18 @@ def main() -> None:
         print(f"[{time.time() - t0:6.0f} s] {s}", flush=True)
 
     pre = pretrain_jobs(work, args, recipe, args.det_backbones)
-    run_all(pre, cache, args.jobs, log)
+    if not args.report_only:
+        run_all(pre, cache, args.jobs, log)
     ckpt = {j["key"].split("/")[-1]: str(Path(j["run"]) / "checkpoint-last.pt") for j in pre
             if j["key"].startswith(f"pretrain/{SIZE}/")}
     for j in pre:
-        log(f"{j['key']}: public val top-1 {cache.data[j['key']]['val_top1']:.4f} -> {j['run']}/checkpoint-last.pt")
+        if j["key"] in cache.data:
+            log(f"{j['key']}: public val top-1 {cache.data[j['key']]['val_top1']:.4f} -> {j['run']}/checkpoint-last.pt")
     if args.pretrain_only:
         return
-    for d in draws:  # draw by draw, so a stopped run leaves whole draws behind
+    for d in draws if not args.report_only else ():  # draw by draw: a stopped run leaves whole draws behind
         run_all(finetune_jobs(work, args, recipe, [d], starts, ckpt), cache, args.jobs, log)
-    if args.long_epochs:
+    if args.long_epochs and not args.report_only:
         long_draws = [int(x) for x in args.long_draws.split(",") if x.strip()] if args.long_draws else draws
         run_all(long_jobs(work, args, recipe, long_draws), cache, args.jobs, log)
     summary = summarise(cache.data, draws, starts)

@@ -68,6 +68,9 @@ __all__ = ["PretrainedAdapted", "Source", "read_source", "adapt_state_dict", "fo
 
 # The GELU of an adapted MI embedding sees pre-activations >= this for every valid image: 1 - Phi(8) < 7e-16.
 LINEAR_MARGIN = 8.0
+# Whether the orbit-pooled (flip) embeddings also start in the GELU's linear range (module docstring: they do not,
+# by default; the alternative was measured in benchmarks/RESULTS.md, issue 33).
+ORBIT_LINEAR_START = False
 # The trainer's normalisation (trainer.MEAN / STD: ImageNet's); the valid inputs are (pixel/255 - mean) / std.
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -245,14 +248,15 @@ def adapt_state_dict(state: dict, model: nn.Module, *, describe, source: Source 
         mix = out["patch_embed.proj.2.weight"]
         eye = torch.eye(mix.shape[0], dtype=mix.dtype).view(*mix.shape)
         bias0 = b.clone() if b is not None else torch.zeros(w.shape[0], dtype=w.dtype)
-        if orbit:
+        if orbit and not ORBIT_LINEAR_START:
             what.append("the orbit-pooled first conv starts from that kernel, the 1x1 conv from the identity "
                         "(a start, not the plain model's function)")
             shift = torch.zeros_like(bias0)
         else:
             shift = _linear_shift(w, b)
             what.append(f"the GELU held in its linear range by a bias shift (max {float(shift.max()):.1f}) undone "
-                        "by the identity 1x1 conv")
+                        "by the identity 1x1 conv" + (" (orbit-pooled: the mean of the kernel's eight orientations)"
+                                                      if orbit else ""))
         out["patch_embed.proj.0.weight"] = w.to(out["patch_embed.proj.0.weight"].dtype)
         if "patch_embed.proj.0.bias" in out:
             out["patch_embed.proj.0.bias"] = (bias0 + shift).to(out["patch_embed.proj.0.bias"].dtype)
