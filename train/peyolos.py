@@ -49,7 +49,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from timm.layers import PatchEmbed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, init_weights_vit_timm
 
 from himr_pipe.scheme import Scheme
