@@ -507,7 +507,7 @@ def _build_from(cls, variant: str, cfg: dict, init, keep_head, args: dict):
 
 
 def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str = "tiny", rpe: bool = True,
-                init: str | None = None, keep_head: bool | None = None, **kw) -> VisionTransformer:
+                init: str | None = None, keep_head: bool | list | None = None, **kw) -> VisionTransformer:
     """The model for data encrypted with ``scheme``.
 
     * ``rs``   -> :class:`PEViT` on ``scheme.size`` with patch ``scheme.patch``
@@ -528,7 +528,7 @@ def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str 
 
     ``init``: a checkpoint file to start from (a plain timm ViT / DeiT, or one of ours), adapted by
     :func:`himr_pipe.train.pretrained.adapt_state_dict` through timm's pretrained loading; ``keep_head=False``
-    starts a new classifier even when the class count matches.
+    (or class names the checkpoint does not name) starts a new classifier even when the class count matches.
     """
     scheme = _as_scheme(scheme)
     if size not in SIZES:

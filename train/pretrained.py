@@ -354,13 +354,18 @@ def describe_report(r: dict, name: str = "model") -> str:
     return ". ".join(parts)
 
 
-def pretrained_args(file: str | os.PathLike | None, describe, keep_head: bool | None = None
+def pretrained_args(file: str | os.PathLike | None, describe, keep_head: bool | list | None = None
                     ) -> tuple[dict, dict[str, Any]]:
     """(pretrained_cfg entries, ``build_model_with_cfg`` arguments) that start a model from ``file``
-    (nothing for None); ``describe`` as for :func:`adapt_state_dict`."""
+    (nothing for None); ``describe`` and ``keep_head`` as for :func:`adapt_state_dict`, except that
+    ``keep_head`` may also be the shards' class names: the classifier is then kept only when the checkpoint
+    names the same classes in the same order (one of ours; a plain checkpoint's head is never the shards'),
+    read from the one load of the file."""
     if file is None:
         return {}, {}
     source = read_source(file)
+    if isinstance(keep_head, (list, tuple)):
+        keep_head = None if keep_head and list(source.classes or ()) == list(keep_head) else False
     cfg = {"file": source.path}
     if "state_dict" in source.extra:
         cfg["state_dict"] = source.extra.pop("state_dict")

@@ -123,21 +123,11 @@ class ClassificationTraining(Training):
         self.num_classes = m["num_classes"] or (1 + max(0, _max_label(shards)))
         self.classes = m.get("classes")
 
-    def keeps_head(self, init) -> bool | None:
-        """Keep a starting checkpoint's classifier only when it names the shards' classes in the same order
-        (one of ours); a plain checkpoint's head (ImageNet's, say) is never the shards' classes."""
-        if init is None:
-            return None
-        from .pretrained import read_source
-
-        src = read_source(init)
-        return None if self.classes and src.classes == self.classes else False
-
     def build_model(self, scheme, cfg, overrides):
         from .models import build_model, check_model_matches
 
         model = build_model(scheme, self.num_classes, size=cfg.model, rpe=cfg.rpe, drop_path_rate=cfg.drop_path,
-                            init=cfg.init, keep_head=self.keeps_head(cfg.init), **overrides)
+                            init=cfg.init, keep_head=list(self.classes or ()), **overrides)
         check_model_matches(model, scheme)
         return model
 
