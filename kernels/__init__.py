@@ -1,8 +1,9 @@
 """Encryption kernels (installed as ``himr_pipe.kernels``).
 
-``reference`` is the torch implementation used on the CPU and as the ground
-truth; ``triton_kernels`` the GPU implementation; ``api.encrypt`` picks one
-by device. Every implementation takes a uint8 NHWC batch and returns
+``reference`` is the torch implementation, the ground truth (and decrypt's
+kernel on the CPU); ``cpu`` the CPU's per-image numpy kernel, which encrypt
+runs on the CPU; ``triton_kernels`` the GPU implementation; ``api.encrypt``
+picks one by device. Every implementation takes a uint8 NHWC batch and returns
 bit-identical results. ``make_permutations`` needs only numpy.
 
 The names are loaded on first use, so that importing ``make_permutations``

@@ -90,7 +90,7 @@ class Detection(Task):
         return {"family": "peyolos" + variant, "timm": names, "input_size": [3, *scheme.out_size],
                 "crop_pct": 1.0, "kwargs": kwargs,
                 "create": f"import himr_pipe.train.peyolos; timm.create_model('{names[0]}', shards=OUT) "
-                          "(himr-pipe train-detection OUT trains it)"}
+                          "(himr-pipe train OUT --out RUN trains it)"}
 
     def members(self, ext):
         return {ext, META}
