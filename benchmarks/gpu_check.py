@@ -276,7 +276,8 @@ def main():
         s = Scheme.named(scheme, 16, 224, 224)
         enc = ("cpu" if fmt != "jpeg" else encoder or gpu_encoder) if DEV == "cuda" else "cpu"
         f = choose_format(fmt, s, 90, allow_420=enc != "torchvision")
-        cfg = JobConfig(s, f, shard_size=500 if not workers else 250, seeded=True, decoder=decoder, encoder=enc)
+        cfg = JobConfig(scheme=s, fmt=f, shard_size=500 if not workers else 250, seeded=True, decoder=decoder,
+                        encoder=enc)
         opts = RunOptions(workers=workers, threads=8 if not workers else max(1, 16 // workers), batch_size=B,
                           state_dir=str(work / "state"), progress=False, device=DEV, audit_samples=0)
         sync()
@@ -418,7 +419,8 @@ def main():
                 shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(work / "state", ignore_errors=True)
                 s_ = Scheme.named("rs", 16, 224, 224)
-                cfg = JobConfig(s_, choose_format("jpeg", s_, 90), shard_size=125, seeded=True, decoder="torchvision")
+                cfg = JobConfig(scheme=s_, fmt=choose_format("jpeg", s_, 90), shard_size=125, seeded=True,
+                                decoder="torchvision")
                 opts = RunOptions(workers=nwk, threads=1, batch_size=64, state_dir=str(work / "state"),
                                   progress=False, device="cpu", audit_samples=0)
                 t = time.perf_counter()

@@ -19,8 +19,10 @@ from . import __version__
 # benchmarks/bench_tradeoff.py); light to import, the help text names them
 from .request import EncryptRequest, device_unavailable, is_device
 from .tasks import TASKS
+from .train.config import TrainConfig
 
 R = EncryptRequest  # the option defaults, stated once in himr_pipe.request
+T = TrainConfig     # train's, in himr_pipe.train.config
 
 
 class Where(click.ParamType):
@@ -346,10 +348,8 @@ def sample_data_cmd(ctx, dest, task, per_class, size, kind, train_images, val_im
 @click.option("--device", default="auto", show_default=True, help="Training device: auto (a GPU where present), "
                                                                     "cpu, cuda or cuda:N.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-@click.option("--max-half-width", type=float, default=None, hidden=True,
-              help="Lower the refusal threshold (tests only).")
 def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, close_seeds, settings, classes,
-                 audit_samples, report_dir, work, device, progress, max_half_width):
+                 audit_samples, report_dir, work, device, progress):
     """Owner only: measure what each privacy setting leaks and costs on a labelled sample of SRC, and recommend one.
 
     SRC is an ImageNet-style folder of the owner's own images. For every candidate setting the sample is
@@ -361,7 +361,7 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
     from dataclasses import replace
 
     from .scheme import SchemeError, parse_size
-    from .tradeoff import MAX_HALF_WIDTH, RECIPE, TradeoffError, format_table, pick_settings, run_tradeoff
+    from .tradeoff import RECIPE, TradeoffError, format_table, pick_settings, run_tradeoff
 
     try:
         hw = parse_size(size)
@@ -373,7 +373,6 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
             raise TradeoffError(device_unavailable(device))
         res = run_tradeoff(src, samples, hw, patch, recipe, fmt, quality, seed, seeds, close_seeds, chosen, work,
                            report_dir, audit_samples, classes=classes, device=device,
-                           max_half_width=MAX_HALF_WIDTH if max_half_width is None else max_half_width,
                            progress=sys.stderr.isatty() if progress is None else progress,
                            log=lambda s: click.echo(f"himr-pipe tradeoff: {s}"))
     except (TradeoffError, SchemeError) as e:
@@ -388,86 +387,80 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
 
 @main.command("train")
 @click.argument("shards", type=Where(exists=True))
-@click.option("--val", type=Where(exists=True), default=None,
+@click.option("--val", type=Where(exists=True), default=T.val,
               help="Validation shards (same scheme); top-1 (detection: COCO AP) after every epoch, and the best "
                    "epoch's checkpoint kept as OUT/checkpoint-best.pt.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+@click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder for checkpoint-last.pt, checkpoint-best.pt (with --val) and log.jsonl.")
-@click.option("--model", type=click.Choice(["tiny", "small", "base"]), default="tiny", show_default=True,
+@click.option("--model", type=click.Choice(["tiny", "small", "base"]), default=T.model, show_default=True,
               help="DeiT size: PEViT for rs, MI-ViT for mi, ViT for none (chosen from the shard manifest).")
-@click.option("--embed-dim", type=int, default=None, help="Override the width (small experiments).")
-@click.option("--depth", type=int, default=None, help="Override the number of blocks.")
-@click.option("--heads", type=int, default=None, help="Override the number of attention heads.")
-@click.option("--rpe/--no-rpe", default=True, show_default=True,
+@click.option("--embed-dim", type=int, default=T.embed_dim, help="Override the width (small experiments).")
+@click.option("--depth", type=int, default=T.depth, help="Override the number of blocks.")
+@click.option("--heads", "num_heads", type=int, default=T.num_heads, help="Override the number of attention heads.")
+@click.option("--rpe/--no-rpe", default=T.rpe, show_default=True,
               help="The reference-based positional encoding of the order-invariant models (rs, mi-shuffle).")
-@click.option("--epochs", type=int, default=300, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True,
+@click.option("--epochs", type=int, default=T.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=T.batch_size, show_default=True,
               help="Per process; cut to an epoch's samples per process when larger (with a warning).")
-@click.option("--lr", type=float, default=None,
+@click.option("--lr", type=float, default=T.lr,
               help="Default: 5e-4 x global batch / 512 (DeiT); detection: 5e-4 (from scratch).")
-@click.option("--weight-decay", type=float, default=None, help="Default: 0.05 (DeiT); detection: 1e-4 (YOLOS).")
-@click.option("--clip-grad", type=float, default=None, help="Gradient norm clip. Default: none; detection: 0.1.")
-@click.option("--det-tokens", type=int, default=100, show_default=True, help="Detection: YOLOS's detection tokens.")
-@click.option("--aux-loss/--no-aux-loss", default=False, show_default=True,
+@click.option("--weight-decay", type=float, default=T.weight_decay,
+              help="Default: 0.05 (DeiT); detection: 1e-4 (YOLOS).")
+@click.option("--clip-grad", type=float, default=T.clip_grad, help="Gradient norm clip. Default: none; detection: 0.1.")
+@click.option("--det-tokens", type=int, default=T.det_tokens, show_default=True,
+              help="Detection: YOLOS's detection tokens.")
+@click.option("--aux-loss/--no-aux-loss", default=T.aux_loss, show_default=True,
               help="Detection: DETR's auxiliary set losses on every block's detection tokens (shared heads).")
-@click.option("--dense-aux/--no-dense-aux", default=True, show_default=True,
+@click.option("--dense-aux/--no-dense-aux", default=T.dense_aux, show_default=True,
               help="Detection: a one-to-many loss on the patch tokens (each predicts the object over it, shared "
                    "heads; training only). What makes a from-scratch PEYOLOS learn to localise at small budgets.")
-@click.option("--pos-init", type=click.Choice(["sincos", "learn"]), default="sincos", show_default=True,
+@click.option("--pos-init", type=click.Choice(["sincos", "learn"]), default=T.pos_init, show_default=True,
               help="Detection: start the patch position embedding at 2D sine-cosine values (still learned), or "
                    "at timm's random ones.")
-@click.option("--warmup-epochs", type=float, default=5, show_default=True)
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
-@click.option("--drop-path", type=float, default=0.1, show_default=True)
-@click.option("--aug/--no-aug", default=True, show_default=True, help="Augmentation in the encrypted domain.")
-@click.option("--workers", type=int, default=None,
+@click.option("--warmup-epochs", type=float, default=T.warmup_epochs, show_default=True)
+@click.option("--label-smoothing", type=float, default=T.label_smoothing, show_default=True)
+@click.option("--drop-path", type=float, default=T.drop_path, show_default=True)
+@click.option("--aug/--no-aug", "augment", default=T.augment, show_default=True,
+              help="Augmentation in the encrypted domain.")
+@click.option("--workers", type=int, default=T.workers,
               help="Loader processes per training process. Default: 4, or the usable CPUs when fewer; never more "
                    "than the shards (or the batches of an epoch) each process reads. 0: load in the training process.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on a GPU.")
-@click.option("--log-interval", type=int, default=50, show_default=True)
-@click.option("--samples-per-epoch", type=int, default=None, help="Default: the samples in the shards.")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint-last.pt.")
-@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--seed", type=int, default=T.seed, show_default=True)
+@click.option("--device", default=T.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp/--no-amp", default=T.amp, show_default=True, help="bf16 autocast on a GPU.")
+@click.option("--log-interval", type=int, default=T.log_interval, show_default=True)
+@click.option("--samples-per-epoch", type=int, default=T.samples_per_epoch, help="Default: the samples in the shards.")
+@click.option("--resume", is_flag=True, default=T.resume, help="Continue from OUT/checkpoint-last.pt.")
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=T.init,
               help="Start from this checkpoint: a plain timm ViT / DeiT (state dict, .pth or .safetensors), adapted "
                    "to the shards' scheme, or one of ours (checkpoint-*.pt: a classifier for a new head or for "
                    "PEYOLOS). Prints what was loaded, adapted and newly initialised.")
-@click.option("--decode", type=click.Choice(["auto", "workers", "device"]), default="auto", show_default=True,
+@click.option("--decode", type=click.Choice(["auto", "workers", "device"]), default=T.decode, show_default=True,
               help="Where JPEG shards are decoded: in the loader workers (CPU) or in one batched call on the device "
                    "(nvJPEG on a GPU). auto: device on a GPU.")
-@click.option("--eval-every", type=int, default=1, show_default=True,
+@click.option("--eval-every", type=int, default=T.eval_every, show_default=True,
               help="Evaluate on --val every N epochs (and after the last).")
-@click.option("--stop-after", type=int, default=None,
+@click.option("--stop-after", type=int, default=T.stop_after,
               help="End this run after N epochs (for time-boxed jobs); --resume continues it exactly.")
-def train_cmd(shards, val, out_dir, model, embed_dim, depth, heads, rpe, epochs, batch_size, lr, weight_decay,
-              clip_grad, det_tokens, aux_loss, dense_aux, pos_init, warmup_epochs, label_smoothing, drop_path, aug, workers, seed, device, amp, log_interval,
-              samples_per_epoch, resume, init, decode, eval_every, stop_after):
+def train_cmd(**options):
     """Train on encrypted SHARDS (an OUT folder of encrypt-shards), streaming: a classifier, or PEYOLOS when the
     shards are detection shards (COCO AP on --val).
 
     Multi-GPU or multi-process: torchrun --nproc_per_node N -m himr_pipe.cli train ...
     """
     from himr_pipe.train.loader import DataError, ShardFault, error_message
-    from himr_pipe.train.trainer import TrainConfig, train
+    from himr_pipe.train.trainer import train
 
-    cfg = TrainConfig(shards=shards, out=out_dir, val=val, model=model, embed_dim=embed_dim, depth=depth,
-                      num_heads=heads, rpe=rpe, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, clip_grad=clip_grad, det_tokens=det_tokens, aux_loss=aux_loss,
-                      dense_aux=dense_aux, pos_init=pos_init,
-                      warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                      drop_path=drop_path, augment=aug, workers=workers, seed=seed, device=device, amp=amp,
-                      log_interval=log_interval, samples_per_epoch=samples_per_epoch, resume=resume, init=init,
-                      stop_after=stop_after, decode=decode, eval_every=eval_every)
+    cfg = TrainConfig(**options)  # the options are TrainConfig's fields, by name
     try:
         res = train(cfg, log=lambda s: click.echo(f"himr-pipe train: {s}"))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last checkpoint is whole (written atomically)
         click.echo(f"himr-pipe train: interrupted; the last checkpoint is "
-                   f"{os.path.join(out_dir, 'checkpoint-last.pt')}: --resume continues from it", err=True)
+                   f"{os.path.join(cfg.out, 'checkpoint-last.pt')}: --resume continues from it", err=True)
         sys.exit(1)
     except ShardFault as e:  # met mid-run: a failure (exit 1), the last epoch's checkpoint intact
         click.echo(f"himr-pipe train: error: {error_message(e)}\nhimr-pipe train: the last checkpoint is "
-                   f"{os.path.join(out_dir, 'checkpoint-last.pt')}: fix the shards and --resume", err=True)
+                   f"{os.path.join(cfg.out, 'checkpoint-last.pt')}: fix the shards and --resume", err=True)
         sys.exit(1)
     except (DataError, ValueError) as e:
         _fail_usage(error_message(e))

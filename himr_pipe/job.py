@@ -24,7 +24,7 @@ from .storage import Location, StorageError, StoreUnavailable, in_process_only, 
 from .tasks import owns_file
 from .plan import JobConfig, JobError, PlannedSample, ShardStats, ShardTask  # noqa: F401 (JobConfig, JobError: re-exported)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3  # 2, bad arguments: the CLI's, raised before any run
 AUDIT_SAMPLES = 4  # the quick audit that ends a run: a few seconds, figures into the manifest
 
 
@@ -87,9 +87,10 @@ def resume_scan(shards: list, cfg: JobConfig, out: Location, state,
         if st is not None and st.planned == len(items) and (st.samples == 0 or sizes.get(names[i]) == st.bytes):
             done[i] = st
             continue
-        todo.append(ShardTask(i, names[i], tuple(PlannedSample(pos, x.index, x.ref, x.label, x.loc, v, x.target,
-                                                              image_id(x))
-                                                for pos, (x, v) in enumerate(items))))
+        todo.append(ShardTask(index=i, name=names[i], items=tuple(
+            PlannedSample(pos=pos, index=x.index, ref=x.ref, label=x.label, loc=x.loc, view=v, target=x.target,
+                          image_id=image_id(x))
+            for pos, (x, v) in enumerate(items))))
     return done, todo
 
 
@@ -235,14 +236,13 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
         if not fresh and not (manifest is not None and manifest.get("status") == "complete"):
             raise JobError(f"OUT holds a partial run but the owner state for it is missing ({state}); "
                            "pass the --state-dir of that run, or start again in an empty OUT")
-        if jstate is None:
-            key = keys.key_from_seed(seed) if seed is not None else keys.new_key()
-            jstate = {"job": job, "key": key, "seed_check": keys.seed_digest(seed, key) if seed is not None else None,
-                      "source": {"kind": source.kind, "root": _abs(src), "fingerprint": source.fingerprint,
-                                 "inputs": len(source.inputs),
-                                 **cfg.task_def.source_record(source)},
-                      "out": _abs(out)}
-            ostate.start(jstate)
+        key = keys.key_from_seed(seed) if seed is not None else keys.new_key()
+        jstate = {"job": job, "key": key, "seed_check": keys.seed_digest(seed, key) if seed is not None else None,
+                  "source": {"kind": source.kind, "root": _abs(src), "fingerprint": source.fingerprint,
+                             "inputs": len(source.inputs),
+                             **cfg.task_def.source_record(source)},
+                  "out": _abs(out)}
+        ostate.start(jstate)
     else:
         diff = _diff(jstate["job"], job)
         if diff:

@@ -35,7 +35,7 @@ MANIFEST_FORMAT = "himr-pipe/manifest-v1"
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, private: bool = False) -> None:
     """A local JSON file written whole or not at all (mode 0600 when ``private``)."""
-    from .storage import atomic_write
+    from .atomic import atomic_write
 
     atomic_write(str(path), (json.dumps(obj, indent=1) + "\n").encode(), 0o600 if private else 0o644)
 

@@ -23,7 +23,7 @@ class JobError(Exception):
     """A problem found before any work: the run does not start."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class JobConfig:
     """What defines the output. Two runs with equal configs write the same OUT."""
 
@@ -96,13 +96,14 @@ class JobConfig:
 
         f = d["format"]
         fmt = ImageFormat(f["name"], f.get("quality", 90), f.get("subsampling", "444"), f.get("compress_level", 1))
-        return cls(Scheme.from_dict(d["scheme"]), fmt, d["resize"], d["shard_size"], d["split"], d["shuffle"],
-                   d["randomness"] == "seeded", d["include_paths"], d["max_pixels"], d["max_bytes"],
-                   d.get("decoder", "dali"), d.get("encoder", "cpu"), d.get("views", 1),
-                   job_task(d), d.get("image_ids") == "source")
+        return cls(scheme=Scheme.from_dict(d["scheme"]), fmt=fmt, resize=d["resize"], shard_size=d["shard_size"],
+                   split=d["split"], shuffle=d["shuffle"], seeded=d["randomness"] == "seeded",
+                   include_paths=d["include_paths"], max_pixels=d["max_pixels"], max_bytes=d["max_bytes"],
+                   decoder=d.get("decoder", "dali"), encoder=d.get("encoder", "cpu"), views=d.get("views", 1),
+                   task=job_task(d), keep_image_ids=d.get("image_ids") == "source")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PlannedSample:
     """One sample of a shard's plan: an input (or one of its views) at a position of the shard."""
 
@@ -116,14 +117,14 @@ class PlannedSample:
     image_id: int = 0      # detection: the image's id in OUT's ground truth (opaque unless --keep-image-ids)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ShardTask:
     index: int
     name: str
     items: tuple  # of PlannedSample, in plan order
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ShardStats:
     """What a worker reports of one shard, and the owner's state keeps (``shards/NNNNNN.json``): every planned
     sample accounted for, as written or skipped with its reason. The driver, resume, decrypt and the audit

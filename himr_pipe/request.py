@@ -105,10 +105,11 @@ class EncryptRequest:
         tv = enc_name == "torchvision"  # nvJPEG writes 4:4:4 only; torchvision's CPU encoder 4:2:0 only
         ifmt = choose_format(self.fmt, sch, self.quality, allow_420=not tv or self.device == "cpu",
                              only="420" if tv and self.device == "cpu" else None)
-        cfg = JobConfig(sch, ifmt, self.resize or kind.default_resize, self.shard_size, self.split, self.shuffle,
-                        self.seed is not None, self.include_paths, self.max_pixels or DEFAULT_MAX_PIXELS,
-                        self.max_bytes or DEFAULT_MAX_BYTES, resolve_decoder(self.decoder), enc_name, self.views,
-                        kind.name, self.keep_image_ids)
+        cfg = JobConfig(scheme=sch, fmt=ifmt, resize=self.resize or kind.default_resize, shard_size=self.shard_size,
+                        split=self.split, shuffle=self.shuffle, seeded=self.seed is not None,
+                        include_paths=self.include_paths, max_pixels=self.max_pixels or DEFAULT_MAX_PIXELS,
+                        max_bytes=self.max_bytes or DEFAULT_MAX_BYTES, decoder=resolve_decoder(self.decoder),
+                        encoder=enc_name, views=self.views, task=kind.name, keep_image_ids=self.keep_image_ids)
         if self.batch_size < 1:
             raise JobError("--batch-size must be at least 1")
         if self.ray_address and self.distributor != "ray":

@@ -39,6 +39,8 @@ import tempfile
 import time
 from typing import IO, Any, Callable, TypeVar
 
+from .atomic import atomic_write
+
 LOCAL_SCHEMES = ("file://",)
 SPOOL_PREFIX = "himr-pipe-spool-"
 
@@ -209,24 +211,6 @@ def open_url(path: str, block_size: int = 8 << 20) -> IO[bytes]:
     fs, p = url_fs(path)
     return retrying(f"opening {p.rsplit('/', 1)[-1]}", path,
                     lambda: fs.open(p, "rb", block_size=block_size, cache_type="readahead"))
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """A local file written whole or not at all: ``path.tmp`` (created with ``mode``), fsync, rename."""
-    tmp = str(path) + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, say: no half-written .tmp is left behind
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class StorageError(OSError):

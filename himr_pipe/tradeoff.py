@@ -416,7 +416,7 @@ def run_tradeoff(src: str | os.PathLike, samples: int, size: tuple[int, int] = (
                  close_seeds: int | None = None, settings: list[Candidate] | None = None,
                  work: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
                  audit_samples: int = AUDIT_SAMPLES, val_share: float = VAL_SHARE, classes: int | None = None,
-                 device: str = "auto", max_half_width: float = MAX_HALF_WIDTH, progress: bool = True,
+                 device: str = "auto", progress: bool = True,
                  log=print) -> dict:
     """Measure every setting on a sample of ``src``; return the whole result (see :func:`format_table`).
 
@@ -451,6 +451,7 @@ def run_tradeoff(src: str | os.PathLike, samples: int, size: tuple[int, int] = (
     if not settings:
         raise TradeoffError("no settings to measure")
     split = draw_sample(list_classes(src), samples, seed, val_share, classes)
+    max_half_width = MAX_HALF_WIDTH  # the module's rule, read at each call (not bound as a default at import)
     check_sample(split, max_half_width, val_share)
     plan, rows = [], []
     for cand in settings:
@@ -587,10 +588,10 @@ class _Cache:
         return self.data.get(key)
 
     def put(self, key: str, value) -> None:
+        from .atomic import atomic_write
+
         self.data[key] = value
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(self.data).encode())
 
 
 def _train_seeds(row: dict, outs: tuple[Path, Path], work: Path, tag: str, recipe: Recipe, seeds, device: str,

@@ -15,8 +15,8 @@ redone shard is byte-identical, because order and permutations derive from
 the job key, shard by shard.
 
 What it composes lives beside it: the plan's records (:mod:`.plan`), the crop and letterbox geometry
-(:mod:`.geometry`), the thread stages and buffers (:mod:`.stages`), and the tests' failpoints
-(:mod:`.failpoints`).
+(:mod:`.geometry`), and the thread stages and buffers (:mod:`.stages`). :class:`WorkerHooks` are the calls a
+worker makes at fixed points of a shard (the tests inject crashes and slow-downs there).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import failpoints, keys
+from . import keys
 from .decoders import DecodeBatch, Header, inspect_header
 from .geometry import decode_geometry
 from .plan import JobConfig, PlannedSample, ShardStats, ShardTask
@@ -57,7 +57,7 @@ class ShardWorker:
 
     def __init__(self, cfg: JobConfig, key_hex: str, out_dir: str, threads: int,
                  batch_size: int, device: str = "cpu", kernels: str = "auto", progress=None,
-                 driver: tuple | None = None):
+                 driver: tuple | None = None, hooks: WorkerHooks | None = None):
         import torch
 
         from .decoders import make_decoder
@@ -82,7 +82,7 @@ class ShardWorker:
         # every sample's JSON holds the scheme, the canvas and the cell; the task adds its targets
         self.members = cfg.task_def.member_writer(cfg, {"scheme": s.name, "size": list(s.out_size),
                                                         "patch": s.out_cell})
-        self.failpoint = failpoints.from_env()  # the tests' crash injection; None in every real run
+        self.hooks = hooks  # None in every real run (WorkerSpec.hooks)
         # the CPU's encryption runs inside the encoder's per-image call (see Fused); a GPU, an encoder of its
         # own or kernels asked for by name ("torch", "triton") take the batched path
         from .encode import CpuEncoder
@@ -281,8 +281,8 @@ class ShardWorker:
             timing["write"] += clock() - t2
             self.done_samples += len(meta)
         count["reported"] += self._report(len(meta) + n_bad)
-        if self.failpoint is not None:
-            self.failpoint.reached(self.done_samples)
+        if self.hooks is not None:
+            self.hooks.after_batch(self.done_samples)
 
     def _encrypt(self, x, perms, out):
         """One batch through the scheme's kernel, in one call (a GPU's Triton kernels; on the CPU the torch
@@ -334,7 +334,18 @@ def _upscaled(hdr, size, resize) -> bool:
         min(hdr.width / w, hdr.height / h) < 1.0)
 
 
-@dataclass(frozen=True)
+class WorkerHooks:
+    """Calls a worker makes at fixed points of a shard, for whoever builds it (the tests: a crash or a
+    slow-down injected at an exact point of a run). Subclass and override; these defaults do nothing.
+    An instance travels inside :class:`WorkerSpec` to worker processes and Ray tasks, so it must be
+    picklable, and its class importable there (or pickled by value)."""
+
+    def after_batch(self, done_samples: int) -> None:
+        """A batch is in the shard's temporary file (the shard not yet published); ``done_samples``: the
+        samples this worker has written since it was built, over all its shards."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class WorkerSpec:
     """How to build a worker: picklable, by keyword, the same for every distributor.
 
@@ -350,10 +361,12 @@ class WorkerSpec:
     device: str = "cpu"
     kernels: str = "auto"
     driver: tuple | None = None  # (host, pid) of the run that holds OUT: a worker not its child checks it (Ray)
+    hooks: WorkerHooks | None = None  # None in every real run; the tests' fault injection (tests/faults.py)
 
     def build(self, progress=None) -> ShardWorker:
         return ShardWorker(JobConfig.from_public(self.job), self.key_hex, self.out, self.threads,
-                           self.batch_size, self.device, self.kernels, progress=progress, driver=self.driver)
+                           self.batch_size, self.device, self.kernels, progress=progress, driver=self.driver,
+                           hooks=self.hooks)
 
 
 _WORKER: ShardWorker | None = None

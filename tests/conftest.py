@@ -50,11 +50,15 @@ def encrypt(src, out, *args, state=None, expect: int | None = 0, audit: bool = F
                *(() if audit else ("--no-audit",)), *args, expect=expect)
 
 
-def encrypt_subprocess(src, out, *args, state=None, env=None, timeout=300):
-    """Run encrypt-shards in its own process (for crashes and worker processes)."""
+def encrypt_subprocess(src, out, *args, state=None, env=None, timeout=300, fault: str | None = None):
+    """Run encrypt-shards in its own process (for crashes and worker processes); ``fault``: under that fault
+    (faults.py), which kills or slows its workers at an exact point."""
+    from faults import command
+
     state = state or f"{out}.state"
-    cmd = [sys.executable, "-m", "himr_pipe.cli", "encrypt-shards", str(src), str(out), "--no-progress",
-           "--no-audit", "--state-dir", str(state), *[str(a) for a in args]]
+    argv = ["encrypt-shards", str(src), str(out), "--no-progress", "--no-audit", "--state-dir", str(state),
+            *[str(a) for a in args]]
+    cmd = command(fault, *argv) if fault else [sys.executable, "-m", "himr_pipe.cli", *argv]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 

@@ -88,6 +88,38 @@ def test_the_commands_defaults_are_the_requests():
     assert params == {f.name: f.default for f in fields(EncryptRequest)}
 
 
+def test_trains_defaults_are_its_configs():
+    """train's option defaults are read from TrainConfig (stated once), option for option; min_lr and aug_config
+    are for callers only (no option)."""
+    from dataclasses import MISSING, fields
+
+    from himr_pipe.cli import train_cmd
+    from himr_pipe.train.config import TrainConfig
+
+    params = {p.name: p.default for p in train_cmd.params}
+    configs = {f.name: f.default for f in fields(TrainConfig) if f.name not in ("min_lr", "aug_config")}
+    assert set(params) == set(configs)
+    assert configs["shards"] is configs["out"] is MISSING  # required, as SHARDS and --out are
+    assert {p.name for p in train_cmd.params if p.required} == {"shards", "out"}
+    assert {k: v for k, v in params.items() if k not in ("shards", "out")} == {
+        k: v for k, v in configs.items() if k not in ("shards", "out")}
+
+
+def test_no_test_hooks_in_the_product():
+    """No command has a hidden (tests-only) option, and no product module reads a failpoint: the tests inject
+    their faults through WorkerSpec.hooks and train's hooks (tests/faults.py)."""
+    from pathlib import Path
+
+    from himr_pipe.cli import main
+
+    hidden = [f"{name} {p.name}" for name, cmd in main.commands.items() for p in cmd.params
+              if getattr(p, "hidden", False)]
+    assert hidden == []
+    top = Path(__file__).resolve().parent.parent
+    sources = [f for d in ("himr_pipe", "train", "kernels") for f in (top / d).rglob("*.py")]
+    assert len(sources) > 40 and [f for f in sources if "failpoint" in f.read_text().lower()] == []
+
+
 def test_a_seeded_detection_run_writes_the_pinned_bytes(tmp_path):
     from himr_pipe.sample_data import make_detection_sample
 

@@ -94,8 +94,7 @@ def test_a_run_killed_mid_way_on_s3_resumes_to_the_same_bytes(s3, sample_src, lo
     state, spool = tmp_path / "st", tmp_path / "spool"
     spool.mkdir()
     r = encrypt_subprocess(sample_src, url, *ARGS, "--workers", "0", state=state,
-                           env={"HIMR_PIPE_FAILPOINT": "kill-after=12", "HIMR_PIPE_LEASE_TTL": "2",
-                                "TMPDIR": str(spool)})
+                           fault="kill-after=12", env={"HIMR_PIPE_LEASE_TTL": "2", "TMPDIR": str(spool)})
     assert r.returncode == -9, r.stderr
     assert len(list(spool.iterdir())) == 1  # the shard it was writing, spooled locally, never uploaded
     partial = remote_shards(s3, prefix)

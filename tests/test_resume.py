@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import cli, encrypt, encrypt_subprocess, manifest, shard_bytes
 
-KILL = {"HIMR_PIPE_FAILPOINT": "kill-after=9"}  # SIGKILL after 9 samples: mid-shard with batch 2, shard 4
+KILL = "kill-after=9"  # the fault (faults.py): SIGKILL after 9 samples: mid-shard with batch 2, shard 4
 
 
 def test_kill_9_mid_shard_resumes_to_the_same_bytes(sample_src, tmp_path):
@@ -15,7 +15,7 @@ def test_kill_9_mid_shard_resumes_to_the_same_bytes(sample_src, tmp_path):
     encrypt(sample_src, clean, *args)
 
     out = tmp_path / "out"
-    r = encrypt_subprocess(sample_src, out, "--workers", "0", *args, env=KILL)
+    r = encrypt_subprocess(sample_src, out, "--workers", "0", *args, fault=KILL)
     assert r.returncode == -9, r.stderr  # the whole run was killed, as by kill -9
     assert manifest(out)["status"] == "incomplete"
     assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar", "train-000001.tar"]
@@ -32,7 +32,7 @@ def test_kill_9_mid_shard_resumes_to_the_same_bytes(sample_src, tmp_path):
 def test_resume_without_seed_loses_and_duplicates_nothing(sample_src, tmp_path):
     args = ("--shard-size", "4", "--batch-size", "2")
     out, state = tmp_path / "out", tmp_path / "state"
-    r = encrypt_subprocess(sample_src, out, "--workers", "0", *args, state=state, env=KILL)
+    r = encrypt_subprocess(sample_src, out, "--workers", "0", *args, state=state, fault=KILL)
     assert r.returncode == -9
     kept = shard_bytes(out)
     encrypt(sample_src, out, *args, state=state)
@@ -51,7 +51,7 @@ def test_worker_killed_then_rerun(sample_src, tmp_path):
     encrypt(sample_src, clean, *args)
     out = tmp_path / "out"
     r = encrypt_subprocess(sample_src, out, "--workers", "2", "--threads", "1", *args,
-                           env={"HIMR_PIPE_FAILPOINT": "kill-after=3"})
+                           fault="kill-after=3")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "worker process died" in r.stderr and "rerun" in r.stderr
     r = encrypt_subprocess(sample_src, out, "--workers", "2", "--threads", "1", *args)
@@ -67,7 +67,7 @@ def test_resume_refuses_other_seed_changed_src_or_lost_state(sample_src, tmp_pat
     shutil.copytree(sample_src, src)
     args = ("--shard-size", "4", "--batch-size", "2")
     out = tmp_path / "out"
-    assert encrypt_subprocess(src, out, "--workers", "0", "--seed", "1", *args, env=KILL).returncode == -9
+    assert encrypt_subprocess(src, out, "--workers", "0", "--seed", "1", *args, fault=KILL).returncode == -9
     assert "different from the seed" in encrypt(src, out, "--seed", "2", *args, expect=2).output.replace(
         "differs from", "different from")
     victim = next(Path(src).glob("cat/*.jpg"))
@@ -177,7 +177,7 @@ def test_a_partial_out_refuses_another_outs_state(sample_src, tmp_path):
     other_out, other_st = tmp_path / "other", tmp_path / "other-st"
     encrypt(sample_src, other_out, *args, state=other_st)
     out = tmp_path / "out"
-    r = encrypt_subprocess(sample_src, out, "--workers", "0", *args, state=tmp_path / "st", env=KILL)
+    r = encrypt_subprocess(sample_src, out, "--workers", "0", *args, state=tmp_path / "st", fault=KILL)
     assert r.returncode == -9 and list(out.glob("*.tar"))
     before = shard_bytes(out)
     r = encrypt(sample_src, out, *args, state=other_st, expect=2)
@@ -208,6 +208,7 @@ def test_a_full_state_disk_is_blamed_on_the_state_and_leaves_no_tmp(sample_src, 
     """Issue 22 (minor): a full --state-dir stops the run naming the state, not a shard, and its half-written
     record does not stay behind as a 0-byte .json.tmp; once there is space, the rerun finishes the job."""
     import errno
+    import stat
 
     from himr_pipe import storage
 
@@ -217,7 +218,8 @@ def test_a_full_state_disk_is_blamed_on_the_state_and_leaves_no_tmp(sample_src, 
     calls = {"n": 0}
 
     def fsync(fd):
-        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(st / "shards")):
+        # a record's file (not its folder, which is fsynced after the rename)
+        if stat.S_ISREG(os.fstat(fd).st_mode) and os.readlink(f"/proc/self/fd/{fd}").startswith(str(st / "shards")):
             calls["n"] += 1
             if calls["n"] >= 2:  # the first shard's record goes through, the second finds the disk full
                 raise OSError(errno.ENOSPC, "No space left on device")

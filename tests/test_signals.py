@@ -1,6 +1,6 @@
 """A driver that is stopped from outside (issue 22, defect 1): its workers go with it, SIGTERM is Ctrl-C.
 
-The runs are slowed by the ``slow-samples`` failpoint so that they are still mid-job when signalled. A worker is
+The runs are slowed by the ``slow-samples`` fault (faults.py) so that they are still mid-job when signalled. A worker is
 found as a child process of the driver (``/proc/PID/task/*/children``, Linux) while the driver lives.
 """
 
@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, encrypt, shard_bytes
+from faults import command
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux) to find workers")
-SLOW = {"HIMR_PIPE_FAILPOINT": "slow-samples=0.4"}
+SLOW = "slow-samples=0.4"
 ARGS = ("--seed", "5", "--shard-size", "2", "--batch-size", "1", "--workers", "2", "--threads", "1")
 
 
@@ -42,10 +43,9 @@ def _alive(pid: int) -> bool:
 
 def _start(src, out, tmp_path) -> tuple[subprocess.Popen, set[int]]:
     """encrypt-shards with two slowed workers; returns once both workers run and a shard is done."""
-    cmd = [sys.executable, "-m", "himr_pipe.cli", "encrypt-shards", str(src), str(out), "--no-progress",
-           "--no-audit", "--state-dir", str(tmp_path / "state"), *ARGS]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, **SLOW})
+    cmd = command(SLOW, "encrypt-shards", src, out, "--no-progress", "--no-audit", "--state-dir",
+                  tmp_path / "state", *ARGS)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     workers: set[int] = set()
     while time.time() < deadline and p.poll() is None:
@@ -115,8 +115,9 @@ def test_a_worker_that_is_not_the_drivers_child_publishes_nothing_once_the_drive
     key = _json.loads((tmp_path / "st" / "job.json").read_text())["key"]
     cfg = JobConfig.from_public(man["job"])
     shard = plan_shards(open_source(str(src)), key, cfg)[0]
-    task = ShardTask(0, "again-000000.tar", tuple(PlannedSample(i, x.index, x.ref, x.label, x.loc, v, x.target, 0)
-                                                  for i, (x, v) in enumerate(shard)))
+    task = ShardTask(index=0, name="again-000000.tar", items=tuple(
+        PlannedSample(pos=i, index=x.index, ref=x.ref, label=x.label, loc=x.loc, view=v, target=x.target)
+        for i, (x, v) in enumerate(shard)))
     me = (socket.gethostname(), os.getpid())
     with OutLock(str(out)):  # this process is the driver: the worker publishes
         st = ShardWorker(cfg, key, str(out), 1, 2, driver=me).run(task)

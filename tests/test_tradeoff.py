@@ -31,15 +31,23 @@ def _invoke(*args):
     return CliRunner().invoke(main, ["tradeoff", *[str(a) for a in args]])
 
 
-def test_end_to_end_table_recommendation_report_and_nothing_in_src(shapes, tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_samples_allowed(monkeypatch):
+    """The refusal threshold raised so that a sample of a few dozen images runs (the command has no option for
+    it: a user's sample must be big enough to tell the settings apart)."""
+    from himr_pipe import tradeoff
+
+    monkeypatch.setattr(tradeoff, "MAX_HALF_WIDTH", 1.0)
+
+
+def test_end_to_end_table_recommendation_report_and_nothing_in_src(shapes, tmp_path, monkeypatch, tiny_samples_allowed):
     before = _snapshot(shapes)
     tmp_root = tmp_path / "tmp"
     tmp_root.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_root))  # where the temporary work folder goes
     report = tmp_path / "report"
     r = _invoke(shapes, "--samples", 60, "--size", 32, "--patch", 8, "--epochs", 1, "--settings",
-                "none,rs,rs gap 1,mi-shuffle 2P", "--audit-samples", 1, "--report", report, "--no-progress",
-                "--max-half-width", 1.0)
+                "none,rs,rs gap 1,mi-shuffle 2P", "--audit-samples", 1, "--report", report, "--no-progress")
     assert r.exit_code == 0, r.output
     out = r.output
     assert "estimated time:" in out
@@ -79,10 +87,10 @@ def test_end_to_end_table_recommendation_report_and_nothing_in_src(shapes, tmp_p
     assert not [p for p in tmp_root.iterdir() if p.name.startswith("himr-tradeoff-")]
 
 
-def test_a_rerun_into_work_reuses_what_is_done(shapes, tmp_path):
+def test_a_rerun_into_work_reuses_what_is_done(shapes, tmp_path, tiny_samples_allowed):
     """More --seeds into the same --work trains only the new seeds; the first seed's figures are kept."""
     common = ["--samples", 60, "--size", 32, "--patch", 8, "--epochs", 1, "--settings", "none,rs", "--audit-samples",
-              1, "--work", tmp_path / "w", "--no-progress", "--max-half-width", 1.0]
+              1, "--work", tmp_path / "w", "--no-progress"]
     r = _invoke(shapes, *common)
     assert r.exit_code == 0, r.output
     first = json.loads((tmp_path / "w" / "results.json").read_text())
@@ -106,18 +114,18 @@ def test_refuses_a_sample_too_small_to_tell_settings_apart(shapes, tmp_path):
     assert not (tmp_path / "w").exists()  # refused before any work
 
 
-def test_refuses_a_class_with_too_few_images(tmp_path):
+def test_refuses_a_class_with_too_few_images(tmp_path, tiny_samples_allowed):
     src = tmp_path / "src"
     make_shapes_classification(src, per_class=40, size=32, seed=0)
     for f in sorted((src / "disc").iterdir())[3:]:
         f.unlink()
-    r = _invoke(src, "--samples", 123, "--size", 32, "--patch", 8, "--max-half-width", 1.0)
+    r = _invoke(src, "--samples", 123, "--size", 32, "--patch", 8)
     assert r.exit_code == 2
     assert "too few images" in r.output and "'disc'" in r.output
 
 
-def test_refuses_report_or_work_inside_src_and_unknown_settings(shapes):
-    common = ["--samples", 60, "--size", 32, "--patch", 8, "--max-half-width", 1.0]
+def test_refuses_report_or_work_inside_src_and_unknown_settings(shapes, tiny_samples_allowed):
+    common = ["--samples", 60, "--size", 32, "--patch", 8]
     r = _invoke(shapes, *common, "--report", shapes / "rep")
     assert r.exit_code == 2 and "--report must not be inside SRC" in r.output
     r = _invoke(shapes, *common, "--work", shapes / "disc" / "w")

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 import torch
 
 from conftest import cli, encrypt, encrypt_subprocess
+from faults import command
 
 TINY = ("--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "4", "--workers", "0",
         "--warmup-epochs", "0.5", "--log-interval", "2", "--lr", "1e-3", "--no-aug")
@@ -133,10 +133,11 @@ def resume(shards, run):
         return cli("train", shards, "--out", run, *RESUME_ARGS, "--resume")
 
 
-def _train_subprocess(shards, run, failpoint):
-    env = {**os.environ, "HIMR_PIPE_FAILPOINT": failpoint, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "himr_pipe.cli", "train", str(shards), "--out", str(run),
-                           *RESUME_ARGS], env=env, capture_output=True, text=True, timeout=300)
+def _train_subprocess(shards, run, fault):
+    """``himr-pipe train`` in its own process under ``fault`` (faults.py), which kills it at an exact point."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command(fault, "train", shards, "--out", run, *RESUME_ARGS), env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,7 @@ class MIPatchEmbed(PatchEmbed):
     = (H/2, W/2) and ``patch_size`` = P/2 (the MI cell, ``scheme.out_cell``).
     ``grid_size`` / ``num_patches`` / ``feat_ratio()`` / ``dynamic_feat_size``
     are then those of timm's PatchEmbed, the (H/P)x(W/P) grid; only ``proj``
-    is replaced (``proj[0]`` is the first conv). ``mi_patch`` is the scheme's P.
+    is replaced (``proj[0]`` is the first conv).
     """
 
     def __init__(self, img_size=112, patch_size=8, in_chans=3, embed_dim=768, bias=True, **kwargs):
@@ -140,10 +140,6 @@ class MIPatchEmbed(PatchEmbed):
             nn.GELU(),
             nn.Conv2d(embed_dim, embed_dim, kernel_size=1, **dd),
         )
-
-    @property
-    def mi_patch(self) -> tuple[int, int]:
-        return (2 * self.patch_size[0], 2 * self.patch_size[1])
 
     def set_input_size(self, img_size=None, patch_size=None):
         # timm would rebuild ``proj`` as one Conv2d (resample_patch_embed): refuse.

@@ -61,75 +61,19 @@ import os
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from himr_pipe import failpoints
+from himr_pipe.atomic import atomic_write
 
+from .config import TrainConfig, TrainHooks
 from .loader import (MEAN, STD, DataError, decode_on_device, default_workers, loader_workers,
                      manifest_scheme, read_manifest, train_loader)
 from .pretrained import PretrainedAdapted, describe_report
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(f)`` into ``path.tmp``, flushed to the disk, then renamed over ``path`` (and the rename flushed):
-    a kill at any point leaves the old file or the new one, never a part."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@dataclass
-class TrainConfig:
-    shards: str
-    out: str
-    val: str | None = None
-    model: str = "tiny"                # tiny | small | base (DeiT sizes)
-    embed_dim: int | None = None       # overrides for small experiments
-    depth: int | None = None
-    num_heads: int | None = None
-    rpe: bool = True                   # the reference-based positional encoding (rs, mi-shuffle)
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float | None = None            # default 5e-4 * global batch / 512 (detection: 5e-4)
-    min_lr: float = 1e-5
-    weight_decay: float | None = None  # default 0.05 (detection: 1e-4, YOLOS)
-    clip_grad: float | None = None     # gradient norm clip; default none (detection: 0.1, YOLOS)
-    det_tokens: int = 100              # detection: YOLOS's detection tokens
-    aux_loss: bool = False             # detection: DETR's auxiliary losses on every block's detection tokens
-    dense_aux: bool = True             # detection: one-to-many loss on the patch tokens (Co-DETR's point)
-    pos_init: str = "sincos"           # detection: the patch position embedding's start (sincos | learn)
-    warmup_epochs: float = 5
-    label_smoothing: float = 0.1
-    drop_path: float = 0.1
-    augment: bool = True
-    aug_config: dict | None = None
-    workers: int | None = None         # loader processes; None: min(4, usable CPUs) (loader.default_workers)
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    log_interval: int = 50
-    decode: str = "auto"               # where JPEGs are decoded: "workers" (CPU), "device", or "auto" (device on a GPU)
-    samples_per_epoch: int | None = None
-    resume: bool = False
-    init: str | None = None            # start from this checkpoint (a plain timm ViT / DeiT, or one of ours)
-    stop_after: int | None = None      # end this invocation after N epochs (time-boxed or preemptible jobs)
-    eval_every: int = 1
 
 
 # The options that define a run: a --resume with any of them changed would not continue it (another model
@@ -168,7 +112,9 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
+def train(cfg: TrainConfig, log=print, hooks: TrainHooks | None = None) -> dict:
+    """The run ``cfg`` asks for (module docstring); ``log`` takes its lines; ``hooks`` (None in every real run) is
+    called after each step and after each checkpoint."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
@@ -323,7 +269,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             opt.step()
             step += 1
-            failpoints.train_step(step)
+            if hooks is not None:
+                hooks.after_step(step)
             sched.step_update(step)
             loss_sum += loss.item()
             loss_n += 1
@@ -362,10 +309,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
             # best before the last: a kill between them leaves a last checkpoint that names an older best, and
             # the resumed run recomputes this epoch exactly, so it writes the same best again
             if improved:
-                _write_atomic(best_path, lambda f: torch.save(ck, f))
-            _write_atomic(ckpt_path, lambda f: torch.save(ck, f))
-            failpoints.after_checkpoint(epoch + 1)
-            _write_atomic(out / "log.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in logged).encode()))
+                atomic_write(best_path, lambda f: torch.save(ck, f))
+            atomic_write(ckpt_path, lambda f: torch.save(ck, f))
+            if hooks is not None:
+                hooks.after_checkpoint(epoch + 1)
+            atomic_write(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in logged).encode())
         if world > 1:
             dist.barrier()
     return {"history": history, "model": model, "steps": step,
