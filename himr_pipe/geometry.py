@@ -12,7 +12,9 @@ import math
 
 import numpy as np
 
-from .plan import VIEW_TRANSFORM
+# the views' transform (--views K > 1): torchvision's RandomResizedCrop defaults and a horizontal flip; the job
+# records it (plan.JobConfig) and the worker draws each view's window from it here
+VIEW_TRANSFORM = {"random_resized_crop": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}, "hflip": 0.5}
 
 
 def view_window(u, width: int, height: int) -> tuple[float, float, float, float, float]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from . import __version__
-from .decoders import DEFAULT_MAX_PIXELS, RESIZE_MODES
+from .decoders.common import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from .encode import ImageFormat
+from .geometry import VIEW_TRANSFORM
 from .scheme import Scheme
 from .sources import DEFAULT_MAX_BYTES
 from .tasks import TASKS, job_task, task_named
-# --views K > 1: torchvision's RandomResizedCrop defaults, then a horizontal flip half of the time
-VIEW_TRANSFORM = {"random_resized_crop": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}, "hflip": 0.5}
 
 
 class JobError(Exception):
