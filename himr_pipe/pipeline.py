@@ -157,6 +157,8 @@ def _write_manifest(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions,
     manifest = build_manifest(cfg.public(), source.classes, source.empty_classes, shard_recs, total_inputs,
                               skip_recs, upscaled, "complete" if complete else "incomplete", len(inputs_written))
     manifest["model"] = model = cfg.task_def.model_record(cfg.scheme)  # the timm family that fits the shards
+    if not source.labelled:  # samples without .cls (absent: every sample of a classification has one)
+        manifest["labelled"] = False
     if task_record is not None:
         manifest[cfg.task] = task_record
     if complete:

@@ -35,7 +35,7 @@ from .geometry import decode_geometry
 from .plan import JobConfig, PlannedSample, ShardStats, ShardTask
 from .stages import BufferPool, Prefetch, Sink
 from .shards import ShardWriter
-from .sources import InputError, read_input
+from .sources import InputError, ShardReader
 from .storage import Location
 
 if TYPE_CHECKING:
@@ -107,9 +107,10 @@ class ShardWorker:
                                screened)
 
         data, screened, wins = [], [], []
+        reader = ShardReader([it.loc for it in items], cfg.max_bytes)  # each tar or parquet file opened once
         for it in items:
             try:
-                blob = read_input(it.loc, cfg.max_bytes)
+                blob = reader.read(it.loc)
                 hdr = inspect_header(blob, cfg.max_pixels)
                 t = it.target
                 if t is not None and (hdr.width, hdr.height) != (t.width, t.height):
@@ -130,6 +131,7 @@ class ShardWorker:
                 yield batch(data, screened, wins)
                 t_read = clock()
                 data, screened, wins = [], [], []
+        reader.close()
         if timing is not None:
             timing["read"] += clock() - t_read
         if data:
