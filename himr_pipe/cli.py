@@ -180,9 +180,12 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
 
     SRC is an ImageNet-style folder (one sub-folder per class), a WebDataset
     .tar, a folder of .tar files, or a brace pattern like
-    'train-{000000..000009}.tar' (samples need a .cls label); for detection,
-    a COCO images folder with its instances JSON. SRC and OUT may be URLs
-    (s3://, gs://, memory://).
+    'train-{000000..000009}.tar' (samples need a .cls label); a Hugging Face
+    parquet split (a .parquet file, a folder of them, or a glob like
+    'data/train-*.parquet'); a folder of images labelled by its labels.csv
+    (path,label), or a folder of images with no sub-folder (unlabelled: no
+    .cls); for detection, a COCO images folder with its instances JSON. SRC
+    and OUT may be URLs (s3://, gs://, memory://).
     """
     from .encode import FormatError
     from .job import EXIT_PARTIAL, JobError

@@ -119,7 +119,7 @@ class Distributor(Protocol):
         """Run ``todo``: None when every shard finished, else why the run stopped (:func:`failure_reason`)."""
 
 
-class _Local:
+class Local:
     """``--distributor local``: this process with --workers 0 (:class:`Serial`), else local processes."""
 
     options: ClassVar[tuple[str, ...]] = ()
@@ -147,7 +147,7 @@ class _Local:
         return Serial(spec) if opts.workers == 0 else LocalProcesses(opts.workers, spec)
 
 
-class Serial(_Local):
+class Serial(Local):
     """Every shard in this process, one after another."""
 
     def __init__(self, spec: WorkerSpec):
@@ -165,7 +165,7 @@ class Serial(_Local):
         return None
 
 
-class LocalProcesses(_Local):
+class LocalProcesses(Local):
     """Shards on ``workers`` spawned processes of this machine (DALI and torch threads do not survive fork)."""
 
     def __init__(self, workers: int, spec: WorkerSpec):
@@ -324,7 +324,7 @@ def _ray_shard(spec: WorkerSpec, task: ShardTask) -> dict:
 
 
 # --distributor NAME -> its engine; the CLI's choices are these names, in this order
-DISTRIBUTORS: dict[str, type] = {"local": _Local, "ray": RayTasks}
+DISTRIBUTORS: dict[str, type] = {"local": Local, "ray": RayTasks}
 
 
 def distributor_named(name: str) -> type:

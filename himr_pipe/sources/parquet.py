@@ -174,6 +174,8 @@ class _RowReader:
         if key not in self._rows:
             self._load(loc)
         data = self._rows.pop(key)
+        if isinstance(data, InputError):
+            raise data
         if data is None:
             raise InputError("no-image: the row's image is null")
         if len(data) > self.max_bytes:
@@ -186,10 +188,19 @@ class _RowReader:
         if loc.file not in self._files:
             self._files[loc.file] = _open(loc.file)
         pf, _ = self._files[loc.file]
-        col = pf.read_row_group(loc.group, columns=[loc.column]).column(0).combine_chunks()
+        rows = self._wanted.pop((loc.file, loc.group), {loc.row})
+        try:
+            col = pf.read_row_group(loc.group, columns=[loc.column]).column(0).combine_chunks()
+        except (OSError, ValueError) as e:  # pyarrow's errors are these; a store's outage is the run's
+            if loc.remote and not isinstance(e, ValueError):
+                raise
+            bad = InputError(f"unreadable: row group {loc.group} of the parquet file is corrupt ({type(e).__name__})")
+            for r in rows:
+                self._rows[(loc.file, loc.group, r)] = bad
+            return
         if pa.types.is_struct(col.type):
             col = col.field("bytes")
-        for r in self._wanted.pop((loc.file, loc.group), {loc.row}):
+        for r in rows:
             self._rows[(loc.file, loc.group, r)] = col[r].as_py()
 
     def close(self) -> None:
