@@ -124,7 +124,9 @@ def _classify_folder(root: str, top_files: list, by_class: dict[str, list]) -> S
     if not_classes and len(not_classes) == len([c for c in names if names[c]]):
         exts = sorted({os.path.splitext(r)[1].lower() or "(none)" for rels in names.values() for r in rels})
         raise SourceError(f"SRC {root!r} holds no image in any sub-folder (files: {', '.join(exts[:8])}): it is "
-                          "not an ImageNet-style folder (one sub-folder of images per class), nor .tar shards")
+                          "not an ImageNet-style folder (one sub-folder of images per class), nor .tar shards"
+                          + ("; for parquet files, name one split's: SRC/<folder>/train-*.parquet" if ".parquet" in exts
+                             else ""))
     if not_classes:
         desc = "; ".join(f"{c}/ ({len(r)} files: "
                          f"{', '.join(sorted({os.path.splitext(x)[1].lower() or '(none)' for x in r})[:4])})"
