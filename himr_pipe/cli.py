@@ -42,6 +42,27 @@ class Where(click.ParamType):
         return click.Path(exists=self.exists, file_okay=False).convert(value, param, ctx)
 
 
+class Registered(click.Choice):
+    """A choice among the names of a registry (``DISTRIBUTORS``, ``DECODERS``, ``ENCODERS``, the kernels' ``IMPLS``),
+    read when the option is first checked or shown, as ``--task`` reads ``TASKS``: the registries' modules load
+    numpy (the kernels' torch), which the other commands and ``himr-pipe --help`` need not wait for."""
+
+    def __init__(self, module: str, name: str):
+        self._where = (module, name)
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple:
+        import importlib
+
+        module, name = self._where
+        return tuple(getattr(importlib.import_module(module), name))
+
+    @choices.setter
+    def choices(self, _names) -> None:  # click.Choice.__init__ sets it; the names are the registry's
+        pass
+
+
 def _fail_usage(msg: str):
     click.echo(f"himr-pipe: error: {msg}", err=True)
     sys.exit(2)
@@ -130,20 +151,21 @@ def _term_as_interrupt() -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--device", default=R.device, show_default=True,
               help="cpu, or cuda / cuda:N: decode, encrypt (Triton) and encode on that GPU.")
-@click.option("--decoder", type=click.Choice(["auto", "dali", "torchvision", "nvimgcodec"]), default=R.decoder,
+@click.option("--decoder", type=Registered("himr_pipe.decoders.choose", "DECODERS"), default=R.decoder,
               show_default=True,
               help="Decode stage: NVIDIA DALI (auto, where installed), torchvision (nvJPEG on a GPU) or nvImageCodec "
                    "(the GPU's hardware JPEG decoder where it has one). Resizing is himr_pipe's own on the CPU "
                    "and for the last two; DALI's on a GPU.")
-@click.option("--encoder", type=click.Choice(["auto", "cpu", "torchvision", "nvimgcodec"]), default=R.encoder,
+@click.option("--encoder", type=Registered("himr_pipe.encode", "ENCODERS"), default=R.encoder,
               show_default=True, help="Encode stage. auto: CPU threads on the CPU; nvimgcodec (else torchvision) "
                                       "on a GPU for JPEG.")
-@click.option("--kernels", type=click.Choice(["auto", "cpu", "torch", "triton"]), default=R.kernels, show_default=True,
+@click.option("--kernels", type=Registered("himr_pipe.kernels.api", "IMPLS"), default=R.kernels, show_default=True,
               help="Encryption kernels. auto: Triton on a GPU, on the CPU numpy per image (cpu), fused with encoding; torch: the batched reference.")
 @click.option("--views", type=int, default=R.views, show_default=True,
               help="K > 1: bake K random-resized-crop + flip views of each input before encryption, each its own "
                    "sample (offline encryption freezes the image; this restores the usual train-time crops).")
-@click.option("--distributor", type=click.Choice(["local", "ray"]), default=R.distributor, show_default=True,
+@click.option("--distributor", type=Registered("himr_pipe.distributor", "DISTRIBUTORS"), default=R.distributor,
+              show_default=True,
               help="Who runs the shards: local (this process with --workers 0, else local processes) or ray (each "
                    "shard a Ray task; a worker that dies is retried).")
 @click.option("--ray-address", default=None,
@@ -160,9 +182,12 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
 
     SRC is an ImageNet-style folder (one sub-folder per class), a WebDataset
     .tar, a folder of .tar files, or a brace pattern like
-    'train-{000000..000009}.tar' (samples need a .cls label); for detection,
-    a COCO images folder with its instances JSON. SRC and OUT may be URLs
-    (s3://, gs://, memory://).
+    'train-{000000..000009}.tar' (samples need a .cls label); a Hugging Face
+    parquet split (a .parquet file, a folder of them, or a glob like
+    'data/train-*.parquet'); a folder of images labelled by its labels.csv
+    (path,label), or a folder of images with no sub-folder (unlabelled: no
+    .cls); for detection, a COCO images folder with its instances JSON. SRC
+    and OUT may be URLs (s3://, gs://, memory://).
     """
     from .encode import FormatError
     from .job import EXIT_PARTIAL, JobError

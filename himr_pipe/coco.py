@@ -36,7 +36,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from .sources import IMAGE_EXTS, Input, Source, SourceError, _fingerprint, _safe_member_name
+from .sources.base import IMAGE_EXTS, File, Input, Source, SourceError, Url, fingerprint, safe_member_name
 from .storage import Location, is_url, local_path
 
 
@@ -166,7 +166,7 @@ def open_coco_source(src: str, annotations: str) -> tuple[Source, CocoInfo]:
         if iid in images:
             records.append((ref, None, f"duplicate-image-id: image id {iid} appears more than once"))
             continue
-        if not _safe_member_name(fn) or "/" in fn.replace("\\", "/"):
+        if not safe_member_name(fn) or "/" in fn.replace("\\", "/"):
             records.append((ref, None, "unsafe-file-name: absolute path, '..' or a sub-folder in file_name"))
             images[iid] = {"bad": True}
             continue
@@ -215,16 +215,16 @@ def open_coco_source(src: str, annotations: str) -> tuple[Source, CocoInfo]:
     named = set()
     for ref, rec, skip in sorted(records, key=lambda r: (r[0], r[2] or "")):
         if rec is None:
-            inputs.append(Input(len(inputs), ref, -1, (), skip))
+            inputs.append(Input(len(inputs), ref, -1, None, skip))
             named.add(ref)  # its file is accounted for by this skip, not again as not-in-annotations
             continue
         fn = rec["file"]
         named.add(fn)
         if os.path.splitext(fn)[1].lower() not in IMAGE_EXTS:
-            inputs.append(Input(len(inputs), fn, -1, (), "unsupported-extension: not an image extension"))
+            inputs.append(Input(len(inputs), fn, -1, None, "unsupported-extension: not an image extension"))
             continue
         if fn not in listed:
-            inputs.append(Input(len(inputs), fn, -1, (), "missing-file: the annotations name a file that is not "
+            inputs.append(Input(len(inputs), fn, -1, None, "missing-file: the annotations name a file that is not "
                                                          "in SRC"))
             continue
         anns = rec["anns"]
@@ -233,15 +233,15 @@ def open_coco_source(src: str, annotations: str) -> tuple[Source, CocoInfo]:
                              tuple(x[4] for x in anns), tuple(x[5] for x in anns))
         path = loc.url(fn)
         if loc.remote:
-            inputs.append(Input(len(inputs), fn, 0, ("url", path, loc.size(fn) or 0), None, target))
+            inputs.append(Input(len(inputs), fn, 0, Url(path, loc.size(fn) or 0), None, target))
         else:
-            inputs.append(Input(len(inputs), fn, 0, ("file", path), None, target))
+            inputs.append(Input(len(inputs), fn, 0, File(path), None, target))
         fp_rows.append((fn, rec["width"], rec["height"], len(anns)))
     for fn in sorted(listed - named):
         if not fn.startswith("."):
-            inputs.append(Input(len(inputs), fn, -1, (), "not-in-annotations: no image record names this file"))
+            inputs.append(Input(len(inputs), fn, -1, None, "not-in-annotations: no image record names this file"))
     # the fingerprint covers the JSON's content too: changed annotations must not resume a run
-    fp = _fingerprint(fp_rows + [("json", _digest(d))] + _file_rows(loc, sorted(named & listed)))
+    fp = fingerprint(fp_rows + [("json", _digest(d))] + _file_rows(loc, sorted(named & listed)))
     source = Source("coco", src, inputs, [c["name"] for c in categories], [], fp)
     return source, info
 

@@ -20,7 +20,11 @@ exactly the unfinished shards and writes the same bytes.
   committed atomically and redone byte for byte. An exception raised by a shard is not retried (it
   would fail the same way); it stops the run as above.
 
-A new engine is one more class here with the same ``run``.
+Each engine is a class of the :class:`Distributor` protocol, registered by name in :data:`DISTRIBUTORS`: it checks
+the request's options (its own, such as Ray's ``--ray-address``, and ``--workers``), says whether its shards run in
+this process and how many threads each worker takes, and builds itself for a run. The CLI's ``--distributor``
+choices, the request's checks, the job's and the pipeline's choice all ask the registry, so a new engine is one
+class here and one line in :data:`DISTRIBUTORS` (plus a CLI option and a request field for each option of its own).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import os
 
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable
+from typing import Callable, ClassVar, Protocol
 
 from .state import StateError
 from .storage import StoreUnavailable
@@ -83,7 +87,67 @@ def default_workers(device: str) -> int:
     return min(n, MAX_CPU_WORKERS) if device == "cpu" else max(1, n // CPUS_PER_GPU_WORKER)
 
 
-class Serial:
+class Distributor(Protocol):
+    """An engine: who runs the shards of a job. The class methods answer before any work, from the request
+    (:class:`~.request.EncryptRequest`) or the run's options (:class:`~.job.RunOptions`); :meth:`run` runs."""
+
+    # the request's fields only this engine reads (ray: ray_address): given with another engine, they are refused
+    options: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def refusal(cls, req) -> str | None:
+        """Why this engine cannot run ``req`` (a missing package, a bad option), or None."""
+
+    @classmethod
+    def workers(cls, req) -> int:
+        """--workers as this engine reads it (``req.workers`` None: its default)."""
+
+    @classmethod
+    def in_this_process(cls, opts) -> bool:
+        """Does every shard run in this process (so memory:// SRC and OUT, visible here only, can be used)?"""
+
+    @classmethod
+    def threads(cls, opts, shards: int) -> int:
+        """Threads per worker when --threads is not given, for ``shards`` shards to do."""
+
+    @classmethod
+    def for_run(cls, spec: WorkerSpec, opts) -> "Distributor":
+        """The engine that runs this job's shards, built from the one worker spec."""
+
+    def run(self, todo: list[ShardTask], on_done: Callable[[dict], None],
+            progress: Callable[[int], None]) -> str | None:
+        """Run ``todo``: None when every shard finished, else why the run stopped (:func:`failure_reason`)."""
+
+
+class Local:
+    """``--distributor local``: this process with --workers 0 (:class:`Serial`), else local processes."""
+
+    options: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def refusal(cls, req) -> str | None:
+        return None
+
+    @classmethod
+    def workers(cls, req) -> int:
+        return default_workers(req.device) if req.workers is None else req.workers
+
+    @classmethod
+    def in_this_process(cls, opts) -> bool:
+        return opts.workers == 0
+
+    @classmethod
+    def threads(cls, opts, shards: int) -> int:
+        # a share of this machine (the processes that will run: no more than the shards to do, so a small
+        # job's few processes get the CPUs)
+        return max(1, usable_cpus() // max(1, min(opts.workers, shards)))
+
+    @classmethod
+    def for_run(cls, spec: WorkerSpec, opts) -> "Distributor":
+        return Serial(spec) if opts.workers == 0 else LocalProcesses(opts.workers, spec)
+
+
+class Serial(Local):
     """Every shard in this process, one after another."""
 
     def __init__(self, spec: WorkerSpec):
@@ -101,7 +165,7 @@ class Serial:
         return None
 
 
-class LocalProcesses:
+class LocalProcesses(Local):
     """Shards on ``workers`` spawned processes of this machine (DALI and torch threads do not survive fork)."""
 
     def __init__(self, workers: int, spec: WorkerSpec):
@@ -152,6 +216,38 @@ def _drain(queue, progress) -> None:
 class RayTasks:
     """Each shard a Ray task (one CPU each). Uses the Ray already initialised in this process, or starts one
     (``address``: an existing cluster; None: a local one) and shuts it down after the run."""
+
+    options: ClassVar[tuple[str, ...]] = ("ray_address",)
+
+    @classmethod
+    def refusal(cls, req) -> str | None:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            return "--distributor ray needs Ray: pip install 'himr-pipe[ray]'"
+        return None
+
+    @classmethod
+    def workers(cls, req) -> int:
+        return req.workers or 0  # the local cluster's CPUs (0: all of them)
+
+    @classmethod
+    def in_this_process(cls, opts) -> bool:
+        return False
+
+    @classmethod
+    def threads(cls, opts, shards: int) -> int:
+        return 1  # a Ray task takes one CPU
+
+    @classmethod
+    def for_run(cls, spec: WorkerSpec, opts) -> "Distributor":
+        # Ray's workers are not this process's children: each checks, before it publishes a shard, that this
+        # run still holds OUT (local processes die with their parent instead: worker.die_with)
+        import dataclasses
+        import socket
+
+        spec = dataclasses.replace(spec, driver=(socket.gethostname(), os.getpid()))
+        return cls(opts.distributor_options.get("ray_address"), spec, num_cpus=opts.workers or None)
 
     def __init__(self, address: str | None, spec: WorkerSpec, max_retries: int = 3, num_cpus: int | None = None):
         self.address = address
@@ -221,3 +317,14 @@ def _ray_shard(spec: WorkerSpec, task: ShardTask) -> dict:
         _RAY_WORKERS.clear()
         _RAY_WORKERS[tag] = w
     return w.run(task)
+
+
+# --distributor NAME -> its engine; the CLI's choices are these names, in this order
+DISTRIBUTORS: dict[str, type] = {"local": Local, "ray": RayTasks}
+
+
+def distributor_named(name: str) -> type:
+    try:
+        return DISTRIBUTORS[name]
+    except KeyError:
+        raise ValueError(f"--distributor must be one of {tuple(DISTRIBUTORS)}, got {name!r}") from None

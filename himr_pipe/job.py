@@ -40,9 +40,10 @@ class RunOptions:
     device: str = "cpu"            # "cpu" or "cuda[:N]": where decode, encryption and encode run
     kernels: str = "auto"          # "auto" (Triton on CUDA, on the CPU "cpu": numpy, fused with encoding), "cpu", "torch", "triton"
     audit_samples: int = AUDIT_SAMPLES  # quick audit of this many samples at the end (0: none)
-    distributor: str = "local"     # "local" (this process with workers=0, else local processes) or "ray"
+    distributor: str = "local"     # a name of distributor.DISTRIBUTORS
     annotations: str | None = None  # detection: the COCO instances JSON (None: the usual layout beside SRC)
-    ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None: a local one
+    # the engine's own options by request field (ray: {"ray_address": an existing cluster, or None: a local one})
+    distributor_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -148,7 +149,9 @@ def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptio
         source = cfg.task_def.open_source(src, opts.annotations)
     except (SourceError, StorageError) as e:
         raise JobError(str(e)) from None
-    if (source.in_process or in_process_only(out)) and (opts.workers > 0 or opts.distributor != "local"):
+    from .distributor import distributor_named
+
+    if (source.in_process or in_process_only(out)) and not distributor_named(opts.distributor).in_this_process(opts):
         raise JobError("memory:// lives in one process, where worker processes cannot see it; "
                        "run with --workers 0 (or use a local folder or an object store)")
     if outl.is_file_root():

@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .distributor import LocalProcesses, RayTasks, Serial, usable_cpus
+from .distributor import distributor_named
 from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, JobConfig, RunOptions, RunResult, plan_shards, prepare,
                   resume_scan)
 from .lock import LeaseLost
@@ -87,25 +87,11 @@ def _plan(job: Prepared, cfg: JobConfig) -> Plan:
 def _distribute(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions) -> str | None:
     """Run the shards to do; each finished shard's stats go into the owner's state (only the driver writes it)
     and into ``plan.done``. Returns None, or why the run stopped."""
-    # threads per worker: a share of this machine; a Ray task takes one CPU, so one thread unless asked
-    # (the processes that will run: no more than the shards to do, so a small job's few processes get the CPUs)
-    threads = opts.threads or (1 if opts.distributor == "ray" else
-                               max(1, usable_cpus() // max(1, min(opts.workers, len(plan.todo)))))
+    engine = distributor_named(opts.distributor)
+    threads = opts.threads or engine.threads(opts, len(plan.todo))
     spec = WorkerSpec(job=cfg.public(), key_hex=job.key, out=job.out.root, threads=threads,
                       batch_size=opts.batch_size, device=opts.device, kernels=opts.kernels)
-    if opts.distributor == "ray":
-        # Ray's workers are not this process's children: each checks, before it publishes a shard, that this
-        # run still holds OUT (local processes die with their parent instead: worker.die_with)
-        import dataclasses
-        import os
-        import socket
-
-        spec = dataclasses.replace(spec, driver=(socket.gethostname(), os.getpid()))
-        dist = RayTasks(opts.ray_address, spec, num_cpus=opts.workers or None)
-    elif opts.workers == 0:
-        dist = Serial(spec)
-    else:
-        dist = LocalProcesses(opts.workers, spec)
+    dist = engine.for_run(spec, opts)
     ostate = OwnerState(job.state)
 
     def record(st: ShardStats) -> None:
@@ -171,6 +157,8 @@ def _write_manifest(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions,
     manifest = build_manifest(cfg.public(), source.classes, source.empty_classes, shard_recs, total_inputs,
                               skip_recs, upscaled, "complete" if complete else "incomplete", len(inputs_written))
     manifest["model"] = model = cfg.task_def.model_record(cfg.scheme)  # the timm family that fits the shards
+    if not source.labelled:  # samples without .cls (absent: every sample of a classification has one)
+        manifest["labelled"] = False
     if task_record is not None:
         manifest[cfg.task] = task_record
     if complete:

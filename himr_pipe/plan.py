@@ -110,7 +110,7 @@ class PlannedSample:
     index: int      # the input's sample id (its position in the sorted source listing)
     ref: str        # owner-side name; never written to OUT unless --include-paths
     label: int
-    loc: tuple      # where its bytes are (sources.read_input)
+    loc: object     # where its bytes are (a sources location, read by sources.ShardReader)
     view: int = 0   # which of --views
     target: object = None  # detection: the input's annotations (coco.ImageTarget)
     image_id: int = 0      # detection: the image's id in OUT's ground truth (opaque unless --keep-image-ids)

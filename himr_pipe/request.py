@@ -72,8 +72,8 @@ class EncryptRequest:
     encoder: str = "auto"
     kernels: str = "auto"
     views: int = 1
-    distributor: str = "local"
-    ray_address: str | None = None
+    distributor: str = "local"      # a name of distributor.DISTRIBUTORS
+    ray_address: str | None = None  # ray's own option (distributor.RayTasks.options)
     audit: bool = True
 
     def build(self, src: str) -> tuple[JobConfig, RunOptions]:
@@ -112,23 +112,25 @@ class EncryptRequest:
                         encoder=enc_name, views=self.views, task=kind.name, keep_image_ids=self.keep_image_ids)
         if self.batch_size < 1:
             raise JobError("--batch-size must be at least 1")
-        if self.ray_address and self.distributor != "ray":
-            raise JobError("--ray-address needs --distributor ray")
-        workers = self.workers
-        if self.distributor == "ray":
-            try:
-                import ray  # noqa: F401
-            except ImportError:
-                raise JobError("--distributor ray needs Ray: pip install 'himr-pipe[ray]'") from None
-            workers = workers or 0  # ray: the local cluster's CPUs (0: all of them)
-        elif workers is None:
-            from .distributor import default_workers
+        from .distributor import DISTRIBUTORS, distributor_named
 
-            workers = default_workers(self.device)
+        try:
+            engine = distributor_named(self.distributor)
+        except ValueError as e:
+            raise JobError(str(e)) from None
+        for other, cls in DISTRIBUTORS.items():  # another engine's own option (--ray-address without ray)
+            for f in cls.options:
+                if cls is not engine and getattr(self, f):
+                    raise JobError(f"--{f.replace('_', '-')} needs --distributor {other}")
+        why = engine.refusal(self)
+        if why:
+            raise JobError(why)
+        workers = engine.workers(self)
         if workers < 0:
             raise JobError("--workers must be 0 or more")
         opts = RunOptions(workers=workers, threads=self.threads, batch_size=self.batch_size, state_dir=self.state_dir,
                           progress=self.progress, device=self.device, kernels=self.kernels,
                           audit_samples=AUDIT_SAMPLES if self.audit else 0, distributor=self.distributor,
-                          ray_address=self.ray_address, annotations=self.annotations)
+                          distributor_options={f: getattr(self, f) for f in engine.options},
+                          annotations=self.annotations)
         return cfg, opts

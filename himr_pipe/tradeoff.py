@@ -171,19 +171,19 @@ def list_classes(src: str | os.PathLike) -> dict[str, list[Path]]:
     """{class: sorted image files} of an ImageNet-style folder, read by the source reader encrypt-shards uses
     (:func:`himr_pipe.sources.open_source`), so the sample holds exactly the inputs a run would take
     (files it would skip, such as non-image extensions, are left out)."""
-    from .sources import SourceError, open_source
+    from .sources import File, SourceError, open_source
 
     try:
         source = open_source(str(src))
     except SourceError as e:
         raise TradeoffError(str(e)) from None
-    if source.kind != "folder" or any(i.loc and i.loc[0] != "file" for i in source.inputs):
+    if source.kind != "folder" or any(i.loc is not None and not isinstance(i.loc, File) for i in source.inputs):
         raise TradeoffError(f"SRC must be a local ImageNet-style folder (class sub-folders), got a "
                             f"{'remote ' if source.kind == 'folder' else ''}{source.kind} source")
     out: dict[str, list[Path]] = {c: [] for c in source.classes}
     for inp in source.inputs:
         if inp.skip is None and inp.label >= 0:
-            out[source.classes[inp.label]].append(Path(inp.loc[1]))
+            out[source.classes[inp.label]].append(Path(inp.loc.path))
     return out
 
 

@@ -15,7 +15,7 @@ import json
 import tarfile
 
 from .manifest import TIMM_INFO, Manifest, ManifestError
-from .shards import META, iter_shard
+from .shards import LABEL, META, iter_shard
 from .tasks import task_of_job
 from .storage import Location
 
@@ -56,7 +56,7 @@ def verify_out(out: str, decode: bool = False) -> tuple[list[str], dict]:
         problems.append(f"{e}: a leftover of an interrupted run")
     samples_read = 0
     task = task_of_job(man.job)
-    want = task.members(ext)
+    want = task.members(ext) - ({LABEL} if m.get("labelled") is False else set())  # unlabelled: no .cls
     for s in m["shards"]:
         if s["name"] not in sizes:
             problems.append(f"{s['name']}: missing")

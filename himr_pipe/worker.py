@@ -35,7 +35,7 @@ from .geometry import decode_geometry
 from .plan import JobConfig, PlannedSample, ShardStats, ShardTask
 from .stages import BufferPool, Prefetch, Sink
 from .shards import ShardWriter
-from .sources import InputError, read_input
+from .sources import InputError, ShardReader
 from .storage import Location
 
 if TYPE_CHECKING:
@@ -93,6 +93,16 @@ class ShardWorker:
         self._local, self._kernels, self._kernels_lock = threading.local(), [], threading.Lock()
         self.done_samples = 0
 
+    def _read(self, items):
+        """(planned sample, its bytes or the InputError why not), in plan order, through one ShardReader: each tar
+        or parquet file is opened once for the shard, and closed however the shard ends."""
+        with ShardReader([it.loc for it in items], self.cfg.max_bytes) as reader:
+            for it in items:
+                try:
+                    yield it, reader.read(it.loc)
+                except InputError as e:
+                    yield it, e
+
     def _batches(self, items, skipped: list, draws: np.ndarray | None = None, timing: dict | None = None):
         """Read and screen inputs; yield DecodeBatches whose tag lists the ScreenedSamples they hold
         (``timing["read"]``: seconds spent here, waits for the consumer excluded)."""
@@ -107,9 +117,10 @@ class ShardWorker:
                                screened)
 
         data, screened, wins = [], [], []
-        for it in items:
+        for it, blob in self._read(items):
             try:
-                blob = read_input(it.loc, cfg.max_bytes)
+                if isinstance(blob, InputError):
+                    raise blob
                 hdr = inspect_header(blob, cfg.max_pixels)
                 t = it.target
                 if t is not None and (hdr.width, hdr.height) != (t.width, t.height):

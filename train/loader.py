@@ -85,9 +85,13 @@ def error_message(e: BaseException) -> str:
 def read_manifest(shards_dir: str) -> dict:
     """The manifest of a complete OUT (DataError otherwise: missing, not ours, malformed or incomplete)."""
     try:
-        return Manifest.load(shards_dir, require_complete=True).data
+        m = Manifest.load(shards_dir, require_complete=True).data
     except ManifestError as e:
         raise DataError(f"{e}; point at a complete OUT folder written by himr-pipe encrypt-shards") from None
+    if m.get("labelled") is False:
+        raise DataError(f"{shards_dir} holds unlabelled samples (no .cls): training needs labels; encrypt a "
+                        "labelled SRC (class sub-folders, or labels.csv beside the images)")
+    return m
 
 
 def manifest_scheme(m: dict) -> Scheme:

@@ -252,7 +252,7 @@ class Predictor:
         Each input that can't be used is told to ``on_skip(path, reason)`` and left out."""
         from himr_pipe.decoders import DecodeBatch, inspect_header
         from himr_pipe.geometry import decode_geometry
-        from himr_pipe.sources import InputError, read_input
+        from himr_pipe.sources import File, InputError, read_input
 
         skip = on_skip or _stderr_skip
         images, kept, frames = [], [], []
@@ -260,7 +260,7 @@ class Predictor:
             data, pos, rows, fr = [], [], [], []
             for i in range(start, min(start + self.batch_size, len(paths))):
                 try:
-                    blob = read_input(("file", str(paths[i])))
+                    blob = read_input(File(str(paths[i])))
                     hdr = inspect_header(blob)
                 except InputError as e:
                     skip(str(paths[i]), e.reason)
