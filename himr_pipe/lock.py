@@ -35,11 +35,12 @@ import threading
 import time
 
 from .storage import bounded, store_patience
+from .errors import Failed, Refused
 
 LOCK_NAME = ".himr-pipe.lock"
 
 
-class OutLocked(Exception):
+class OutLocked(Refused):
     """Another live run holds OUT."""
 
 
@@ -156,7 +157,7 @@ def live_holder(out) -> str | None:
     return f"host {h.get('host', '?')}, pid {h.get('pid', '?')}, {since}"
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(Failed, RuntimeError):
     """Another run took this run's lease over (it expired, or two runs raced for a stale one)."""
 
 

@@ -27,6 +27,7 @@ import json
 import os
 from dataclasses import dataclass
 from typing import Any
+from .errors import Refused
 
 MANIFEST = "manifest.json"
 TIMM_INFO = "_info.json"
@@ -54,7 +55,7 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-class ManifestError(ValueError):
+class ManifestError(Refused, ValueError):
     """OUT has no usable manifest: missing, unreadable, not ours, malformed, or (when required) incomplete."""
 
 

@@ -16,9 +16,10 @@ from .geometry import VIEW_TRANSFORM
 from .scheme import Scheme
 from .sources import DEFAULT_MAX_BYTES
 from .tasks import TASKS, job_task, task_named
+from .errors import Refused
 
 
-class JobError(Exception):
+class JobError(Refused):
     """A problem found before any work: the run does not start."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .manifest import read_json, write_json_atomic
 from .plan import ShardStats
+from .errors import Failed
 
 
 def default_state_dir(out_dir: str) -> Path:
@@ -44,7 +45,7 @@ def default_state_dir(out_dir: str) -> Path:
     return Path(base) / f"{out.leaf}-{tag}"
 
 
-class StateError(OSError):
+class StateError(Failed, OSError):
     """The owner's state folder cannot be written (full, read-only, gone): the run stops, blaming the state."""
 
 

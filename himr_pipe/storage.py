@@ -40,6 +40,7 @@ import time
 from typing import IO, Any, Callable, TypeVar
 
 from .atomic import atomic_write
+from .errors import Failed
 
 LOCAL_SCHEMES = ("file://",)
 SPOOL_PREFIX = "himr-pipe-spool-"
@@ -139,7 +140,7 @@ def transient(exc: BaseException) -> bool:
     return type(exc) is OSError or isinstance(exc, (ConnectionError, TimeoutError))
 
 
-class StoreUnavailable(OSError):
+class StoreUnavailable(Failed, OSError):
     """The object store did not answer within its patience: the run stops (exit 1) and resumes when it is back."""
 
     def __init__(self, message: str):
@@ -213,7 +214,7 @@ def open_url(path: str, block_size: int = 8 << 20) -> IO[bytes]:
                     lambda: fs.open(p, "rb", block_size=block_size, cache_type="readahead"))
 
 
-class StorageError(OSError):
+class StorageError(Failed, OSError):
     """A location can't be used (unknown scheme, missing backend)."""
 
 

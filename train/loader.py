@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from himr_pipe.manifest import Manifest, ManifestError
 from himr_pipe.scheme import Scheme
 from himr_pipe.shards import LABEL, META, decode_image
+from himr_pipe.errors import Failed, Refused
 
 # The normalisation every model sees its decoded images through, (pixel/255 - MEAN) / STD (ImageNet's): the
 # trainer's steps and evaluation, and predict on plain images (both import it from here; ``trainer.MEAN`` too)
@@ -60,13 +61,15 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-class DataError(ValueError):
+class DataError(Refused, ValueError):
     """The shards can't be trained or evaluated on as they are (the message names the OUT or the shard)."""
 
 
 class ShardFault(DataError):
     """A shard met while training or evaluating can't be used (unreadable, or faulty where every sample counts):
     the run fails there (exit 1), its last checkpoint intact."""
+
+    exit_code = Failed.exit_code
 
 
 def error_message(e: BaseException) -> str:

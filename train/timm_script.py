@@ -31,13 +31,14 @@ import os
 import runpy
 import sys
 from typing import Callable
+from himr_pipe.errors import Refused
 
 # train.py's flags that reshape or flip the stored image; values that keep the grid
 _GRID_FLAGS = {"--scale": [1.0, 1.0], "--ratio": [1.0, 1.0], "--hflip": [0.0], "--vflip": [0.0]}
 _GRID_OTHERS = ("--aa", "--train-crop-mode", "--train-img-sizes")
 
 
-class TimmTrainError(ValueError):
+class TimmTrainError(Refused, ValueError):
     """The arguments can't train on these shards (a detection OUT, a non-shard dataset)."""
 
 

@@ -81,7 +81,7 @@ def _plain_jpeg_header(data: bytes) -> tuple[int, int, str] | None:
 
 def inspect_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
     """Check an encoded image from its header alone. Raises InputError with a reason."""
-    from ..sources import InputError
+    from ..errors import InputError
 
     if len(data) == 0:
         raise InputError("empty-file: zero bytes")

@@ -14,7 +14,9 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..errors import InputError  # one input skipped with its reason (re-exported: himr_pipe.sources.InputError)
 from ..storage import bounded, is_url, retrying, url_fs
+from ..errors import Refused
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -22,21 +24,13 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 LABEL_LIMIT = 1 << 20
 
 
-class SourceError(ValueError):
+class SourceError(Refused, ValueError):
     """SRC can't be used at all (missing, empty, not a dataset)."""
 
 
 class CocoRootError(SourceError):
     """SRC is the root of a COCO-format dataset (annotations/ beside the images folders): see
     :func:`.folder.coco_root_error`."""
-
-
-class InputError(Exception):
-    """One input can't be read; ``reason`` is a short, path-free category + detail."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
