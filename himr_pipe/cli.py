@@ -18,6 +18,7 @@ from . import __version__
 # The tasks and their defaults (the default scheme: chosen by measured leak and accuracy cost, README "Privacy",
 # benchmarks/bench_tradeoff.py); light to import, the help text names them
 from .request import EncryptRequest, device_unavailable, is_device
+from .schemes import SCHEMES
 from .tasks import TASKS
 
 R = EncryptRequest  # the option defaults, stated once in himr_pipe.request
@@ -70,7 +71,7 @@ def _term_as_interrupt() -> None:
 @main.command("encrypt-shards")
 @click.argument("src")
 @click.argument("out", type=Where())
-@click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "none"]), default=None,
+@click.option("--scheme", type=click.Choice(list(SCHEMES)), default=None,
               help=f"Default: {TASKS['classification'].default_scheme} (classification), "
                    f"{TASKS['detection'].default_scheme} (detection). "
                    "mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled and turned "
@@ -507,7 +508,8 @@ def timm_train_cmd(train_py, args):
 @main.command("preview")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out_png", type=click.Path(dir_okay=False))
-@click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "all"]), default="all", show_default=True)
+@click.option("--scheme", type=click.Choice([n for n, d in SCHEMES.items() if d.encrypts] + ["all"]), default="all",
+              show_default=True)
 @click.option("--patch", type=int, default=16, show_default=True)
 @click.option("--size", default="224", show_default=True, help="N or HxW, as for encrypt-shards.")
 @click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
@@ -522,7 +524,6 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, fl
     import numpy as np
     from PIL import Image
 
-    from .geometry import full_size
     from .decoders import DaliDecoder, inspect_header
     from .kernels import encrypt, make_permutations
     from . import keys
@@ -531,9 +532,10 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, fl
 
     try:
         h, w = parse_size(size)
-        kinds = ["rs", "mi", "mi-shuffle"] if scheme == "all" else [scheme]
+        kinds = [n for n, d in SCHEMES.items() if d.encrypts] if scheme == "all" else [scheme]
+        # the defences are the shuffled schemes' (the others keep their cells in place)
         schemes = [Scheme.named(k, patch, h, w, *(((default_gap(k) if gap is None else gap), drop,
-                                                   default_flip(k) if flip is None else flip) if k != "mi"
+                                                   default_flip(k) if flip is None else flip) if SCHEMES[k].shuffled
                                                   else (0, 0.0, False))) for k in kinds]
         data = open(image, "rb").read()
         inspect_header(data)
@@ -550,9 +552,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, fl
         if s.shuffled:
             perms = make_permutations(keys.permutation_keys(key, 0, 1, s.num_patches), orient=s.flip)
         y = encrypt(s, x, perms)[0].numpy()
-        if s.kind == "mi":  # shown at the plain image's size (each value as a 2x2 block)
-            y = full_size(y)
-        panels.append(y)
+        panels.append(s.definition.plain_geometry(s, y))  # at the plain image's size (mi: each value as a 2x2 block)
     gap = np.full((h, 8, 3), 255, np.uint8)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
     Image.fromarray(row).save(out_png)

@@ -216,7 +216,7 @@ class ShardWorker:
                     if self.fused:
                         enc = Fused(x, perms)  # the sink encrypts each image as it encodes it
                     else:
-                        out = None if s.kind == "none" else self.buffers.take(len(meta), s.out_size, self.device)
+                        out = None if not s.definition.encrypts else self.buffers.take(len(meta), s.out_size, self.device)
                         # on a GPU the kernels are launched here (asynchronous); otherwise the sink runs them
                         enc = self._encrypt(x, perms, out) if x.is_cuda else (x, perms, out)
                     timing["launch"] += clock() - t
@@ -256,7 +256,7 @@ class ShardWorker:
             if isinstance(enc, Fused):  # the CPU: each image encrypted in the thread that encodes it, just before
                 before = self._kernel_seconds()
                 t1 = clock()
-                blobs = self.encoder.encode(enc.images, None if self.cfg.scheme.kind == "none" else enc.prepare(self))
+                blobs = self.encoder.encode(enc.images, enc.prepare(self) if self.cfg.scheme.definition.encrypts else None)
                 t2 = clock()
                 timing["encrypt"] += self._kernel_seconds() - before  # summed over the encoder's threads
                 timing["encode"] += t2 - t1  # the fused encryption included
@@ -295,9 +295,9 @@ class ShardWorker:
         """This thread's :class:`~himr_pipe.kernels.cpu.ImageKernel` (its scratch buffers are its state)."""
         k = getattr(self._local, "kernel", None)
         if k is None:
-            from himr_pipe.kernels.cpu import ImageKernel
+            from himr_pipe.kernels.cpu import image_kernel
 
-            k = self._local.kernel = ImageKernel(self.cfg.scheme)
+            k = self._local.kernel = image_kernel(self.cfg.scheme)
             with self._kernels_lock:
                 self._kernels.append(k)
         return k
