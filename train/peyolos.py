@@ -296,7 +296,7 @@ def refuse_shuffled(scheme: Scheme | Mapping[str, Any]) -> Scheme:
     scheme = _as_scheme(scheme)
     if scheme.shuffled:
         raise ValueError(f"detection needs patch positions, but scheme {scheme.name!r} moves every "
-                         f"{'patch' if scheme.kind == 'rs' else 'MI cell'} to a random place per image, which "
+                         f"{'MI cell' if scheme.definition.mixed else 'patch'} to a random place per image, which "
                          "destroys the positions that box regression needs; encrypt detection data with "
                          "scheme 'mi' (positions kept, boxes scale by 1/2) or 'none'")
     return scheme
@@ -338,9 +338,10 @@ def build_detector(scheme: Scheme | Mapping[str, Any], num_classes: int, size: s
     args = dict(_size_args(size), num_classes=int(num_classes), det_tokens=int(det_tokens))
     args.update(kw)
     in_chans = args.get("in_chans", 3)
-    args.update(img_size=scheme.out_size, patch_size=scheme.out_cell, mi=scheme.kind == "mi")
-    tag = f"{scheme.kind}_p{scheme.patch}_{scheme.height}x{scheme.width}"
-    first_conv = "patch_embed.proj.0" if scheme.kind == "mi" else "patch_embed.proj"
+    mi = scheme.definition.mixed  # MI cells: the MI patch embedding (Conv(P/2) -> GELU -> Conv 1x1)
+    args.update(img_size=scheme.out_size, patch_size=scheme.out_cell, mi=mi)
+    tag = f"{scheme.name}_p{scheme.patch}_{scheme.height}x{scheme.width}"
+    first_conv = "patch_embed.proj.0" if mi else "patch_embed.proj"
     cfg = _cfg(input_size=(in_chans, *scheme.out_size), first_conv=first_conv, num_classes=int(num_classes),
                classifier="class_embed", fixed_input_size=False)
     model = _build_from(PEYOLOS, f"peyolos_{size}_{tag}", cfg, init, None, args)
@@ -369,18 +370,18 @@ def check_detector_matches(model: nn.Module, scheme: Scheme | Mapping[str, Any],
                          "tokens, no box head); build one with build_detector(scheme, num_classes, ...)")
     have = model_scheme(m)
     problems = []
-    if have.kind != scheme.kind:
+    if have.name != scheme.name:
         why = ("it has an MI patch embedding (for half-size MI images), but the data are not encrypted"
-               if have.kind == "mi" else
+               if have.definition.mixed else
                "it has a plain patch embedding, but the data are MI (half-size images, cells of P/2)")
-        problems.append(f"kind: the detector is for {have.kind!r} data, the data are {scheme.kind!r}: {why}")
+        problems.append(f"kind: the detector is for {have.name!r} data, the data are {scheme.name!r}: {why}")
     if have.patch != scheme.patch:
         problems.append(f"patch size: the detector's patches are {have.patch}x{have.patch} (in the plain image), "
                         f"the data were encrypted with P={scheme.patch}; the model's patch grid must be the "
                         "encryption's")
     if not strict_size and getattr(m, "dynamic_img_size", False):
         oh, ow = scheme.out_size
-        cell = have.out_cell if have.kind == scheme.kind else scheme.out_cell
+        cell = have.out_cell if have.name == scheme.name else scheme.out_cell
         if oh % cell or ow % cell:
             problems.append(f"input size: the data's {oh}x{ow} images are not a multiple of the detector's "
                             f"cell {cell}")
