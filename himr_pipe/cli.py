@@ -21,6 +21,23 @@ from .request import EncryptRequest, device_unavailable, is_device
 from .schemes import SCHEMES
 from .tasks import TASKS
 
+
+class SchemeChoice(click.Choice):
+    """``--scheme``'s choices, read from the scheme registry when asked (a scheme registered after this module
+    was imported, a plugin's or a test's, is one of them); ``encrypting``: only the schemes that encrypt."""
+
+    def __init__(self, extra: tuple = (), encrypting: bool = False):
+        self.extra, self.encrypting = tuple(extra), encrypting
+        super().__init__(())
+
+    @property
+    def choices(self):
+        return tuple(n for n, d in SCHEMES.items() if d.encrypts or not self.encrypting) + self.extra
+
+    @choices.setter
+    def choices(self, value):  # click's __init__ sets it; the registry is the source
+        pass
+
 R = EncryptRequest  # the option defaults, stated once in himr_pipe.request
 
 
@@ -71,7 +88,7 @@ def _term_as_interrupt() -> None:
 @main.command("encrypt-shards")
 @click.argument("src")
 @click.argument("out", type=Where())
-@click.option("--scheme", type=click.Choice(list(SCHEMES)), default=None,
+@click.option("--scheme", type=SchemeChoice(), default=None,
               help=f"Default: {TASKS['classification'].default_scheme} (classification), "
                    f"{TASKS['detection'].default_scheme} (detection). "
                    "mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled and turned "
@@ -508,8 +525,7 @@ def timm_train_cmd(train_py, args):
 @main.command("preview")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out_png", type=click.Path(dir_okay=False))
-@click.option("--scheme", type=click.Choice([n for n, d in SCHEMES.items() if d.encrypts] + ["all"]), default="all",
-              show_default=True)
+@click.option("--scheme", type=SchemeChoice(("all",), encrypting=True), default="all", show_default=True)
 @click.option("--patch", type=int, default=16, show_default=True)
 @click.option("--size", default="224", show_default=True, help="N or HxW, as for encrypt-shards.")
 @click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
