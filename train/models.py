@@ -490,13 +490,6 @@ def _as_scheme(scheme: Scheme | Mapping[str, Any]) -> Scheme:
     raise TypeError(f"expected a Scheme or its dict, got {type(scheme).__name__}")
 
 
-def _build_from(cls, variant: str, cfg: dict, init, keep_head, args: dict):
-    """``build_model_with_cfg`` from scratch, or (``init``: a checkpoint file) started from it the timm way."""
-    cfg_more, start = pretrained_args(init, model_scheme, keep_head)
-    model = build_model_with_cfg(cls, variant, init is not None, pretrained_cfg={**cfg, **cfg_more}, **start, **args)
-    return forget_state_dict(model)
-
-
 def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str = "tiny", rpe: bool = True,
                 init: str | None = None, keep_head: bool | list | None = None, **kw) -> VisionTransformer:
     """The model for data encrypted with ``scheme``.
