@@ -545,6 +545,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def _definition_of(family: str):
+    """The scheme whose shards a classifier of ``family`` (the flip defence aside) trains on: the first registered
+    (a scheme derived from rs shares rs's models; a model's structure names rs)."""
+    from himr_pipe.schemes import SCHEMES
+
+    return next(d for d in SCHEMES.values()
+                if (d.families.get("classification") or "").format(flip="") == family)
+
+
 def model_scheme(model: nn.Module) -> Scheme:
     """The scheme a model expects, read from its structure (not from labels).
 
@@ -570,16 +579,13 @@ def model_scheme(model: nn.Module) -> Scheme:
         raise ValueError(f"{type(m).__name__}: patch embedding conv kernel {tuple(first.kernel_size)} / stride "
                          f"{tuple(first.stride)} disagrees with its patch_size {pe.patch_size}")
     h, w = pe.img_size
-    shuffle = False
-    if isinstance(pe, MIPatchEmbed):
-        kind, patch, h, w = "mi", 2 * ph, 2 * h, 2 * w
-        shuffle = getattr(m, "pos_embed", None) is None  # no positions: the cells come shuffled
-    elif getattr(m, "pos_embed", None) is None:
-        kind, patch = "rs", ph
-    else:
-        kind, patch = "none", ph
+    mixed = isinstance(pe, MIPatchEmbed)  # MI cells: the input is the half-size MI image, its cell P/2
+    positions = getattr(m, "pos_embed", None) is not None  # none: the cells come shuffled (order-invariant)
+    family = ("mivit" if positions else "mivit_shuffle") if mixed else ("vit" if positions else "pevit")
+    d = _definition_of(family)
+    patch, h, w = (2 * ph, 2 * h, 2 * w) if mixed else (ph, h, w)
     try:
-        return Scheme(kind=kind, patch=patch, height=h, width=w, shuffle=shuffle, flip=_is_d4(pe))
+        return Scheme(kind=d.kind, patch=patch, height=h, width=w, shuffle=d.shuffle, flip=_is_d4(pe))
     except ValueError as e:
         raise ValueError(f"{type(m).__name__} does not fit any scheme: {e}") from None
 
