@@ -350,8 +350,20 @@ class WorkerSpec:
     device: str = "cpu"
     kernels: str = "auto"
     driver: tuple | None = None  # (host, pid) of the run that holds OUT: a worker not its child checks it (Ray)
+    # the module that registered the job's scheme (himr_pipe.schemes), read where the spec is made: a worker
+    # process or Ray task imports it before it reads the job, so a scheme registered outside the package is known
+    scheme_module: str | None = None
+
+    def __post_init__(self):
+        if self.scheme_module is None:
+            from .scheme import Scheme
+
+            object.__setattr__(self, "scheme_module", type(Scheme.from_dict(self.job["scheme"]).definition).__module__)
 
     def build(self, progress=None) -> ShardWorker:
+        import importlib
+
+        importlib.import_module(self.scheme_module)
         return ShardWorker(JobConfig.from_public(self.job), self.key_hex, self.out, self.threads,
                            self.batch_size, self.device, self.kernels, progress=progress, driver=self.driver)
 

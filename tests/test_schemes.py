@@ -148,3 +148,31 @@ def test_model_build_and_one_training_step(outs, name):
     opt.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_a_scheme_registered_by_any_module_reaches_spawned_workers(sample_src, tmp_path):
+    """A pickled Scheme names the module that registered its scheme, and unpickling imports it: worker
+    processes write the same bytes as the run in process."""
+    import pickle
+    import subprocess
+    import sys
+
+    s = Scheme.named("rs-invert", PATCH, SIZE, SIZE)
+    code = ("import pickle, sys; s = pickle.loads(sys.stdin.buffer.read()); "
+            "print(s.name, type(s.definition).__module__, s.out_size)")
+    res = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(s), capture_output=True, check=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parent)})
+    assert res.stdout.decode().split()[:2] == ["rs-invert", "demo_scheme"]
+
+    from himr_pipe.pipeline import encrypt_shards
+    from himr_pipe.request import EncryptRequest
+
+    digests = []
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        req = EncryptRequest(scheme="rs-invert", patch=PATCH, size=str(SIZE), fmt="png", seed=7, shard_size=6,
+                             workers=workers, progress=False, audit=False, state_dir=f"{out}.state")
+        cfg, opts = req.build(str(sample_src))
+        assert encrypt_shards(str(sample_src), str(out), cfg, 7, opts, log=lambda *a, **k: None).exit_code == 0
+        digests.append({p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))})
+    assert digests[0] == digests[1] and len(digests[0]) == 3
