@@ -91,11 +91,9 @@ def _term_as_interrupt() -> None:
 @click.option("--scheme", type=SchemeChoice(), default=None,
               help=f"Default: {TASKS['classification'].default_scheme} (classification), "
                    f"{TASKS['detection'].default_scheme} (detection). "
-                   "mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled and turned "
-                   "per image (the default, with --flip: within the leak budget under the audit at the smallest "
-                   "cost we measured, README 'Privacy'); rs: shuffle PxP "
-                   "patches per image (stored as JPEG, a jigsaw solver rebuilds most images); mi: without the "
-                   "shuffle (keeps positions: a blurred picture); none: plain.")
+                   + "; ".join(d.help for d in sorted(SCHEMES.values(),  # the default's first
+                                                      key=lambda d: d.name != TASKS['classification'].default_scheme))
+                   + ".")
 @click.option("--patch", type=int, default=R.patch, show_default=True, help="Patch size P.")
 @click.option("--size", default=None,
               help="Image (canvas) size before encryption: N or HxW. Default: 224 (classification), 512 (detection).")

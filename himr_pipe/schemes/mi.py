@@ -23,7 +23,7 @@ def full_size(m):
 @register_scheme
 class MI(SchemeDef):
     name = kind = "mi"
-    help = "mi: the mean of the 2x2 sub-patches of every PxP patch (keeps positions: a blurred picture)"
+    help = "mi: without the shuffle (keeps positions: a blurred picture)"
     mixed = True
     triton = True
     families = {"classification": "mivit", "detection": "peyolos"}  # positions kept: boxes stay true
@@ -54,9 +54,11 @@ class MI(SchemeDef):
 @register_scheme
 class MIShuffle(MI):
     name, shuffle = "mi-shuffle", True
-    help = ("mi-shuffle: mi, then its cells shuffled and turned per image (the default, with --flip: within the "
-            "leak budget under the audit at the smallest cost we measured, docs/privacy)")
+    help = ("mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled and turned per image "
+            "(the default, with --flip: within the leak budget under the audit at the smallest cost we measured, "
+            "README 'Privacy')")
     shuffled = True
+    triton = True  # its own transform (below), composed of the kernels' ops: Triton runs it as it is
     # the defences it takes when the user names none: flip and no gap (the measured trade-off, docs/ and
     # benchmarks/RESULTS.md); --no-flip / --gap ask for other settings explicitly
     defaults = {"gap": 0, "flip": True}
@@ -66,8 +68,6 @@ class MIShuffle(MI):
     def encrypt(self, s, x, perms, ops, out=None):
         # the same RS kernel on the MI image's cells (P/2): the reference and Triton compose the same two kernels
         return shuffle_cells(s, ops.mi_mix(x, s.patch), perms, ops, out)
-
-    triton = True
 
     def image_kernel(self, s, channels=3):
         from himr_pipe.kernels.cpu import ImageKernel
