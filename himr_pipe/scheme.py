@@ -51,18 +51,13 @@ import importlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .schemes import SCHEMES, SchemeError, check_common, definition_of, scheme_def
+from .schemes import SchemeError, check_common, definition_of, scheme_def
 
-__all__ = ["DEFAULT_SCHEME", "Scheme", "SchemeError", "default_flip", "default_gap", "parse_size", "scheme_names"]
+__all__ = ["DEFAULT_SCHEME", "Scheme", "SchemeError", "default_flip", "default_gap", "parse_size"]
 
 # classification's scheme when the user names none (detection's is mi: :mod:`.tasks.detection`). What it leaks
 # and costs against the others: docs/ (privacy) and benchmarks/RESULTS.md.
 DEFAULT_SCHEME = "mi-shuffle"
-
-
-def scheme_names() -> tuple[str, ...]:
-    """The command-line names of the registered schemes (:data:`himr_pipe.schemes.SCHEMES`)."""
-    return tuple(SCHEMES)
 
 
 def default_gap(name: str) -> int:
@@ -90,7 +85,8 @@ class Scheme:
     width: int = 224
     gap: int = 0        # defence: blank a border of this many pixels inside every stored cell (seams no longer match)
     drop: float = 0.0   # defence: blank this fraction of each image's cells (pieces missing from the puzzle)
-    shuffle: bool = False  # mi only: shuffle the MI cells per image (rs always shuffles)
+    shuffle: bool = False  # mi only: shuffle the MI cells per image (rs always shuffles); kind and shuffle name
+    # the scheme's definition in the registry (himr_pipe.schemes), which every rule below asks
     flip: bool = False  # defence: a keyed random D4 orientation (flip / transpose / rotation) of every stored cell
 
     def __post_init__(self) -> None:
@@ -118,7 +114,7 @@ class Scheme:
     @classmethod
     def named(cls, name: str, patch: int = 16, height: int = 224, width: int = 224, gap: int = 0,
               drop: float = 0.0, flip: bool = False) -> "Scheme":
-        """The scheme of a command-line name (:func:`scheme_names`)."""
+        """The scheme of a command-line name (a key of :data:`himr_pipe.schemes.SCHEMES`)."""
         d = scheme_def(name)
         return cls(d.kind, patch, height, width, gap, drop, d.shuffle, flip)
 
