@@ -216,7 +216,7 @@ class ShardWorker:
                     if self.fused:
                         enc = Fused(x, perms)  # the sink encrypts each image as it encodes it
                     else:
-                        out = None if not s.definition.encrypts else self.buffers.take(len(meta), s.out_size, self.device)
+                        out = self.buffers.take(len(meta), s.out_size, self.device) if s.definition.encrypts else None
                         # on a GPU the kernels are launched here (asynchronous); otherwise the sink runs them
                         enc = self._encrypt(x, perms, out) if x.is_cuda else (x, perms, out)
                     timing["launch"] += clock() - t
@@ -256,7 +256,8 @@ class ShardWorker:
             if isinstance(enc, Fused):  # the CPU: each image encrypted in the thread that encodes it, just before
                 before = self._kernel_seconds()
                 t1 = clock()
-                blobs = self.encoder.encode(enc.images, enc.prepare(self) if self.cfg.scheme.definition.encrypts else None)
+                prepare = enc.prepare(self) if self.cfg.scheme.definition.encrypts else None
+                blobs = self.encoder.encode(enc.images, prepare)
                 t2 = clock()
                 timing["encrypt"] += self._kernel_seconds() - before  # summed over the encoder's threads
                 timing["encode"] += t2 - t1  # the fused encryption included
@@ -358,7 +359,8 @@ class WorkerSpec:
         if self.scheme_module is None:
             from .scheme import Scheme
 
-            object.__setattr__(self, "scheme_module", type(Scheme.from_dict(self.job["scheme"]).definition).__module__)
+            module = type(Scheme.from_dict(self.job["scheme"]).definition).__module__
+            object.__setattr__(self, "scheme_module", module)
 
     def build(self, progress=None) -> ShardWorker:
         import importlib

@@ -153,15 +153,17 @@ def test_model_build_and_one_training_step(outs, name):
 def test_a_scheme_registered_by_any_module_reaches_spawned_workers(sample_src, tmp_path):
     """A pickled Scheme names the module that registered its scheme, and unpickling imports it: worker
     processes write the same bytes as the run in process."""
+    import os
     import pickle
     import subprocess
     import sys
+    from pathlib import Path
 
     s = Scheme.named("rs-invert", PATCH, SIZE, SIZE)
     code = ("import pickle, sys; s = pickle.loads(sys.stdin.buffer.read()); "
             "print(s.name, type(s.definition).__module__, s.out_size)")
-    res = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(s), capture_output=True, check=True,
-                         env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parent)})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}  # where the demo's module is importable
+    res = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(s), capture_output=True, check=True, env=env)
     assert res.stdout.decode().split()[:2] == ["rs-invert", "demo_scheme"]
 
     from himr_pipe.pipeline import encrypt_shards

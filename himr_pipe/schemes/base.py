@@ -24,8 +24,8 @@ class SchemeDef:
     The parts:
 
     * **the record**: ``name`` (the command line's), ``kind`` and ``shuffle`` (the values it writes in
-      :class:`~himr_pipe.scheme.Scheme`), ``help`` (its part of ``--scheme``'s help), ``defaults`` (the defences it takes when
-      the user names none: ``{"gap": 0, "flip": True}``);
+      :class:`~himr_pipe.scheme.Scheme`), ``help`` (its part of ``--scheme``'s help), ``defaults`` (the defences
+      it takes when the user names none: ``{"gap": 0, "flip": True}``);
     * **geometry**: :meth:`validate`, :meth:`out_size`, :meth:`out_cell`; ``shuffled`` (its stored cells are
       permuted per image with a keyed permutation, so it takes the gap / drop / flip defences) and ``encrypts``
       (False: the stored image is the plain one);
