@@ -585,7 +585,7 @@ def model_scheme(model: nn.Module) -> Scheme:
     d = _definition_of(family)
     patch, h, w = (2 * ph, 2 * h, 2 * w) if mixed else (ph, h, w)
     try:
-        return Scheme(kind=d.kind, patch=patch, height=h, width=w, shuffle=d.shuffle, flip=_is_d4(pe))
+        return Scheme.named(d.name, patch, h, w, flip=_is_d4(pe))
     except ValueError as e:
         raise ValueError(f"{type(m).__name__} does not fit any scheme: {e}") from None
 
