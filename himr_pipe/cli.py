@@ -18,8 +18,26 @@ from . import __version__
 # The tasks and their defaults (the default scheme: chosen by measured leak and accuracy cost, README "Privacy",
 # benchmarks/bench_tradeoff.py); light to import, the help text names them
 from .request import EncryptRequest, device_unavailable, is_device
+from .schemes import SCHEMES
 from .tasks import TASKS
 from .train.config import TrainConfig
+
+
+class SchemeChoice(click.Choice):
+    """``--scheme``'s choices, read from the scheme registry when asked (a scheme registered after this module
+    was imported, a plugin's or a test's, is one of them); ``encrypting``: only the schemes that encrypt."""
+
+    def __init__(self, extra: tuple = (), encrypting: bool = False):
+        self.extra, self.encrypting = tuple(extra), encrypting
+        super().__init__(())
+
+    @property
+    def choices(self):
+        return tuple(n for n, d in SCHEMES.items() if d.encrypts or not self.encrypting) + self.extra
+
+    @choices.setter
+    def choices(self, value):  # click's __init__ sets it; the registry is the source
+        pass
 
 R = EncryptRequest  # the option defaults, stated once in himr_pipe.request
 T = TrainConfig     # train's, in himr_pipe.train.config
@@ -93,14 +111,12 @@ def _term_as_interrupt() -> None:
 @main.command("encrypt-shards")
 @click.argument("src")
 @click.argument("out", type=Where())
-@click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "none"]), default=None,
+@click.option("--scheme", type=SchemeChoice(), default=None,
               help=f"Default: {TASKS['classification'].default_scheme} (classification), "
                    f"{TASKS['detection'].default_scheme} (detection). "
-                   "mi-shuffle: mean of the 2x2 sub-patches of every PxP patch, then its cells shuffled and turned "
-                   "per image (the default, with --flip: within the leak budget under the audit at the smallest "
-                   "cost we measured, README 'Privacy'); rs: shuffle PxP "
-                   "patches per image (stored as JPEG, a jigsaw solver rebuilds most images); mi: without the "
-                   "shuffle (keeps positions: a blurred picture); none: plain.")
+                   + "; ".join(d.help for d in sorted(SCHEMES.values(),  # the default's first
+                                                      key=lambda d: d.name != TASKS['classification'].default_scheme))
+                   + ".")
 @click.option("--patch", type=int, default=R.patch, show_default=True, help="Patch size P.")
 @click.option("--size", default=None,
               help="Image (canvas) size before encryption: N or HxW. Default: 224 (classification), 512 (detection).")
@@ -525,7 +541,7 @@ def timm_train_cmd(train_py, args):
 @main.command("preview")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out_png", type=click.Path(dir_okay=False))
-@click.option("--scheme", type=click.Choice(["rs", "mi", "mi-shuffle", "all"]), default="all", show_default=True)
+@click.option("--scheme", type=SchemeChoice(("all",), encrypting=True), default="all", show_default=True)
 @click.option("--patch", type=int, default=16, show_default=True)
 @click.option("--size", default="224", show_default=True, help="N or HxW, as for encrypt-shards.")
 @click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
@@ -540,7 +556,6 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, fl
     import numpy as np
     from PIL import Image
 
-    from .geometry import full_size
     from .decoders import DaliDecoder, inspect_header
     from .kernels import encrypt, make_permutations
     from . import keys
@@ -549,9 +564,10 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, fl
 
     try:
         h, w = parse_size(size)
-        kinds = ["rs", "mi", "mi-shuffle"] if scheme == "all" else [scheme]
+        kinds = [n for n, d in SCHEMES.items() if d.encrypts] if scheme == "all" else [scheme]
+        # the defences are the shuffled schemes' (the others keep their cells in place)
         schemes = [Scheme.named(k, patch, h, w, *(((default_gap(k) if gap is None else gap), drop,
-                                                   default_flip(k) if flip is None else flip) if k != "mi"
+                                                   default_flip(k) if flip is None else flip) if SCHEMES[k].shuffled
                                                   else (0, 0.0, False))) for k in kinds]
         data = open(image, "rb").read()
         inspect_header(data)
@@ -568,9 +584,7 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, fl
         if s.shuffled:
             perms = make_permutations(keys.permutation_keys(key, 0, 1, s.num_patches), orient=s.flip)
         y = encrypt(s, x, perms)[0].numpy()
-        if s.kind == "mi":  # shown at the plain image's size (each value as a 2x2 block)
-            y = full_size(y)
-        panels.append(y)
+        panels.append(s.definition.plain_geometry(s, y))  # at the plain image's size (mi: each value as a 2x2 block)
     gap = np.full((h, 8, 3), 255, np.uint8)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
     Image.fromarray(row).save(out_png)

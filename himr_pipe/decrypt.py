@@ -107,11 +107,7 @@ def plain_geometry(view: OwnerView, stored: np.ndarray, perm: np.ndarray | None)
     s = view.scheme
     img = decrypt(s, torch.from_numpy(np.ascontiguousarray(stored))[None],
                   None if perm is None else perm[None])[0].numpy()
-    if s.kind == "mi":
-        from .geometry import full_size
-
-        img = full_size(img)
-    return img
+    return s.definition.plain_geometry(s, img)  # mi: each value shown as a 2x2 block
 
 
 def iter_decrypted(view: OwnerView):

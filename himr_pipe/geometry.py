@@ -1,9 +1,9 @@
-"""Where in its source image a stored sample's pixels come from, and how an MI image is shown.
+"""Where in its source image a stored sample's pixels come from.
 
 One place for the geometry the worker applies and the owner's side rebuilds: the random-resized-crop window of
 a ``--views`` view (:func:`view_window`), the letterbox frame of detection, and the window row the decoder
-takes (:func:`decode_geometry`, called by the worker's screening and by the audit's plain images alike), and
-MI's display at the plain image's size (:func:`full_size`, for preview, decrypt and the audit).
+takes (:func:`decode_geometry`, called by the worker's screening and by the audit's plain images alike). (MI's
+display at the plain image's size is its scheme's: ``scheme.definition.plain_geometry``.)
 """
 
 from __future__ import annotations
@@ -50,7 +50,3 @@ def decode_geometry(resize: str, canvas: tuple[int, int], width: int, height: in
         return view_window(draw, width, height), None
     return None, None
 
-
-def full_size(m: np.ndarray) -> np.ndarray:
-    """An MI image shown at the plain image's geometry: each value as a 2x2 block (what a person sees)."""
-    return np.repeat(np.repeat(m, 2, axis=0), 2, axis=1)

@@ -172,7 +172,7 @@ def _write_manifest(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions,
     secs = time.time() - t0  # the run's own time; the quick audit's is recorded with its figures
     msgs: list[str] = []
     audit_seconds = None
-    if complete and opts.audit_samples > 0 and cfg.scheme.kind != "none" and manifest["totals"]["written"]:
+    if complete and opts.audit_samples > 0 and cfg.scheme.definition.encrypts and manifest["totals"]["written"]:
         # after the complete manifest is on disk: an interrupted audit never leaves OUT unfinished
         t = time.perf_counter()
         manifest["audit"] = quick_audit(job.where, job.state, opts.audit_samples, source, msgs)

@@ -1,11 +1,14 @@
-"""The one description of an encryption scheme.
+"""The parameter record of an encryption scheme.
 
-Every part of himr-pipe (pipeline, kernels, encoders, manifest, and later the
-models and loaders) takes a :class:`Scheme`. It is immutable, validated on
-construction, and round-trips through the manifest with :meth:`to_dict` /
-:meth:`from_dict`.
+Every part of himr-pipe (pipeline, kernels, encoders, manifest, models and
+loaders) takes a :class:`Scheme`: kind, patch, size and defences. It is
+immutable, validated on construction, and round-trips through the manifest
+with :meth:`to_dict` / :meth:`from_dict` (those bytes are pinned). What a
+kind *means* (its rules, geometry, kernels, inverse, audit, model family and
+augmentation) is its definition in the registry :mod:`himr_pipe.schemes`,
+``scheme.definition``: a new scheme is a module there, not a change here.
 
-Schemes (see docs/method.md):
+The built-in schemes (see docs/method.md):
 
 * ``rs``   cut the HxW image into PxP patches and put them back in a fresh
            uniformly random order per image. Output is HxW.
@@ -44,38 +47,34 @@ from the owner's key; OUT never holds them.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-KINDS = ("rs", "mi", "none")
-# command-line names of the schemes: kind plus options
-NAMES = ("rs", "mi", "mi-shuffle", "none")
+from .schemes import SchemeError, check_common, definition_of, scheme_def
 
+__all__ = ["DEFAULT_SCHEME", "Scheme", "SchemeError", "default_flip", "default_gap", "parse_size"]
 
-# The defences each scheme gets when the user names none (``--gap`` / ``--flip`` omitted). mi-shuffle, the default
-# scheme for classification, comes with the flip defence and no gap: on 24 bundled photos (P=16, JPEG q90) it leaves
-# 0.045 of the neighbours to the orientation-aware audit (PNG 0.054; budget 0.10), and on the shapes proxy it costs
-# 0.23 top-1 against none where the previous default (mi-shuffle --gap 1, 0.059) cost 0.45: flip keeps every pixel
-# and the orbit-pooled models are exactly invariant to it (README "Privacy"). Without any defence mi-shuffle rebuilds
-# 0.13-0.14 of the neighbours. rs keeps none: it is the paper's scheme, and rs --flip alone still leaks 0.62, so a
-# default would buy a cost and no budget. ``--no-flip`` / ``--gap 0`` ask for the leakier settings explicitly.
-DEFAULT_DEFENCES = {"mi-shuffle": {"gap": 0, "flip": True}}
-# classification's scheme when the user names none (detection's is mi: :mod:`.tasks.detection`)
+# classification's scheme when the user names none (detection's is mi: :mod:`.tasks.detection`). What it leaks
+# and costs against the others: docs/ (privacy) and benchmarks/RESULTS.md.
 DEFAULT_SCHEME = "mi-shuffle"
 
 
 def default_gap(name: str) -> int:
-    """The gap of scheme ``name`` when the user gives none (see :data:`DEFAULT_DEFENCES`)."""
-    return DEFAULT_DEFENCES.get(name, {}).get("gap", 0)
+    """The gap of scheme ``name`` when the user gives none (its definition's ``defaults``)."""
+    return scheme_def(name).defaults.get("gap", 0)
 
 
 def default_flip(name: str) -> bool:
-    """Does scheme ``name`` take the flip defence when the user says nothing (see :data:`DEFAULT_DEFENCES`)?"""
-    return DEFAULT_DEFENCES.get(name, {}).get("flip", False)
+    """Does scheme ``name`` take the flip defence when the user says nothing (its definition's ``defaults``)?"""
+    return scheme_def(name).defaults.get("flip", False)
 
 
-class SchemeError(ValueError):
-    """A scheme whose parameters do not fit together."""
+def _restore(module: str, fields: tuple) -> "Scheme":
+    """Unpickle a :class:`Scheme`: import the module that registered its scheme first (a spawned worker, a Ray
+    task), then rebuild (and so validate) the record."""
+    importlib.import_module(module)
+    return Scheme(*fields)
 
 
 @dataclass(frozen=True)
@@ -86,61 +85,38 @@ class Scheme:
     width: int = 224
     gap: int = 0        # defence: blank a border of this many pixels inside every stored cell (seams no longer match)
     drop: float = 0.0   # defence: blank this fraction of each image's cells (pieces missing from the puzzle)
-    shuffle: bool = False  # mi only: shuffle the MI cells per image (rs always shuffles)
+    shuffle: bool = False  # mi only: shuffle the MI cells per image (rs always shuffles); kind and shuffle name
+    # the scheme's definition in the registry (himr_pipe.schemes), which every rule below asks
     flip: bool = False  # defence: a keyed random D4 orientation (flip / transpose / rotation) of every stored cell
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise SchemeError(f"unknown scheme {self.kind!r}; choose one of {', '.join(KINDS)}")
-        for name in ("patch", "height", "width"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise SchemeError(f"{name} must be a positive integer, got {v!r}")
-        if self.height % self.patch or self.width % self.patch:
-            raise SchemeError(
-                f"patch size {self.patch} does not divide the image size "
-                f"{self.height}x{self.width}; choose a patch size that divides both sides"
-            )
-        if self.kind == "mi" and self.patch % 2:
-            raise SchemeError(f"scheme mi needs an even patch size (2x2 sub-patches), got {self.patch}")
-        if not isinstance(self.shuffle, bool):
-            raise SchemeError(f"shuffle must be True or False, got {self.shuffle!r}")
-        if self.shuffle and self.kind != "mi":
-            raise SchemeError("shuffle is an option of scheme mi (rs always shuffles, none never does)")
-        if not isinstance(self.flip, bool):
-            raise SchemeError(f"flip must be True or False, got {self.flip!r}")
-        if self.flip and not self.shuffled:
-            raise SchemeError("the flip defence belongs to the shuffled schemes rs and mi-shuffle (an orientation "
-                              "per shuffled cell; with positions kept it would only hide nothing)")
-        if self.gap or self.drop:
-            if not self.shuffled:
-                raise SchemeError("the gap and drop defences belong to the shuffled schemes rs and mi-shuffle "
-                                  "(they act on shuffled cells)")
-            cell = self.out_cell
-            if not isinstance(self.gap, int) or not 0 <= 2 * self.gap < cell:
-                raise SchemeError(f"gap must be an integer with 0 <= 2*gap < the stored cell ({cell}), got {self.gap!r}")
-            if not 0.0 <= float(self.drop) < 1.0:
-                raise SchemeError(f"drop must be in [0, 1), got {self.drop!r}")
+        check_common(definition_of(self.kind, self.shuffle), self)
+
+    def __reduce__(self):
+        return (_restore, (type(self.definition).__module__, tuple(getattr(self, f) for f in _FIELDS)))
 
     # -- what the scheme does ---------------------------------------------
     @property
+    def definition(self):
+        """What the scheme is and does: its :class:`~himr_pipe.schemes.SchemeDef` in the registry."""
+        return definition_of(self.kind, self.shuffle)
+
+    @property
     def name(self) -> str:
-        """The command-line name: rs, mi, mi-shuffle or none."""
-        return "mi-shuffle" if self.shuffle else self.kind
+        """The command-line name: rs, mi, mi-shuffle, none, or a registered scheme's."""
+        return self.definition.name
 
     @property
     def shuffled(self) -> bool:
         """Are the stored cells shuffled per image (rs, mi-shuffle)? Then positions carry nothing."""
-        return self.kind == "rs" or self.shuffle
+        return self.definition.shuffled
 
     @classmethod
     def named(cls, name: str, patch: int = 16, height: int = 224, width: int = 224, gap: int = 0,
               drop: float = 0.0, flip: bool = False) -> "Scheme":
-        """The scheme of a command-line name (see :data:`NAMES`)."""
-        if name not in NAMES:
-            raise SchemeError(f"unknown scheme {name!r}; choose one of {', '.join(NAMES)}")
-        kind, shuffle = ("mi", True) if name == "mi-shuffle" else (name, False)
-        return cls(kind, patch, height, width, gap, drop, shuffle, flip)
+        """The scheme of a command-line name (a key of :data:`himr_pipe.schemes.SCHEMES`)."""
+        d = scheme_def(name)
+        return cls(d.kind, patch, height, width, gap, drop, d.shuffle, flip)
 
     def describe(self) -> str:
         """A short human label: 'rs P=16 gap 1', 'mi-shuffle P=16', ..."""
@@ -172,9 +148,7 @@ class Scheme:
     @property
     def out_size(self) -> tuple[int, int]:
         """(H, W) of the encrypted image."""
-        if self.kind == "mi":
-            return (self.height // 2, self.width // 2)
-        return self.size
+        return self.definition.out_size(self)
 
     @property
     def dropped(self) -> int:
@@ -184,7 +158,7 @@ class Scheme:
     @property
     def out_cell(self) -> int:
         """Side of one patch cell in the encrypted image (P, or P/2 for mi)."""
-        return self.patch // 2 if self.kind == "mi" else self.patch
+        return self.definition.out_cell(self)
 
     # -- serialisation --------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +179,9 @@ class Scheme:
         if "out_height" in d and (d["out_height"], d["out_width"]) != s.out_size:
             raise SchemeError(f"inconsistent scheme record: {d}")
         return s
+
+
+_FIELDS = ("kind", "patch", "height", "width", "gap", "drop", "shuffle", "flip")
 
 
 def parse_size(text: str | int) -> tuple[int, int]:

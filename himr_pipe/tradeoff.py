@@ -364,7 +364,7 @@ def estimate(plan: list[tuple[Candidate, Scheme]], sample_dir: Path, probe_dir: 
     the first pays for imports), attacks 2 of them, and times 3 training steps of each setting's model; the
     rest is scaled by image, sample and step counts (the loader's decode is not in it).
     """
-    enc = [s for _, s in plan if s.kind != "none"]
+    enc = [s for _, s in plan if s.definition.encrypts]
     probe_scheme = enc[0] if enc else plan[0][1]
     src = probe_dir / "src"
     n = 0
@@ -387,7 +387,7 @@ def estimate(plan: list[tuple[Candidate, Scheme]], sample_dir: Path, probe_dir: 
     step_time: dict = {}
     total = 0.0
     for _, s in plan:
-        geo = (s.kind, s.patch, s.shuffled)
+        geo = (s.name, s.patch)  # the model (family and grid) a step times
         if geo not in step_time:
             step_time[geo] = _time_steps(s, counts["classes"], recipe, device)
         train_s = step_time[geo] * steps_per_epoch * recipe.epochs
@@ -395,7 +395,7 @@ def estimate(plan: list[tuple[Candidate, Scheme]], sample_dir: Path, probe_dir: 
         # a run's fixed cost (start-up, manifest) is in the probe's time: no split is encrypted faster than it
         enc_s = max(t_probe, per_image * counts["train"]) + max(t_probe, per_image * counts["val"])
         total += enc_s + seeds * (train_s + eval_s)
-        if s.kind != "none":
+        if s.definition.encrypts:
             total += per_audit * audit_samples
     how = (f"probe: encrypt {per_image * 1000:.1f} ms/image, attack {per_audit:.1f} s/image "
            f"({probe_scheme.describe()}), training step {min(step_time.values()):.3f}-{max(step_time.values()):.3f} s "
@@ -515,7 +515,7 @@ def run_tradeoff(src: str | os.PathLike, samples: int, size: tuple[int, int] = (
                     bar.update(1)
                     bar.set_description(f"attack {cand.label}")
                     row["leak"] = None
-                    if s.kind != "none":
+                    if s.definition.encrypts:
                         try:
                             key = f"leak:{tag}:{audit_samples}"
                             row["leak"] = cache.get(key) or leak(outs[cand.label][1], audit_samples)

@@ -227,7 +227,7 @@ class ShardWorker:
                     if self.fused:
                         enc = Fused(x, perms)  # the sink encrypts each image as it encodes it
                     else:
-                        out = None if s.kind == "none" else self.buffers.take(len(meta), s.out_size, self.device)
+                        out = self.buffers.take(len(meta), s.out_size, self.device) if s.definition.encrypts else None
                         # on a GPU the kernels are launched here (asynchronous); otherwise the sink runs them
                         enc = self._encrypt(x, perms, out) if x.is_cuda else (x, perms, out)
                     timing["launch"] += clock() - t
@@ -267,7 +267,8 @@ class ShardWorker:
             if isinstance(enc, Fused):  # the CPU: each image encrypted in the thread that encodes it, just before
                 before = self._kernel_seconds()
                 t1 = clock()
-                blobs = self.encoder.encode(enc.images, None if self.cfg.scheme.kind == "none" else enc.prepare(self))
+                prepare = enc.prepare(self) if self.cfg.scheme.definition.encrypts else None
+                blobs = self.encoder.encode(enc.images, prepare)
                 t2 = clock()
                 timing["encrypt"] += self._kernel_seconds() - before  # summed over the encoder's threads
                 timing["encode"] += t2 - t1  # the fused encryption included
@@ -306,9 +307,9 @@ class ShardWorker:
         """This thread's :class:`~himr_pipe.kernels.cpu.ImageKernel` (its scratch buffers are its state)."""
         k = getattr(self._local, "kernel", None)
         if k is None:
-            from himr_pipe.kernels.cpu import ImageKernel
+            from himr_pipe.kernels.cpu import image_kernel
 
-            k = self._local.kernel = ImageKernel(self.cfg.scheme)
+            k = self._local.kernel = image_kernel(self.cfg.scheme)
             with self._kernels_lock:
                 self._kernels.append(k)
         return k
@@ -373,8 +374,21 @@ class WorkerSpec:
     kernels: str = "auto"
     driver: tuple | None = None  # (host, pid) of the run that holds OUT: a worker not its child checks it (Ray)
     hooks: WorkerHooks | None = None  # None in every real run; the tests' fault injection (tests/faults.py)
+    # the module that registered the job's scheme (himr_pipe.schemes), read where the spec is made: a worker
+    # process or Ray task imports it before it reads the job, so a scheme registered outside the package is known
+    scheme_module: str | None = None
+
+    def __post_init__(self):
+        if self.scheme_module is None:
+            from .scheme import Scheme
+
+            module = type(Scheme.from_dict(self.job["scheme"]).definition).__module__
+            object.__setattr__(self, "scheme_module", module)
 
     def build(self, progress=None) -> ShardWorker:
+        import importlib
+
+        importlib.import_module(self.scheme_module)
         return ShardWorker(JobConfig.from_public(self.job), self.key_hex, self.out, self.threads,
                            self.batch_size, self.device, self.kernels, progress=progress, driver=self.driver,
                            hooks=self.hooks)

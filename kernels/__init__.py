@@ -1,10 +1,13 @@
 """Encryption kernels (installed as ``himr_pipe.kernels``).
 
-``reference`` is the torch implementation, the ground truth (and decrypt's
-kernel on the CPU); ``cpu`` the CPU's per-image numpy kernel, which encrypt
-runs on the CPU; ``triton_kernels`` the GPU implementation; ``api.encrypt``
-picks one by device. Every implementation takes a uint8 NHWC batch and returns
-bit-identical results. ``make_permutations`` needs only numpy.
+The building blocks the scheme definitions (:mod:`himr_pipe.schemes`) compose:
+``reference`` is the torch implementation, the ground truth on any device;
+``cpu`` the CPU's per-image numpy kernels; ``triton_kernels`` the GPU's, with
+the same functions as ``reference``. ``api.encrypt`` / ``api.decrypt`` run a
+scheme's definition on the implementation the device and ``impl`` pick. Every
+implementation takes a uint8 NHWC batch and returns bit-identical results.
+``make_permutations`` needs only numpy. This package imports nothing of the
+schemes: a scheme is passed in and asked for its definition.
 
 The names are loaded on first use, so that importing ``make_permutations``
 (the planner in the main process does) does not load torch.

@@ -29,21 +29,22 @@ import time
 
 import numpy as np
 
-from himr_pipe.scheme import Scheme
-
 
 class ImageKernel:
     """Encrypt one HxWxC uint8 image of ``scheme.size`` at a time; the result is the kernel's own buffer (or
     ``out``), valid until its next call. Not thread-safe: one per thread."""
 
-    def __init__(self, scheme: Scheme, channels: int = 3):
+    def __init__(self, scheme, channels: int = 3, mix: bool | None = None):
+        # mix: MI's 2x2 means first (default: where the scheme's definition says its cells are mixed); the cells
+        # are then shuffled where the scheme shuffles; neither: the image is copied (none)
         self.scheme, self.c = scheme, channels
+        self.mix = scheme.definition.mixed if mix is None else mix
         h, w = scheme.size
         oh, ow = scheme.out_size
         self.out = np.empty((oh, ow, channels), np.uint8)
         self.seconds = 0.0  # busy time of this kernel's calls (the worker's "encrypt" stage on the CPU)
         c, p = channels, scheme.patch
-        if scheme.kind == "mi":
+        if self.mix:
             s = p // 2
             self.gh, self.gw, self.s = h // p, w // p, s
             self.pairs = np.empty((self.gh, s, self.gw * 2 * s * c), np.uint16)  # top + bottom sub-patch rows
@@ -77,18 +78,17 @@ class ImageKernel:
         t = time.perf_counter()
         s = self.scheme
         out = self.out if out is None else out
-        if s.kind == "none":
+        y = img
+        if self.mix:
+            y = self._mi(img, out if not s.shuffled else self.mi)
+        elif not s.shuffled:
             np.copyto(out, img)
-        else:
-            y = img
-            if s.kind == "mi":
-                y = self._mi(img, out if not s.shuffled else self.mi)
-            if s.shuffled:
-                if cells is None:
-                    raise ValueError(f"scheme {s.name} needs the image's permutation")
-                self._gather(y, np.asarray(cells), out)
-                if self.mask is not None:
-                    np.multiply(out, self.mask, out=out)
+        if s.shuffled:
+            if cells is None:
+                raise ValueError(f"scheme {s.name} needs the image's permutation")
+            self._gather(y, np.asarray(cells), out)
+            if self.mask is not None:
+                np.multiply(out, self.mask, out=out)
         self.seconds += time.perf_counter() - t
         return out
 
@@ -120,15 +120,47 @@ class ImageKernel:
         np.take(src, idx.reshape(-1), out=dst)
 
 
-def encrypt(scheme: Scheme, x, perms=None, out=None):
-    """The batch form of :class:`ImageKernel` (``kernels.encrypt(impl="cpu")``): a uint8 NHWC CPU tensor or
+class ReferenceKernel:
+    """The per-image kernel of a scheme without a CPU kernel of its own: its torch reference on one image
+    (:meth:`himr_pipe.schemes.SchemeDef.encrypt` with :mod:`.reference`'s ops). Same interface as ImageKernel."""
+
+    def __init__(self, scheme, channels: int = 3):
+        self.scheme = scheme
+        self.out = np.empty((*scheme.out_size, channels), np.uint8)
+        self.seconds = 0.0
+
+    def __call__(self, img: np.ndarray, cells=None, out: np.ndarray | None = None) -> np.ndarray:
+        import torch
+
+        from . import reference
+
+        t = time.perf_counter()
+        s = self.scheme
+        out = self.out if out is None else out
+        if s.shuffled and cells is None:
+            raise ValueError(f"scheme {s.name} needs the image's permutation")
+        x = torch.from_numpy(np.ascontiguousarray(img))[None]
+        perms = None if cells is None else torch.from_numpy(np.asarray(cells, np.int64)).view(1, -1)
+        y = s.definition.encrypt(s, x, perms, reference)
+        np.copyto(out, y[0].numpy())
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def image_kernel(scheme, channels: int = 3):
+    """The CPU's per-image kernel of ``scheme``: its definition's own, or its torch reference one image at a time."""
+    return scheme.definition.image_kernel(scheme, channels) or ReferenceKernel(scheme, channels)
+
+
+def encrypt(scheme, x, perms=None, out=None):
+    """The batch form of :func:`image_kernel` (``kernels.encrypt(impl="cpu")``): a uint8 NHWC CPU tensor or
     array in, the same kind out (into ``out`` when given)."""
     import torch
 
     is_tensor = isinstance(x, torch.Tensor)
     xa = x.numpy() if is_tensor else np.asarray(x)
     b, c = xa.shape[0], xa.shape[3]
-    if scheme.kind == "none":
+    if not scheme.definition.encrypts:
         return x
     if out is None:
         out = torch.empty((b, *scheme.out_size, c), dtype=torch.uint8) if is_tensor else \
@@ -138,7 +170,7 @@ def encrypt(scheme: Scheme, x, perms=None, out=None):
         if perms is None:
             raise ValueError(f"scheme {scheme.name} needs per-image permutations")
         perms = perms.cpu().numpy() if isinstance(perms, torch.Tensor) else np.asarray(perms)
-    k = ImageKernel(scheme, c)
+    k = image_kernel(scheme, c)
     for i in range(b):
         k(xa[i], None if perms is None else perms[i], out=oa[i])
     return out

@@ -503,7 +503,9 @@ def grid_crop_flip(x: torch.Tensor, cell: int, shift_cells: int = 1, p_flip: flo
 # per-scheme pipeline
 # --------------------------------------------------------------------------
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # shared by every scheme (overridden per scheme below)
+    # shared by every scheme (overridden by the scheme's definition's ``augment``: himr_pipe.schemes; rs and
+    # mi-shuffle drop patches (p 0.25, as DeiT's random erasing), mi turns cutmix off (mixup only by default; > 0
+    # gives cell-aligned box cutmix))
     "common": {
         "enabled": True,
         "hflip": 0.5,               # probability per image
@@ -520,10 +522,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "patch_drop_ratio": 0.25,
         "patch_drop_fill": "zero",
     },
-    "rs": {"patch_drop_prob": 0.25},  # dropout like DeiT's random erasing 0.25
-    "mi": {"cutmix_alpha": 0.0},      # mixup only by default; > 0 gives cell-aligned box cutmix
-    "mi-shuffle": {"patch_drop_prob": 0.25},  # shuffled cells: as rs, on the MI cell
-    "none": {},
     # the flip defence (Scheme.flip), on top of rs / mi-shuffle's entry: every stored cell is already in a
     # uniformly random orientation of the square and the flip models are exactly invariant to it
     # (train/models.py, D4OrbitProj), so a per-cell orientation augmentation would be pointless. patch_hflip
@@ -549,7 +547,7 @@ class EncryptedAugment:
         self.config = config
 
     def __repr__(self) -> str:
-        return f"EncryptedAugment(kind={self.scheme.kind!r}, num_classes={self.num_classes}, config={self.config})"
+        return f"EncryptedAugment(scheme={self.scheme.name!r}, num_classes={self.num_classes}, config={self.config})"
 
     def targets(self, y: torch.Tensor, device: torch.device) -> torch.Tensor:
         y = torch.as_tensor(y, device=device)
@@ -566,7 +564,7 @@ class EncryptedAugment:
         s, cfg = self.scheme, self.config
         _check(x)
         if tuple(x.shape[-2:]) != s.out_size:
-            raise ValueError(f"batch is {tuple(x.shape[-2:])} but scheme {s.kind} images are {s.out_size} "
+            raise ValueError(f"batch is {tuple(x.shape[-2:])} but scheme {s.name} images are {s.out_size} "
                              f"(no crop/resize may come before augmentation in the encrypted domain)")
         y_soft = self.targets(y, x.device)
         if y_soft.shape[0] != x.shape[0]:
@@ -578,7 +576,7 @@ class EncryptedAugment:
         if s.shuffled:  # rs, mi-shuffle: cells in random order; flip each cell on its own
             if cfg["hflip"] > 0:
                 x = patch_hflip(x, cell, cfg["hflip"], generator)
-        elif s.kind == "mi":
+        elif s.definition.mixed:  # mi: cells kept in place, each one token: moved whole
             x = grid_crop_flip(x, cell, cfg["shift_cells"], cfg["hflip"], generator)
         else:
             if cfg["hflip"] > 0:
@@ -590,7 +588,7 @@ class EncryptedAugment:
             x = patch_dropout(x, cell, cfg["patch_drop_ratio"], generator, p=cfg["patch_drop_prob"],
                               fill=cfg["patch_drop_fill"])
         if (cfg["mixup_alpha"] > 0 or cfg["cutmix_alpha"] > 0) and cfg["mix_prob"] > 0:
-            mode, mix_cell = ("token", cell) if s.shuffled else ("box", cell if s.kind == "mi" else 1)
+            mode, mix_cell = ("token", cell) if s.shuffled else ("box", cell if s.definition.mixed else 1)
             x, y_soft = token_mixup_cutmix(x, y_soft, mix_cell, cfg["mixup_alpha"], cfg["cutmix_alpha"],
                                            cfg["switch_prob"], generator, mix_prob=cfg["mix_prob"],
                                            cutmix_mode=mode)
@@ -629,7 +627,7 @@ def build_augment(scheme: Scheme, num_classes: int,
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     cfg = dict(DEFAULTS["common"])
-    cfg.update(DEFAULTS[scheme.name])
+    cfg.update(scheme.definition.augment)
     if scheme.flip:
         cfg.update(DEFAULTS["flip"])
     unknown = set(config or {}) - set(cfg)
@@ -638,7 +636,8 @@ def build_augment(scheme: Scheme, num_classes: int,
     cfg.update(config or {})
     if cfg["shift_cells"] is None:
         gh, gw = scheme.grid
-        cfg["shift_cells"] = max(1, int(round(min(gh, gw) / 8))) if scheme.name == "mi" else 0
+        cfg["shift_cells"] = max(1, int(round(min(gh, gw) / 8))) if scheme.definition.mixed and not scheme.shuffled \
+            else 0
     cfg["shift_cells"] = int(cfg["shift_cells"])
     if cfg["value_range"] is not None:
         cfg["value_range"] = tuple(float(v) for v in cfg["value_range"])

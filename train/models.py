@@ -52,6 +52,7 @@ orientation-invariant models of the flip defence).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
@@ -64,6 +65,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from himr_pipe.kernels.reference import orient_index
 from himr_pipe.scheme import Scheme
+from himr_pipe.schemes.base import timm_names
 
 from .pretrained import forget_state_dict, pretrained_args
 
@@ -333,20 +335,29 @@ def _cfg(input_size=(3, 224, 224), first_conv="patch_embed.proj", **kwargs) -> d
     }
 
 
-# The variants of the defences, one registered name each, so that every scheme's shards have a model that
-# timm (and its train.py) can build by name: (name pattern, class, input, patch, fixed kwargs).
-_VARIANTS = {
-    "pevit_{}_flip_patch16_224": (224, 16, dict(flip=True)),                      # rs with the flip defence
-    "mivit_{}_shuffle_patch16_224": (112, 8, dict(shuffled=True)),                # mi-shuffle
-    "mivit_{}_shuffle_flip_patch16_224": (112, 8, dict(shuffled=True, flip=True)),  # mi-shuffle + flip: the default
+# The classification families the scheme definitions name (himr_pipe.schemes: ``SchemeDef.families``), and what
+# builds each: (class, the stored cell and side at the registered geometry, the kwargs that make it that family).
+# Registered below, explicitly, under the names of the one naming rule (himr_pipe.schemes.base.timm_names), so
+# that every scheme's shards have a model timm (and its train.py) builds by name; build_model builds through the
+# same entry. "vit" (none) is timm's own VisionTransformer: not registered here (timm has its names).
+REGISTERED = (16, 224)  # the plain image's P and side every registered name is for
+_FAMILIES: dict[str, tuple[type, int, int, dict]] = {
+    "pevit": (PEViT, 16, 224, {}),                                           # rs
+    "pevit_flip": (PEViT, 16, 224, dict(flip=True)),                         # rs with the flip defence
+    "mivit": (MIViT, 8, 112, {}),                                            # mi
+    "mivit_shuffle": (MIViT, 8, 112, dict(shuffled=True)),                   # mi-shuffle
+    "mivit_shuffle_flip": (MIViT, 8, 112, dict(shuffled=True, flip=True)),   # mi-shuffle + flip: the default
+    "vit": (VisionTransformer, 16, 224, dict(pos_embed="learn", class_token=True, global_pool="token")),  # none
 }
+# family -> its registered timm names (one per size): what the entries below put in timm's registry
+FAMILY_NAMES: dict[str, list[str]] = {}
 
 # Read by timm's @register_model (must exist before the entrypoints below).
 default_cfgs = generate_default_cfgs({
-    **{f"pevit_{s}_patch16_224": _cfg() for s in SIZES},
-    **{f"mivit_{s}_patch16_224": _cfg(input_size=(3, 112, 112), first_conv="patch_embed.proj.0") for s in SIZES},
-    **{pat.format(s): _cfg(input_size=(3, n, n), first_conv="patch_embed.proj.0")
-       for pat, (n, _, _) in _VARIANTS.items() for s in SIZES},
+    name: _cfg(input_size=(3, side, side), first_conv="patch_embed.proj.0" if cls is MIViT or fixed.get("flip")
+               else "patch_embed.proj")
+    for fam, (cls, _, side, fixed) in _FAMILIES.items() if cls is not VisionTransformer
+    for name in timm_names(fam, SIZES, *REGISTERED)
 })
 
 
@@ -358,10 +369,17 @@ def shards_scheme(shards) -> tuple[Scheme, int | None, str]:
         from himr_pipe.manifest import Manifest
 
         m = Manifest.load(str(shards), require_complete=True).data
-    from himr_pipe.tasks import job_task, task_named
+    task = m["job"].get("task", "classification")  # records of versions before tasks name none
+    cats = (m.get("detection") or {}).get("categories")  # a detector predicts the object categories
+    return Scheme.from_dict(m["job"]["scheme"]), len(cats) if cats else m.get("num_classes"), task
 
-    task = job_task(m["job"])
-    return Scheme.from_dict(m["job"]["scheme"]), task_named(task).num_classes(m), task
+
+def _fits(task: str, scheme: Scheme) -> str:
+    """The registered names of the model family that fits ``scheme``'s shards for ``task`` (its definition's)."""
+    fam = scheme.definition.family(task, scheme)
+    if fam is None:
+        return f"none: {task} refuses scheme {scheme.name}"
+    return " / ".join(FAMILY_NAMES.get(fam) or [f"the {fam} family"])
 
 
 def _create(cls, variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
@@ -373,6 +391,7 @@ def _create(cls, variant: str, pretrained: bool = False, **kwargs) -> VisionTran
     starts from a checkpoint file, adapted by :func:`himr_pipe.train.pretrained.adapt_state_dict` (the model's
     ``pretrained_filter_fn``)."""
     shards, scheme = kwargs.pop("shards", None), kwargs.pop("scheme", None)
+    keep_head = kwargs.pop("keep_head", None)  # build_model's: False or class names the checkpoint must name
     out_indices = kwargs.pop("out_indices", 3)
     overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
     start = {}
@@ -381,16 +400,13 @@ def _create(cls, variant: str, pretrained: bool = False, **kwargs) -> VisionTran
             raise ValueError(f"{variant}: there are no published weights for models on encrypted images; start from "
                              "a checkpoint file: pretrained_cfg_overlay=dict(file=PATH) (timm's train.py: "
                              "--pretrained --pretrained-path PATH), a plain ViT / DeiT or one of ours")
-        cfg_more, start = pretrained_args(overlay["file"], model_scheme)
+        cfg_more, start = pretrained_args(overlay["file"], model_scheme, keep_head)
         overlay = {**overlay, **cfg_more}
     if shards is not None:
         scheme, ncls, task = shards_scheme(shards)
         if task != getattr(cls, "himr_task", "classification"):
-            from himr_pipe.tasks import task_named
-
-            fits = task_named(task).model_record(_as_scheme(scheme))["timm"]
             raise ValueError(f"{variant} is a {getattr(cls, 'himr_task', 'classification')} model and these are "
-                             f"{task} shards: the model for them: {' / '.join(fits)}")
+                             f"{task} shards: the model for them: {_fits(task, _as_scheme(scheme))}")
         if ncls:
             kwargs.setdefault("num_classes", ncls)
     if scheme is not None:
@@ -409,11 +425,9 @@ def _create(cls, variant: str, pretrained: bool = False, **kwargs) -> VisionTran
         try:
             check(model, scheme)
         except ValueError as e:
-            from himr_pipe.tasks import task_named
-
-            fits = task_named(getattr(cls, "himr_task", "classification")).model_record(scheme)["timm"]
             raise ValueError(f"{variant} does not fit these shards (scheme {scheme.name}): {e}\n"
-                             f"the model for them: {' / '.join(fits)}") from None
+                             f"the model for them: {_fits(getattr(cls, 'himr_task', 'classification'), scheme)}"
+                             ) from None
         model.himr_scheme = scheme.to_dict()
     return model
 
@@ -423,64 +437,41 @@ def _size_args(size: str) -> dict[str, int]:
     return dict(embed_dim=d, depth=depth, num_heads=heads)
 
 
-@register_model
-def pevit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> PEViT:
-    """PEViT-Ti/16 for RS 224x224, P=16 (``rpe=False`` drops the RPE; ``flip=True``: RS with the flip defence)."""
-    return _create(PEViT, "pevit_tiny_patch16_224", pretrained, **{**_size_args("tiny"), "patch_size": 16, **kwargs})
+def _build(family: str, size: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """The one builder of every classifier: a family at a size, through :func:`_create` (what each registered
+    timm entry calls, and :func:`build_model`)."""
+    cls, cell, side, fixed = _FAMILIES[family]
+    name = timm_names(family, [size], *REGISTERED)[0]
+    if cls is VisionTransformer:  # timm's own ViT: our pretrained_cfg (no hub weights), its settings as defaults
+        kwargs = {**fixed, **kwargs}
+        kwargs.setdefault("pretrained_cfg", _cfg(input_size=(kwargs.get("in_chans", 3), side, side)))
+        fixed = {}
+    clash = sorted(k for k in fixed if k in kwargs and kwargs[k] != fixed[k])
+    if clash:
+        raise ValueError(f"{name} is the model with {fixed}; for other settings use its base model")
+    return _create(cls, name, pretrained, **{**_size_args(size), "patch_size": cell, **kwargs, **fixed})
 
 
-@register_model
-def pevit_small_patch16_224(pretrained: bool = False, **kwargs) -> PEViT:
-    """PEViT-S/16 for RS 224x224, P=16."""
-    return _create(PEViT, "pevit_small_patch16_224", pretrained, **{**_size_args("small"), "patch_size": 16, **kwargs})
+def _register(family: str) -> None:
+    """Register ``family`` with timm at every size (``pevit_tiny_patch16_224``, ...)."""
+    cls = _FAMILIES[family][0]
+    names = timm_names(family, SIZES, *REGISTERED)
+    for size, name in zip(SIZES, names):
+        def entry(pretrained: bool = False, _family=family, _size=size, **kwargs):
+            return _build(_family, _size, pretrained, **kwargs)
+
+        entry.__name__ = entry.__qualname__ = name
+        entry.__module__ = __name__
+        entry.__doc__ = f"{cls.__name__}-{size}, family {family} (see the module's docstring)."
+        register_model(entry)
+    FAMILY_NAMES[family] = names
 
 
-@register_model
-def pevit_base_patch16_224(pretrained: bool = False, **kwargs) -> PEViT:
-    """PEViT-B/16 for RS 224x224, P=16."""
-    return _create(PEViT, "pevit_base_patch16_224", pretrained, **{**_size_args("base"), "patch_size": 16, **kwargs})
-
-
-@register_model
-def mivit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MIViT:
-    """MI-ViT-Ti for MI of 224x224 with P=16: 112x112 input, patch_size 8, 14x14 grid.
-
-    ``shuffled=True``: the mi-shuffle model (no positions, RPE); with ``flip=True`` also orientation invariant.
-    """
-    return _create(MIViT, "mivit_tiny_patch16_224", pretrained, **{**_size_args("tiny"), "patch_size": 8, **kwargs})
-
-
-@register_model
-def mivit_small_patch16_224(pretrained: bool = False, **kwargs) -> MIViT:
-    """MI-ViT-S for MI of 224x224 with P=16: 112x112 input, patch_size 8, 14x14 grid."""
-    return _create(MIViT, "mivit_small_patch16_224", pretrained, **{**_size_args("small"), "patch_size": 8, **kwargs})
-
-
-@register_model
-def mivit_base_patch16_224(pretrained: bool = False, **kwargs) -> MIViT:
-    """MI-ViT-B for MI of 224x224 with P=16: 112x112 input, patch_size 8, 14x14 grid."""
-    return _create(MIViT, "mivit_base_patch16_224", pretrained, **{**_size_args("base"), "patch_size": 8, **kwargs})
-
-
-def _register_variant(pattern: str, size: str, patch: int, fixed: dict) -> None:
-    name = pattern.format(size)
-    cls = PEViT if name.startswith("pevit") else MIViT
-
-    def entry(pretrained: bool = False, **kwargs):
-        clash = sorted(k for k in fixed if k in kwargs and kwargs[k] != fixed[k])
-        if clash:
-            raise ValueError(f"{name} is the model with {fixed}; for other settings use its base model")
-        return _create(cls, name, pretrained, **{**_size_args(size), "patch_size": patch, **kwargs, **fixed})
-
-    entry.__name__ = entry.__qualname__ = name
-    entry.__module__ = __name__
-    entry.__doc__ = f"{cls.__name__}-{size} with {fixed} (see the module's docstring)."
-    globals()[name] = register_model(entry)
-
-
-for _pat, (_n, _patch, _fixed) in _VARIANTS.items():
-    for _size in SIZES:
-        _register_variant(_pat, _size, _patch, _fixed)
+_register("pevit")
+_register("pevit_flip")
+_register("mivit")
+_register("mivit_shuffle")
+_register("mivit_shuffle_flip")
 
 
 # ---------------------------------------------------------------- scheme <-> model
@@ -493,13 +484,6 @@ def _as_scheme(scheme: Scheme | Mapping[str, Any]) -> Scheme:
     if isinstance(scheme, Mapping):
         return Scheme.from_dict(scheme)
     raise TypeError(f"expected a Scheme or its dict, got {type(scheme).__name__}")
-
-
-def _build_from(cls, variant: str, cfg: dict, init, keep_head, args: dict):
-    """``build_model_with_cfg`` from scratch, or (``init``: a checkpoint file) started from it the timm way."""
-    cfg_more, start = pretrained_args(init, model_scheme, keep_head)
-    model = build_model_with_cfg(cls, variant, init is not None, pretrained_cfg={**cfg, **cfg_more}, **start, **args)
-    return forget_state_dict(model)
 
 
 def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str = "tiny", rpe: bool = True,
@@ -534,33 +518,15 @@ def build_model(scheme: Scheme | Mapping[str, Any], num_classes: int, size: str 
         raise ValueError(f"build_model takes {', '.join(fixed)} from the scheme ({scheme.to_dict()}), not from kwargs")
     if num_classes is None or int(num_classes) < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    args = dict(_size_args(size), num_classes=int(num_classes))
-    args.update(kw)
-    in_chans = args.get("in_chans", 3)
-    args.update(img_size=scheme.out_size, patch_size=scheme.out_cell)
-    tag = f"{scheme.kind}_p{scheme.patch}_{scheme.height}x{scheme.width}"
-    if scheme.kind == "rs":
-        cls, variant, first_conv = PEViT, f"pevit_{size}_{tag}", "patch_embed.proj"
-        args["rpe"] = rpe
-        if scheme.flip:
-            variant, first_conv = f"pevit_{size}_flip_{tag}", "patch_embed.proj.0"
-            args["flip"] = True
-    elif scheme.kind == "mi":
-        cls, variant, first_conv = MIViT, f"mivit_{size}_{tag}", "patch_embed.proj.0"
-        if scheme.shuffle:
-            variant = f"mivit_{size}_shuffle_{'flip_' if scheme.flip else ''}{tag}"
-            args.update(shuffled=True, rpe=rpe)
-            if scheme.flip:
-                args["flip"] = True
-    else:
-        cls, variant, first_conv = VisionTransformer, f"vit_{size}_{tag}", "patch_embed.proj"
-        args.update(pos_embed="learn")
-        args.setdefault("class_token", True)
-        args.setdefault("global_pool", "token")
-    cfg = _cfg(input_size=(in_chans, *scheme.out_size), first_conv=first_conv, num_classes=int(num_classes))
-    model = _build_from(cls, variant, cfg, init, keep_head, args)
-    model.himr_scheme = scheme.to_dict()
-    return model
+    family = scheme.definition.family("classification", scheme)
+    if family not in _FAMILIES:
+        raise ValueError(f"no classifier is registered for scheme {scheme.name} (its family: {family})")
+    if _FAMILIES[family][0] is not VisionTransformer:
+        kw["rpe"] = rpe  # the order-invariant models' RPE (MI with its positions kept has none either way)
+    start = dict(pretrained_cfg_overlay=dict(file=init), keep_head=keep_head) if init is not None else {}
+    # the registered entry's own builder, under the registered name: one naming path (timm.create_model(name,
+    # scheme=...) builds the same model)
+    return _build(family, size, init is not None, scheme=scheme, num_classes=int(num_classes), **start, **kw)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -573,6 +539,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
         else:
             break
     return model
+
+
+def _definition_of(family: str):
+    """The scheme whose shards a classifier of ``family`` (the flip defence aside) trains on: the first registered
+    (a scheme derived from rs shares rs's models; a model's structure names rs)."""
+    from himr_pipe.schemes import SCHEMES
+
+    return next(d for d in SCHEMES.values()
+                if (d.families.get("classification") or "").format(flip="") == family)
 
 
 def model_scheme(model: nn.Module) -> Scheme:
@@ -600,16 +575,13 @@ def model_scheme(model: nn.Module) -> Scheme:
         raise ValueError(f"{type(m).__name__}: patch embedding conv kernel {tuple(first.kernel_size)} / stride "
                          f"{tuple(first.stride)} disagrees with its patch_size {pe.patch_size}")
     h, w = pe.img_size
-    shuffle = False
-    if isinstance(pe, MIPatchEmbed):
-        kind, patch, h, w = "mi", 2 * ph, 2 * h, 2 * w
-        shuffle = getattr(m, "pos_embed", None) is None  # no positions: the cells come shuffled
-    elif getattr(m, "pos_embed", None) is None:
-        kind, patch = "rs", ph
-    else:
-        kind, patch = "none", ph
+    mixed = isinstance(pe, MIPatchEmbed)  # MI cells: the input is the half-size MI image, its cell P/2
+    positions = getattr(m, "pos_embed", None) is not None  # none: the cells come shuffled (order-invariant)
+    family = ("mivit" if positions else "mivit_shuffle") if mixed else ("vit" if positions else "pevit")
+    d = _definition_of(family)
+    patch, h, w = (2 * ph, 2 * h, 2 * w) if mixed else (ph, h, w)
     try:
-        return Scheme(kind=kind, patch=patch, height=h, width=w, shuffle=shuffle, flip=_is_d4(pe))
+        return Scheme.named(d.name, patch, h, w, flip=_is_d4(pe))
     except ValueError as e:
         raise ValueError(f"{type(m).__name__} does not fit any scheme: {e}") from None
 
@@ -623,7 +595,22 @@ _KIND_WHY = {
     ("none", "mi"): "it is a plain ViT, but the shards are MI (half-size images, cells of P/2)",
     ("rs", "none"): "it is a PEViT for RS data, but the shards are not encrypted",
     ("mi", "none"): "it is an MI-ViT for half-size MI images, but the shards are not encrypted",
+    ("mi", "mi-shuffle"): "the shards' MI cells are shuffled per image, so a model with position embeddings learns "
+                          "nothing from positions; use the order-invariant MI model (no positions, RPE)",
+    ("mi-shuffle", "mi"): "the shards keep MI's cell positions, which an order-invariant model throws away",
+    ("mi-shuffle", "rs"): "it has an MI patch embedding (for half-size MI images), but the shards are RS",
+    ("rs", "mi-shuffle"): "it is an order-invariant PEViT with a plain patch embedding, but the shards are MI "
+                          "(half-size images, cells of P/2)",
+    ("none", "mi-shuffle"): "it is a plain ViT, but the shards are mi-shuffle (half-size images whose cells are "
+                            "shuffled per image); use the order-invariant MI model",
+    ("mi-shuffle", "none"): "it is an MI-ViT for half-size MI images, but the shards are not encrypted",
 }
+
+
+def _family(s: Scheme) -> str | None:
+    """The classifier family of ``s``'s data, the flip defence aside (it is checked on its own): schemes that
+    share one (rs and a scheme derived from it) share their models."""
+    return s.definition.family("classification", replace(s, flip=False))
 
 
 def check_model_matches(model: nn.Module, scheme: Scheme | Mapping[str, Any]) -> None:
@@ -640,15 +627,9 @@ def check_model_matches(model: nn.Module, scheme: Scheme | Mapping[str, Any]) ->
     m = _unwrap(model)
     have = model_scheme(m)
     problems = []
-    if have.kind != scheme.kind:
-        problems.append(f"kind: the model is for {have.kind!r} data, the shards are {scheme.kind!r}: "
-                        f"{_KIND_WHY.get((have.kind, scheme.kind), '')}")
-    elif have.shuffle != scheme.shuffle:
+    if _family(have) != _family(scheme):  # the model reads the structure; the data's transform is the scheme's
         problems.append(f"kind: the model is for {have.name!r} data, the shards are {scheme.name!r}: "
-                        + ("the shards' MI cells are shuffled per image, so a model with position embeddings "
-                           "learns nothing from positions; use the order-invariant MI model (no positions, RPE)"
-                           if scheme.shuffle else
-                           "the shards keep MI's cell positions, which an order-invariant model throws away"))
+                        f"{_KIND_WHY.get((have.name, scheme.name), '')}")
     if have.shuffled and scheme.shuffled and have.flip != scheme.flip:
         problems.append("flip: " + (
             "the shards' cells are each turned by a keyed random flip, transpose or rotation (the flip defence), "
@@ -664,7 +645,7 @@ def check_model_matches(model: nn.Module, scheme: Scheme | Mapping[str, Any]) ->
                         "encryption's")
     if getattr(m, "dynamic_img_size", False):
         oh, ow = scheme.out_size
-        cell = have.out_cell if have.kind == scheme.kind else scheme.out_cell
+        cell = have.out_cell if have.name == scheme.name else scheme.out_cell
         if oh % cell or ow % cell:
             problems.append(f"input size: the shards' {oh}x{ow} images are not a multiple of the model's cell {cell}")
     elif have.size != scheme.size:

@@ -53,7 +53,8 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, init_weights_vit_timm
 
 from himr_pipe.scheme import Scheme
-from himr_pipe.train.models import (SIZES, MIPatchEmbed, _as_scheme, _build_from, _cfg, _create, _size_args,
+from himr_pipe.schemes.base import timm_names
+from himr_pipe.train.models import (FAMILY_NAMES, SIZES, MIPatchEmbed, _as_scheme, _cfg, _create, _size_args,
                                     _unwrap, model_scheme)
 
 __all__ = ["MLP", "PEYOLOS", "build_detector", "check_detector_matches", "refuse_shuffled", "sincos_2d"]
@@ -247,44 +248,58 @@ class PEYOLOS(VisionTransformer):
 
 
 # ---------------------------------------------------------------- timm registry
+# The detection families the scheme definitions name (``SchemeDef.families["detection"]``): (stored cell and side
+# at the registered geometry, the kwargs that make it that family). Their names follow the one naming rule
+# (himr_pipe.schemes.base.timm_names) at 512x512, P=16.
+REGISTERED = (16, 512)
+_FAMILIES: dict[str, tuple[int, int, dict]] = {
+    "peyolos": (8, 256, dict(mi=True)),      # mi: the MI patch embedding, 256x256 input
+    "peyolos_none": (16, 512, dict(mi=False)),  # none: the plain baseline
+}
+
 # Read by timm's @register_model (must exist before the entrypoints below). Not fixed_input_size:
 # the position embeddings are interpolated to the input's grid (dynamic_img_size).
 default_cfgs = generate_default_cfgs({
-    **{f"peyolos_{s}_patch16_512": _cfg(input_size=(3, 256, 256), first_conv="patch_embed.proj.0",
-                                        classifier="class_embed", fixed_input_size=False, num_classes=91)
-       for s in ("tiny", "small")},
-    **{f"peyolos_{s}_none_patch16_512": _cfg(input_size=(3, 512, 512), classifier="class_embed",
-                                             fixed_input_size=False, num_classes=91)
-       for s in ("tiny", "small")},
+    name: _cfg(input_size=(3, side, side), first_conv="patch_embed.proj.0" if fixed["mi"] else "patch_embed.proj",
+               classifier="class_embed", fixed_input_size=False, num_classes=91)
+    for fam, (_, side, fixed) in _FAMILIES.items() for name in timm_names(fam, SIZES, *REGISTERED)
 })
+
+
+def _build(family: str, size: str, pretrained: bool = False, **kwargs) -> PEYOLOS:
+    """The one builder of every detector: a family at a size, through :func:`models._create` (what each
+    registered timm entry calls, and :func:`build_detector`)."""
+    cell, side, fixed = _FAMILIES[family]
+    name = timm_names(family, [size], *REGISTERED)[0]
+    return _create(PEYOLOS, name, pretrained,
+                   **{**_size_args(size), "img_size": side, "patch_size": cell, **kwargs, **fixed})
 
 
 @register_model
 def peyolos_tiny_patch16_512(pretrained: bool = False, **kwargs) -> PEYOLOS:
     """PEYOLOS-Ti for MI of 512x512 with P=16: 256x256 input, patch_size 8, 32x32 grid, 100 detection tokens."""
-    return _create(PEYOLOS, "peyolos_tiny_patch16_512", pretrained,
-                   **{**_size_args("tiny"), "img_size": 256, "patch_size": 8, "mi": True, **kwargs})
+    return _build("peyolos", "tiny", pretrained, **kwargs)
 
 
 @register_model
 def peyolos_small_patch16_512(pretrained: bool = False, **kwargs) -> PEYOLOS:
     """PEYOLOS-S for MI of 512x512 with P=16: 256x256 input, patch_size 8, 32x32 grid, 100 detection tokens."""
-    return _create(PEYOLOS, "peyolos_small_patch16_512", pretrained,
-                   **{**_size_args("small"), "img_size": 256, "patch_size": 8, "mi": True, **kwargs})
+    return _build("peyolos", "small", pretrained, **kwargs)
 
 
 @register_model
 def peyolos_tiny_none_patch16_512(pretrained: bool = False, **kwargs) -> PEYOLOS:
     """YOLOS-Ti on plain 512x512 images, P=16 (the unencrypted baseline)."""
-    return _create(PEYOLOS, "peyolos_tiny_none_patch16_512", pretrained,
-                   **{**_size_args("tiny"), "img_size": 512, "patch_size": 16, "mi": False, **kwargs})
+    return _build("peyolos_none", "tiny", pretrained, **kwargs)
 
 
 @register_model
 def peyolos_small_none_patch16_512(pretrained: bool = False, **kwargs) -> PEYOLOS:
     """YOLOS-S on plain 512x512 images, P=16 (the unencrypted baseline)."""
-    return _create(PEYOLOS, "peyolos_small_none_patch16_512", pretrained,
-                   **{**_size_args("small"), "img_size": 512, "patch_size": 16, "mi": False, **kwargs})
+    return _build("peyolos_none", "small", pretrained, **kwargs)
+
+
+FAMILY_NAMES.update({fam: timm_names(fam, ("tiny", "small"), *REGISTERED) for fam in _FAMILIES})
 
 
 # ---------------------------------------------------------------- scheme <-> model
@@ -296,7 +311,7 @@ def refuse_shuffled(scheme: Scheme | Mapping[str, Any]) -> Scheme:
     scheme = _as_scheme(scheme)
     if scheme.shuffled:
         raise ValueError(f"detection needs patch positions, but scheme {scheme.name!r} moves every "
-                         f"{'patch' if scheme.kind == 'rs' else 'MI cell'} to a random place per image, which "
+                         f"{'MI cell' if scheme.definition.mixed else 'patch'} to a random place per image, which "
                          "destroys the positions that box regression needs; encrypt detection data with "
                          "scheme 'mi' (positions kept, boxes scale by 1/2) or 'none'")
     return scheme
@@ -335,16 +350,12 @@ def build_detector(scheme: Scheme | Mapping[str, Any], num_classes: int, size: s
                          "not from kwargs")
     if num_classes is None or int(num_classes) < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    args = dict(_size_args(size), num_classes=int(num_classes), det_tokens=int(det_tokens))
-    args.update(kw)
-    in_chans = args.get("in_chans", 3)
-    args.update(img_size=scheme.out_size, patch_size=scheme.out_cell, mi=scheme.kind == "mi")
-    tag = f"{scheme.kind}_p{scheme.patch}_{scheme.height}x{scheme.width}"
-    first_conv = "patch_embed.proj.0" if scheme.kind == "mi" else "patch_embed.proj"
-    cfg = _cfg(input_size=(in_chans, *scheme.out_size), first_conv=first_conv, num_classes=int(num_classes),
-               classifier="class_embed", fixed_input_size=False)
-    model = _build_from(PEYOLOS, f"peyolos_{size}_{tag}", cfg, init, None, args)
-    model.himr_scheme = scheme.to_dict()
+    family = scheme.definition.family("detection", scheme)  # peyolos (mi), peyolos_none (none)
+    start = dict(pretrained_cfg_overlay=dict(file=init)) if init is not None else {}
+    # the registered entries' own builder, under the name of the one naming rule (timm.create_model(name,
+    # scheme=...) builds the same model)
+    model = _build(family, size, init is not None, scheme=scheme, num_classes=int(num_classes),
+                   det_tokens=int(det_tokens), **start, **kw)
     model.himr_task = "detection"
     return model
 
@@ -369,18 +380,18 @@ def check_detector_matches(model: nn.Module, scheme: Scheme | Mapping[str, Any],
                          "tokens, no box head); build one with build_detector(scheme, num_classes, ...)")
     have = model_scheme(m)
     problems = []
-    if have.kind != scheme.kind:
+    if have.name != scheme.name:
         why = ("it has an MI patch embedding (for half-size MI images), but the data are not encrypted"
-               if have.kind == "mi" else
+               if have.definition.mixed else
                "it has a plain patch embedding, but the data are MI (half-size images, cells of P/2)")
-        problems.append(f"kind: the detector is for {have.kind!r} data, the data are {scheme.kind!r}: {why}")
+        problems.append(f"kind: the detector is for {have.name!r} data, the data are {scheme.name!r}: {why}")
     if have.patch != scheme.patch:
         problems.append(f"patch size: the detector's patches are {have.patch}x{have.patch} (in the plain image), "
                         f"the data were encrypted with P={scheme.patch}; the model's patch grid must be the "
                         "encryption's")
     if not strict_size and getattr(m, "dynamic_img_size", False):
         oh, ow = scheme.out_size
-        cell = have.out_cell if have.kind == scheme.kind else scheme.out_cell
+        cell = have.out_cell if have.name == scheme.name else scheme.out_cell
         if oh % cell or ow % cell:
             problems.append(f"input size: the data's {oh}x{ow} images are not a multiple of the detector's "
                             f"cell {cell}")

@@ -287,15 +287,17 @@ class Predictor:
     def encrypt(self, plain: torch.Tensor) -> torch.Tensor:
         """The keyless encryption of plain resized images (uint8 NHWC at the scheme's size): MI's averaging
         for mi / mi-shuffle, nothing for rs / none, the gap defence's blank borders, then the shards' codec
-        round trip. What the order- and orientation-invariant models see of the shards' images."""
-        from himr_pipe.kernels.reference import defence_mask, mi_mix
+        round trip. What the order- and orientation-invariant models see of the shards' images: the scheme's own
+        transform (its definition's torch reference) with every cell in its place and orientation, and no cell
+        dropped."""
+        import dataclasses
 
-        s = self.scheme
-        x = mi_mix(plain, s.patch) if s.kind == "mi" else plain.clone()
-        if s.gap:
-            import dataclasses
+        from himr_pipe.kernels import reference
 
-            x.mul_(defence_mask(dataclasses.replace(s, drop=0.0)))
+        s = dataclasses.replace(self.scheme, drop=0.0)
+        perms = torch.arange(s.num_patches).expand(len(plain), -1) if s.shuffled else None  # the identity
+        x = s.definition.encrypt(s, plain, perms, reference)
+        x = plain.clone() if x is plain else x
         if self.codec is not None and len(x):
             from himr_pipe.shards import decode_image
 

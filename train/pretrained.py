@@ -206,15 +206,14 @@ def adapt_state_dict(state: dict, model: nn.Module, *, describe, source: Source 
     target = describe(model)
     detector = _has_box_head(model)
     src_scheme = Scheme.from_dict(source.scheme) if source.ours else None
-    plain = src_scheme is None or src_scheme.kind == "none"
+    plain = src_scheme is None or not src_scheme.definition.encrypts
     if "patch_embed.proj.weight" not in state and "patch_embed.proj.0.weight" not in state:
         _refuse(source, model, target, "it has no ViT patch embedding (patch_embed.proj): not a ViT / DeiT "
                 "checkpoint")
     if source.detector and not detector:
         _refuse(source, model, target, "it is a detector; a classifier starts from a classifier or a plain ViT")
     if not plain:
-        same = (src_scheme.kind, src_scheme.shuffle, src_scheme.flip, src_scheme.patch) == \
-               (target.kind, target.shuffle, target.flip, target.patch)
+        same = (src_scheme.name, src_scheme.flip, src_scheme.patch) == (target.name, target.flip, target.patch)
         if not same:
             _refuse(source, model, target, "its patch embedding and positions were trained for other cells; start "
                     "from a plain ViT checkpoint or from one trained on the same scheme")
@@ -232,7 +231,7 @@ def adapt_state_dict(state: dict, model: nn.Module, *, describe, source: Source 
     used: set[str] = set()
 
     # -- the patch embedding: the plain kernel folded and/or orbit-pooled where the model's embedding differs
-    mi_cells, orbit = target.kind == "mi", target.flip  # an MI embedding (Conv(P/2) first), an orbit-pooled one
+    mi_cells, orbit = target.definition.mixed, target.flip  # an MI embedding (Conv(P/2) first), an orbit-pooled one
     if plain and (mi_cells or orbit):
         w = state["patch_embed.proj.weight"]
         b = state.get("patch_embed.proj.bias")

@@ -33,7 +33,6 @@ import numpy as np
 
 from ..scheme import Scheme
 from .jigsaw import assemble, cut
-from ..geometry import full_size
 from .mi_inverse import downsampled_baseline, ls_inverse
 from .scores import frame_symmetries, image_quality, layout_scores, symmetric_layout_scores
 
@@ -51,7 +50,7 @@ def attack_name(scheme: Scheme) -> str:
     if not scheme.shuffled:
         return "none needed (positions kept); regularised least-squares MI inverse"
     return (ATTACK_NAME + ("; every piece tried in its 8 orientations" if scheme.flip else "")
-            + ("; then the regularised least-squares MI inverse" if scheme.kind == "mi" else ""))
+            + ("; then the regularised least-squares MI inverse" if scheme.definition.mixed else ""))
 
 
 def attack_sample(scheme: Scheme, blob: bytes, ext: str, perm: np.ndarray | None,
@@ -67,6 +66,7 @@ def attack_sample(scheme: Scheme, blob: bytes, ext: str, perm: np.ndarray | None
     from .solver import solve_stored
 
     t0 = time.perf_counter()
+    d = scheme.definition  # mixed: each stored value a 2x2 mean (MI): mixed seams, the MI inverse, its baseline
     stored = decode_image(blob, ext)
     cell, grid = scheme.out_cell, scheme.grid
     row: dict = {}
@@ -75,7 +75,7 @@ def attack_sample(scheme: Scheme, blob: bytes, ext: str, perm: np.ndarray | None
         truth = np.argsort(np.asarray(perm) % n).reshape(grid)   # flip: orientations packed above n
         blank = np.zeros(n, bool)
         blank[:scheme.dropped] = True   # the owner knows which slots were dropped: they score as wildcards
-        layout = solve_stored(load_stored(blob, ext), cell, grid, scheme.gap, mixed=scheme.kind == "mi",
+        layout = solve_stored(load_stored(blob, ext), cell, grid, scheme.gap, mixed=d.mixed,
                               orient=scheme.flip)
         pieces = cut(stored, cell)
         if scheme.flip:   # virtual pieces (turned copies); scored as stored pieces, in the best-aligned frame
@@ -92,14 +92,14 @@ def attack_sample(scheme: Scheme, blob: bytes, ext: str, perm: np.ndarray | None
         row["direct_accuracy"] = row["neighbour_accuracy"] = 1.0
         recon = stored
     row["attack_seconds"] = time.perf_counter() - t0
-    pictures = [full_size(stored) if scheme.kind == "mi" else stored]
-    if scheme.kind == "mi":
+    pictures = [d.plain_geometry(scheme, stored)]  # as a person sees it (mi: each value as a 2x2 block)
+    if d.mixed:
         recon = ls_inverse(recon, scheme.patch)  # the attacker's best picture at plain geometry
     pictures.append(recon)
     if plain is not None:
         q = image_quality(recon, plain)
         row["psnr"], row["ssim"] = q["psnr"], q["ssim"]
-        if scheme.kind == "mi":
+        if d.mixed:
             b = image_quality(downsampled_baseline(plain), plain)
             row["baseline_psnr"], row["baseline_ssim"] = b["psnr"], b["ssim"]
     return row, pictures
@@ -116,12 +116,12 @@ def summarise(rows: list[dict]) -> dict:
 def meets_budget(scheme: Scheme, mean: dict) -> tuple[bool, list[str]]:
     """Does a summary meet :data:`BUDGET`? Returns (ok, the reasons it does not)."""
     why = []
-    if not scheme.shuffled and scheme.kind != "none":
+    if not scheme.shuffled and scheme.definition.encrypts:
         why.append("cell positions are kept, so the stored image is itself a (blurred) picture")
     for k, lim in BUDGET.items():
         if mean.get(k, 1.0) > lim:
             why.append(f"{k.replace('_', ' ')} {mean[k]:.3f} > {lim}")
-    if scheme.kind == "mi" and "baseline_ssim" in mean and mean["ssim"] >= mean["baseline_ssim"]:
+    if scheme.definition.mixed and "baseline_ssim" in mean and mean["ssim"] >= mean["baseline_ssim"]:
         why.append(f"the recovered picture's SSIM {mean['ssim']:.3f} reaches the same-information baseline's "
                    f"{mean['baseline_ssim']:.3f}")
     return not why, why

@@ -85,7 +85,7 @@ def audit_out(out: str, samples: int = 16, state_dir: str | None = None, seed: i
     except DecryptError as e:
         raise AuditError(str(e)) from None
     scheme = view.scheme
-    if scheme.kind == "none":
+    if not scheme.definition.encrypts:
         raise AuditError("OUT holds unencrypted images (scheme none): there is nothing to attack")
     written = [(st.name, k, idx, ref) for _, st in sorted(view.shards.items()) for k, idx, ref in st.written]
     if not written:

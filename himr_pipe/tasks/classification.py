@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..scheme import DEFAULT_SCHEME
+from ..schemes.base import timm_names
 from ..shards import LABEL, META, make_members
 from .base import Task
 
@@ -22,20 +23,11 @@ class Classification(Task):
     REGISTERED = (16, 224)
     SIZES = ("tiny", "small", "base")
 
-    @staticmethod
-    def model_family(scheme) -> str:
-        """pevit[_flip] (rs), mivit (mi), mivit_shuffle[_flip] (mi-shuffle), vit (none: timm's own ViT)."""
-        if scheme.kind == "rs":
-            return "pevit" + ("_flip" if scheme.flip else "")
-        if scheme.kind == "mi":
-            return "mivit" + ("_shuffle" if scheme.shuffle else "") + ("_flip" if scheme.flip else "")
-        return "vit"
-
     def model_record(self, scheme):
-        fam = self.model_family(scheme)
-        base, _, variant = fam.partition("_")
-        names = [f"{base}_{size}{'_' + variant if variant else ''}_patch16_224" for size in self.SIZES]
+        # the scheme names its family (pevit[_flip], mivit, mivit_shuffle[_flip], vit: timm's own ViT)
+        fam = scheme.definition.family(self.name, scheme)
         p, n = self.REGISTERED
+        names = timm_names(fam, self.SIZES, p, n)
         if fam == "vit":  # plain images: timm's own ViT (any timm model fits), at the stored size
             kwargs = {} if tuple(scheme.out_size) == (n, n) else {"img_size": list(scheme.out_size)}
             create = (f"timm.create_model('{names[0]}', num_classes=<the manifest's num_classes>"

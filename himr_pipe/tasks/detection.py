@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..schemes.base import timm_names
 from ..shards import META, make_members
 from .base import Task
 
@@ -56,7 +57,7 @@ class Detection(Task):
         return {"annotations": ann if is_url(ann) else os.path.abspath(ann)}
 
     def refusal(self, cfg):
-        if cfg.scheme.kind == "rs" or cfg.scheme.shuffled:
+        if cfg.scheme.definition.family(self.name, cfg.scheme) is None:
             return (f"--scheme {cfg.scheme.name} is refused for detection: shuffling moves patches, so boxes lose "
                     "their place; use mi (the default for detection: it keeps every patch where it was) or none")
         if cfg.resize == "crop":
@@ -77,17 +78,21 @@ class Detection(Task):
         return lambda x: int(ids[x.index])
 
     timm_trainable = False
+    # registered geometry of the detector family (train/peyolos.py registers these names): 512x512, P=16
+    REGISTERED = (16, 512)
+    SIZES = ("tiny", "small")
 
     def num_classes(self, manifest):
         return len(manifest["detection"]["categories"])  # object classes (the detector adds "no object")
 
     def model_record(self, scheme):
         # train/peyolos.py registers peyolos_{tiny,small}[_none]_patch16_512 (MI: 256x256 input, patch 8)
-        variant = "" if scheme.kind == "mi" else "_none"
-        names = [f"peyolos_{size}{variant}_patch16_512" for size in ("tiny", "small")]
-        kwargs = {} if (scheme.patch, scheme.height, scheme.width) == (16, 512, 512) else \
+        fam = scheme.definition.family(self.name, scheme)  # peyolos (mi), peyolos_none (none)
+        p, n = self.REGISTERED
+        names = timm_names(fam, self.SIZES, p, n)
+        kwargs = {} if (scheme.patch, scheme.height, scheme.width) == (p, n, n) else \
             {"img_size": list(scheme.out_size), "patch_size": scheme.out_cell}
-        return {"family": "peyolos" + variant, "timm": names, "input_size": [3, *scheme.out_size],
+        return {"family": fam, "timm": names, "input_size": [3, *scheme.out_size],
                 "crop_pct": 1.0, "kwargs": kwargs,
                 "create": f"import himr_pipe.train.peyolos; timm.create_model('{names[0]}', shards=OUT) "
                           "(himr-pipe train OUT --out RUN trains it)"}
