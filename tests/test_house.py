@@ -226,7 +226,7 @@ def test_no_import_runs_back_up_a_floor():
 
 # sample-data's --task names which sample set to write (its kinds include shapes, which is no task of the pipeline;
 # --kind rects is a detection sample)
-TASK_NAME_TESTS_ALLOWED = {"himr_pipe.cli": 5}
+TASK_NAME_TESTS_ALLOWED = {"himr_pipe.cli.samples": 5}
 
 
 def test_stages_ask_the_task_object_instead_of_testing_its_name():
