@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import Manifest, ManifestError
+from .manifest import Manifest, ManifestError, job_diff
 from .state import OwnerState
 from .scheme import Scheme
 from .shards import decode_image, iter_shard
@@ -67,9 +67,7 @@ def open_owner(out: str, state_dir: str | None = None) -> OwnerView:
         raise DecryptError(f"the owner's state of this OUT is not at {state}: decrypting needs the job key, which "
                            "OUT never holds. Pass --state-dir (the folder encrypt-shards used); without it the "
                            "permutations cannot be recovered")
-    from .job import _diff
-
-    diff = _diff(jstate.get("job", {}), job)
+    diff = job_diff(jstate.get("job", {}), job)
     if diff:
         raise DecryptError(f"the owner state at {state} belongs to a different job ({'; '.join(diff[:3])})")
     bad = ostate.mismatches(m.get("shards", []))

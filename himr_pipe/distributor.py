@@ -35,6 +35,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, ClassVar, Protocol
 
+from .machine import usable_cpus
 from .state import StateError
 from .storage import StoreUnavailable
 from .worker import ShardTask, WorkerSpec, init_process_worker, run_in_process_worker
@@ -54,23 +55,6 @@ def failure_reason(task: ShardTask | None, exc: BaseException) -> str:
     return f"shard {task.name if task else '?'} failed: {type(exc).__name__}: {exc}"
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (a container's
-    ``--cpus``), which ``os.cpu_count()`` ignores."""
-    import math
-
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
 
 
 # On the CPU a worker process per CPU (up to this many) beat fewer processes with more threads each: with

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 from . import keys
 from .lock import LOCK_NAME, OutLocked, lock_for
-from .manifest import MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manifest
+from .manifest import MANIFEST, TIMM_INFO, Manifest, ManifestError, build_manifest, job_diff
 from .shards import shard_name
 from .sources import Input, Source
-from .state import OwnerState
+from .state import OwnerState, ShardStats
 from .storage import Location, StorageError, StoreUnavailable, in_process_only, is_url
 from .tasks import owns_file
-from .plan import JobConfig, JobError, PlannedSample, ShardStats, ShardTask  # noqa: F401 (JobConfig, JobError: re-exported)
+from .plan import JobConfig, JobError, PlannedSample, ShardTask  # noqa: F401 (JobConfig, JobError: re-exported)
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3  # 2, bad arguments: the CLI's, raised before any run
 AUDIT_SAMPLES = 4  # the quick audit that ends a run: a few seconds, figures into the manifest
@@ -95,18 +95,6 @@ def resume_scan(shards: list, cfg: JobConfig, out: Location, state,
     return done, todo
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if k in ("tool", "randomness_note"):
-            continue
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, prefix + k + ".")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return out
-
 
 def _own_files(out: Location) -> bool:
     """True when every entry of OUT is something this tool writes."""
@@ -135,11 +123,13 @@ def _abs(p: str) -> str:
     return p if is_url(p) else os.path.abspath(p)
 
 
-def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptions):
+def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptions, in_this_process: bool = True):
     """All checks that must pass before any work; returns (source, state_dir, key, lock).
 
     From the moment OUT exists this run holds its lock (:mod:`.lock`): a second run on the same OUT is
-    refused here, before it reads or writes anything. The caller releases the lock when the run ends."""
+    refused here, before it reads or writes anything. The caller releases the lock when the run ends.
+    ``in_this_process``: the engine runs every shard in this process (the distributor's answer, asked by the
+    pipeline): an in-process SRC or OUT (memory://) is refused otherwise."""
     if (seed is not None) != cfg.seeded:
         raise ValueError("cfg.seeded must match whether a seed is given")
     from .sources import SourceError
@@ -149,9 +139,7 @@ def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptio
         source = cfg.task_def.open_source(src, opts.annotations)
     except (SourceError, StorageError) as e:
         raise JobError(str(e)) from None
-    from .distributor import distributor_named
-
-    if (source.in_process or in_process_only(out)) and not distributor_named(opts.distributor).in_this_process(opts):
+    if (source.in_process or in_process_only(out)) and not in_this_process:
         raise JobError("memory:// lives in one process, where worker processes cannot see it; "
                        "run with --workers 0 (or use a local folder or an object store)")
     if outl.is_file_root():
@@ -216,7 +204,7 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
             manifest = Manifest.load(out).data
         except ManifestError as e:
             raise JobError(f"{e}; use an empty OUT") from None
-        diff = _diff(manifest.get("job", {}), job)
+        diff = job_diff(manifest.get("job", {}), job)
         if diff:
             raise JobError("OUT holds the manifest of a different job (" + "; ".join(diff[:5]) +
                            "). Rerun with the same options to resume it, or use an empty OUT.")
@@ -247,7 +235,7 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
                   "out": _abs(out)}
         ostate.start(jstate)
     else:
-        diff = _diff(jstate["job"], job)
+        diff = job_diff(jstate["job"], job)
         if diff:
             raise JobError(f"the owner state at {state} belongs to a different job ({'; '.join(diff[:5])})")
         if seed is not None and jstate.get("seed_check") != keys.seed_digest(seed, jstate["key"]):

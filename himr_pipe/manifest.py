@@ -160,3 +160,17 @@ def build_timm_info(split: str, shards: list[dict], model: dict | None = None) -
             }
         },
     }
+
+def job_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """What differs between two job records, as 'key: old -> new' lines (the tool's version and notes aside):
+    why a rerun, decrypt or the audit refuses an OUT or owner state made by another job."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in ("tool", "randomness_note"):
+            continue
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += job_diff(va, vb, prefix + k + ".")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out

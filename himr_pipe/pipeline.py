@@ -25,9 +25,8 @@ from .distributor import distributor_named
 from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, JobConfig, RunOptions, RunResult, plan_shards, prepare,
                   resume_scan)
 from .lock import LeaseLost
-from .plan import ShardStats
 from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info
-from .state import OwnerState, StateError
+from .state import OwnerState, ShardStats, StateError
 from .storage import Location, StoreUnavailable
 from .worker import WorkerSpec
 
@@ -59,7 +58,8 @@ class Prepared:
 @contextmanager
 def prepared(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptions):
     """:func:`~.job.prepare`'s checks, with OUT's lock held for the whole ``with`` (released however it ends)."""
-    source, state, key, lock = prepare(src, out, cfg, seed, opts)
+    source, state, key, lock = prepare(src, out, cfg, seed, opts,
+                                      distributor_named(opts.distributor).in_this_process(opts))
     try:
         yield Prepared(out, Location(out), source, str(state), key, lock)
     finally:

@@ -7,7 +7,7 @@ them from here, so neither imports the other.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from . import __version__
 from .decoders.common import DEFAULT_MAX_PIXELS, RESIZE_MODES
@@ -124,33 +124,3 @@ class ShardTask:
     items: tuple  # of PlannedSample, in plan order
 
 
-@dataclass(frozen=True, kw_only=True)
-class ShardStats:
-    """What a worker reports of one shard, and the owner's state keeps (``shards/NNNNNN.json``): every planned
-    sample accounted for, as written or skipped with its reason. The driver, resume, decrypt and the audit
-    read it back with :meth:`from_dict`."""
-
-    index: int
-    name: str
-    planned: int            # samples in the shard's plan
-    samples: int            # samples written
-    bytes: int              # the published tar's size (0: nothing written, no file)
-    sha256: str | None      # the tar's digest (None: no file)
-    upscaled: int           # samples whose input was smaller than the canvas
-    written: list           # (output key, input index, owner-side ref) per sample written
-    skipped: list           # (input index, owner-side ref, reason) per input skipped
-    seconds: dict           # busy seconds per stage (worker.ShardWorker.run)
-    inputs_written: list    # the input indices with at least one sample written
-    boxes: int | None = None      # detection: training boxes written
-    boxes_cut: int | None = None  # detection: boxes cut by views or too small
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("boxes", "boxes_cut"):   # classification records carry no box counts
-            if d[k] is None:
-                del d[k]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ShardStats":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})

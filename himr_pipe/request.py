@@ -13,31 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .machine import DEVICE_HELP, device_unavailable, is_device
+
 if TYPE_CHECKING:  # the job's modules import numpy; the CLI's help reads this module's defaults without them
     from .job import JobConfig, RunOptions
-
-DEVICE_HELP = "cpu, cuda or cuda:N"
-
-
-def is_device(device: str) -> bool:
-    """cpu, cuda or cuda:N."""
-    return device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
-
-
-def device_unavailable(device: str) -> str | None:
-    """Why ``device`` (cpu, cuda or cuda:N) cannot be used on this machine, or None: asked before any work, so
-    that a machine without CUDA is told in one line (not a worker's traceback or torch's error mid-run)."""
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return f"--device {device}: this machine has no CUDA device (torch.cuda.is_available() is False); use --device cpu"
-    n, index = torch.cuda.device_count(), int(device[5:] or 0)
-    if index >= n:
-        return f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
-    return None
-
 
 @dataclass(frozen=True)
 class EncryptRequest:

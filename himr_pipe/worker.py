@@ -32,7 +32,8 @@ import numpy as np
 from . import keys
 from .decoders import DecodeBatch, Header, inspect_header
 from .geometry import decode_geometry
-from .plan import JobConfig, PlannedSample, ShardStats, ShardTask
+from .plan import JobConfig, PlannedSample, ShardTask
+from .state import ShardStats
 from .stages import BufferPool, Prefetch, Sink
 from .shards import ShardWriter
 from .sources import InputError, ShardReader

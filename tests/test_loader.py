@@ -71,10 +71,10 @@ def test_loader_workers_never_outnumber_a_ranks_shards(shards, monkeypatch):
     assert len(imgs) == 9 and len(set(imgs)) == 9  # no sample read twice (workers beyond the shards shared them)
     assert eval_loader(str(shards), 4, workers=9).num_workers == 6
     # the default: 4, or the usable CPUs when fewer (shared by torchrun's processes on the machine)
-    import himr_pipe.distributor as distributor
+    import himr_pipe.machine as machine
 
     for cpus, local, expected in ((2, None, 2), (1, None, 1), (16, None, 4), (4, "2", 2), (2, "4", 1)):
-        monkeypatch.setattr(distributor, "usable_cpus", lambda: cpus)
+        monkeypatch.setattr(machine, "usable_cpus", lambda: cpus)
         if local:
             monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
         else:

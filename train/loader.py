@@ -121,7 +121,7 @@ def default_workers() -> int:
     they are fewer."""
     import os
 
-    from himr_pipe.distributor import usable_cpus
+    from himr_pipe.machine import usable_cpus
 
     return max(1, min(4, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
 

@@ -323,7 +323,7 @@ def train(cfg: TrainConfig, log=print, hooks: TrainHooks | None = None) -> dict:
 
 def _check_options(cfg: TrainConfig) -> None:
     """Options that cannot run, refused before any work (ValueError: the CLI's exit 2)."""
-    from himr_pipe.request import DEVICE_HELP, device_unavailable, is_device
+    from himr_pipe.machine import DEVICE_HELP, device_unavailable, is_device
 
     if cfg.device != "auto":
         if not is_device(cfg.device):

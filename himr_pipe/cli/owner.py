@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..request import device_unavailable, is_device
+from ..machine import device_unavailable, is_device
 from ..schemes import SCHEMES
 from .base import Registered, Where, fail_usage, main
 
