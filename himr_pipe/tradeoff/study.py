@@ -208,7 +208,7 @@ class _Cache:
         return self.data.get(key)
 
     def put(self, key: str, value) -> None:
-        from .atomic import atomic_write
+        from ..atomic import atomic_write
 
         self.data[key] = value
         atomic_write(self.path, json.dumps(self.data).encode())
