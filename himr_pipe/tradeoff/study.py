@@ -248,7 +248,8 @@ def _close_rows(rows: list[dict], want: int) -> list[dict]:
 
 
 def _costs(rows: list[dict]) -> None:
-    base = next((r for r in rows if r["label"] == "none" and r["status"] == "ok"), None)
+    # the baseline is the measured setting whose scheme does not encrypt (its leak is None: never attacked)
+    base = next((r for r in rows if r["status"] == "ok" and r["leak"] is None), None)
     for r in rows:
         if r["status"] == "ok" and base is not None:
             r["cost_vs_none"] = base["top1_mean"] - r["top1_mean"]
