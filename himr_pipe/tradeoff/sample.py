@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .settings import VAL_SHARE, TradeoffError
 
-# The refusal rule (the package docstring); read at each call through this module (tests patch it here).
+# The refusal rule (the package docstring), read by check_sample at each call (tests raise it here).
 HALF_WIDTH_Z = 0.98      # 1.96 * sqrt(0.5 * 0.5): the 95% half-width of a proportion at its widest, times sqrt(n)
 MAX_HALF_WIDTH = 0.10    # -> n_val >= (0.98 / 0.10)^2 = 96.04, so at least 97 validation images
 MIN_TRAIN_PER_CLASS = 10
@@ -77,9 +77,10 @@ def draw_sample(by_class: dict[str, list[Path]], samples: int, seed: int = 0, va
     return out
 
 
-def check_sample(split: dict, max_half_width: float = MAX_HALF_WIDTH, val_share: float = VAL_SHARE,
-                 min_train: int = MIN_TRAIN_PER_CLASS, min_val: int = MIN_VAL_PER_CLASS) -> None:
-    """Refuse (:class:`TradeoffError`) a sample too small to tell two settings apart (the package docstring)."""
+def check_sample(split: dict, val_share: float = VAL_SHARE) -> dict:
+    """Refuse (:class:`TradeoffError`) a sample too small to tell two settings apart (the package docstring);
+    else the rule applied, for the report. The rule is this module's, read at each call (tests raise it here)."""
+    max_half_width, min_train, min_val = MAX_HALF_WIDTH, MIN_TRAIN_PER_CLASS, MIN_VAL_PER_CLASS
     n_val = sum(len(v) for v in split["val"].values())
     hw = half_width(n_val)
     if hw > max_half_width:
@@ -97,6 +98,8 @@ def check_sample(split: dict, max_half_width: float = MAX_HALF_WIDTH, val_share:
             f"at least {min_train} training and {min_val} validation images), e.g. {c!r}: "
             f"{len(split['train'][c])} train, {len(split['val'][c])} val; give more --samples, or fewer classes "
             f"with --classes")
+    return {"max_half_width": max_half_width, "half_width": "0.98 / sqrt(n_val)", "min_train_per_class": min_train,
+            "min_val_per_class": min_val, "val_share": val_share}
 
 
 def write_sample(split: dict, dest: Path) -> dict:

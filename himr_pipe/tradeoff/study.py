@@ -13,9 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..scheme import Scheme
-from . import sample
 from .measure import encrypt, estimate, leak, train_one
 from .report import duration, row_line, write_report
+from .sample import check_sample, draw_sample, half_width, list_classes, write_sample
 from .settings import CLOSE, VAL_SHARE, Recipe, TradeoffError, TradeoffRequest, pick_settings, refusal
 
 
@@ -69,9 +69,8 @@ def run_tradeoff(req: TradeoffRequest, *, log=print) -> dict:
             raise TradeoffError("--report and --work must be apart (the work folder holds keys and is not a report)")
     if not settings:
         raise TradeoffError("no settings to measure")
-    split = sample.draw_sample(sample.list_classes(src), samples, seed, val_share, classes)
-    max_half_width = sample.MAX_HALF_WIDTH  # the rule, read at each call (not bound at import: tests patch it)
-    sample.check_sample(split, max_half_width, val_share)
+    split = draw_sample(list_classes(src), samples, seed, val_share, classes)
+    rule = check_sample(split, val_share)
     plan, rows = [], []
     for cand in settings:
         why = refusal(cand, size, patch, fmt, quality)
@@ -98,8 +97,8 @@ def run_tradeoff(req: TradeoffRequest, *, log=print) -> dict:
         sample_dir = work / (f"sample_s{seed}_n{samples}" + (f"_k{classes}" if classes else "")
                              + (f"_v{val_share:g}" if val_share != VAL_SHARE else ""))
         shutil.rmtree(sample_dir, ignore_errors=True)
-        counts = sample.write_sample(split, sample_dir)
-        hw = sample.half_width(counts["val"])
+        counts = write_sample(split, sample_dir)
+        hw = half_width(counts["val"])
         log(f"sample: {counts['train']} train + {counts['val']} val images in {counts['classes']} classes "
             f"(top-1 95% half-width <= {hw:.3f}); work folder {work}")
         probe = work / "probe"
@@ -174,10 +173,7 @@ def run_tradeoff(req: TradeoffRequest, *, log=print) -> dict:
                "format": {"name": fmt, "quality": quality if fmt == "jpeg" else None},
                "counts": counts, "half_width": hw, "device": _device_name(device),
                "recipe": asdict(recipe), "recipe_text": recipe.describe(),
-               "rule": {"max_half_width": max_half_width, "half_width": "0.98 / sqrt(n_val)",
-                        "min_train_per_class": sample.MIN_TRAIN_PER_CLASS,
-                        "min_val_per_class": sample.MIN_VAL_PER_CLASS,
-                        "val_share": val_share, "audit_samples": audit_samples,
+               "rule": {**rule, "audit_samples": audit_samples,
                         "budget": "the audit's leak budget (himr_pipe.audit.attack.BUDGET)"},
                "rows": rows, "estimate_seconds": est, "total_seconds": time.perf_counter() - t0}
         res["recommendation"] = recommend(res)
