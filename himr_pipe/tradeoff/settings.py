@@ -121,7 +121,7 @@ def _norm(label: str) -> str:
     return re.sub(r"[\s+\-_]", "", label.lower())
 
 
-def pick_settings(text: str | list[str] | None) -> list[Candidate]:
+def pick_settings(text: str | list[str] | tuple[str, ...] | None) -> list[Candidate]:
     """The candidates named by label (a comma list or a list; spaces, '+', '-' ignored), in CANDIDATES order."""
     if not text:
         return list(CANDIDATES)
