@@ -32,9 +32,10 @@ from .manifest import Manifest, ManifestError
 from .state import OwnerState
 from .scheme import Scheme
 from .shards import decode_image, iter_shard
+from .errors import Refused
 
 
-class DecryptError(ValueError):
+class DecryptError(Refused, ValueError):
     """OUT and the owner's state do not allow a decrypt (missing, mismatched, or not ours)."""
 
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .scheme import Scheme
+from .errors import Refused
 
 FORMATS = ("jpeg", "png", "raw")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "raw": "npy"}
 
 
-class FormatError(ValueError):
+class FormatError(Refused, ValueError):
     pass
 
 

@@ -20,14 +20,21 @@ from himr_pipe.shards import decode_image, iter_shard
 
 NAMES = list(SCHEMES)
 SIZE, PATCH = 32, 8
+# Registered on import, then taken out at once: every xdist worker collects this module, and a worker that runs
+# none of its tests would otherwise keep the demo in its registry for every other test file (preview's panels).
+_DEMO = SCHEMES.pop(demo_scheme.RSInvert.name)
+registry._BY_RECORD.pop((_DEMO.kind, _DEMO.shuffle))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _demo_only_here():
-    """The demo scheme stays this module's: later test files in the same session see the product's registry."""
+    """The demo scheme is registered while this module's tests run (pytest tears a module's fixtures down before
+    another module's test), so other test files see the product's registry."""
+    SCHEMES[_DEMO.name] = _DEMO
+    registry._BY_RECORD[(_DEMO.kind, _DEMO.shuffle)] = _DEMO
     yield
-    d = SCHEMES.pop(demo_scheme.RSInvert.name)
-    registry._BY_RECORD.pop((d.kind, d.shuffle))
+    SCHEMES.pop(_DEMO.name)
+    registry._BY_RECORD.pop((_DEMO.kind, _DEMO.shuffle))
 
 
 def test_the_registry_lists_the_built_in_schemes_and_the_demo():

@@ -69,13 +69,14 @@ from himr_pipe.tasks import task_named
 from .loader import MEAN, STD
 from .pretrained import loading
 from .tasks import TRAININGS, checkpoint_record, training_for_weights  # noqa: F401 - checkpoint_record: ours too
+from himr_pipe.errors import Refused
 
 # Where classification and detection differ (the default top_k, the model, the records, their text line), the
 # predictor asks the task's Training (train/tasks.py) and the pipeline's task (its default resize).
 CHECKPOINTS = ("checkpoint-best.pt", "checkpoint-last.pt")  # in a training --out, in this order
 
 
-class PredictError(ValueError):
+class PredictError(Refused, ValueError):
     """The checkpoint (or the device) can't be used; the message is one line."""
 
 

@@ -26,9 +26,10 @@ from PIL import Image
 from ..decrypt import DecryptError, open_owner, true_permutations
 from ..shards import iter_shard
 from .attack import BOUND, BUDGET, PSNR_CAP, attack_name, attack_sample, meets_budget, summarise
+from ..errors import Refused
 
 
-class AuditError(ValueError):
+class AuditError(Refused, ValueError):
     pass
 
 

@@ -12,9 +12,10 @@ registry sits on the library's lowest floor, below the record and the kernels.
 from __future__ import annotations
 
 from typing import Any
+from ..errors import Refused
 
 
-class SchemeError(ValueError):
+class SchemeError(Refused, ValueError):
     """A scheme whose parameters do not fit together."""
 
 
