@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 
+from ..errors import Refused
 from ..scheme import Scheme, SchemeError
 
 VAL_SHARE = 0.2
@@ -13,8 +14,8 @@ AUDIT_SAMPLES = 16       # validation images attacked per setting
 CLOSE = 0.05             # settings whose mean top-1 are within this get ``close_seeds`` training seeds
 
 
-class TradeoffError(ValueError):
-    """The request cannot give a meaningful table (refused before any work)."""
+class TradeoffError(Refused, ValueError):
+    """The request cannot give a meaningful table (refused before any work: exit 2)."""
 
 
 @dataclass(frozen=True)
