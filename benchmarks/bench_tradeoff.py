@@ -51,14 +51,14 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_leak import leak_table  # noqa: E402
 
-from himr_pipe.tradeoff import CANDIDATES, RECIPE, format_table, pick_settings, run_tradeoff  # noqa: E402
+from himr_pipe.tradeoff import (CANDIDATES, RECIPE, TradeoffRequest, format_table, pick_settings,  # noqa: E402
+                                run_tradeoff)
 
 # The shapes proxy's default selection: P=32 at 128 px is a 4x4 grid, asked for explicitly (module docstring).
 SHAPES_DEFAULT = ["none", "rs", "rs gap 1", "rs gap 2", "mi-shuffle", "mi-shuffle gap 1", "rs flip", "rs gap 1 flip",
@@ -88,7 +88,6 @@ def make_proxy(name: str, root: Path, per_class: int, seed: int) -> int:
 def accuracy(proxies, settings, seeds: int, close_seeds: int, epochs: int | None, per_class: int, seed: int,
              work: Path, log=print) -> dict:
     """{proxy: run_tradeoff's result} for every proxy, every image of the proxy sampled."""
-    recipe = RECIPE if epochs is None else replace(RECIPE, epochs=epochs)
     out = {}
     for name in proxies:
         p = PROXIES[name]
@@ -96,9 +95,11 @@ def accuracy(proxies, settings, seeds: int, close_seeds: int, epochs: int | None
         n = make_proxy(name, src, per_class, seed)
         log(f"== {name}: {n} images in {src}")
         chosen = settings if settings is not None else pick_settings(SHAPES_DEFAULT if name == "shapes" else None)
-        res = run_tradeoff(src, n, (p["size"], p["size"]), p["patch"], recipe, p["format"], 90, seed, seeds,
-                           close_seeds, chosen, work / f"{name}_work", None, AUDIT_SAMPLES, progress=False,
-                           log=lambda s: log(f"  {s}"))
+        req = TradeoffRequest(src=src, samples=n, size=str(p["size"]), patch=p["patch"], epochs=epochs,
+                              fmt=p["format"], quality=90, seed=seed, seeds=seeds, close_seeds=close_seeds,
+                              settings=tuple(c.label for c in chosen), work=work / f"{name}_work",
+                              audit_samples=AUDIT_SAMPLES, progress=False)
+        res = run_tradeoff(req, log=lambda s: log(f"  {s}"))
         res["proxy"] = p["what"]
         out[name] = res
         log(format_table(res))

@@ -105,6 +105,23 @@ def test_trains_defaults_are_its_configs():
         k: v for k, v in configs.items() if k not in ("shards", "out")}
 
 
+def test_tradeoffs_defaults_are_its_request():
+    """tradeoff's option defaults are read from TradeoffRequest (stated once), option for option; the recipe and
+    the validation share are for callers only (no option)."""
+    from dataclasses import MISSING, fields
+
+    from himr_pipe.cli import tradeoff_cmd
+    from himr_pipe.tradeoff import TradeoffRequest
+
+    params = {p.name: p.default for p in tradeoff_cmd.params}
+    requests = {f.name: f.default for f in fields(TradeoffRequest) if f.name not in ("recipe", "val_share")}
+    assert set(params) == set(requests)
+    assert requests["src"] is requests["samples"] is MISSING  # required, as SRC and --samples are
+    assert {p.name for p in tradeoff_cmd.params if p.required} == {"src", "samples"}
+    assert {k: v for k, v in params.items() if k not in ("src", "samples")} == {
+        k: v for k, v in requests.items() if k not in ("src", "samples")}
+
+
 def test_no_test_hooks_in_the_product():
     """No command has a hidden (tests-only) option, and no product module reads a failpoint: the tests inject
     their faults through WorkerSpec.hooks and train's hooks (tests/faults.py)."""

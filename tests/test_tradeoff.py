@@ -35,9 +35,9 @@ def _invoke(*args):
 def tiny_samples_allowed(monkeypatch):
     """The refusal threshold raised so that a sample of a few dozen images runs (the command has no option for
     it: a user's sample must be big enough to tell the settings apart)."""
-    from himr_pipe import tradeoff
+    from himr_pipe.tradeoff import sample
 
-    monkeypatch.setattr(tradeoff, "MAX_HALF_WIDTH", 1.0)
+    monkeypatch.setattr(sample, "MAX_HALF_WIDTH", 1.0)  # the module that holds the rule and is read at each call
 
 
 def test_end_to_end_table_recommendation_report_and_nothing_in_src(shapes, tmp_path, monkeypatch, tiny_samples_allowed):

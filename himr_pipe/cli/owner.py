@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from ..machine import device_unavailable, is_device
 from ..schemes import SCHEMES
+from ..tradeoff.settings import TradeoffRequest
 from .base import Registered, Where, fail_usage, main
+
+S = TradeoffRequest  # tradeoff's option defaults, stated once in himr_pipe.tradeoff.settings
 
 
 @main.command("preview")
@@ -114,40 +114,39 @@ def decrypt_cmd(out, dest, state_dir, limit):
                    "half-width of a top-1 estimate on n_val validation images, about 0.98/sqrt(n_val), must be at "
                    "most 0.10 (n_val >= 97, so --samples >= about 485), and every class needs at least 10 training "
                    "and 2 validation images in the sample.")
-@click.option("--size", default="224", show_default=True, help="Image size before encryption: N or HxW.")
-@click.option("--patch", type=int, default=16, show_default=True, help="Patch size P (the 2P settings use 2P).")
-@click.option("--epochs", type=int, default=None,
+@click.option("--size", default=S.size, show_default=True, help="Image size before encryption: N or HxW.")
+@click.option("--patch", type=int, default=S.patch, show_default=True, help="Patch size P (the 2P settings use 2P).")
+@click.option("--epochs", type=int, default=S.epochs,
               help="Training epochs per setting (default: the recipe's, himr_pipe.tradeoff.RECIPE).")
-@click.option("--format", "fmt", type=click.Choice(["jpeg", "png"]), default="jpeg", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["jpeg", "png"]), default=S.fmt, show_default=True,
               help="How the shards store images (jpeg: the product default).")
-@click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--quality", type=int, default=S.quality, show_default=True, help="JPEG quality.")
+@click.option("--seed", type=int, default=S.seed, show_default=True,
               help="Which images are sampled, the encryption seeds (train: seed, val: seed + 1) and the first "
                    "training seed.")
-@click.option("--seeds", type=int, default=1, show_default=True,
+@click.option("--seeds", type=int, default=S.seeds, show_default=True,
               help="Training seeds per setting: the table shows their mean and standard deviation.")
-@click.option("--close-seeds", type=int, default=None,
+@click.option("--close-seeds", type=int, default=S.close_seeds,
               help="Then train every setting whose mean top-1 is within 0.05 of another's up to this many seeds.")
-@click.option("--settings", default=None,
+@click.option("--settings", default=S.settings,
               help="Comma list of setting labels (default: all): none, rs, rs gap 1, rs gap 2, mi-shuffle, "
                    "mi-shuffle gap 1, mi-shuffle 2P, mi-shuffle 2P gap 1, rs flip, rs gap 1 flip, mi-shuffle flip, "
                    "mi-shuffle gap 1 flip.")
-@click.option("--classes", type=int, default=None,
+@click.option("--classes", type=int, default=S.classes,
               help="Measure on this many classes of SRC, drawn at random (for sets with many classes).")
-@click.option("--audit-samples", type=int, default=16, show_default=True,
+@click.option("--audit-samples", type=int, default=S.audit_samples, show_default=True,
               help="Validation images attacked per setting.")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--report", type=click.Path(file_okay=False), default=S.report,
               help="Write report.json, report.md and grid.png (one stored sample per setting) here; not inside "
                    "SRC or the work folder.")
-@click.option("--work", type=click.Path(file_okay=False), default=None,
+@click.option("--work", type=click.Path(file_okay=False), default=S.work,
               help="Keep the sample links, shards and owner states here (default: a temporary folder, removed "
                    "at the end); not inside SRC. A rerun into it reuses the shards and every finished training "
                    "and attack.")
-@click.option("--device", default="auto", show_default=True, help="Training device: auto (a GPU where present), "
-                                                                    "cpu, cuda or cuda:N.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, close_seeds, settings, classes,
-                 audit_samples, report_dir, work, device, progress):
+@click.option("--device", default=S.device, show_default=True, help="Training device: auto (a GPU where present), "
+                                                                      "cpu, cuda or cuda:N.")
+@click.option("--progress/--no-progress", default=S.progress, help="Progress bar (default: on a terminal).")
+def tradeoff_cmd(**options):
     """Owner only: measure what each privacy setting leaks and costs on a labelled sample of SRC, and recommend one.
 
     SRC is an ImageNet-style folder of the owner's own images. For every candidate setting the sample is
@@ -156,28 +155,15 @@ def tradeoff_cmd(src, samples, size, patch, epochs, fmt, quality, seed, seeds, c
     budget is met, held-out top-1 and its cost against none, and the setting that meets the budget at the
     smallest cost is recommended.
     """
-    from dataclasses import replace
+    from ..tradeoff import format_table, run_tradeoff
 
-    from ..scheme import SchemeError, parse_size
-    from ..tradeoff import RECIPE, TradeoffError, format_table, pick_settings, run_tradeoff
-
-    try:
-        hw = parse_size(size)
-        chosen = pick_settings(settings)
-        recipe = RECIPE if epochs is None else replace(RECIPE, epochs=epochs)
-        if device != "auto" and not is_device(device):
-            raise TradeoffError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-        if device != "auto" and device_unavailable(device):
-            raise TradeoffError(device_unavailable(device))
-        res = run_tradeoff(src, samples, hw, patch, recipe, fmt, quality, seed, seeds, close_seeds, chosen, work,
-                           report_dir, audit_samples, classes=classes, device=device,
-                           progress=sys.stderr.isatty() if progress is None else progress,
-                           log=lambda s: click.echo(f"himr-pipe tradeoff: {s}"))
-    except (TradeoffError, SchemeError) as e:
-        fail_usage(str(e))
+    # option for option; the study checks the size, the settings and the device (TradeoffError, SchemeError:
+    # refused, exit 2, by the group)
+    req = TradeoffRequest(**options)
+    res = run_tradeoff(req, log=lambda s: click.echo(f"himr-pipe tradeoff: {s}"))
     click.echo("")
     click.echo(format_table(res))
-    if report_dir:
-        click.echo(f"himr-pipe tradeoff: report -> {report_dir} (report.json, report.md, grid.png)")
+    if req.report:
+        click.echo(f"himr-pipe tradeoff: report -> {req.report} (report.json, report.md, grid.png)")
     click.echo(f"himr-pipe tradeoff: {res['total_seconds']:.0f} s in all "
                f"(estimated {res['estimate_seconds']:.0f} s)")
