@@ -76,50 +76,37 @@ def test_a_request_in_process_writes_the_commands_bytes(sample_src, tmp_path):
     assert digests(out) == PINNED["rs-png"]
 
 
-def test_the_commands_defaults_are_the_requests():
-    """encrypt-shards's option defaults are read from EncryptRequest (stated once), option for option."""
-    from dataclasses import fields
+def _record(path: str):
+    import importlib
 
-    from himr_pipe.cli import encrypt_shards_cmd
-    from himr_pipe.request import EncryptRequest
-
-    params = {p.name: p.default for p in encrypt_shards_cmd.params if p.name not in ("src", "out")}
-    assert set(params) == {f.name for f in fields(EncryptRequest)}
-    assert params == {f.name: f.default for f in fields(EncryptRequest)}
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
-def test_trains_defaults_are_its_configs():
-    """train's option defaults are read from TrainConfig (stated once), option for option; min_lr and aug_config
-    are for callers only (no option)."""
+# command -> (the record that states its defaults once, its fields for callers only (no option), its required ones)
+DEFAULTS = {"encrypt-shards": ("himr_pipe.request.EncryptRequest", (), ("src", "out")),
+            "train": ("himr_pipe.train.config.TrainConfig", ("min_lr", "aug_config"), ("shards", "out")),
+            "tradeoff": ("himr_pipe.tradeoff.TradeoffRequest", ("recipe", "val_share"), ("src", "samples"))}
+
+
+@pytest.mark.parametrize("command", list(DEFAULTS))
+def test_each_commands_defaults_are_its_records(command):
+    """A command's option defaults are read from its record (stated once), option for option: encrypt-shards'
+    from EncryptRequest, train's from TrainConfig, tradeoff's from TradeoffRequest."""
     from dataclasses import MISSING, fields
 
-    from himr_pipe.cli import train_cmd
-    from himr_pipe.train.config import TrainConfig
+    from himr_pipe.cli import main
 
-    params = {p.name: p.default for p in train_cmd.params}
-    configs = {f.name: f.default for f in fields(TrainConfig) if f.name not in ("min_lr", "aug_config")}
-    assert set(params) == set(configs)
-    assert configs["shards"] is configs["out"] is MISSING  # required, as SHARDS and --out are
-    assert {p.name for p in train_cmd.params if p.required} == {"shards", "out"}
-    assert {k: v for k, v in params.items() if k not in ("shards", "out")} == {
-        k: v for k, v in configs.items() if k not in ("shards", "out")}
-
-
-def test_tradeoffs_defaults_are_its_request():
-    """tradeoff's option defaults are read from TradeoffRequest (stated once), option for option; the recipe and
-    the validation share are for callers only (no option)."""
-    from dataclasses import MISSING, fields
-
-    from himr_pipe.cli import tradeoff_cmd
-    from himr_pipe.tradeoff import TradeoffRequest
-
-    params = {p.name: p.default for p in tradeoff_cmd.params}
-    requests = {f.name: f.default for f in fields(TradeoffRequest) if f.name not in ("recipe", "val_share")}
-    assert set(params) == set(requests)
-    assert requests["src"] is requests["samples"] is MISSING  # required, as SRC and --samples are
-    assert {p.name for p in tradeoff_cmd.params if p.required} == {"src", "samples"}
-    assert {k: v for k, v in params.items() if k not in ("src", "samples")} == {
-        k: v for k, v in requests.items() if k not in ("src", "samples")}
+    path, callers_only, required = DEFAULTS[command]
+    cmd, record = main.commands[command], _record(path)
+    stated = {f.name: f.default for f in fields(record) if f.name not in callers_only}
+    # encrypt-shards' SRC and OUT are its function's arguments, not the request's fields
+    params = {p.name: p.default for p in cmd.params if p.name in stated or command != "encrypt-shards"}
+    assert set(params) == set(stated)
+    assert {p.name for p in cmd.params if p.required} == set(required)
+    assert all(stated[k] is MISSING for k in required if k in stated)
+    assert {k: v for k, v in params.items() if k not in required} == {
+        k: v for k, v in stated.items() if k not in required}
 
 
 def test_no_test_hooks_in_the_product():
@@ -289,3 +276,77 @@ def test_every_package_is_installed():
             parts = init.parent.relative_to(root).parts
             found.add(".".join((pkg, *parts)))
     assert found == set(cfg["packages"])
+
+
+def test_stages_ask_the_scheme_definition_instead_of_testing_its_name():
+    """What differs per scheme is asked of its definition (himr_pipe/schemes/): no other module compares a value
+    with a scheme's name, so a new scheme is one module (tests/demo_scheme.py shows it)."""
+    import ast
+    from pathlib import Path
+
+    from himr_pipe.schemes import SCHEMES
+
+    names = set(SCHEMES) | {d.kind for d in SCHEMES.values()}
+    top = Path(__file__).resolve().parent.parent
+    found = {}
+    for pkg, root in {"himr_pipe": top / "himr_pipe", "himr_pipe.kernels": top / "kernels",
+                      "himr_pipe.train": top / "train"}.items():
+        for p in root.rglob("*.py"):
+            name = ".".join((pkg, *p.relative_to(root).with_suffix("").parts))
+            if name.startswith("himr_pipe.schemes"):
+                continue
+            n = sum(1 for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Compare)
+                    for c in [node.left, *node.comparators]
+                    if isinstance(c, ast.Constant) and c.value in names)
+            if n:
+                found[name] = n
+    assert found == {}
+
+
+def floors() -> int:
+    """The house's height: the longest chain of imports between its rooms, a room being a top-level module or a
+    package of himr_pipe (himr_pipe.cli, .schemes, .sources, .train, .kernels, ...)."""
+    from functools import lru_cache
+
+    def room(m):
+        return ".".join(m.split(".")[:2])
+
+    graph = import_graph()
+    rooms: dict[str, set] = {}
+    for m, ts in graph.items():
+        rooms.setdefault(room(m), set()).update(room(t) for t in ts if room(t) != room(m))
+
+    @lru_cache(None)
+    def height(r):
+        return 1 + max((height(t) for t in rooms[r]), default=0)
+
+    return max(height(r) for r in rooms)
+
+
+def test_the_house_is_no_taller_than_its_floor_plan():
+    """Eleven floors (twelve before issue 34): a module that imports a constant or a helper from a room far above
+    its own lifts everything above it; move the constant to its user instead (docs/architecture.md)."""
+    assert floors() <= 11
+
+
+def test_every_command_error_is_one_line_and_its_exit_code(tmp_path, monkeypatch):
+    """Errors derive from himr_pipe.errors.Refused (exit 2) or Failed (exit 1); the CLI maps them once, for every
+    command: one line, no traceback."""
+    from click.testing import CliRunner
+
+    import himr_pipe.verify as verify
+    from himr_pipe.cli import main
+    from himr_pipe.errors import Failed, Refused
+    from himr_pipe.manifest import ManifestError
+    from himr_pipe.storage import StoreUnavailable
+
+    for exc, code in ((ManifestError("OUT has no manifest.json"), 2), (StoreUnavailable("the store is down"), 1)):
+        assert isinstance(exc, (Refused, Failed))
+
+        def boom(*a, exc=exc, **k):
+            raise exc
+
+        monkeypatch.setattr(verify, "verify_out", boom)
+        res = CliRunner().invoke(main, ["verify", str(tmp_path)])
+        assert res.exit_code == code
+        assert res.output.strip().splitlines() == [f"himr-pipe: error: {exc}"]
