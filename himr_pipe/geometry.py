@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 # the views' transform (--views K > 1): torchvision's RandomResizedCrop defaults and a horizontal flip; the job
 # records it (plan.JobConfig) and the worker draws each view's window from it here
 VIEW_TRANSFORM = {"random_resized_crop": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}, "hflip": 0.5}
