@@ -12,16 +12,21 @@ One script for a lent H100/H200 (under 8 minutes). In order:
    kernel's effective bandwidth at batch 256 (and 64) of 224x224x3 (goal >= 0.9);
 3. the RS kernel against the research code's per-image ``randperm`` loop
    (goal >= 50x) and against plain torch gathers;
-4. encrypt-shards img/s on the GPU for none, rs and mi (marginal: 2N minus N
-   images), rs/none (goal >= 0.95), both GPU JPEG encoders, and the rate of
-   the decoder + resize alone on the same files (the decode limit).
+4. encrypt-shards img/s on the GPU for none, rs, mi, mi-shuffle and mi-shuffle
+   --flip (marginal: 2N minus N images), rs/none (goal >= 0.95), both GPU JPEG
+   encoders, and the rate of the decoder + resize alone on the same files (the
+   decode limit); the kernels against device copy at batch 4x --batch (1024) too;
+5-6. the codec sweep and the CPU path's scaling over worker counts (--scaling);
+7. training: the loader (decoding in its workers, or as bytes for one nvJPEG
+   call) against a ViT-S training step (bf16) of the shards' own model, for rs
+   and mi-shuffle --flip shards (goal: loader >= 1.5x the step).
 
 DALI cannot be installed on the lent machine (its wheel is too large to
 carry), so the pipeline there uses the torchvision (nvJPEG) decoder; the DALI
 GPU path is checked for correctness wherever DALI and a GPU meet, and its
 speed is not measured here.
 
-Run:  python benchmarks/gpu_check.py [--n 1500] [--out DIR]
+Run:  python benchmarks/gpu_check.py [--n 1500] [--out DIR]   (on a lent machine: benchmarks/gpu_run.sh)
       python benchmarks/gpu_check.py --smoke      (CPU, tiny sizes, Triton interpreter: checks the script)
 Writes DIR/gpu_check.json (DIR defaults to $OUT, else ./gpu_check_out) and prints a table last.
 """
@@ -188,6 +193,20 @@ def main():
            "mi": bench(lambda: tk.mi_mix(x[:b64], P, out=dst_mi[:b64]))}
     R["fraction_of_copy_at_batch_64"] = {"rs": t64["copy"] / t64["rs"],
                                          "mi": t64["copy"] / t64["mi"] * 1.25 / 2}
+    # and at batch 1024 (4x the default batch; 154 MB of 224x224 RGB): longer grids, the tail amortised
+    b1k = 4 * B
+    x1k = torch.randint(0, 256, (b1k, H, W, 3), dtype=torch.uint8, device=DEV)
+    pm1k, d1k = perms_for(b1k, (H // P) * (W // P)).to(DEV), torch.empty_like(x1k)
+    o1k = torch.from_numpy(rng.integers(0, 8, tuple(pm1k.shape))).to(DEV)
+    m1k = torch.empty((b1k, H // 2, W // 2, 3), dtype=torch.uint8, device=DEV)
+    t1k = {"copy": bench(lambda: d1k.copy_(x1k)), "rs": bench(lambda: tk.rs_permute(x1k, pm1k, P, out=d1k)),
+           "rs_orient": bench(lambda: tk.rs_permute(x1k, pm1k, P, out=d1k, orient=o1k)),
+           "mi": bench(lambda: tk.mi_mix(x1k, P, out=m1k))}
+    R[f"fraction_of_copy_at_batch_{b1k}"] = {"rs": t1k["copy"] / t1k["rs"], "rs_orient": t1k["copy"] / t1k["rs_orient"],
+                                             "mi": t1k["copy"] / t1k["mi"] * 1.25 / 2}
+    print(f"  batch {b1k}: " + ", ".join(f"{k} {v:.2f} of copy" for k, v in R[f"fraction_of_copy_at_batch_{b1k}"].items()),
+          flush=True)
+    x1k = d1k = m1k = None  # the 1024 batch freed before the pipeline
     bw = {
         "copy": {"s": t_copy, "bytes": 2 * nbytes, "GBps": copy_bw / 1e9, "fraction": 1.0},
         "rs": {"s": t_rs, "bytes": 2 * nbytes, "GBps": 2 * nbytes / t_rs / 1e9, "fraction": 2 * nbytes / t_rs / copy_bw},
@@ -269,11 +288,11 @@ def main():
 
 
     def run(src, scheme: str, fmt: str = "jpeg", encoder: str | None = None, seed: int = 1, workers: int = 0,
-            decoder: str = "torchvision"):
-        out = work / "out"
+            decoder: str = "torchvision", out: Path | None = None):
+        out = out or work / "out"
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(work / "state", ignore_errors=True)
-        s = Scheme.named(scheme, 16, 224, 224)
+        s = Scheme.named(scheme.split()[0], 16, 224, 224, flip=scheme.endswith("--flip"))  # "mi-shuffle --flip"
         enc = ("cpu" if fmt != "jpeg" else encoder or gpu_encoder) if DEV == "cuda" else "cpu"
         f = choose_format(fmt, s, 90, allow_420=enc != "torchvision")
         cfg = JobConfig(scheme=s, fmt=f, shard_size=500 if not workers else 250, seeded=True, decoder=decoder,
@@ -356,7 +375,7 @@ def main():
     # (4 worker processes on one GPU were measured once: slower, 1135/993 img/s for none/rs against
     #  1266/1421 in one process, with 4 CUDA contexts contending; see benchmarks/RESULTS.md)
     configs = [("none", None, 0, "torchvision"), ("rs", None, 0, "torchvision"), ("mi", None, 0, "torchvision"),
-               ("mi-shuffle", None, 0, "torchvision")]
+               ("mi-shuffle", None, 0, "torchvision"), ("mi-shuffle --flip", None, 0, "torchvision")]
     if has_nvimgcodec and DEV == "cuda":
         configs += [("rs", "torchvision", 0, "torchvision"), ("none", None, 0, "nvimgcodec"),
                     ("rs", None, 0, "nvimgcodec")]
@@ -431,6 +450,59 @@ def main():
             scaling[nwk] = (counts["2n"] - counts["n"]) / max(1e-9, times[1] - times[0])
             print(f"  cpu rs, {nwk:2d} workers: {scaling[nwk]:7.0f} img/s marginal", flush=True)
         R["cpu_scaling"] = {"cores": os.cpu_count(), "decoder": "torchvision (cpu)", "marginal_img_s": scaling}
+    # -- 7. training: does the loader feed a ViT-S step (bf16) faster than the step consumes? ---------------------
+    # The loader alone (every batch of one epoch, decoded in its worker processes, or as JPEG bytes for one nvJPEG
+    # call on the device) against the model's training step alone (forward, backward, AdamW; bf16 autocast) on
+    # batches already on the device. Goal: loader >= 1.5x the step.
+    print("7. the training loader against a ViT-S step", flush=True)
+    from himr_pipe.train.models import build_model  # noqa: E402
+    from himr_pipe.train.loader import decode_on_device, loader_workers, train_loader  # noqa: E402
+
+    feed = {}
+    lb = 32 if args.smoke else 256
+    for scheme in ("rs", "mi-shuffle --flip"):
+        out = work / ("train_" + scheme.split()[0])
+        run(sets["2n"], scheme, out=out)
+        m = json.loads((out / "manifest.json").read_text())
+        nw = loader_workers(min(16, os.cpu_count() or 1), len(m["shards"]))
+        rates_l = {}
+        for mode in ("workers", "device"):
+            raw = mode == "device"
+            loader = train_loader(str(out), lb if not args.smoke else 4, epoch=0, workers=nw, raw=raw)
+            n, t = 0, time.perf_counter()
+            for xb, _ in loader:
+                if raw:
+                    xb = decode_on_device(xb, DEV)
+                else:
+                    xb = xb.to(DEV, non_blocking=True)
+                n += len(xb)
+            sync()
+            rates_l[mode] = n / (time.perf_counter() - t)
+        size = "small" if not args.smoke else "tiny"
+        sch = Scheme.from_dict(m["job"]["scheme"])
+        # the shards' own family at ViT-S (the builder timm's registered entries use)
+        model = build_model(sch, num_classes=len(m["classes"]), size=size).to(DEV).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        hw = sch.out_size
+        xb = torch.randn(lb, 3, *hw, device=DEV)
+        yb = torch.randint(0, len(m["classes"]), (lb,), device=DEV)
+
+        def step():
+            with torch.autocast(DEV, dtype=torch.bfloat16, enabled=DEV == "cuda"):
+                loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t_step = bench(step, reps=25 if not args.smoke else 2)
+        feed[scheme] = {"loader_img_s": rates_l, "loader_workers": nw, "step_img_s": lb / t_step, "batch": lb,
+                        "model": type(model).__name__ + f" ({size})",
+                        "loader_over_step": {k: v / (lb / t_step) for k, v in rates_l.items()}}
+        print(f"  {scheme:18s} loader {rates_l['workers']:7.0f} img/s (workers), {rates_l['device']:7.0f} (device "
+              f"decode); step {lb / t_step:7.0f} img/s; ratio {feed[scheme]['loader_over_step']['workers']:.2f} / "
+              f"{feed[scheme]['loader_over_step']['device']:.2f}", flush=True)
+        model = opt = None
+    R["train_feed"] = feed
     shutil.rmtree(work, ignore_errors=True)
 
     (OUT / "gpu_check.json").write_text(json.dumps(R, indent=1))
