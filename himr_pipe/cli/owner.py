@@ -94,16 +94,24 @@ def audit_cmd(out, report_dir, plain, samples, state_dir, seed):
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="The owner state of the run (default: as encrypt-shards). It holds the job key.")
 @click.option("--limit", type=int, default=None, help="Decrypt only the first N samples.")
-def decrypt_cmd(out, dest, state_dir, limit):
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def decrypt_cmd(out, dest, state_dir, limit, progress):
     """Owner only: rebuild every sample of OUT at its plain geometry into DEST/{key}.png.
 
     RS and mi-shuffle are inverted exactly (up to the codec's loss); MI is shown at full size (its averaging
-    has no inverse). Needs the owner's state (the job key); refuses without it.
+    has no inverse). Needs the owner's state (the job key); refuses without it. A sample that cannot be read
+    or decoded is skipped with a warning naming its key (exit 3, the rest decrypted).
     """
-    from ..decrypt import decrypt_out
+    import sys
 
-    res = decrypt_out(out, dest, state_dir, limit)
-    click.echo(f"himr-pipe decrypt: {res['images']} images ({res['scheme']}) -> {res['dest']}")
+    from ..decrypt import decrypt_out
+    from ..errors import EXIT_PARTIAL
+
+    res = decrypt_out(out, dest, state_dir, limit, warn=lambda s: click.echo(f"himr-pipe decrypt: {s}", err=True),
+                      progress=sys.stderr.isatty() if progress is None else progress)
+    skipped = f", {res['skipped']} skipped" if res["skipped"] else ""
+    click.echo(f"himr-pipe decrypt: {res['images']} images{skipped} ({res['scheme']}) -> {res['dest']}")
+    sys.exit(EXIT_PARTIAL if res["skipped"] else 0)
 
 
 @main.command("tradeoff")
