@@ -75,13 +75,20 @@ def preview_cmd(image, out_png, scheme, patch, size, resize, seed, gap, drop, fl
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="The owner state of the run (default: as encrypt-shards).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which samples are drawn.")
-def audit_cmd(out, report_dir, plain, samples, state_dir, seed):
-    """Owner only: attack a sample of OUT's encrypted images and report what an attacker recovers."""
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: on a terminal; otherwise a short line per image on stderr).")
+def audit_cmd(out, report_dir, plain, samples, state_dir, seed, progress):
+    """Owner only: attack a sample of OUT's encrypted images and report what an attacker recovers.
+
+    Each image takes about 10-20 s on CPU at 224 px, P=16 (the jigsaw solver; more with --flip and at larger
+    sizes): the default 16 images, a few minutes.
+    """
     from ..audit.report import run_audit
 
     if samples < 1:
         fail_usage("--samples must be at least 1")
-    rep = run_audit(out, plain, report_dir, samples, state_dir, seed)
+    rep = run_audit(out, plain, report_dir, samples, state_dir, seed, progress=progress,
+                    echo=lambda s: click.echo(s, err=True))
     figs = ", ".join(f"{k} {v:.3f}" for k, v in rep["mean"].items())
     verdict = "within the leak budget against this attack" if rep["meets_budget"] else "OVER the leak budget"
     click.echo(f"himr-pipe audit: {rep['samples']} images, {rep['setting']}: {figs} (lower bounds on the leak); "
@@ -120,8 +127,11 @@ def decrypt_cmd(out, dest, state_dir, limit, progress):
               help="Images of SRC to measure on, drawn per class in proportion to the class sizes; a fifth of "
                    "them are held out for validation. Refused when too few to tell two settings apart: the 95% "
                    "half-width of a top-1 estimate on n_val validation images, about 0.98/sqrt(n_val), must be at "
-                   "most 0.10 (n_val >= 97, so --samples >= about 485), and every class needs at least 10 training "
-                   "and 2 validation images in the sample.")
+                   "most 0.10, so n_val >= 97, and every class needs at least 10 training and 2 validation images "
+                   "(12 drawn). n_val is each class's fifth of its draw, rounded per class, so the smallest "
+                   "--samples depends on SRC's class sizes: 485 give 97 only where the rounding evens out (4 equal "
+                   "classes need 489, 10 need 477), and at least 12 per class; the refusal names the number for "
+                   "SRC.")
 @click.option("--size", default=S.size, show_default=True, help="Image size before encryption: N or HxW.")
 @click.option("--patch", type=int, default=S.patch, show_default=True, help="Patch size P (the 2P settings use 2P).")
 @click.option("--epochs", type=int, default=S.epochs,
