@@ -107,9 +107,10 @@ class Steps:
 
 
 # What one image of the audit costs (the jigsaw solver, on CPU; measured on the 48-photo sample of
-# `himr-pipe sample-data` at 224 px, P=16, JPEG, mi-shuffle with its default flip, on a busy 2-core machine:
-# 12-20 s an image, the quick audit's 4 images 47-77 s): the help texts and docs/privacy.md state it.
-SECONDS_PER_IMAGE = "about 10-20 s"
+# `himr-pipe sample-data` at 224 px, P=16, JPEG, on a busy 2-core machine: rs 2 s, mi-shuffle --no-flip 9 s,
+# mi-shuffle with its default flip 12-20 s; the quick audit's 4 images of the default 47-77 s): the help
+# texts and docs/privacy.md state it.
+SECONDS_PER_IMAGE = "2-20 s"
 
 
 def audit_out(out: str, samples: int = 16, state_dir: str | None = None, seed: int = 0, source=None,
@@ -130,18 +131,20 @@ def audit_out(out: str, samples: int = 16, state_dir: str | None = None, seed: i
     if not written:
         raise AuditError("no written samples in the owner state")
     picks = sorted(random.Random(seed).sample(written, min(samples, len(written))))
-    plain, why_no_plain = _plain_images(view, picks, source, plain_root)
-    blobs, perms = {}, {}
-    for shard in sorted({p[0] for p in picks}):
-        keys = {p[1] for p in picks if p[0] == shard}
-        for k, mem in iter_shard(out, shard):
-            if k in keys:
-                blobs[k] = mem[view.ext]
-        if scheme.shuffled:
-            perms.update(true_permutations(view, shard, sorted(keys)))
-    rows, grid = [], []
-    step = Steps(len(picks), desc, progress, echo)
+    step = Steps(len(picks), desc, progress, echo)  # from here: rebuilding the plain images takes seconds too
+    if step.echo is not None:
+        step.echo(f"{desc}: attacking {len(picks)} images of {scheme.describe()} ({SECONDS_PER_IMAGE} each on CPU)")
     try:
+        plain, why_no_plain = _plain_images(view, picks, source, plain_root)
+        blobs, perms = {}, {}
+        for shard in sorted({p[0] for p in picks}):
+            keys = {p[1] for p in picks if p[0] == shard}
+            for k, mem in iter_shard(out, shard):
+                if k in keys:
+                    blobs[k] = mem[view.ext]
+            if scheme.shuffled:
+                perms.update(true_permutations(view, shard, sorted(keys)))
+        rows, grid = [], []
         for _, key, _, _ in picks:
             row, pictures = attack_sample(scheme, blobs[key], view.ext, perms.get(key), plain.get(key))
             rows.append({"key": key, **row})
