@@ -222,6 +222,8 @@ def test_the_smallest_samples_named_passes_and_one_fewer_is_refused(tmp_path):
     # the numbers the --samples help and docs/privacy.md state
     assert smallest_samples([1000] * 4) == 489
     assert smallest_samples([1000] * 10) == 477 and smallest_samples([5, 1000]) is None
+    helptext = " ".join(CliRunner().invoke(main, ["tradeoff", "--help"]).output.split())
+    assert "489 for 4 equal classes, 477 for 10" in helptext and "about 485" not in helptext
     sizes = {"a": 700, "b": 130, "c": 455, "d": 91, "e": 300}
     by = {c: [Path(f"/nowhere/{c}/{i}.jpg") for i in range(n)] for c, n in sizes.items()}
     n = smallest_samples(list(sizes.values()))

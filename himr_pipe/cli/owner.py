@@ -129,10 +129,9 @@ def decrypt_cmd(out, dest, state_dir, limit, progress):
                    "them are held out for validation. Refused when too few to tell two settings apart: the 95% "
                    "half-width of a top-1 estimate on n_val validation images, about 0.98/sqrt(n_val), must be at "
                    "most 0.10, so n_val >= 97, and every class needs at least 10 training and 2 validation images "
-                   "(12 drawn). n_val is each class's fifth of its draw, rounded per class, so the smallest "
-                   "--samples depends on SRC's class sizes: 485 give 97 only where the rounding evens out (4 equal "
-                   "classes need 489, 10 need 477), and at least 12 per class; the refusal names the number for "
-                   "SRC.")
+                   "(12 drawn). n_val is each class's fifth of its draw rounded per class, so the smallest "
+                   "--samples depends on SRC's class sizes, near 485 but not always it (489 for 4 equal classes, "
+                   "477 for 10; never under 12 a class); a refusal names it for SRC.")
 @click.option("--size", default=S.size, show_default=True, help="Image size before encryption: N or HxW.")
 @click.option("--patch", type=int, default=S.patch, show_default=True, help="Patch size P (the 2P settings use 2P).")
 @click.option("--epochs", type=int, default=S.epochs,
