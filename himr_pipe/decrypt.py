@@ -32,11 +32,15 @@ from .manifest import Manifest, ManifestError, job_diff
 from .state import OwnerState
 from .scheme import Scheme
 from .shards import decode_image, iter_shard
-from .errors import Refused
+from .errors import Failed, Refused
 
 
 class DecryptError(Refused, ValueError):
     """OUT and the owner's state do not allow a decrypt (missing, mismatched, or not ours)."""
+
+
+class DecryptFailed(Failed):
+    """A stored sample could not be read or decoded (where the caller asked for no skipping)."""
 
 
 @dataclass(frozen=True)
@@ -109,22 +113,69 @@ def plain_geometry(view: OwnerView, stored: np.ndarray, perm: np.ndarray | None)
     return s.definition.plain_geometry(s, img)  # mi: each value shown as a 2x2 block
 
 
-def iter_decrypted(view: OwnerView):
-    """Yield (shard, key, stored image, plain-geometry image) for every sample."""
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def _read_shard(view: OwnerView, name: str) -> tuple[list, str | None]:
+    """The samples of one shard that could be read, and why the rest could not (None: all were)."""
+    import tarfile
+
+    samples = []
+    try:
+        for k, mem in iter_shard(view.out, name):
+            samples.append((k, mem))
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:  # cut, overwritten, unreadable
+        return samples, _one_line(e)
+    return samples, None
+
+
+def iter_decrypted(view: OwnerView, skip=None):
+    """Yield (shard, key, stored image, plain-geometry image) for every sample that reads and decodes.
+
+    A sample that does not (its bytes corrupt, its member missing, its size not the scheme's) is reported as
+    ``skip(what, reason, count)`` (``what``: its key, or the shard when its samples cannot be read at all,
+    ``count`` of them) and left out; the others are still decrypted. Without ``skip``, the first one raises
+    :class:`DecryptFailed`."""
+    if skip is None:
+        def skip(what, reason, count=1):
+            raise DecryptFailed(f"{what}: {reason}")
+    want = view.scheme.out_size
     for e in view.manifest["shards"]:
         name = e["name"]
-        samples = list(iter_shard(view.out, name))
+        samples, why = _read_shard(view, name)
+        if why is not None:
+            lost = max(int(e.get("samples") or 0) - len(samples), 1)
+            skip(name, f"{lost} sample(s) unreadable after the first {len(samples)} ({why})", lost)
         if not samples:
             continue
         perms = (true_permutations(view, name, [k for k, _ in samples]) if view.scheme.shuffled
                  else {k: None for k, _ in samples})
         for k, mem in samples:
-            stored = decode_image(mem[view.ext], view.ext)
+            if view.ext not in mem:
+                skip(k, f"no .{view.ext} member in {name}")
+                continue
+            try:
+                stored = decode_image(mem[view.ext], view.ext)
+            except Exception as e:  # noqa: BLE001 -- whatever the codec says of corrupt bytes, the sample is lost
+                skip(k, f"does not decode ({_one_line(e)})")
+                continue
+            if stored.ndim != 3 or stored.shape[:2] != tuple(want) or stored.shape[2] != 3:
+                skip(k, f"decodes to {'x'.join(map(str, stored.shape))}, not the scheme's {want[0]}x{want[1]}x3")
+                continue
             yield name, k, stored, plain_geometry(view, stored, perms[k])
 
 
-def decrypt_out(out: str, dest: str, state_dir: str | None = None, limit: int | None = None) -> dict:
-    """Write every sample of OUT (or the first ``limit``) as ``DEST/{key}.png`` at plain geometry."""
+def decrypt_out(out: str, dest: str, state_dir: str | None = None, limit: int | None = None, warn=None,
+                progress: bool = False) -> dict:
+    """Write every sample of OUT (or the first ``limit``) as ``DEST/{key}.png`` at plain geometry.
+
+    A sample that cannot be read or decoded is skipped: ``warn(line)`` names its key and the reason, and it is
+    counted in ``skipped``; the rest are decrypted. ``progress``: a bar on stderr (one step per sample)."""
+    import sys
+
+    from tqdm import tqdm
+
     from .storage import Location
 
     d = Path(dest).resolve()
@@ -137,10 +188,27 @@ def decrypt_out(out: str, dest: str, state_dir: str | None = None, limit: int | 
 
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)  # these are the owner's eyes only
+    total = sum(int(e.get("samples") or 0) for e in view.manifest["shards"])
+    bar = tqdm(total=total if limit is None else min(total, limit), unit="img", desc="decrypt", disable=not progress,
+               dynamic_ncols=True, file=sys.stderr)
+    skipped = []
+
+    def skip(what, reason, count=1):
+        skipped.append({"key": what, "reason": reason, "count": count})
+        if warn is not None:
+            with tqdm.external_write_mode(file=sys.stderr):  # above the bar, not through it
+                warn(f"skipped {what}: {reason}")
+        bar.update(count)
+
     n = 0
-    for _, key, _, img in iter_decrypted(view):
-        if limit is not None and n >= limit:
-            break
-        Image.fromarray(img).save(d / f"{key}.png", compress_level=1)
-        n += 1
-    return {"images": n, "scheme": view.scheme.describe(), "dest": str(d)}
+    try:
+        for _, key, _, img in iter_decrypted(view, skip):
+            if limit is not None and n >= limit:
+                break
+            Image.fromarray(img).save(d / f"{key}.png", compress_level=1)
+            n += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    return {"images": n, "skipped": sum(s["count"] for s in skipped), "skipped_samples": skipped,
+            "scheme": view.scheme.describe(), "dest": str(d)}

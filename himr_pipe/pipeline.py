@@ -175,7 +175,7 @@ def _write_manifest(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions,
     if complete and opts.audit_samples > 0 and cfg.scheme.definition.encrypts and manifest["totals"]["written"]:
         # after the complete manifest is on disk: an interrupted audit never leaves OUT unfinished
         t = time.perf_counter()
-        manifest["audit"] = quick_audit(job.where, job.state, opts.audit_samples, source, msgs)
+        manifest["audit"] = quick_audit(job.where, job.state, opts.audit_samples, source, msgs, opts.progress)
         audit_seconds = time.perf_counter() - t
         outl.write_json(MANIFEST, manifest)
     if failure:
@@ -186,18 +186,20 @@ def _write_manifest(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions,
     return RunResult(manifest, code, secs, plan.remaining, job.state, msgs, audit_seconds)
 
 
-def quick_audit(out: str, state: str, samples: int, source, msgs: list) -> dict:
+def quick_audit(out: str, state: str, samples: int, source, msgs: list, progress: bool | None = False) -> dict:
     """Attack a few samples of the finished OUT; the figures (numbers only) go into the manifest.
 
     The same sampler and attack as ``himr-pipe audit OUT --samples N --seed 0``, so that command
-    reproduces these figures. A setting over the leak budget adds one plain warning line.
+    reproduces these figures. A setting over the leak budget adds one plain warning line. ``progress``: as
+    the run's (a bar on a terminal, else a short line per image; False: silent), for it takes seconds an image.
     """
     from .audit.attack import warning_line
     from .audit.report import audit_out, manifest_figures
     from .scheme import Scheme
 
     try:
-        report, _ = audit_out(out, samples, state, seed=0, source=source)
+        report, _ = audit_out(out, samples, state, seed=0, source=source, progress=progress,
+                              desc="himr-pipe: quick audit")
     except Exception as e:  # the audit must never cost the user a finished run
         msgs.append(f"the quick audit failed ({type(e).__name__}: {e}); run himr-pipe audit OUT to measure the leak")
         return {"error": f"{type(e).__name__}: {e}"}

@@ -118,6 +118,9 @@ def test_audit_report_files_match_the_json(sample_src, tmp_path, scheme):
     # --plain is optional: the owner state says where SRC was
     res = cli("audit", out, "--report", tmp_path / "rep", "--state-dir", state, "--samples", "4")
     assert "4 images" in res.output and "OVER the leak budget" in res.output  # none of these is safe lossless
+    # seconds an image: a sign of life per image (stderr is no terminal here: a short line each, no bar)
+    steps = [ln for ln in res.output.splitlines() if "images attacked" in ln]
+    assert [ln.split(":")[1].split()[0] for ln in steps] == ["1/4", "2/4", "3/4", "4/4"], res.output
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert rep["samples"] == 4 and len(rep["images"]) == 4 and rep["plain"] == "rebuilt from SRC"
     assert rep["meets_budget"] is False and rep["over_budget"]
@@ -152,6 +155,7 @@ def test_quick_audit_figures_in_the_manifest_match_a_separate_audit(sample_src, 
     res = encrypt(sample_src, out, "--scheme", "rs", "--format", "png", "--seed", "2", state=state, audit=True)
     warn = [ln for ln in res.output.splitlines() if "warning:" in ln]
     assert len(warn) == 1 and "over the leak budget" in warn[0] and "rs P=16" in warn[0]
+    assert "images attacked" not in res.output  # --no-progress: the quick audit is silent too
     a = manifest(out)["audit"]
     from himr_pipe.audit.solver import ATTACK_NAME
 
@@ -204,3 +208,26 @@ def test_the_default_setting_is_mi_shuffle_with_flip_and_within_the_budget(sampl
     a = manifest(tmp_path / "out")["audit"]
     assert a["meets_budget"] is True and "warning" not in res.output
     assert "within the leak budget against this attack" in res.output
+
+
+def test_audit_progress_is_a_bar_a_line_per_image_or_nothing(capsys):
+    """The audit's steps (one per attacked image): a short line each through echo when stderr is no terminal,
+    nothing with --no-progress, a bar (on stderr) when asked."""
+    from himr_pipe.audit.report import Steps
+
+    lines = []
+    s = Steps(3, "himr-pipe audit", None, lines.append)
+    for k in ("a", "b", "c"):
+        s(k)
+    s.close()
+    assert len(lines) == 3 and lines[0].startswith("himr-pipe audit: 1/3 images attacked (a)")
+    assert all(len(ln) < 100 for ln in lines)
+    quiet = []
+    s = Steps(3, "x", False, quiet.append)
+    s("a")
+    s.close()
+    assert quiet == [] and capsys.readouterr().err == ""
+    s = Steps(2, "bar", True, quiet.append)
+    s("a")
+    s.close()
+    assert quiet == [] and "bar" in capsys.readouterr().err

@@ -116,3 +116,49 @@ def test_decrypt_refuses_without_the_state_and_inside_out(outs, tmp_path):
     # another job's state is refused, not silently used with the wrong key
     res = cli("decrypt", outs / "rs", tmp_path / "d", "--state-dir", outs / "mi.state", expect=2)
     assert "different job" in res.output
+
+
+def _corrupt_member(tar, key: str, ext: str) -> None:
+    """Rewrite shard ``tar`` with the ``key.ext`` member's bytes changed (same length; the tar itself is sound)."""
+    import io
+    import tarfile
+
+    members = []
+    with tarfile.open(tar) as tf:
+        for m in tf:
+            data = tf.extractfile(m).read()
+            if m.name == f"{key}.{ext}":
+                mid = len(data) // 3
+                data = data[:mid] + bytes(b ^ 0x5A for b in data[mid:mid + 400]) + data[mid + 400:]
+            members.append((m, data))
+    with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for m, data in members:
+            tf.addfile(m, io.BytesIO(data))
+
+
+def test_decrypt_skips_a_corrupt_sample_names_it_and_decrypts_the_rest(outs, tmp_path):
+    """One stored image's bytes corrupt inside a shard: a warning line names its key and the reason, the final
+    line counts it, every other sample is written, exit 3 (finished, some skipped), no traceback."""
+    import shutil
+
+    out = tmp_path / "rs"
+    shutil.copytree(outs / "rs", out)
+    shard = sorted(out.glob("*.tar"))[1]
+    keys = [k for k, _ in iter_samples(str(shard))]
+    bad = keys[2]
+    _corrupt_member(shard, bad, "png")
+    dest = tmp_path / "dec"
+    res = cli("decrypt", out, dest, "--state-dir", outs / "rs.state", expect=3)
+    assert "Traceback" not in res.output
+    warn = [line for line in res.output.splitlines() if "skipped" in line and bad in line]
+    assert len(warn) == 1 and "does not decode" in warn[0], res.output
+    assert "17 images, 1 skipped" in res.output.splitlines()[-1]
+    got = {p.stem for p in dest.glob("*.png")}
+    assert len(got) == 17 and bad not in got
+    # a shard cut short: its lost samples are counted against the shard's name, the others still written
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) // 2])
+    res = cli("decrypt", out, tmp_path / "dec2", "--state-dir", outs / "rs.state", expect=3)
+    assert "Traceback" not in res.output and shard.name in res.output
+    n_ok = len(list((tmp_path / "dec2").glob("*.png")))
+    assert n_ok >= 11 and f"{n_ok} images, {18 - n_ok} skipped" in res.output.splitlines()[-1]

@@ -81,6 +81,12 @@ def test_end_to_end_table_recommendation_report_and_nothing_in_src(shapes, tmp_p
     md = (report / "report.md").read_text()
     assert "| setting |" in md and "Recommendation" in md
     assert (report / "grid.png").stat().st_size > 0
+    from PIL import Image
+
+    from himr_pipe.tradeoff.report import GRID_MIN_SIDE
+
+    with Image.open(report / "grid.png") as g:  # 4 settings, a row each, every sample >= 128 px a side + labels
+        assert GRID_MIN_SIDE >= 128 and g.height >= 4 * GRID_MIN_SIDE and g.width >= GRID_MIN_SIDE + 200
 
     assert _snapshot(shapes) == before  # nothing written into SRC
     # the temporary work folder is gone
@@ -206,3 +212,51 @@ def test_the_sample_holds_what_encrypt_shards_would_take(tmp_path):
     (tmp_path / "flat" / "a.jpg").write_bytes(b"x")
     with pytest.raises(TradeoffError, match="class sub-folders"):
         list_classes(tmp_path / "flat")
+
+
+def test_the_smallest_samples_named_passes_and_one_fewer_is_refused(tmp_path):
+    """The rule counts the validation images as the draw makes them (each class's share rounded on its own):
+    the refusal names the smallest --samples that passes for SRC's class sizes; it passes, one fewer does not."""
+    from himr_pipe.tradeoff import smallest_samples
+
+    # the numbers the --samples help and docs/privacy.md state
+    assert smallest_samples([1000] * 4) == 489
+    assert smallest_samples([1000] * 10) == 477 and smallest_samples([5, 1000]) is None
+    helptext = " ".join(CliRunner().invoke(main, ["tradeoff", "--help"]).output.split())
+    assert "489 for 4 equal classes, 477 for 10" in helptext and "about 485" not in helptext
+    sizes = {"a": 700, "b": 130, "c": 455, "d": 91, "e": 300}
+    by = {c: [Path(f"/nowhere/{c}/{i}.jpg") for i in range(n)] for c, n in sizes.items()}
+    n = smallest_samples(list(sizes.values()))
+    check_sample(draw_sample(by, n), sizes=list(sizes.values()))
+    with pytest.raises(TradeoffError, match=f"--samples {n} is the smallest that passes"):
+        check_sample(draw_sample(by, n - 1), sizes=list(sizes.values()))
+    # through the command, on a real SRC: 485 (what the help said before) is refused where it falls short
+    src = tmp_path / "src"
+    make_shapes_classification(src, per_class=125, size=16, seed=0)  # 4 equal classes: 489
+    r = _invoke(src, "--samples", 488, "--size", 32, "--patch", 8, "--settings", "none,rs", "--work", tmp_path / "w")
+    assert r.exit_code == 2 and "--samples 489 is the smallest that passes" in r.output, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
+
+
+def test_settings_that_cannot_run_are_refused_before_any_work_with_their_reason(shapes, tmp_path):
+    """mi-shuffle at 64 px, P=8, JPEG stores 4-px cells, which JPEG's 8x8 blocks would mix: named in
+    --settings, the run is refused (exit 2, one line, the product's reason); in the default list, each reason is
+    one line before anything else and those settings are left out."""
+    r = _invoke(shapes, "--samples", 60, "--size", 64, "--patch", 8, "--settings", "rs,mi-shuffle,mi-shuffle flip",
+                "--work", tmp_path / "w")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    line, = r.output.strip().splitlines()
+    assert "mi-shuffle, mi-shuffle flip: --format jpeg with scheme mi-shuffle needs a stored cell" in line
+    assert "at 64x64, P=8, --format jpeg" in line and "gap" not in line
+    assert not (tmp_path / "w").exists()
+    r = _invoke(shapes, "--samples", 60, "--size", 64, "--patch", 8, "--work", tmp_path / "w")
+    lines = r.output.strip().splitlines()
+    assert lines[0].startswith("himr-pipe tradeoff: not measured at 64x64, P=8, --format jpeg: mi-shuffle, "
+                               "mi-shuffle gap 1, mi-shuffle flip, mi-shuffle gap 1 flip: --format jpeg")
+    assert len(lines) == 2 and "too small" in lines[1] and r.exit_code == 2  # then the sample's own refusal
+    # and the recommendation's advice names that cause, not gaps
+    rows = [{"label": "rs", "status": "ok", "top1_mean": 0.5, "leak": {"meets_budget": False}},
+            {"label": "mi-shuffle", "status": "n/a", "reason": "JPEG needs 8"}]
+    why = recommend({"half_width": 0.05, "rows": rows})["why"]
+    assert "mi-shuffle (JPEG needs 8)" in why and "larger gap" not in why

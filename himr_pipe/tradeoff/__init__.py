@@ -31,7 +31,10 @@ command refuses (a usage error) before any work when it is not:
   at most ``1.96 * sqrt(p (1 - p) / n_val) <= 0.98 / sqrt(n_val)`` (worst
   case p = 0.5). It must be at most :data:`MAX_HALF_WIDTH` (0.10, so
   ``n_val >= 97``); even then two settings closer than about 1.4 times the
-  half-width cannot be told apart, which the table says;
+  half-width cannot be told apart, which the table says. ``n_val`` counts
+  each class's validation share of its draw rounded per class, so the
+  smallest ``samples`` depends on the class sizes
+  (:func:`.sample.smallest_samples`; the refusal names it);
 * every class needs :data:`MIN_TRAIN_PER_CLASS` training and
   :data:`MIN_VAL_PER_CLASS` validation images in the sample (a class with
   fewer is not learnt, or not measured, by a small model).
@@ -52,13 +55,13 @@ cache and the recommendation) and :mod:`.report` (the table and the report files
 from .measure import encrypt, estimate, leak, train_one
 from .report import format_table, markdown, notes, table_rows, write_report
 # the refusal rule's constants stay in .sample, which reads them at each call (a copy here would not be read)
-from .sample import check_sample, draw_sample, half_width, list_classes, write_sample
+from .sample import check_sample, draw_sample, half_width, list_classes, smallest_samples, write_sample
 from .settings import (AUDIT_SAMPLES, CANDIDATES, CLOSE, RECIPE, VAL_SHARE, Candidate, Recipe, TradeoffError,
                        TradeoffRequest, default_setting, pick_settings, refusal)
 from .study import recommend, run_tradeoff
 
 __all__ = ["AUDIT_SAMPLES", "CANDIDATES", "CLOSE", "RECIPE", "VAL_SHARE", "Candidate", "Recipe", "TradeoffError", "TradeoffRequest",
            "check_sample", "default_setting", "draw_sample", "encrypt", "estimate", "format_table", "half_width",
-           "leak", "list_classes", "markdown", "notes", "pick_settings", "recommend", "refusal", "run_tradeoff",
+           "leak", "list_classes", "markdown", "notes", "pick_settings", "recommend", "refusal", "run_tradeoff", "smallest_samples",
            "table_rows", "train_one", "write_report", "write_sample"]
 

@@ -100,7 +100,8 @@ def markdown(res: dict) -> str:
     out += ["| " + " | ".join(l) + " |" for l in lines[1:]]
     out += [""] + [f"- {n}" for n in notes(res)]
     out += ["", f"**Recommendation:** {res['recommendation']['why']}.", "",
-            "grid.png: one validation sample per setting, as stored (MI images are half size).", ""]
+            f"grid.png: one validation sample per setting, as stored (MI images are half size), each enlarged by a "
+            f"whole factor to at least {GRID_MIN_SIDE} px a side (the factor beside it).", ""]
     return "\n".join(out)
 
 
@@ -112,8 +113,13 @@ def write_report(res: dict, dest: Path, outs: dict) -> None:
     _grid(res, outs, dest / "grid.png")
 
 
+GRID_MIN_SIDE = 128   # every stored sample is shown at least this large a side (enlarged by a whole factor)
+
+
 def _grid(res: dict, outs: dict, path: Path) -> None:
-    from PIL import Image, ImageDraw
+    """One stored validation sample per setting, a row each: its label, the setting and its stored size on the
+    left, the sample enlarged (nearest neighbour, a whole factor) to at least :data:`GRID_MIN_SIDE` a side."""
+    from PIL import Image, ImageDraw, ImageFont
 
     from ..shards import decode_image, iter_shard
 
@@ -125,16 +131,25 @@ def _grid(res: dict, outs: dict, path: Path) -> None:
         m = json.loads((val / "manifest.json").read_text())
         ext = m["job"]["format"]["ext"]
         _, mem = next(iter(iter_shard(str(val), m["shards"][0]["name"])))
-        panels.append((r["label"], Image.fromarray(decode_image(mem[ext], ext))))
+        img = Image.fromarray(decode_image(mem[ext], ext))
+        k = max(1, -(-GRID_MIN_SIDE // min(img.size)))
+        text = [r["label"], r.get("setting", ""),
+                f"stored {img.height}x{img.width}" + (f", shown x{k}" if k > 1 else "")]
+        panels.append((text, img.resize((img.width * k, img.height * k), Image.NEAREST)))
     if not panels:
         return
-    label_w, pad = 150, 4
+    try:
+        font = ImageFont.load_default(size=16)
+    except TypeError:  # Pillow before 10.1: the small bitmap font
+        font = ImageFont.load_default()
+    label_w, pad = 240, 8
     h = max(p.height for _, p in panels)
     w = max(p.width for _, p in panels)
-    canvas = Image.new("RGB", (label_w + w, len(panels) * (h + pad) - pad), "white")
+    canvas = Image.new("RGB", (label_w + w + pad, len(panels) * (h + pad) + pad), "white")
     d = ImageDraw.Draw(canvas)
-    for i, (label, p) in enumerate(panels):
-        y = i * (h + pad)
-        d.text((4, y + 4), label, fill="black")
+    for i, (text, p) in enumerate(panels):
+        y = pad + i * (h + pad)
+        for j, t in enumerate(text):
+            d.text((pad, y + 4 + 22 * j), t, fill="black", font=font)
         canvas.paste(p, (label_w, y))
     canvas.save(path)

@@ -42,6 +42,55 @@ def list_classes(src: str | os.PathLike) -> dict[str, list[Path]]:
     return out
 
 
+def _apportion(sizes, samples: int):
+    """Each class's share of ``samples`` in proportion to its size (largest remainders), classes in order."""
+    import numpy as np
+
+    sizes = np.asarray(sizes)
+    quota = samples * sizes / int(sizes.sum())
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: samples - int(take.sum())]:
+        take[i] += 1
+    return take
+
+
+def _val_of(k: int, val_share: float) -> int:
+    """The validation images of a class drawn ``k`` times: its share, rounded per class."""
+    return int(round(k * val_share))
+
+
+def _why_small(takes, val_share: float) -> str | None:
+    """Why a draw of ``takes`` images per class is refused (the rule of this module, read at each call), or None."""
+    import numpy as np
+
+    takes = np.asarray(takes)
+    vals = np.round(takes * val_share).astype(int)  # as _val_of: half to even, like round()
+    if half_width(int(vals.sum())) > MAX_HALF_WIDTH:
+        return "half-width"
+    if ((takes - vals) < MIN_TRAIN_PER_CLASS).any() or (vals < MIN_VAL_PER_CLASS).any():
+        return "class"
+    return None
+
+
+def smallest_samples(sizes, val_share: float = VAL_SHARE) -> int | None:
+    """The smallest ``--samples`` whose draw from classes of these sizes passes :func:`check_sample` (None: even
+    all of them do not). The validation images are counted as the draw makes them: each class's share rounded
+    on its own, so a sample needs more than ``97 / val_share`` where the rounding takes some away."""
+    sizes = [int(x) for x in sizes if x]
+    total, need = sum(sizes), math.ceil((HALF_WIDTH_Z / MAX_HALF_WIDTH) ** 2)
+    if not sizes:
+        return None
+    # nothing below these bounds can pass: n_val <= samples * val_share + classes / 2, and the smallest class
+    # (drawn about samples * its size / total, at most one more) needs the least draw that holds both minimums
+    least_k = next(k for k in range(1, 10 ** 6) if k - _val_of(k, val_share) >= MIN_TRAIN_PER_CLASS
+                   and _val_of(k, val_share) >= MIN_VAL_PER_CLASS)
+    start = max(1, math.floor((need - len(sizes) / 2) / val_share), (least_k - 1) * total // min(sizes))
+    for n in range(start, total + 1):
+        if _why_small(_apportion(sizes, n), val_share) is None:
+            return n
+    return None
+
+
 def draw_sample(by_class: dict[str, list[Path]], samples: int, seed: int = 0, val_share: float = VAL_SHARE,
                 classes: int | None = None) -> dict[str, dict[str, list[Path]]]:
     """``samples`` files stratified by class, split into {"train": {cls: files}, "val": {cls: files}}.
@@ -62,34 +111,37 @@ def draw_sample(by_class: dict[str, list[Path]], samples: int, seed: int = 0, va
     total = int(sizes.sum())
     if samples < 1 or samples > total:
         raise TradeoffError(f"--samples must be between 1 and the {total} images of the classes sampled, got {samples}")
-    quota = samples * sizes / total
-    take = np.floor(quota).astype(int)
-    for i in np.argsort(-(quota - take), kind="stable")[: samples - int(take.sum())]:
-        take[i] += 1
+    take = _apportion(sizes, samples)
     out: dict[str, dict[str, list[Path]]] = {"train": {}, "val": {}}
     for c, k in zip(names, take):
         files = by_class[c]
         picked = [files[i] for i in sorted(rng.choice(len(files), size=int(k), replace=False))]
         order = rng.permutation(len(picked))
-        n_val = int(round(k * val_share))
+        n_val = _val_of(k, val_share)
         out["val"][c] = sorted(picked[i] for i in order[:n_val])
         out["train"][c] = sorted(picked[i] for i in order[n_val:])
     return out
 
 
-def check_sample(split: dict, val_share: float = VAL_SHARE) -> dict:
+def check_sample(split: dict, val_share: float = VAL_SHARE, sizes=None) -> dict:
     """Refuse (:class:`TradeoffError`) a sample too small to tell two settings apart (the package docstring);
-    else the rule applied, for the report. The rule is this module's, read at each call (tests raise it here)."""
+    else the rule applied, for the report. The rule is this module's, read at each call (tests raise it here).
+    ``sizes``: the sizes of the classes drawn from (in the split's order), so that the refusal names the
+    smallest ``--samples`` that passes for them."""
     max_half_width, min_train, min_val = MAX_HALF_WIDTH, MIN_TRAIN_PER_CLASS, MIN_VAL_PER_CLASS
     n_val = sum(len(v) for v in split["val"].values())
     hw = half_width(n_val)
+    least = None if sizes is None else smallest_samples(sizes, val_share)
+    give = ("; no --samples passes with these classes (too few images)" if sizes is not None and least is None
+            else f"; --samples {least} is the smallest that passes for these classes" if least is not None else "")
     if hw > max_half_width:
         need = math.ceil((HALF_WIDTH_Z / max_half_width) ** 2)
         raise TradeoffError(
             f"the sample is too small to tell two settings apart: {n_val} validation images give a top-1 "
             f"estimate a 95% half-width of up to 0.98/sqrt({n_val}) = {hw:.3f}, above {max_half_width:g}; "
-            f"it needs at least {need} validation images (--samples about {math.ceil(need / val_share)} "
-            f"at a validation share of {val_share:g})")
+            f"it needs at least {need} validation images, each class's share {val_share:g} of its draw rounded "
+            f"on its own (so --samples of at least {math.ceil(need / val_share)}, and more where the rounding "
+            f"takes some away){give}")
     small = [c for c in split["train"] if len(split["train"][c]) < min_train or len(split["val"][c]) < min_val]
     if small:
         c = small[0]
@@ -97,7 +149,7 @@ def check_sample(split: dict, val_share: float = VAL_SHARE) -> dict:
             f"{len(small)} class(es) have too few images in the sample to be learnt and measured (every class needs "
             f"at least {min_train} training and {min_val} validation images), e.g. {c!r}: "
             f"{len(split['train'][c])} train, {len(split['val'][c])} val; give more --samples, or fewer classes "
-            f"with --classes")
+            f"with --classes{give}")
     return {"max_half_width": max_half_width, "half_width": "0.98 / sqrt(n_val)", "min_train_per_class": min_train,
             "min_val_per_class": min_val, "val_share": val_share}
 

@@ -69,8 +69,6 @@ def run_tradeoff(req: TradeoffRequest, *, log=print) -> dict:
             raise TradeoffError("--report and --work must be apart (the work folder holds keys and is not a report)")
     if not settings:
         raise TradeoffError("no settings to measure")
-    split = draw_sample(list_classes(src), samples, seed, val_share, classes)
-    rule = check_sample(split, val_share)
     plan, rows = [], []
     for cand in settings:
         why = refusal(cand, size, patch, fmt, quality)
@@ -82,9 +80,17 @@ def run_tradeoff(req: TradeoffRequest, *, log=print) -> dict:
             row.update(status="pending", setting=s.describe(), scheme=s.to_dict(), runs=[])
             plan.append((cand, s))
         rows.append(row)
-    if not plan:
-        raise TradeoffError("the product refuses every setting asked for at this size, patch and format: "
-                            + "; ".join(f"{r['label']}: {r['reason']}" for r in rows))
+    cannot = _cannot_run(rows)
+    at = f"at {size[0]}x{size[1]}, P={patch}, --format {fmt}"
+    if cannot and (req.settings or not plan):  # asked for by name (or nothing left): refused, before any work
+        raise TradeoffError(f"the product refuses {'every setting asked for' if not plan else 'setting(s)'} {at}: "
+                            + "; ".join(f"{', '.join(labels)}: {why}" for why, labels in cannot.items())
+                            + ("" if not plan else "; leave them out of --settings"))
+    for why, labels in cannot.items():  # the default list: those that cannot run here are left out, one line each
+        log(f"not measured {at}: {', '.join(labels)}: {why}")
+    by_class = list_classes(src)
+    split = draw_sample(by_class, samples, seed, val_share, classes)
+    rule = check_sample(split, val_share, [len(by_class[c]) for c in split["train"]])
 
     tmp = work is None
     work = Path(tempfile.mkdtemp(prefix="himr-tradeoff-")) if tmp else Path(work)
@@ -185,6 +191,15 @@ def run_tradeoff(req: TradeoffRequest, *, log=print) -> dict:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _cannot_run(rows: list[dict]) -> dict[str, list[str]]:
+    """{the product's reason: the labels it refuses} of the settings that cannot run, in order."""
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        if r["status"] == "n/a":
+            out.setdefault(r["reason"], []).append(r["label"])
+    return out
+
+
 def _tag(sample: str, s: Scheme, fmt: str, quality: int, seed: int) -> str:
     """The name of a setting's shards in the work folder: the sample, the scheme, the format and the seed."""
     return (f"{sample}_{s.name}_p{s.patch}_g{s.gap}{'_flip' if s.flip else ''}_{s.height}x{s.width}_{fmt}"
@@ -269,6 +284,10 @@ def recommend(res: dict) -> dict:
     if not ok:
         measured = [r for r in res["rows"] if r["status"] == "ok" and r.get("leak")]
         why = ("no setting measured here meets the leak budget" if measured else "no encrypted setting was measured")
+        cannot = _cannot_run(res["rows"])
+        if cannot:  # the advice fits the cause: settings the product refuses here were never measured
+            return {"label": None, "why": why + "; none is recommended. Not measured, for the product refuses them "
+                    "here: " + "; ".join(f"{', '.join(labels)} ({r})" for r, labels in cannot.items())}
         return {"label": None, "why": why + "; none is recommended (try a larger gap, a larger patch, or drop)"}
     best = max(ok, key=lambda r: r["top1_mean"])
     near = [r["label"] for r in ok if r is not best and best["top1_mean"] - r["top1_mean"] < 1.4 * res["half_width"]]
