@@ -63,3 +63,96 @@ def test_no_shard_appears_after_the_driver_dies_between_check_and_rename(sample_
     assert len(before) == at
     assert sorted(e for e in os.listdir(out) if e.endswith(".tar")) == before  # nothing after the "kill"
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_full_disk_at_the_manifest_is_one_line_naming_it_and_the_rerun_is_identical(sample_src, tmp_path,
+                                                                                        monkeypatch):
+    from himr_pipe import storage
+
+    encrypt(sample_src, tmp_path / "ref", *ARGS)
+    out = tmp_path / "out"
+    write = storage.atomic_write
+
+    def full(path, data, *a, **k):
+        if str(path).endswith("manifest.json") and b'"complete"' in data:
+            raise OSError(28, "No space left on device")  # ENOSPC at the final manifest
+        write(path, data, *a, **k)
+
+    monkeypatch.setattr(storage, "atomic_write", full)
+    line = one_error_line(encrypt(sample_src, out, *ARGS, expect=None), 1)
+    assert "OUT's manifest" in line and str(out / "manifest.json") in line and "No space left" in line
+    assert not list(out.glob("*.tmp"))
+    monkeypatch.setattr(storage, "atomic_write", write)  # space freed
+    encrypt(sample_src, out, *ARGS)
+    assert shard_bytes(out) == shard_bytes(tmp_path / "ref") and manifest(out) == manifest(tmp_path / "ref")
+
+
+def test_a_full_disk_at_the_owner_state_is_one_line_naming_it(sample_src, tmp_path, monkeypatch):
+    from himr_pipe import atomic
+
+    write = atomic.atomic_write
+
+    def full(path, data, *a, **k):
+        if str(path).endswith("job.json"):
+            raise OSError(122, "Disk quota exceeded")  # EDQUOT
+        write(path, data, *a, **k)
+
+    monkeypatch.setattr(atomic, "atomic_write", full)
+    line = one_error_line(encrypt(sample_src, tmp_path / "out", *ARGS, expect=None), 1)
+    assert "the owner state's job record" in line and "job.json" in line and "quota" in line
+
+
+def test_out_inside_a_read_only_folder_is_refused_in_one_line(sample_src, tmp_path, monkeypatch):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        if os.geteuid() == 0:  # root writes anyway: the refusal the kernel would give, injected
+            def refuse(*a, **k):
+                raise OSError(30, "Read-only file system", str(parent / "out"))
+
+            monkeypatch.setattr(os, "makedirs", refuse)
+        line = one_error_line(encrypt(sample_src, parent / "out", *ARGS, expect=None), 2)
+    finally:
+        parent.chmod(0o700)
+    assert "cannot create OUT" in line and str(parent / "out") in line
+    assert not (parent / "out").exists()
+
+
+def test_a_changed_sha256_in_the_manifest_is_blamed_on_the_manifest(sample_src, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    encrypt(sample_src, out, *ARGS)
+    m = manifest(out)
+    m["shards"][1]["sha256"] = "0" * 64
+    (out / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
+    line = one_error_line(encrypt(sample_src, out, *ARGS, expect=None), 2)
+    assert "manifest does not match shard" in line and m["shards"][1]["name"] in line
+    assert "another key" not in line
+
+
+def test_a_finished_outs_rerun_says_it_is_complete_and_does_nothing(sample_src, tmp_path, monkeypatch):
+    from himr_pipe import pipeline
+
+    out = tmp_path / "out"
+    encrypt(sample_src, out, *ARGS, audit=True)
+    before, man = shard_bytes(out), manifest(out)
+    monkeypatch.setattr(pipeline, "quick_audit", lambda *a, **k: pytest.fail("the audit ran again"))
+    res = encrypt(sample_src, out, *ARGS, audit=True)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("himr-pipe: OUT is already complete"), res.output
+    assert f"{man['totals']['inputs_written']} written" in lines[0] and "img/s" not in lines[0]
+    assert shard_bytes(out) == before and manifest(out) == man
+
+
+def test_a_changed_src_after_a_finished_run_is_not_called_an_interrupted_run(sample_src, tmp_path):
+    import shutil
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(sample_src, src)
+    encrypt(src, out, *ARGS)
+    victim = next(p for p in sorted(src.rglob("*.jpg")))
+    victim.unlink()
+    line = one_error_line(encrypt(src, out, *ARGS, expect=None), 2)
+    assert "OUT is complete" in line and "SRC has changed" in line and "interrupted" not in line
