@@ -152,7 +152,9 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
             + (f" as {t['written']} samples" if t["written"] != t["inputs_written"] else "")
             + f", {t['skipped']} skipped"
             + (f" ({reasons})" if reasons else "")
-            + f", {len(res.manifest['shards'])} shards, {res.seconds:.1f} s, {rate:.0f} img/s -> "
+            + f", {len(res.manifest['shards'])} shards, "
+            + (f"{res.seconds:.1f} s, {rate:.0f} img/s" if res.processed else "every shard written before")
+            + " -> "
             + os.path.join(out, "manifest.json"))
     for m in res.messages:
         click.echo(f"himr-pipe: {m}", err=True)
