@@ -16,6 +16,9 @@ The classes also keep their built-in bases (``ValueError``, ``OSError``) where c
 
 from __future__ import annotations
 
+import errno
+import os
+
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
 EXIT_PARTIAL = 3
@@ -46,3 +49,30 @@ class InputError(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class WriteFailed(Failed, OSError):
+    """A local file could not be written (a full disk, a quota, a read-only or failing device): exit 1, one line
+    naming the file and what it is; finished work is kept and the same command resumes."""
+
+    DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+    def __init__(self, message: str, err: int | None = None, strerror: str | None = None):
+        super().__init__(message)
+        self.message, self.errno, self.strerror = message, err, strerror
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.errno, self.strerror))
+
+    @classmethod
+    def of(cls, e: OSError, path, what: str | None = None) -> OSError:
+        """``e`` as a WriteFailed naming ``what`` (the file's role) and ``path`` when its disk refused the file;
+        any other error as it is."""
+        if isinstance(e, cls) or e.errno not in cls.DISK_ERRORS:
+            return e
+        return cls(f"cannot write {what + ' ' if what else ''}{os.fspath(path)} ({e.strerror or e}); free space on "
+                   "that disk (or make it writable) and rerun the same command: finished work is kept",
+                   e.errno, e.strerror)

@@ -59,6 +59,7 @@ class RunResult:
     state_dir: str = ""
     messages: list[str] = field(default_factory=list)
     audit_seconds: float | None = None
+    already_complete: bool = False  # a rerun of a finished OUT: nothing was done (no audit either)
 
 
 # -- the plan -----------------------------------------------------------------------
@@ -119,6 +120,32 @@ def _first_shard_mismatch(outl: Location, ostate: OwnerState) -> list[str]:
     return []
 
 
+def _check_manifest_against_shards(outl: Location, ostate: OwnerState, written: list[dict]) -> None:
+    """Where OUT's manifest and the owner state disagree on a shard's sha256, the shard itself says which was
+    changed: it matches the state (the manifest was edited), the manifest (the state is another key's: left to
+    :meth:`~.state.OwnerState.mismatches`), or neither (the shard was changed). One shard read, at the first
+    disagreement only."""
+    recs = ostate.shards()
+    for e in written:
+        st = recs.get(e["name"])
+        if st is None or st.sha256 == e.get("sha256"):
+            continue
+        name = e["name"]
+        if outl.size(name) is None:
+            return  # nothing to tell by: mismatches says what the state lacks
+        digest = outl.sha256(name)[0]
+        if digest == e.get("sha256"):
+            return  # the shard is the manifest's: the state is another key's (mismatches says so)
+        if digest == st.sha256:
+            raise JobError(f"OUT's manifest does not match shard {name} (its sha256 there differs from the "
+                           "shard's, which the owner state records): the manifest was changed after the run. "
+                           "Restore it, or remove manifest.json and rerun the same command to write it again "
+                           "from the owner state; himr-pipe verify OUT lists every difference")
+        raise JobError(f"shard {name} matches neither OUT's manifest nor the owner state's record (it was "
+                       "changed after the run): remove it and rerun the same command to write it again; himr-pipe verify OUT lists every "
+                       "difference")
+
+
 def _abs(p: str) -> str:
     return p if is_url(p) else os.path.abspath(p)
 
@@ -147,7 +174,12 @@ def prepare(src: str, out: str, cfg: JobConfig, seed: int | None, opts: RunOptio
     if not any(c in src for c in "{}") and not Location(src).is_file_root() and Location(src).contains(outl):
         raise JobError("OUT must not be inside SRC")  # before OUT exists: a refusal must not add a class to SRC
     created = _missing_dirs(outl)
-    outl.makedirs()
+    try:
+        outl.makedirs()
+    except OSError as e:  # a read-only or full parent, no permission: nothing was done yet
+        _remove_empty(created)
+        raise JobError(f"cannot create OUT {out!r} ({e.strerror or e}{f': {e.filename}' if e.filename else ''}); "
+                       "choose a folder this user can write, or create OUT first") from None
     lock = lock_for(outl)
     try:
         lock.__enter__()
@@ -240,9 +272,13 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
             raise JobError(f"the owner state at {state} belongs to a different job ({'; '.join(diff[:5])})")
         if seed is not None and jstate.get("seed_check") != keys.seed_digest(seed, jstate["key"]):
             raise JobError("--seed differs from the seed of the interrupted run; rerun with the same seed")
+        if jstate["source"]["fingerprint"] != source.fingerprint and (manifest or {}).get("status") == "complete":
+            raise JobError("OUT is complete, written from SRC as it was; SRC has changed since (files added, removed "
+                           "or modified). OUT is left as it is; to encrypt SRC as it is now, use an empty OUT")
         if jstate["source"]["fingerprint"] != source.fingerprint:
             raise JobError("SRC changed since the interrupted run (files added, removed or modified); "
                            "rerun on the same SRC or start again in an empty OUT")
+        _check_manifest_against_shards(outl, ostate, written)
         bad = ostate.mismatches(written)
         if not bad and not written and jstate.get("out") != _abs(out):
             bad = _first_shard_mismatch(outl, ostate)  # a partial OUT (no shards in its manifest yet)
@@ -252,5 +288,5 @@ def _prepare_locked(src: str, outl: Location, cfg: JobConfig, seed: int | None, 
                            "--state-dir of the run that wrote OUT, or use an empty OUT")
     if manifest is None or manifest.get("status") != "complete":
         outl.write_json(MANIFEST, build_manifest(job, source.classes, source.empty_classes, [],
-                                                 len(source.inputs), [], 0, "incomplete"))
+                                                 len(source.inputs), [], 0, "incomplete"), "OUT's manifest")
     return source, state, jstate["key"]

@@ -157,6 +157,62 @@ def live_holder(out) -> str | None:
     return f"host {h.get('host', '?')}, pid {h.get('pid', '?')}, {since}"
 
 
+class DriverGone(RuntimeError):
+    """The run that holds OUT is not the one this worker's shard belongs to any more (it died or was stopped)."""
+
+
+def check_driver(out, driver: tuple | None) -> None:
+    """Raise :class:`DriverGone` unless OUT (a :class:`~himr_pipe.storage.Location`) is held by ``driver``
+    (host, pid; None: a worker that dies with its driver, nothing to check). A Ray worker is not the driver's
+    child, so the driver's death does not end it at once; without this check its shard in flight would land in an
+    OUT whose lock is already free. Liveness where it can be seen: a lease (any host), or flock on the driver's
+    own host; a local path on another host (a shared file system, where flock may not reach across hosts) gives
+    only who holds it."""
+    if driver is None:
+        return
+    host, pid = driver
+    live = out.remote or socket.gethostname() == host
+    h = holder_of(out) if live else recorded_holder(out)
+    if not h or h.get("host") != host or h.get("pid") != pid:
+        raise DriverGone(f"OUT is no longer held by the run that started this shard (host {host}, pid "
+                         f"{pid}); the shard is not published")
+
+
+def publish_held(out, writer, driver: tuple | None, hooks=None) -> None:
+    """Publish a committed shard (a :class:`~himr_pipe.shards.ShardWriter`) only while ``driver`` holds OUT.
+
+    Holding the driver's lock and renaming cannot be one system call, so the window between a check and the
+    rename is closed by a second check after it: check, rename, check again, and if the driver is gone at the
+    second check, remove the shard just renamed and raise :class:`DriverGone`. A driver's hold, once lost, never
+    comes back (its flock or lease goes with its pid), so a driver that died before the rename is seen gone at
+    the second check; a shard that stays in OUT was renamed while the driver still held it. Only the shard this
+    worker renamed is removed (locally: the same inode, so a later run's shard of the same name is not touched).
+    Only a worker itself killed in the microseconds between its rename and its second check can leave a shard
+    after its driver's death; having no record in the owner's state, the next run redoes it to the same bytes.
+    ``hooks``: :meth:`~himr_pipe.worker.WorkerHooks.before_publish` is called between the check and the rename."""
+    try:
+        check_driver(out, driver)
+        if hooks is not None:
+            hooks.before_publish(writer.name)
+        ino = None if out.remote or driver is None else os.stat(writer.tmp).st_ino
+    except BaseException:
+        writer.abort()
+        raise
+    writer.publish()
+    try:
+        check_driver(out, driver)
+    except DriverGone:
+        if ino is None:
+            out.remove(writer.name)
+        else:
+            try:
+                if os.stat(out.url(writer.name)).st_ino == ino:
+                    os.remove(out.url(writer.name))
+            except FileNotFoundError:
+                pass
+        raise
+
+
 class LeaseLost(Failed, RuntimeError):
     """Another run took this run's lease over (it expired, or two runs raced for a stale one)."""
 

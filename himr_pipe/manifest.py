@@ -27,18 +27,21 @@ import json
 import os
 from dataclasses import dataclass
 from typing import Any
-from .errors import Refused
+from .errors import Refused, WriteFailed
 
 MANIFEST = "manifest.json"
 TIMM_INFO = "_info.json"
 MANIFEST_FORMAT = "himr-pipe/manifest-v1"
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, private: bool = False) -> None:
-    """A local JSON file written whole or not at all (mode 0600 when ``private``)."""
+def write_json_atomic(path: str | os.PathLike, obj: Any, private: bool = False, what: str | None = None) -> None:
+    """A local JSON file written whole or not at all (mode 0600 when ``private``; ``what`` it is, for the one line
+    that names it when its disk refuses it: :class:`~himr_pipe.errors.WriteFailed`)."""
     from .atomic import atomic_write
-
-    atomic_write(str(path), (json.dumps(obj, indent=1) + "\n").encode(), 0o600 if private else 0o644)
+    try:
+        atomic_write(str(path), (json.dumps(obj, indent=1) + "\n").encode(), 0o600 if private else 0o644)
+    except OSError as e:
+        raise WriteFailed.of(e, path, what) from None
 
 
 def reason_counts(reasons) -> dict[str, int]:

@@ -39,6 +39,10 @@ def encrypt_shards(src: str, out: str, cfg: JobConfig, seed: int | None = None,
     t0 = time.time()
     with prepared(src, out, cfg, seed, opts) as job:
         plan = _plan(job, cfg)
+        if not plan.todo:
+            finished = _finished_manifest(job.out)
+            if finished is not None:  # a rerun of a finished job: said so, nothing redone (the audit neither)
+                return RunResult(finished, EXIT_OK, time.time() - t0, 0, job.state, already_complete=True)
         failure = _distribute(plan, job, cfg, opts)
         return _finish(plan, job, cfg, opts, failure, t0)
 
@@ -82,6 +86,15 @@ def _plan(job: Prepared, cfg: JobConfig) -> Plan:
     image_id = cfg.task_def.image_ids(job.source, job.key, cfg)
     done, todo = resume_scan(shards, cfg, job.out, job.state, image_id)
     return Plan(shards, todo, done, image_id, sum(len(t.items) for t in todo))
+
+
+def _finished_manifest(out: Location) -> dict | None:
+    """OUT's manifest when it says the job is complete (its job was checked against this one by prepare)."""
+    try:
+        m = out.read_json(MANIFEST)
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("status") == "complete" else None
 
 
 def _distribute(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions) -> str | None:
@@ -165,10 +178,10 @@ def _write_manifest(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions,
         t = manifest["totals"]
         assert t["inputs_written"] + t["skipped"] == total_inputs, t
         assert t["written"] == t["inputs_written"] * cfg.views, t
-        outl.write_json(TIMM_INFO, build_timm_info(cfg.split, shard_recs, model))
+        outl.write_json(TIMM_INFO, build_timm_info(cfg.split, shard_recs, model), "OUT's split file for timm")
         # the owner's copy of what was skipped, by name
         ostate.write_skipped([{"input": i, "path": ref, "reason": r} for i, ref, r in skipped])
-    outl.write_json(MANIFEST, manifest)  # last: after every shard and the split file
+    outl.write_json(MANIFEST, manifest, "OUT's manifest")  # last: after every shard and the split file
     secs = time.time() - t0  # the run's own time; the quick audit's is recorded with its figures
     msgs: list[str] = []
     audit_seconds = None
@@ -177,7 +190,7 @@ def _write_manifest(plan: Plan, job: Prepared, cfg: JobConfig, opts: RunOptions,
         t = time.perf_counter()
         manifest["audit"] = quick_audit(job.where, job.state, opts.audit_samples, source, msgs, opts.progress)
         audit_seconds = time.perf_counter() - t
-        outl.write_json(MANIFEST, manifest)
+        outl.write_json(MANIFEST, manifest, "OUT's manifest (with the quick audit's figures)")
     if failure:
         msgs.append(f"run stopped: {failure}. Complete shards are kept; rerun the same command to resume.")
         code = EXIT_FAILED

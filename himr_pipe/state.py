@@ -112,9 +112,13 @@ class OwnerState:
         """A new job: forget any per-shard stats of an earlier one, then write the job record (0700)."""
         if self.path.exists():
             shutil.rmtree(self.path / "shards", ignore_errors=True)
-        (self.path / "shards").mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path, 0o700)
-        write_json_atomic(self.job_path, job_record, private=True)
+        try:
+            (self.path / "shards").mkdir(parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)
+        except OSError as e:
+            raise StateError(f"cannot create the owner state folder {self.path} ({e.strerror or e}); free space "
+                             "or pass another --state-dir") from None
+        write_json_atomic(self.job_path, job_record, private=True, what="the owner state's job record (key)")
 
     # -- per-shard stats ----------------------------------------------------------------
     def shard_path(self, index: int) -> Path:
@@ -125,7 +129,8 @@ class OwnerState:
         return ShardStats.from_dict(read_json(p)) if p.exists() else None
 
     def write_shard(self, stats: ShardStats) -> None:
-        write_json_atomic(self.shard_path(stats.index), stats.to_dict(), private=True)
+        write_json_atomic(self.shard_path(stats.index), stats.to_dict(), private=True,
+                          what=f"the owner state's record of shard {stats.name}")
 
     def shards(self) -> dict[str, ShardStats]:
         """Every recorded shard's stats, by shard file name."""
@@ -149,16 +154,18 @@ class OwnerState:
             if st is None:
                 out.append(f"{e['name']}: no record in the state")
             elif st.sha256 != e.get("sha256"):
-                out.append(f"{e['name']}: written with another key (the state records other bytes)")
+                out.append(f"{e['name']}: written with another key (the state records other bytes than OUT's "
+                           "manifest and its shard)")
         return out
 
     # -- the end of a run ---------------------------------------------------------------
     def write_skipped(self, skipped: list[dict]) -> None:
-        write_json_atomic(self.path / "skipped.json", skipped, private=True)
+        write_json_atomic(self.path / "skipped.json", skipped, private=True,
+                          what="the owner state's list of skipped inputs")
 
     def write_extra(self, name: str, obj) -> None:
         """Another private record of a finished run (detection: image_ids.json, dropped_annotations.json)."""
-        write_json_atomic(self.path / name, obj, private=True)
+        write_json_atomic(self.path / name, obj, private=True, what=f"the owner state's {name}")
 
     @property
     def skipped_path(self) -> Path:

@@ -40,7 +40,7 @@ import time
 from typing import IO, Any, Callable, TypeVar
 
 from .atomic import atomic_write
-from .errors import Failed
+from .errors import Failed, WriteFailed
 
 LOCAL_SCHEMES = ("file://",)
 SPOOL_PREFIX = "himr-pipe-spool-"
@@ -354,18 +354,22 @@ class Location:
         return h.hexdigest(), n
 
     # -- writing ------------------------------------------------------------------
-    def write_bytes(self, name: str, data: bytes) -> str:
+    def write_bytes(self, name: str, data: bytes, what: str | None = None) -> str:
         """Atomically (a local temporary file made durable and renamed into place, or one PUT); returns the
-        sha256 of what was written."""
+        sha256 of what was written (``what`` the file is: named with it when a full disk refuses it)."""
         if not self.remote:
-            atomic_write(os.path.join(self.root, name), data)
+            path = os.path.join(self.root, name)
+            try:
+                atomic_write(path, data)
+            except OSError as e:
+                raise WriteFailed.of(e, path, what) from None
         else:
             self._try(f"writing {name}", lambda: self.fs.pipe_file(self._p(name), data, **bounded(self.fs, len(data))))
         return hashlib.sha256(data).hexdigest()
 
-    def write_json(self, name: str, obj: Any) -> str:
+    def write_json(self, name: str, obj: Any, what: str | None = None) -> str:
         """:meth:`write_bytes` of the JSON (indented, as every JSON in OUT); returns its sha256."""
-        return self.write_bytes(name, (json.dumps(obj, indent=1) + "\n").encode())
+        return self.write_bytes(name, (json.dumps(obj, indent=1) + "\n").encode(), what)
 
     def remove(self, name: str) -> None:
         try:

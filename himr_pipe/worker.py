@@ -32,6 +32,7 @@ import numpy as np
 from . import keys
 from .decoders import DecodeBatch, Header, inspect_header
 from .geometry import decode_geometry
+from .lock import DriverGone, check_driver, publish_held  # noqa: F401 (DriverGone: re-exported)
 from .plan import JobConfig, PlannedSample, ShardTask
 from .state import ShardStats
 from .stages import BufferPool, Prefetch, Sink
@@ -153,23 +154,8 @@ class ShardWorker:
         return n
 
     def _check_driver(self) -> None:
-        """Before a shard is published: is OUT still held by the run that asked for it? A Ray worker is not
-        the driver's child, so the driver's death does not end it at once; without this check its shard in
-        flight would land in an OUT whose lock is already free."""
-        if self.driver is None:
-            return
-        import socket
-
-        from .lock import holder_of, recorded_holder
-
-        host, pid = self.driver
-        # liveness where it can be seen: a lease (any host), or flock on the driver's own host. A local path on
-        # another host (a shared file system, where flock may not reach across hosts) gives only who holds it.
-        live = self.out.remote or socket.gethostname() == host
-        h = holder_of(self.out) if live else recorded_holder(self.out)
-        if not h or h.get("host") != host or h.get("pid") != pid:
-            raise DriverGone(f"OUT is no longer held by the run that started this shard (host {host}, pid "
-                             f"{pid}); the shard is not published")
+        """Is OUT still held by the run that asked for this shard (:func:`~.lock.check_driver`)?"""
+        check_driver(self.out, self.driver)
 
     def run(self, task: ShardTask) -> ShardStats:
         """Write shard ``task`` and return its stats. The stages overlap, each in its own thread: reading and
@@ -247,12 +233,7 @@ class ShardWorker:
         if info.samples == 0:
             writer.abort()  # an empty tar helps no reader; the stats still account for every input
         else:
-            try:
-                self._check_driver()
-            except BaseException:
-                writer.abort()
-                raise
-            writer.publish()
+            publish_held(self.out, writer, self.driver, self.hooks)  # only while the driver holds OUT
         stats = ShardStats(
             index=task.index, name=task.name, planned=len(task.items), samples=info.samples,
             bytes=info.bytes if info.samples else 0, sha256=info.sha256 if info.samples else None,
@@ -357,6 +338,9 @@ class WorkerHooks:
         """A batch is in the shard's temporary file (the shard not yet published); ``done_samples``: the
         samples this worker has written since it was built, over all its shards."""
 
+    def before_publish(self, name: str) -> None:
+        """Shard ``name`` is complete, its driver found holding OUT; the rename comes next (:func:`~.lock.publish_held`)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerSpec:
@@ -396,10 +380,6 @@ class WorkerSpec:
 
 
 _WORKER: ShardWorker | None = None
-
-
-class DriverGone(RuntimeError):
-    """The run that holds OUT is not the one this worker's shard belongs to any more (it died or was stopped)."""
 
 
 def die_with(parent: int) -> None:

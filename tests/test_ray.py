@@ -88,3 +88,20 @@ def test_ray_tasks_take_one_gpu_each_on_cuda():
     assert ray_task_options("cpu", 3) == {"num_cpus": 1, "max_retries": 3, "retry_exceptions": False}
     assert ray_task_options("cuda:1", 3) == {"num_cpus": 1, "max_retries": 3, "retry_exceptions": False,
                                              "num_gpus": 1}
+
+
+def test_a_ray_worker_publishes_nothing_after_its_driver_is_gone(sample_src, tmp_path, local_ray, monkeypatch):
+    """The driver's hold lost between a Ray worker's check and its rename (issue 35: a shard landed ~50 ms after
+    the driver's kill): the worker checks again after the rename and takes the shard back; nothing stays in OUT
+    that was not there when the driver went."""
+    import test_runctl
+
+    out, seen = tmp_path / "out", tmp_path / "seen"
+    ray.cloudpickle.register_pickle_by_value(test_runctl)
+    try:
+        test_runctl.with_driver(monkeypatch, test_runctl.DriverDiesBefore(1, str(out), str(seen)))
+        r = encrypt(sample_src, out, *ARGS, "--distributor", "ray", expect=1)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(test_runctl)
+    assert "no longer held" in r.output and "Traceback" not in r.output
+    assert set(e for e in os.listdir(out) if e.endswith(".tar")) <= set(seen.read_text().split())

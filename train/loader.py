@@ -272,10 +272,15 @@ class TrainStream(IterableDataset):
 
         warned: set[tuple[str, bool]] = set()  # (shard, a shard's own fault): one warning each
         dead: set[str] = set()  # shards that gave no sample at all: not read again this epoch
+        # a fault counts once an epoch: not again at each pass through the share, nor in a stream that reads a
+        # shard only because there are more streams than shards (its owner, order[j::n], counts it)
+        counted, own = set(), set(order[sid::n])
 
         def fault(url, what, key, lost):
             name = _shard_name(url)
-            self._count(lost)
+            if (url, key) not in counted and url in own:
+                counted.add((url, key))
+                self._count(lost)
             if (url, key is None) not in warned:
                 warned.add((url, key is None))
                 _warn(f"shard {name}: {what}; " + ("its faulty samples are skipped" if key is not None else

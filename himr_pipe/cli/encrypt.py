@@ -142,13 +142,21 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
             click.echo(f"himr-pipe: {m}", err=True)
         sys.exit(res.exit_code)
     t = res.manifest["totals"]
+    if res.already_complete:
+        click.echo(f"himr-pipe: OUT is already complete ({t['inputs']} inputs, {t['inputs_written']} written"
+                   + (f" as {t['written']} samples" if t["written"] != t["inputs_written"] else "")
+                   + f", {t['skipped']} skipped, {len(res.manifest['shards'])} shards); nothing to do -> "
+                   + os.path.join(out, "manifest.json"))
+        sys.exit(0)
     rate = res.processed / res.seconds if res.seconds > 0 else 0.0
     reasons = ", ".join(f"{k}: {v}" for k, v in res.manifest["skip_reasons"].items())
     line = (f"himr-pipe: {t['inputs']} inputs, {t['inputs_written']} written"
             + (f" as {t['written']} samples" if t["written"] != t["inputs_written"] else "")
             + f", {t['skipped']} skipped"
             + (f" ({reasons})" if reasons else "")
-            + f", {len(res.manifest['shards'])} shards, {res.seconds:.1f} s, {rate:.0f} img/s -> "
+            + f", {len(res.manifest['shards'])} shards, "
+            + (f"{res.seconds:.1f} s, {rate:.0f} img/s" if res.processed else "every shard written before")
+            + " -> "
             + os.path.join(out, "manifest.json"))
     for m in res.messages:
         click.echo(f"himr-pipe: {m}", err=True)
