@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import keys
-from .decoders import DecodeBatch, Header, inspect_header
+from .decoders import BATCH_PIXELS, DecodeBatch, Header, screen
 from .geometry import decode_geometry
 from .plan import JobConfig, PlannedSample, ShardTask
 from .state import ShardStats
@@ -41,7 +41,6 @@ from .storage import Location
 
 if TYPE_CHECKING:
     import torch
-
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,8 @@ class ShardWorker:
                     yield it, e
 
     def _batches(self, items, skipped: list, draws: np.ndarray | None = None, timing: dict | None = None):
-        """Read and screen inputs; yield DecodeBatches whose tag lists the ScreenedSamples they hold
+        """Read and screen inputs (header and coded data); yield DecodeBatches whose tag lists the ScreenedSamples
+        they hold, of at most ``batch_size`` images and BATCH_PIXELS decoded pixels, or one image alone
         (``timing["read"]``: seconds spent here, waits for the consumer excluded)."""
         cfg = self.cfg
         clock = time.perf_counter
@@ -117,12 +117,12 @@ class ShardWorker:
             return DecodeBatch(data, np.array(wins, np.float32) if draws is not None or letterbox else None,
                                screened)
 
-        data, screened, wins = [], [], []
+        data, screened, wins, pixels = [], [], [], 0
         for it, blob in self._read(items):
             try:
                 if isinstance(blob, InputError):
                     raise blob
-                hdr = inspect_header(blob, cfg.max_pixels)
+                hdr = screen(blob, cfg.max_pixels)
                 t = it.target
                 if t is not None and (hdr.width, hdr.height) != (t.width, t.height):
                     raise InputError(f"size-mismatch: the image is {hdr.width}x{hdr.height} but its annotations "
@@ -130,18 +130,19 @@ class ShardWorker:
             except InputError as e:
                 skipped.append((it.index, it.ref, e.reason))
                 continue
+            if data and (len(data) == self.batch_size or pixels + hdr.width * hdr.height > BATCH_PIXELS):
+                if timing is not None:
+                    timing["read"] += clock() - t_read
+                yield batch(data, screened, wins)
+                t_read = clock()
+                data, screened, wins, pixels = [], [], [], 0
             data.append(blob)
+            pixels += hdr.width * hdr.height
             row, frame = decode_geometry(cfg.resize, cfg.scheme.size, hdr.width, hdr.height,
                                          None if draws is None else draws[it.pos])
             if row is not None:
                 wins.append(row)
             screened.append(ScreenedSample(it, hdr, frame))
-            if len(data) == self.batch_size:
-                if timing is not None:
-                    timing["read"] += clock() - t_read
-                yield batch(data, screened, wins)
-                t_read = clock()
-                data, screened, wins = [], [], []
         if timing is not None:
             timing["read"] += clock() - t_read
         if data:
