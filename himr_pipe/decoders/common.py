@@ -144,7 +144,8 @@ def check_data(data: bytes, header: Header) -> None:
         import simplejpeg
 
         try:
-            simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_factor=8)
+            # min_height/min_width 1: the smallest scale libjpeg-turbo offers, 1/8 (min_factor alone scales nothing)
+            simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_factor=8, min_height=1, min_width=1)
         except (ValueError, RuntimeError) as e:
             why = str(e).strip().rstrip(".") or type(e).__name__
             kind = "corrupt-data" if any(w in why.lower() for w in _CORRUPT_WORDS) else "decode-error"
