@@ -136,8 +136,10 @@ def check_data(data: bytes, header: Header) -> None:
       libjpeg-turbo (a partial scan, a premature end) is an error, at a fraction of a decode's cost
       (benchmarks/RESULTS.md, issue 35);
     - PNG: Pillow's ``verify`` (every chunk's CRC and the chunk structure), which a cut or an overwritten run
-      of bytes breaks;
-    - other formats are left to the decoder (a WebP has no checksum to hold its data to)."""
+      of bytes breaks (a cut WebP fails Pillow's parse of its header already, as corrupt-header; a lossy WebP has
+      no checksum: bytes overwritten inside it decode as they are, with every decoder);
+    - other formats are left to the decoder (DALI may then print a line of its own; the skip is reported with
+      the sample id as DECODE_ERROR)."""
     from ..errors import InputError
 
     if header.format in ("JPEG", "MPO"):
