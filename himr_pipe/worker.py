@@ -34,7 +34,7 @@ from .decoders import BATCH_PIXELS, DecodeBatch, Header, screen
 from .geometry import decode_geometry
 from .plan import JobConfig, PlannedSample, ShardTask
 from .state import ShardStats
-from .stages import BufferPool, Prefetch, Sink
+from .stages import BufferPool, Prefetch, Sink, ordered_map
 from .shards import ShardWriter
 from .sources import InputError, ShardReader
 from .storage import Location
@@ -70,7 +70,7 @@ class ShardWorker:
         self.driver = tuple(driver) if driver else None
         if self.out.remote:
             Location.clean_spool()  # spool files left by a worker killed on this host
-        self.batch_size = batch_size
+        self.batch_size, self.threads = batch_size, threads
         self.device = device
         self.kernels = kernels
         self.decoder = make_decoder(cfg.decoder, cfg.scheme.size, cfg.resize, batch_size, threads, device,
@@ -104,9 +104,8 @@ class ShardWorker:
                     yield it, e
 
     def _batches(self, items, skipped: list, draws: np.ndarray | None = None, timing: dict | None = None):
-        """Read and screen inputs (header and coded data); yield DecodeBatches whose tag lists the ScreenedSamples
-        they hold, of at most ``batch_size`` images and BATCH_PIXELS decoded pixels, or one image alone
-        (``timing["read"]``: seconds spent here, waits for the consumer excluded)."""
+        """Read and screen inputs (header, coded data); yield DecodeBatches (tag: their ScreenedSamples) of at most
+        ``batch_size`` images and BATCH_PIXELS decoded pixels, or one image (``timing["read"]``: time spent here)."""
         cfg = self.cfg
         clock = time.perf_counter
         t_read = clock()
@@ -117,12 +116,14 @@ class ShardWorker:
             return DecodeBatch(data, np.array(wins, np.float32) if draws is not None or letterbox else None,
                                screened)
 
+        def check(read):  # the header, then the coded data (libjpeg-turbo, without the GIL: on the worker's threads)
+            return read[1] if isinstance(read[1], InputError) else screen(read[1], cfg.max_pixels)
+
         data, screened, wins, pixels = [], [], [], 0
-        for it, blob in self._read(items):
+        for (it, blob), hdr in ordered_map(check, self._read(items), self.threads, 2 * self.batch_size):
             try:
-                if isinstance(blob, InputError):
-                    raise blob
-                hdr = screen(blob, cfg.max_pixels)
+                if isinstance(hdr, Exception):
+                    raise hdr
                 t = it.target
                 if t is not None and (hdr.width, hdr.height) != (t.width, t.height):
                     raise InputError(f"size-mismatch: the image is {hdr.width}x{hdr.height} but its annotations "

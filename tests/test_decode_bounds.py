@@ -103,3 +103,29 @@ def test_stretch_for_detection_is_refused_before_any_work(tmp_path):
     assert len(lines) == 1 and "--resize stretch is refused for detection" in lines[0], r.output
     assert "Traceback" not in r.output and not out.exists()
     shutil.rmtree(src)
+
+
+def test_ordered_map_keeps_order_and_hands_back_errors():
+    """The screening's checks run on the worker's threads, a bounded way ahead, their verdicts in plan order."""
+    import threading
+    import time
+
+    from himr_pipe.stages import ordered_map
+
+    seen = set()
+
+    def fn(x):
+        seen.add(threading.get_ident())
+        time.sleep(0.002 * (x % 3))
+        if x % 5 == 4:
+            raise ValueError(x)
+        return x * x
+
+    for threads in (1, 3):
+        out = list(ordered_map(fn, range(20), threads, 6))
+        assert [x for x, _ in out] == list(range(20))
+        assert all((isinstance(r, ValueError) and r.args == (x,)) if x % 5 == 4 else r == x * x for x, r in out)
+    assert len(seen) > 1
+    it = ordered_map(fn, iter(range(100)), 2, 4)
+    next(it)
+    it.close()  # a consumer that stops early: the pool is let go
