@@ -25,7 +25,8 @@ from .nvimgcodec import NvImageCodecDecoder
 from .tv import TorchvisionDecoder
 
 __all__ = [
-    "BATCH_PIXELS", "DALI_FORMATS", "DECODERS", "DECODE_ERROR", "DEFAULT_MAX_PIXELS", "LETTERBOX_FIELDS", "RESIZE_MODES", "VIEW_FIELDS",
+    "BATCH_PIXELS", "DALI_FORMATS", "DECODERS", "DECODE_ERROR", "DEFAULT_MAX_PIXELS", "LETTERBOX_FIELDS", "RESIZE_MODES",
+    "VIEW_FIELDS",
     "DaliDecoder", "DecodeBatch", "DecodeFailed", "Header", "NvImageCodecDecoder", "TorchvisionDecoder",
     "check_data", "inspect_header", "make_decoder", "resolve_decoder", "screen",
 ]
