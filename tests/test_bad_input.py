@@ -91,6 +91,9 @@ def build_corpus(root: Path) -> dict[str, str | None]:
     # issue 35: a lenient decode wrote these; the strict check of the coded data skips them
     bad("bad/cut60_eoi.jpg", "corrupt-data", jpg[: len(jpg) * 6 // 10] + b"\xff\xd9")  # cut, end marker appended
     bad("bad/zero_run.jpg", "corrupt-data", _zero_run(jpg))  # 2,000 zero bytes over the middle of the scan
+    claims = bytearray(jpg)  # a header claiming 9400 x 9400 (under --max-pixels) over a 320 x 240 scan
+    struct.pack_into(">HH", claims, claims.index(b"\xff\xc0") + 5, 9400, 9400)
+    bad("bad/claims_9400.jpg", "corrupt-data", bytes(claims))
     bad("bad/zero.jpg", "empty-file", b"")
     bad("bad/text.jpg", "not-an-image", b"this is a text file with an image name\n" * 10)
     gif = io.BytesIO()
