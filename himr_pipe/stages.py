@@ -1,5 +1,6 @@
-"""The worker's thread stages and its buffers: a reader running ahead (:class:`Prefetch`), a sink thread
-taking batches in order (:class:`Sink`), and reused batch buffers (:class:`BufferPool`).
+"""The worker's thread stages and its buffers: a reader running ahead (:class:`Prefetch`), work spread over
+threads in order (:func:`ordered_map`), a sink thread taking batches in order (:class:`Sink`), and reused batch
+buffers (:class:`BufferPool`).
 
 Generic: they know nothing of images or shards, so the worker (:mod:`.worker`) composes them and the tests
 drive them alone.
@@ -68,6 +69,40 @@ def _device_key(device) -> str:
     if d.type == "cuda" and d.index is None:
         d = torch.device("cuda", torch.cuda.current_device())
     return str(d)
+
+
+def ordered_map(fn, items, threads: int, ahead: int):
+    """Yield (item, ``fn(item)``) for each item, in order, or (item, the exception ``fn`` raised); ``fn`` runs on
+    ``threads`` threads of its own (in the caller's thread where ``threads`` <= 1), at most ``ahead`` items ahead
+    of the consumer. For work that releases the GIL (the screening's check of coded data: libjpeg-turbo)."""
+    def done(x, f):
+        try:
+            return x, f.result()
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which decides
+            return x, e
+
+    if threads <= 1:
+        for x in items:
+            try:
+                yield x, fn(x)
+            except Exception as e:  # noqa: BLE001 - as above
+                yield x, e
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool, q = ThreadPoolExecutor(threads, thread_name_prefix="himr-check"), deque()
+    try:
+        for x in items:
+            q.append((x, pool.submit(fn, x)))
+            if len(q) >= ahead:
+                yield done(*q.popleft())
+        while q:
+            yield done(*q.popleft())
+    finally:
+        for _, f in q:
+            f.cancel()
+        pool.shutdown(wait=False)
 
 
 class Prefetch:

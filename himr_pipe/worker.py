@@ -30,19 +30,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import keys
-from .decoders import DecodeBatch, Header, inspect_header
+from .decoders import BATCH_PIXELS, DecodeBatch, Header, screen
 from .geometry import decode_geometry
 from .lock import DriverGone, check_driver, publish_held  # noqa: F401 (DriverGone: re-exported)
 from .plan import JobConfig, PlannedSample, ShardTask
 from .state import ShardStats
-from .stages import BufferPool, Prefetch, Sink
+from .stages import BufferPool, Prefetch, Sink, ordered_map
 from .shards import ShardWriter
 from .sources import InputError, ShardReader
 from .storage import Location
 
 if TYPE_CHECKING:
     import torch
-
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class ShardWorker:
         self.driver = tuple(driver) if driver else None
         if self.out.remote:
             Location.clean_spool()  # spool files left by a worker killed on this host
-        self.batch_size = batch_size
+        self.batch_size, self.threads = batch_size, threads
         self.device = device
         self.kernels = kernels
         self.decoder = make_decoder(cfg.decoder, cfg.scheme.size, cfg.resize, batch_size, threads, device,
@@ -106,8 +105,8 @@ class ShardWorker:
                     yield it, e
 
     def _batches(self, items, skipped: list, draws: np.ndarray | None = None, timing: dict | None = None):
-        """Read and screen inputs; yield DecodeBatches whose tag lists the ScreenedSamples they hold
-        (``timing["read"]``: seconds spent here, waits for the consumer excluded)."""
+        """Read and screen inputs (header, coded data); yield DecodeBatches (tag: their ScreenedSamples) of at most
+        ``batch_size`` images and BATCH_PIXELS decoded pixels, or one image (``timing["read"]``: time spent here)."""
         cfg = self.cfg
         clock = time.perf_counter
         t_read = clock()
@@ -118,12 +117,14 @@ class ShardWorker:
             return DecodeBatch(data, np.array(wins, np.float32) if draws is not None or letterbox else None,
                                screened)
 
-        data, screened, wins = [], [], []
-        for it, blob in self._read(items):
+        def check(read):  # the header, then the coded data (libjpeg-turbo, without the GIL: on the worker's threads)
+            return read[1] if isinstance(read[1], InputError) else screen(read[1], cfg.max_pixels)
+
+        data, screened, wins, pixels = [], [], [], 0
+        for (it, blob), hdr in ordered_map(check, self._read(items), self.threads, 2 * self.batch_size):
             try:
-                if isinstance(blob, InputError):
-                    raise blob
-                hdr = inspect_header(blob, cfg.max_pixels)
+                if isinstance(hdr, Exception):
+                    raise hdr
                 t = it.target
                 if t is not None and (hdr.width, hdr.height) != (t.width, t.height):
                     raise InputError(f"size-mismatch: the image is {hdr.width}x{hdr.height} but its annotations "
@@ -131,18 +132,19 @@ class ShardWorker:
             except InputError as e:
                 skipped.append((it.index, it.ref, e.reason))
                 continue
+            if data and (len(data) == self.batch_size or pixels + hdr.width * hdr.height > BATCH_PIXELS):
+                if timing is not None:
+                    timing["read"] += clock() - t_read
+                yield batch(data, screened, wins)
+                t_read = clock()
+                data, screened, wins, pixels = [], [], [], 0
             data.append(blob)
+            pixels += hdr.width * hdr.height
             row, frame = decode_geometry(cfg.resize, cfg.scheme.size, hdr.width, hdr.height,
                                          None if draws is None else draws[it.pos])
             if row is not None:
                 wins.append(row)
             screened.append(ScreenedSample(it, hdr, frame))
-            if len(data) == self.batch_size:
-                if timing is not None:
-                    timing["read"] += clock() - t_read
-                yield batch(data, screened, wins)
-                t_read = clock()
-                data, screened, wins = [], [], []
         if timing is not None:
             timing["read"] += clock() - t_read
         if data:

@@ -41,6 +41,14 @@ def _rotated(path: Path):
     _save(Image.fromarray(a), path, "JPEG", quality=95, exif=exif.tobytes())
 
 
+def _zero_run(blob: bytes, n: int = 2000) -> bytes:
+    """``blob`` with ``n`` zero bytes written over its middle (its length unchanged)."""
+    b = bytearray(blob)
+    m = len(b) // 2
+    b[m:m + n] = bytes(n)
+    return bytes(b)
+
+
 # file -> expected outcome: None = written, else the reason category of the skip
 EXPECTED = {}
 
@@ -79,7 +87,13 @@ def build_corpus(root: Path) -> dict[str, str | None]:
     jpg = io.BytesIO()
     photo.save(jpg, "JPEG", quality=90)
     jpg = jpg.getvalue()
-    bad("bad/truncated.jpg", "decode-error", jpg[: len(jpg) // 2])
+    bad("bad/truncated.jpg", "corrupt-data", jpg[: len(jpg) // 2])
+    # issue 35: a lenient decode wrote these; the strict check of the coded data skips them
+    bad("bad/cut60_eoi.jpg", "corrupt-data", jpg[: len(jpg) * 6 // 10] + b"\xff\xd9")  # cut, end marker appended
+    bad("bad/zero_run.jpg", "corrupt-data", _zero_run(jpg))  # 2,000 zero bytes over the middle of the scan
+    claims = bytearray(jpg)  # a header claiming 9400 x 9400 (under --max-pixels) over a 320 x 240 scan
+    struct.pack_into(">HH", claims, claims.index(b"\xff\xc0") + 5, 9400, 9400)
+    bad("bad/claims_9400.jpg", "corrupt-data", bytes(claims))
     bad("bad/zero.jpg", "empty-file", b"")
     bad("bad/text.jpg", "not-an-image", b"this is a text file with an image name\n" * 10)
     gif = io.BytesIO()
@@ -89,7 +103,10 @@ def build_corpus(root: Path) -> dict[str, str | None]:
     _png_bomb(root / "bad/bomb.png")
     png = io.BytesIO()
     photo.save(png, "PNG")
-    bad("bad/truncated.png", "decode-error", png.getvalue()[: len(png.getvalue()) - 300])
+    bad("bad/truncated.png", "corrupt-data", png.getvalue()[: len(png.getvalue()) - 300])
+    iend = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    bad("bad/cut60_iend.png", "corrupt-data", png.getvalue()[: len(png.getvalue()) * 6 // 10] + iend)
+    bad("bad/zero_run.png", "corrupt-data", _zero_run(png.getvalue()))
     bad("bad/notes.txt", "unsupported-extension", b"not an image")
     bad("bad/huge.png", "file-too-large")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 700, 3), np.uint8)).save(root / "bad/huge.png")
@@ -204,7 +221,7 @@ def test_webdataset_sources_and_hostile_tar_members(tmp_path):
         for i in range(4):
             w.write({"__key__": f"ok{i}", "jpg": jpg, "cls": str(i % 2).encode()})
     expected_reasons = {"unsafe-member-name": 2, "not-a-regular-file": 1, "duplicate-name": 1, "no-label": 1,
-                        "bad-label": 2, "no-image": 1, "corrupt-header": 1, "decode-error": 1, "duplicate-key": 1}
+                        "bad-label": 2, "no-image": 1, "corrupt-header": 1, "corrupt-data": 1, "duplicate-key": 1}
     for src in (shards, shards / "part-000000.tar", str(shards / "part-{000000..000001}.tar")):
         out = tmp_path / f"out{abs(hash(str(src)))}"
         encrypt(src, out, "--shard-size", "5", expect=3)

@@ -7,7 +7,9 @@
 - nvImageCodec (:class:`NvImageCodecDecoder`, :mod:`.nvimgcodec`): nvImageCodec's batched decode, then
   :mod:`himr_pipe.resize`; ``auto`` picks it where DALI is not installed and nvImageCodec is.
 
-Before any decoder, :func:`inspect_header` checks each image from its header alone. Every decoder's ``run``
+Before any decoder, :func:`inspect_header` checks each image from its header alone, and :func:`check_data` its
+coded data (a corrupt JPEG or PNG is skipped with a reason; :func:`screen` is both); the worker ends a batch before
+its decoded pixels pass :data:`BATCH_PIXELS`. Every decoder's ``run``
 takes :class:`DecodeBatch` es (their windows: VIEW_FIELDS, (n, 5), for ``--views``; LETTERBOX_FIELDS, (n, 7),
 for resize "letterbox") and yields (batch, images, failures). :func:`resolve_decoder` and
 :func:`make_decoder` (:mod:`.choose`) choose and build the decode stage by name. The shared parts live in
@@ -16,14 +18,15 @@ package. The decoders differ in their pixels, so the resolved decoder is part of
 """
 
 from .choose import DECODERS, make_decoder, resolve_decoder
-from .common import (DALI_FORMATS, DECODE_ERROR, DEFAULT_MAX_PIXELS, LETTERBOX_FIELDS, RESIZE_MODES, VIEW_FIELDS,
-                     DecodeBatch, DecodeFailed, Header, inspect_header)
+from .common import (BATCH_PIXELS, DALI_FORMATS, DECODE_ERROR, DEFAULT_MAX_PIXELS, LETTERBOX_FIELDS, RESIZE_MODES,
+                     VIEW_FIELDS, DecodeBatch, DecodeFailed, Header, check_data, inspect_header, screen)
 from .dali import DaliDecoder
 from .nvimgcodec import NvImageCodecDecoder
 from .tv import TorchvisionDecoder
 
 __all__ = [
-    "DALI_FORMATS", "DECODERS", "DECODE_ERROR", "DEFAULT_MAX_PIXELS", "LETTERBOX_FIELDS", "RESIZE_MODES", "VIEW_FIELDS",
+    "BATCH_PIXELS", "DALI_FORMATS", "DECODERS", "DECODE_ERROR", "DEFAULT_MAX_PIXELS", "LETTERBOX_FIELDS", "RESIZE_MODES",
+    "VIEW_FIELDS",
     "DaliDecoder", "DecodeBatch", "DecodeFailed", "Header", "NvImageCodecDecoder", "TorchvisionDecoder",
-    "inspect_header", "make_decoder", "resolve_decoder",
+    "check_data", "inspect_header", "make_decoder", "resolve_decoder", "screen",
 ]

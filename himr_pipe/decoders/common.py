@@ -115,6 +115,62 @@ def inspect_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
 
 DECODE_ERROR = "decode-error: the decoder rejected the data (corrupt or truncated image)"
 
+# The decoded pixels one batch may hold (width x height summed over its images): the worker's screening ends a
+# batch early rather than pass this, so however large the headers claim their images to be (each under
+# --max-pixels), one batch decodes at most max(BATCH_PIXELS, --max-pixels) pixels, 3 bytes each. 48 M pixels is
+# four batches of 64 ImageNet-sized photos (500 x 375), so ordinary batches are never split; sixteen headers of
+# 9400 x 9400 decode one at a time instead of 4.2 GB at once (docs/operations.md, "Peak memory per worker").
+BATCH_PIXELS = 48_000_000
+
+# libjpeg-turbo's words for data that is corrupt rather than of a kind it does not take
+_CORRUPT_WORDS = ("corrupt", "premature", "huffman", "truncated", "bogus", "invalid", "bad ")
+
+
+def check_data(data: bytes, header: Header) -> None:
+    """Check an image's coded data, not just its header, before any decoder sees it: InputError with a reason
+    where it is corrupt, so that it is skipped under its own sample id, whichever decoder runs (DALI on the CPU
+    or a GPU, torchvision, nvImageCodec), and never written as what a lenient decoder made of it.
+
+    - JPEG: libjpeg-turbo in strict mode at 1/8 scale (simplejpeg): every scan is still Huffman-decoded, so a
+      file cut short (an end marker appended or not), a run of zeros in the scan or any other warning of
+      libjpeg-turbo (a partial scan, a premature end) is an error, at a fraction of a decode's cost
+      (benchmarks/RESULTS.md, issue 35);
+    - PNG: Pillow's ``verify`` (every chunk's CRC and the chunk structure), which a cut or an overwritten run
+      of bytes breaks (a cut WebP fails Pillow's parse of its header already, as corrupt-header; a lossy WebP has
+      no checksum: bytes overwritten inside it decode as they are, with every decoder);
+    - other formats are left to the decoder (DALI may then print a line of its own; the skip is reported with
+      the sample id as DECODE_ERROR)."""
+    from ..errors import InputError
+
+    if header.format in ("JPEG", "MPO"):
+        import simplejpeg
+
+        try:
+            # min_height/min_width 1: the smallest scale libjpeg-turbo offers, 1/8 (min_factor alone scales nothing)
+            simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_factor=8, min_height=1, min_width=1)
+        except (ValueError, RuntimeError) as e:
+            why = str(e).strip().rstrip(".") or type(e).__name__
+            kind = "corrupt-data" if any(w in why.lower() for w in _CORRUPT_WORDS) else "decode-error"
+            raise InputError(f"{kind}: {why[:1].lower()}{why[1:]}") from None
+    elif header.format == "PNG":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the limit is inspect_header's
+                try:
+                    Image.open(io.BytesIO(data)).verify()
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+        except Exception as e:  # noqa: BLE001 - Pillow raises many types on a broken file
+            raise InputError(f"corrupt-data: {str(e) or type(e).__name__}") from None
+
+
+def screen(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
+    """:func:`inspect_header`, then :func:`check_data`: what the worker's screening asks of every input."""
+    header = inspect_header(data, max_pixels)
+    check_data(data, header)
+    return header
+
 # The windows of a batch (DecodeBatch.windows): one row per sample, or None where the batch decodes whole
 # (resize "crop" or "stretch" without --views). The worker's screening and the audit's plain images both make
 # them with geometry.decode_geometry.

@@ -62,7 +62,11 @@ class Detection(Task):
                     "their place; use mi (the default for detection: it keeps every patch where it was) or none")
         if cfg.resize == "crop":
             return ("--resize crop is refused for detection: it cuts objects away unseen; use letterbox (the "
-                    "default for detection) or stretch")
+                    "default for detection)")
+        if cfg.resize == "stretch":  # its decode applies EXIF orientation, which COCO's boxes know nothing of
+            return ("--resize stretch is refused for detection: it carries no frame to keep the boxes true (it "
+                    "applies the EXIF orientation, and predict maps boxes back through a letterbox frame only); use "
+                    "letterbox (the default for detection)")
         return None
 
     def job_record(self, cfg):
