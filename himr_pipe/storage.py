@@ -34,13 +34,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
 from typing import IO, Any, Callable, TypeVar
 
 from .atomic import atomic_write
-from .errors import Failed
+from .errors import Failed, InputError, Refused
 
 LOCAL_SCHEMES = ("file://",)
 SPOOL_PREFIX = "himr-pipe-spool-"
@@ -81,13 +82,25 @@ def url_fs(url: str):
         opts["config_kwargs"] = {"connect_timeout": t, "read_timeout": t, "retries": {"total_max_attempts": 1}}
     try:
         fs, p = fsspec.core.url_to_fs(url, **opts)
-    except (ImportError, ValueError) as e:
-        raise StorageError(f"cannot open {scheme}:// URLs ({e}); install the fsspec backend for it "
-                           f"(s3fs for s3://, gcsfs for gs://)") from None
+    except ImportError:
+        raise BackendMissing(f"cannot open {scheme}:// URLs: the fsspec backend for them is not installed: "
+                             f"pip install {_backend_package(scheme)}") from None
+    except ValueError as e:
+        why = str(e).splitlines()[0] if str(e) else "a protocol fsspec does not know"
+        raise BackendMissing(f"cannot open {scheme}:// URLs ({why}): SRC and OUT are local paths or fsspec URLs "
+                             "(s3://, gs://, ...)") from None
     if opts and getattr(fs, "retries", 1) != 1:
         fs.retries = 1  # s3fs retries timeouts five times, silently, inside each call
     _quiet_orphaned_errors(fs)
     return fs, p
+
+
+def _backend_package(scheme: str) -> str:
+    """The package that gives fsspec the ``scheme`` (``gs`` -> gcsfs), from fsspec's own table."""
+    from fsspec.registry import known_implementations
+
+    cls = known_implementations.get(scheme, {}).get("class", "")
+    return cls.split(".", 1)[0] if cls else f"the fsspec backend for {scheme}://"
 
 
 def _quiet_orphaned_errors(fs) -> None:
@@ -181,12 +194,20 @@ def retrying(what: str, url: str, fn: Callable[[], T], patience: float | None = 
             return fn()
         except Exception as e:
             if not transient(e):
+                if _foreign(e):  # a backend's own error type (no network for hf://): the store's, in one line
+                    detail = str(e).splitlines()[0] if str(e) else ""
+                    raise StoreRefused(f"the store {store_name(url)} can't be used ({what}: {type(e).__name__}"
+                                       f"{': ' + detail if detail else ''})") from None
                 raise
+            if gave_up() and not isinstance(e, StoreUnavailable):  # another shard's request gave up already
+                raise StoreUnavailable(f"the object store {store_name(url)} did not answer while {what} (another "
+                                       f"request of this run gave up on it first)") from None
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
             if isinstance(e, TimeoutError) and not str(e):
                 reason += " (no answer within the request's time limit, $HIMR_PIPE_STORE_TIMEOUT)"
             left = patience - (time.monotonic() - t0)
             if left <= 0:
+                give_up()
                 raise StoreUnavailable(
                     f"the object store {store_name(url)} did not answer while {what} ({tries} tries over "
                     f"{time.monotonic() - t0:.0f} s; last: {reason})") from None
@@ -196,6 +217,92 @@ def retrying(what: str, url: str, fn: Callable[[], T], patience: float | None = 
                       f"retry {tries} in {wait:.1f} s, giving up in {left:.0f} s", file=sys.stderr, flush=True)
             time.sleep(wait)
             delay *= 2
+
+
+_SPECIAL = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+            (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"))
+
+
+def not_regular(mode: int) -> str | None:
+    """Why a file of this ``st_mode`` is no input (``not-a-regular-file: fifo``), or None for a regular file. A
+    FIFO, a socket or a device is never opened: a read of one can block forever (a FIFO without a writer)."""
+    if stat.S_ISREG(mode):
+        return None
+    return "not-a-regular-file: " + next((name for test, name in _SPECIAL if test(mode)), "special file")
+
+
+def local_not_regular(path: str) -> str | None:
+    """:func:`not_regular` of a local path (a link followed); None when it is a regular file or cannot be looked
+    at (its reader then says why: a dangling link, a link loop, no permission)."""
+    try:
+        return not_regular(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
+class NotRegularFile(InputError, OSError):
+    """A local path that is no regular file (a FIFO, a socket, a device): never read."""
+
+
+def open_regular(path: str) -> IO[bytes]:
+    """A local regular file opened for reading, and nothing else: opened without blocking (a FIFO's open would
+    wait for a writer) and checked on the open handle (a file swapped for a FIFO after the listing is caught
+    too); :class:`NotRegularFile` otherwise. A regular file's read ends, so this is the bound on a local read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        why = not_regular(os.fstat(fd).st_mode)
+        if why:
+            raise NotRegularFile(why)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _foreign(exc: BaseException) -> bool:
+    """An error of a backend's own type that no rule above knows (not Python's, not ours): hf:// without a
+    network raises httpx's ConnectError, which is no OSError."""
+    from .errors import HimrError
+
+    return not isinstance(exc, (OSError, HimrError)) and type(exc).__module__.split(".")[0] not in ("builtins",
+                                                                                                    "himr_pipe")
+
+
+# Set once a request to a store has given up (StoreUnavailable) in this run: shared by the run's processes
+# (:func:`share_give_up`), so that no new shard starts and every request still retrying stops at its next try:
+# the whole run stops within the patience plus one request's time limit.
+_GAVE_UP: Any = None
+
+
+def share_give_up(event=None):
+    """The event that says "a request gave up" for this process: ``event`` (a worker process gets its driver's,
+    a ``multiprocessing`` Event), else a fresh one for this run (returned, for the distributor to hand on)."""
+    global _GAVE_UP
+    if event is None:
+        import threading
+
+        event = threading.Event()
+    _GAVE_UP = event
+    return event
+
+
+def give_up() -> None:
+    if _GAVE_UP is not None:
+        _GAVE_UP.set()
+
+
+def gave_up() -> bool:
+    """Has a request of this run given up on a store (then no new shard starts)?"""
+    return _GAVE_UP is not None and _GAVE_UP.is_set()
+
+
+class StoreRefused(Refused, OSError):
+    """A store that answers with an error no retry mends, of a type no rule knows (one line, exit 2)."""
+
+
+class BackendMissing(Refused, OSError):
+    """A URL whose fsspec backend is not installed, or a protocol fsspec does not know (exit 2)."""
 
 
 def in_process_only(path: str) -> bool:
@@ -208,7 +315,7 @@ def open_url(path: str, block_size: int = 8 << 20) -> IO[bytes]:
     sequential reads; smaller where a reader seeks, as a tar listing does)."""
     path = local_path(path)
     if not is_url(path):
-        return open(path, "rb")
+        return open_regular(path)
     fs, p = url_fs(path)
     return retrying(f"opening {p.rsplit('/', 1)[-1]}", path,
                     lambda: fs.open(p, "rb", block_size=block_size, cache_type="readahead"))
