@@ -37,7 +37,8 @@ import os
 from dataclasses import dataclass, field
 
 from .sources.base import IMAGE_EXTS, File, Input, Source, SourceError, Url, fingerprint, safe_member_name
-from .storage import Location, bounded, is_url, local_not_regular, local_path, retrying, url_fs
+from .specials import local_not_regular
+from .storage import Location, bounded, is_url, local_path, retrying, url_fs
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ object store is one bounded attempt (on S3: ``$HIMR_PIPE_STORE_TIMEOUT`` seconds
 default 60, and no hidden retries inside botocore or s3fs), retried with exponential backoff (0.5 s doubling,
 at most 15 s) for ``$HIMR_PIPE_STORE_PATIENCE`` seconds (default 120), with one line on stderr per retry that
 names the store, the operation and when it gives up. Then :class:`StoreUnavailable`: the run stops with exit 1
-naming the store, complete shards kept, and the same command resumes once the store is back. Errors that a
-retry cannot mend (a missing object, access denied, a bad URL) are raised at once.
+naming the store, complete shards kept, and the same command resumes once the store is back (one request given
+up stops the run's others: :mod:`.storefail`). Errors that a retry cannot mend (a missing object, access denied,
+a bad URL) are raised at once; a backend missing, or an error of a backend's own type, is :class:`StoreRefused`.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import sys
 import tempfile
 import time
 from typing import IO, Any, Callable, TypeVar
 
 from .atomic import atomic_write
-from .errors import Failed, InputError, Refused
+from .errors import Failed, Refused
+from .specials import open_regular
+from .storefail import backend_package, foreign, gave_up, give_up
 
 LOCAL_SCHEMES = ("file://",)
 SPOOL_PREFIX = "himr-pipe-spool-"
@@ -83,24 +85,15 @@ def url_fs(url: str):
     try:
         fs, p = fsspec.core.url_to_fs(url, **opts)
     except ImportError:
-        raise BackendMissing(f"cannot open {scheme}:// URLs: the fsspec backend for them is not installed: "
-                             f"pip install {_backend_package(scheme)}") from None
-    except ValueError as e:
-        why = str(e).splitlines()[0] if str(e) else "a protocol fsspec does not know"
-        raise BackendMissing(f"cannot open {scheme}:// URLs ({why}): SRC and OUT are local paths or fsspec URLs "
-                             "(s3://, gs://, ...)") from None
+        raise StoreRefused(f"cannot open {scheme}:// URLs: the fsspec backend for them is not installed: "
+                           f"pip install {backend_package(scheme)}") from None
+    except ValueError as e:  # a protocol fsspec does not know
+        raise StoreRefused(f"cannot open {scheme}:// URLs ({(str(e) or repr(e)).splitlines()[0]}): SRC and "
+                           "OUT are local paths or fsspec URLs (s3://, gs://, ...)") from None
     if opts and getattr(fs, "retries", 1) != 1:
         fs.retries = 1  # s3fs retries timeouts five times, silently, inside each call
     _quiet_orphaned_errors(fs)
     return fs, p
-
-
-def _backend_package(scheme: str) -> str:
-    """The package that gives fsspec the ``scheme`` (``gs`` -> gcsfs), from fsspec's own table."""
-    from fsspec.registry import known_implementations
-
-    cls = known_implementations.get(scheme, {}).get("class", "")
-    return cls.split(".", 1)[0] if cls else f"the fsspec backend for {scheme}://"
 
 
 def _quiet_orphaned_errors(fs) -> None:
@@ -194,19 +187,15 @@ def retrying(what: str, url: str, fn: Callable[[], T], patience: float | None = 
             return fn()
         except Exception as e:
             if not transient(e):
-                if _foreign(e):  # a backend's own error type (no network for hf://): the store's, in one line
-                    detail = str(e).splitlines()[0] if str(e) else ""
+                if foreign(e):  # a backend's own error type (no network for hf://): the store's, in one line
                     raise StoreRefused(f"the store {store_name(url)} can't be used ({what}: {type(e).__name__}"
-                                       f"{': ' + detail if detail else ''})") from None
+                                       f"{': ' + str(e).splitlines()[0] if str(e) else ''})") from None
                 raise
-            if gave_up() and not isinstance(e, StoreUnavailable):  # another shard's request gave up already
-                raise StoreUnavailable(f"the object store {store_name(url)} did not answer while {what} (another "
-                                       f"request of this run gave up on it first)") from None
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
             if isinstance(e, TimeoutError) and not str(e):
                 reason += " (no answer within the request's time limit, $HIMR_PIPE_STORE_TIMEOUT)"
             left = patience - (time.monotonic() - t0)
-            if left <= 0:
+            if left <= 0 or gave_up():  # out of patience, or another request of this run gave up already
                 give_up()
                 raise StoreUnavailable(
                     f"the object store {store_name(url)} did not answer while {what} ({tries} tries over "
@@ -219,90 +208,9 @@ def retrying(what: str, url: str, fn: Callable[[], T], patience: float | None = 
             delay *= 2
 
 
-_SPECIAL = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-            (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"))
-
-
-def not_regular(mode: int) -> str | None:
-    """Why a file of this ``st_mode`` is no input (``not-a-regular-file: fifo``), or None for a regular file. A
-    FIFO, a socket or a device is never opened: a read of one can block forever (a FIFO without a writer)."""
-    if stat.S_ISREG(mode):
-        return None
-    return "not-a-regular-file: " + next((name for test, name in _SPECIAL if test(mode)), "special file")
-
-
-def local_not_regular(path: str) -> str | None:
-    """:func:`not_regular` of a local path (a link followed); None when it is a regular file or cannot be looked
-    at (its reader then says why: a dangling link, a link loop, no permission)."""
-    try:
-        return not_regular(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return None
-
-
-class NotRegularFile(InputError, OSError):
-    """A local path that is no regular file (a FIFO, a socket, a device): never read."""
-
-
-def open_regular(path: str) -> IO[bytes]:
-    """A local regular file opened for reading, and nothing else: opened without blocking (a FIFO's open would
-    wait for a writer) and checked on the open handle (a file swapped for a FIFO after the listing is caught
-    too); :class:`NotRegularFile` otherwise. A regular file's read ends, so this is the bound on a local read."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    try:
-        why = not_regular(os.fstat(fd).st_mode)
-        if why:
-            raise NotRegularFile(why)
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _foreign(exc: BaseException) -> bool:
-    """An error of a backend's own type that no rule above knows (not Python's, not ours): hf:// without a
-    network raises httpx's ConnectError, which is no OSError."""
-    from .errors import HimrError
-
-    return not isinstance(exc, (OSError, HimrError)) and type(exc).__module__.split(".")[0] not in ("builtins",
-                                                                                                    "himr_pipe")
-
-
-# Set once a request to a store has given up (StoreUnavailable) in this run: shared by the run's processes
-# (:func:`share_give_up`), so that no new shard starts and every request still retrying stops at its next try:
-# the whole run stops within the patience plus one request's time limit.
-_GAVE_UP: Any = None
-
-
-def share_give_up(event=None):
-    """The event that says "a request gave up" for this process: ``event`` (a worker process gets its driver's,
-    a ``multiprocessing`` Event), else a fresh one for this run (returned, for the distributor to hand on)."""
-    global _GAVE_UP
-    if event is None:
-        import threading
-
-        event = threading.Event()
-    _GAVE_UP = event
-    return event
-
-
-def give_up() -> None:
-    if _GAVE_UP is not None:
-        _GAVE_UP.set()
-
-
-def gave_up() -> bool:
-    """Has a request of this run given up on a store (then no new shard starts)?"""
-    return _GAVE_UP is not None and _GAVE_UP.is_set()
-
-
 class StoreRefused(Refused, OSError):
-    """A store that answers with an error no retry mends, of a type no rule knows (one line, exit 2)."""
-
-
-class BackendMissing(Refused, OSError):
-    """A URL whose fsspec backend is not installed, or a protocol fsspec does not know (exit 2)."""
+    """A URL without its fsspec backend (or of no protocol fsspec knows), or a store's error of a type no rule
+    knows (one line, exit 2)."""
 
 
 def in_process_only(path: str) -> bool:

@@ -215,7 +215,8 @@ def test_a_backend_error_of_its_own_type_is_one_line_exit_2(tmp_path, monkeypatc
 
         info = isfile = find = exists
 
-    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "unreachable", Unreachable)  # undone after the test
+    registry = importlib.import_module("fsspec.registry")._registry
+    monkeypatch.setitem(registry, "unreachable", Unreachable)  # undone after the test
     res = encrypt("unreachable://datasets/foo/bar", tmp_path / "out", expect=EXIT_REFUSED)
     assert _one_line(res) == ("himr-pipe: error: the store unreachable://datasets can't be used (looking at SRC: "
                               "BackendTrouble: [Errno -2] Name or service not known)")

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import braceexpand
 
-from ..storage import bounded, in_process_only, is_url, local_not_regular, local_path, open_url, retrying, url_fs
+from ..specials import local_not_regular
+from ..storage import bounded, in_process_only, is_url, local_path, open_url, retrying, url_fs
 from . import flat, folder, parquet, webdataset
 from .base import (DEFAULT_MAX_BYTES, IMAGE_EXTS, LABEL_LIMIT, CocoRootError, File, Input, InputError, ShardReader,
                    Source, SourceError, Url, fingerprint, read_input, safe_member_name)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..errors import InputError  # one input skipped with its reason (re-exported: himr_pipe.sources.InputError)
-from ..storage import bounded, is_url, not_regular, open_regular, retrying, url_fs
+from ..specials import NotRegularFile, not_regular, open_regular
+from ..storage import bounded, is_url, retrying, url_fs
 from ..errors import Refused
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
@@ -124,6 +125,8 @@ class ShardReader:
             return self._readers[type(loc).reader].read(loc)
         except InputError:
             raise
+        except NotRegularFile as e:  # a FIFO, socket or device where the listing saw a file: never read
+            raise InputError(e.reason) from None
         except IsADirectoryError:
             raise InputError("unreadable: is a directory") from None
         except FileNotFoundError:

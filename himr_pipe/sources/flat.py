@@ -14,7 +14,7 @@ import csv
 import io
 import os
 
-from ..storage import local_not_regular
+from ..specials import local_not_regular
 from .base import Input, Source, SourceError, Url, fingerprint, is_image, label_map, local_entry, version
 
 KIND = "flat"

@@ -22,7 +22,8 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..storage import is_url, local_not_regular, open_url
+from ..specials import local_not_regular
+from ..storage import is_url, open_url
 from .base import (LABEL_LIMIT, Input, InputError, Source, SourceError, file_row, fingerprint, label_map,
                    too_large)
 

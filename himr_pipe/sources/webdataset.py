@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ..storage import bounded, is_url, local_not_regular, open_regular, open_url, retrying, url_fs
+from ..specials import local_not_regular, open_regular
+from ..storage import bounded, is_url, open_url, retrying, url_fs
 from .base import (LABEL_LIMIT, Input, InputError, Source, SourceError, file_row, fingerprint, safe_member_name,
                    too_large)
 
