@@ -37,7 +37,8 @@ import os
 from dataclasses import dataclass, field
 
 from .sources.base import IMAGE_EXTS, File, Input, Source, SourceError, Url, fingerprint, safe_member_name
-from .storage import Location, is_url, local_path
+from .specials import local_not_regular
+from .storage import Location, bounded, is_url, local_path, retrying, url_fs
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ def find_annotations(src: str) -> str | None:
     if is_url(root):
         parent, leaf = root.rsplit("/", 1)
         cand = f"{parent}/annotations/instances_{leaf}.json"
+        # SRC itself first: a store that does not answer is said to be SRC's, not an annotations file's
+        fs, p = url_fs(root)
+        retrying("looking at SRC", root, lambda: fs.exists(p, **bounded(fs)))
         loc = Location(parent + "/annotations")
         return cand if loc.exists(f"instances_{leaf}.json") else None
     root = local_path(root)
@@ -88,6 +92,9 @@ def _read_json(path: str) -> dict:
             parent, name = path.rstrip("/").rsplit("/", 1)
             data = Location(parent).read_bytes(name)
         else:
+            why = local_not_regular(local_path(path))
+            if why:  # a FIFO would block the read forever
+                raise SourceError(f"the annotations file {path!r} can't be read ({why})")
             with open(local_path(path), "rb") as f:
                 data = f.read()
     except FileNotFoundError:
@@ -141,10 +148,16 @@ def open_coco_source(src: str, annotations: str) -> tuple[Source, CocoInfo]:
 
     root = src.rstrip("/")
     loc = Location(root)
+    irregular: dict[str, str] = {}  # FIFOs, sockets, devices: skipped with the reason, never opened
     try:
         listed = set(loc.sizes()) if loc.remote else (
             set(e for e in os.listdir(local_path(root)) if os.path.isfile(os.path.join(local_path(root), e)))
             if os.path.isdir(local_path(root)) else None)
+        if listed is not None and not loc.remote:
+            for e in os.listdir(local_path(root)):
+                why = e not in listed and local_not_regular(os.path.join(local_path(root), e))
+                if why and not why.endswith("directory"):
+                    irregular[e] = why
     except OSError as e:
         raise SourceError(f"SRC {src!r} can't be listed ({e})") from None
     if listed is None:
@@ -223,6 +236,9 @@ def open_coco_source(src: str, annotations: str) -> tuple[Source, CocoInfo]:
         if os.path.splitext(fn)[1].lower() not in IMAGE_EXTS:
             inputs.append(Input(len(inputs), fn, -1, None, "unsupported-extension: not an image extension"))
             continue
+        if fn in irregular:
+            inputs.append(Input(len(inputs), fn, -1, None, irregular[fn]))
+            continue
         if fn not in listed:
             inputs.append(Input(len(inputs), fn, -1, None, "missing-file: the annotations name a file that is not "
                                                          "in SRC"))
@@ -237,9 +253,10 @@ def open_coco_source(src: str, annotations: str) -> tuple[Source, CocoInfo]:
         else:
             inputs.append(Input(len(inputs), fn, 0, File(path), None, target))
         fp_rows.append((fn, rec["width"], rec["height"], len(anns)))
-    for fn in sorted(listed - named):
+    for fn in sorted((listed | set(irregular)) - named):
         if not fn.startswith("."):
-            inputs.append(Input(len(inputs), fn, -1, None, "not-in-annotations: no image record names this file"))
+            inputs.append(Input(len(inputs), fn, -1, None, irregular.get(fn) or "not-in-annotations: no image "
+                                                                              "record names this file"))
     # the fingerprint covers the JSON's content too: changed annotations must not resume a run
     fp = fingerprint(fp_rows + [("json", _digest(d))] + _file_rows(loc, sorted(named & listed)))
     source = Source("coco", src, inputs, [c["name"] for c in categories], [], fp)

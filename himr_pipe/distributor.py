@@ -38,6 +38,7 @@ from typing import Callable, ClassVar, Protocol
 from .machine import usable_cpus
 from .state import StateError
 from .storage import StoreUnavailable
+from .storefail import gave_up, share_give_up
 from .worker import ShardTask, WorkerSpec, init_process_worker, run_in_process_worker
 
 
@@ -141,6 +142,7 @@ class Serial(Local):
         if not todo:
             return None
         worker = self.spec.build(progress)
+        share_give_up()  # this run's: a request that gives up on a store stops the run (storage.retrying)
         for t in todo:
             try:
                 on_done(worker.run(t))
@@ -163,10 +165,11 @@ class LocalProcesses(Local):
             return None
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        failure = None
+        stop = share_give_up(ctx.Event())  # set by the first request that gives up on a store, in any process
+        failure = held = None
         with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=ctx,
-                                 initializer=init_process_worker, initargs=(self.spec, queue, os.getpid())) as ex:
-            futs = {ex.submit(run_in_process_worker, t): t for t in todo}
+                                 initializer=_init_process, initargs=(self.spec, queue, os.getpid(), stop)) as ex:
+            futs = {ex.submit(_run_unless_gave_up, t): t for t in todo}
             pending = set(futs)
             try:
                 while pending and failure is None:
@@ -175,14 +178,32 @@ class LocalProcesses(Local):
                     for f in fin:
                         try:
                             on_done(f.result())
+                        except ShardNotStarted as e:  # the shard that gave up says why: its reason comes first
+                            held = held or failure_reason(futs[f], e)
                         except Exception as e:
                             failure = failure or failure_reason(futs[f], e)
             except KeyboardInterrupt as e:
                 failure = failure_reason(None, e)
-            for f in pending:
-                f.cancel()
+            ex.shutdown(wait=False, cancel_futures=True)  # the shards not started never start
             _drain(queue, progress)
-        return failure
+        return failure or held
+
+
+class ShardNotStarted(StoreUnavailable):
+    """A shard held back because a request of this run gave up on a store (:func:`_run_unless_gave_up`)."""
+
+
+def _init_process(spec: WorkerSpec, queue, parent: int, stop) -> None:
+    share_give_up(stop)
+    init_process_worker(spec, queue, parent)
+
+
+def _run_unless_gave_up(task: ShardTask):
+    """A shard in a worker process, unless a request of this run has given up on a store: then it does not
+    start (a queued shard would wait its own patience again), and its running peers stop at their next retry."""
+    if gave_up():
+        raise ShardNotStarted(f"shard {task.name} not started: a request of this run gave up on the object store")
+    return run_in_process_worker(task)
 
 
 def _drain(queue, progress) -> None:

@@ -65,6 +65,9 @@ class EncryptRequest:
         from .sources import DEFAULT_MAX_BYTES
         from .tasks import task_for_source, task_named
 
+        for opt, v in (("--max-pixels", self.max_pixels), ("--max-bytes", self.max_bytes)):
+            if v is not None and v < 1:  # not "no limit": a limit is what keeps a hostile header from the memory
+                raise JobError(f"{opt} must be at least 1, got {v} (leave it out for the default limit)")
         kind = task_for_source(src, self.annotations) if self.task == "auto" else task_named(self.task)
         if self.annotations and not kind.takes_annotations:
             raise JobError(f"--annotations is for --task detection, not {kind.name}")

@@ -25,8 +25,9 @@ object store is one bounded attempt (on S3: ``$HIMR_PIPE_STORE_TIMEOUT`` seconds
 default 60, and no hidden retries inside botocore or s3fs), retried with exponential backoff (0.5 s doubling,
 at most 15 s) for ``$HIMR_PIPE_STORE_PATIENCE`` seconds (default 120), with one line on stderr per retry that
 names the store, the operation and when it gives up. Then :class:`StoreUnavailable`: the run stops with exit 1
-naming the store, complete shards kept, and the same command resumes once the store is back. Errors that a
-retry cannot mend (a missing object, access denied, a bad URL) are raised at once.
+naming the store, complete shards kept, and the same command resumes once the store is back (one request given
+up stops the run's others: :mod:`.storefail`). Errors that a retry cannot mend (a missing object, access denied,
+a bad URL) are raised at once; a backend missing, or an error of a backend's own type, is :class:`StoreRefused`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ import time
 from typing import IO, Any, Callable, TypeVar
 
 from .atomic import atomic_write
-from .errors import Failed, WriteFailed
+from .errors import Failed, Refused, WriteFailed
+from .specials import open_regular
+from .storefail import backend_package, foreign, gave_up, give_up, quiet_orphaned_errors
 
 LOCAL_SCHEMES = ("file://",)
 SPOOL_PREFIX = "himr-pipe-spool-"
@@ -81,32 +84,16 @@ def url_fs(url: str):
         opts["config_kwargs"] = {"connect_timeout": t, "read_timeout": t, "retries": {"total_max_attempts": 1}}
     try:
         fs, p = fsspec.core.url_to_fs(url, **opts)
-    except (ImportError, ValueError) as e:
-        raise StorageError(f"cannot open {scheme}:// URLs ({e}); install the fsspec backend for it "
-                           f"(s3fs for s3://, gcsfs for gs://)") from None
+    except ImportError:
+        raise StoreRefused(f"cannot open {scheme}:// URLs: the fsspec backend for them is not installed: "
+                           f"pip install {backend_package(scheme)}") from None
+    except ValueError as e:  # a protocol fsspec does not know
+        raise StoreRefused(f"cannot open {scheme}:// URLs ({(str(e) or repr(e)).splitlines()[0]}): SRC and "
+                           "OUT are local paths or fsspec URLs (s3://, gs://, ...)") from None
     if opts and getattr(fs, "retries", 1) != 1:
         fs.retries = 1  # s3fs retries timeouts five times, silently, inside each call
-    _quiet_orphaned_errors(fs)
+    quiet_orphaned_errors(fs, transient)
     return fs, p
-
-
-def _quiet_orphaned_errors(fs) -> None:
-    """On an async filesystem's event loop, drop asyncio's "Task exception was never retrieved" traceback for a
-    transient connection error: aiohttp leaves one behind when a store drops a connection mid-upload, after
-    the request itself already failed, and :func:`retrying` has reported that request in one line. Any other
-    unhandled error still goes to asyncio's default handler."""
-    loop = getattr(fs, "loop", None)
-    if loop is None or getattr(loop, "_himr_quiet", False):
-        return
-
-    def handler(lp, context):
-        exc = context.get("exception")
-        if exc is not None and transient(exc):
-            return
-        lp.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
-    loop._himr_quiet = True
 
 
 def bounded(fs, nbytes: int = 0) -> dict:
@@ -181,12 +168,16 @@ def retrying(what: str, url: str, fn: Callable[[], T], patience: float | None = 
             return fn()
         except Exception as e:
             if not transient(e):
+                if foreign(e):  # a backend's own error type (no network for hf://): the store's, in one line
+                    raise StoreRefused(f"the store {store_name(url)} can't be used ({what}: {type(e).__name__}"
+                                       f"{': ' + str(e).splitlines()[0] if str(e) else ''})") from None
                 raise
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
             if isinstance(e, TimeoutError) and not str(e):
                 reason += " (no answer within the request's time limit, $HIMR_PIPE_STORE_TIMEOUT)"
             left = patience - (time.monotonic() - t0)
-            if left <= 0:
+            if left <= 0 or gave_up():  # out of patience, or another request of this run gave up already
+                give_up()
                 raise StoreUnavailable(
                     f"the object store {store_name(url)} did not answer while {what} ({tries} tries over "
                     f"{time.monotonic() - t0:.0f} s; last: {reason})") from None
@@ -196,6 +187,11 @@ def retrying(what: str, url: str, fn: Callable[[], T], patience: float | None = 
                       f"retry {tries} in {wait:.1f} s, giving up in {left:.0f} s", file=sys.stderr, flush=True)
             time.sleep(wait)
             delay *= 2
+
+
+class StoreRefused(Refused, OSError):
+    """A URL without its fsspec backend (or of no protocol fsspec knows), or a store's error of a type no rule
+    knows (one line, exit 2)."""
 
 
 def in_process_only(path: str) -> bool:
@@ -208,7 +204,7 @@ def open_url(path: str, block_size: int = 8 << 20) -> IO[bytes]:
     sequential reads; smaller where a reader seeks, as a tar listing does)."""
     path = local_path(path)
     if not is_url(path):
-        return open(path, "rb")
+        return open_regular(path)
     fs, p = url_fs(path)
     return retrying(f"opening {p.rsplit('/', 1)[-1]}", path,
                     lambda: fs.open(p, "rb", block_size=block_size, cache_type="readahead"))

@@ -10,11 +10,13 @@ import logging
 import os
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conftest import cli, encrypt, encrypt_subprocess, manifest, shard_bytes
+from himr_pipe.worker import WorkerHooks
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the test extras: the local S3")
 pytest.importorskip("s3fs", reason="s3fs is in the test extras (and the [s3] extra)")
@@ -240,3 +242,38 @@ def test_a_store_down_before_the_run_starts_is_one_clear_line(s3, proxy, sample_
     assert r.stderr.strip().splitlines()[-1].startswith(
         f"himr-pipe: run stopped: the object store s3://himr-test (endpoint {proxy.endpoint}) did not answer"), r.stderr
     assert "Nothing more was written" in r.stderr
+
+
+@dataclass(frozen=True)
+class CountShards(WorkerHooks):
+    """A line per batch a worker writes into ``path``: with a batch per shard, a line per shard that started."""
+
+    path: str
+
+    def after_batch(self, done_samples: int) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()} {done_samples}\n")
+
+
+def test_once_a_shard_gives_up_on_the_store_no_new_shard_starts(s3, proxy, sample_src, tmp_path, monkeypatch):
+    import faults
+    import s3fs
+
+    for k, v in {**FAULT_ENV, "AWS_ENDPOINT_URL": proxy.endpoint}.items():
+        monkeypatch.setenv(k, v)  # the worker processes inherit them
+    starts = tmp_path / "starts"
+    faults.install(CountShards(str(starts)), monkeypatch.setattr)
+    s3fs.S3FileSystem.clear_instance_cache()  # this process's requests go through the proxy too
+    proxy.arm(fail_after=1, mode="stall")  # the first shard's upload is never answered, nor anything after it
+    try:
+        # 18 samples in 9 shards of one batch each, on 2 workers: both first shards stall at their upload
+        res = cli("encrypt-shards", sample_src, f"s3://{BUCKET}/out-giveup", *ARGS, "--shard-size", "2",
+                  "--workers", "2", "--no-progress", "--no-audit", "--state-dir", tmp_path / "st", expect=1)
+    finally:
+        proxy.up()
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert "Traceback" not in res.output, res.output
+    assert "did not answer while" in res.output.strip().splitlines()[-1], res.output
+    started = starts.read_text().splitlines()
+    # the shards under way when the first gave up, and not one more (without the stop, all 9 started in turn)
+    assert 1 <= len(started) <= 2, started

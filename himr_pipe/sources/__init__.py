@@ -35,6 +35,7 @@ from pathlib import Path
 
 import braceexpand
 
+from ..specials import local_not_regular
 from ..storage import bounded, in_process_only, is_url, local_path, open_url, retrying, url_fs
 from . import flat, folder, parquet, webdataset
 from .base import (DEFAULT_MAX_BYTES, IMAGE_EXTS, LABEL_LIMIT, CocoRootError, File, Input, InputError, ShardReader,
@@ -77,6 +78,9 @@ def open_source(src: str) -> Source:
         raise SourceError(f"SRC {src!r} does not exist")
     if p.is_file():
         return _open_files(src, [str(p)], single=True)
+    if not p.is_dir():  # a FIFO, socket or device: never opened (a FIFO's read could block forever)
+        why = local_not_regular(src) or "not-a-regular-file"
+        raise SourceError(f"SRC {src!r} is neither a folder nor a regular file ({why.split(': ', 1)[-1]})")
     entries = sorted(os.listdir(p))
     top = [e for e in entries if not (p / e).is_dir()]
     dirs = [e for e in entries if (p / e).is_dir() and not e.startswith(".")]

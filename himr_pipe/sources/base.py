@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..errors import InputError  # one input skipped with its reason (re-exported: himr_pipe.sources.InputError)
+from ..specials import NotRegularFile, not_regular, open_regular
 from ..storage import bounded, is_url, retrying, url_fs
 from ..errors import Refused
 
@@ -68,10 +69,10 @@ class _FileReader:
 
     def read(self, loc) -> bytes:
         if isinstance(loc, File):
-            size = os.stat(loc.path).st_size
-            if size > self.max_bytes:
-                raise too_large(size, self.max_bytes)
-            with open(loc.path, "rb") as f:
+            with open_regular(loc.path) as f:  # a FIFO, socket or device is never read (it could block forever)
+                size = os.fstat(f.fileno()).st_size
+                if size > self.max_bytes:
+                    raise too_large(size, self.max_bytes)
                 return f.read()
         if loc.size > self.max_bytes:
             raise too_large(loc.size, self.max_bytes)
@@ -124,6 +125,8 @@ class ShardReader:
             return self._readers[type(loc).reader].read(loc)
         except InputError:
             raise
+        except NotRegularFile as e:  # a FIFO, socket or device where the listing saw a file: never read
+            raise InputError(e.reason) from None
         except IsADirectoryError:
             raise InputError("unreadable: is a directory") from None
         except FileNotFoundError:
@@ -167,6 +170,31 @@ def file_row(path: str) -> tuple | None:
         return None
     st = os.stat(path)
     return (path, st.st_size, st.st_mtime_ns)
+
+
+def local_entry(rel: str, path: str, irregular: dict) -> tuple:
+    """(relative path, File, fingerprint row) of a listed local file; a FIFO, socket or device goes into
+    ``irregular`` (rel -> reason), to be skipped with it and never opened."""
+    try:
+        st = os.stat(path)
+        fp = (rel, st.st_size, st.st_mtime_ns)
+    except OSError:  # a dangling link, a link loop: its reader says why
+        return rel, File(path), (rel, -1, -1)
+    why = not_regular(st.st_mode)
+    if why:
+        irregular[rel] = why
+    return rel, File(path), fp
+
+
+def shown_name(name: str) -> str:
+    """A file name as valid UTF-8 text: a name that is not UTF-8 on disk (Python keeps its bytes as lone
+    surrogates, ``"\udcffclass"``, which no UTF-8 JSON reader takes) shows those bytes escaped, ``"\\xffclass"``;
+    a valid name is itself. A class folder's name in the manifest's ``classes`` is this."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def version(info: dict) -> str:

@@ -14,7 +14,8 @@ import csv
 import io
 import os
 
-from .base import File, Input, Source, SourceError, Url, fingerprint, is_image, label_map, version
+from ..specials import local_not_regular
+from .base import Input, Source, SourceError, Url, fingerprint, is_image, label_map, local_entry, version
 
 KIND = "flat"
 LABELS = "labels.csv"
@@ -27,6 +28,7 @@ def claims(top: list[str], dirs: list[str]) -> bool:
 
 def open_local(src: str, top: list[str], dirs: list[str]) -> Source:
     files = []  # (relative path, loc, fingerprint row)
+    irregular: dict[str, str] = {}  # FIFOs, sockets, devices: skipped with the reason, never opened
     if LABELS not in top:
         walk = [(src, [], top)]
     else:
@@ -36,20 +38,18 @@ def open_local(src: str, top: list[str], dirs: list[str]) -> Source:
         for fn in filenames:
             full = os.path.join(dirpath, fn)
             rel = os.path.relpath(full, src).replace(os.sep, "/")
-            try:
-                st = os.stat(full)
-                fp = (rel, st.st_size, st.st_mtime_ns)
-            except OSError:
-                fp = (rel, -1, -1)
-            files.append((rel, File(full), fp))
+            files.append(local_entry(rel, full, irregular))
     table = None
     if LABELS in top:
+        why = local_not_regular(os.path.join(src, LABELS))
+        if why:
+            raise SourceError(f"{LABELS} of SRC can't be read ({why})")
         try:
             with open(os.path.join(src, LABELS), "rb") as f:
                 table = f.read()
         except OSError as e:
             raise SourceError(f"{LABELS} of SRC can't be read ({e.strerror or e})") from None
-    return _inputs(src, sorted(files), table)
+    return _inputs(src, sorted(files), table, irregular)
 
 
 def open_remote(src: str, listing) -> Source:
@@ -64,9 +64,11 @@ def open_remote(src: str, listing) -> Source:
     return _inputs(src, files, table)
 
 
-def _inputs(src: str, files: list, table: bytes | None) -> Source:
+def _inputs(src: str, files: list, table: bytes | None, irregular: dict | None = None) -> Source:
+    irregular = irregular or {}
     if table is None:
-        inputs = [Input(i, rel, None if is_image(rel) else -1, loc,
+        inputs = [Input(i, rel, -1, loc, irregular[rel]) if rel in irregular else
+                  Input(i, rel, None if is_image(rel) else -1, loc,
                         None if is_image(rel) else
                         f"unsupported-extension: {os.path.splitext(rel)[1].lower() or '(none)'} is not an image "
                         "extension")
@@ -80,7 +82,9 @@ def _inputs(src: str, files: list, table: bytes | None) -> Source:
         if rel == LABELS:
             continue
         present.add(rel)
-        if rel not in labels:
+        if rel in irregular:
+            inputs.append(Input(len(inputs), rel, -1, loc, irregular[rel]))
+        elif rel not in labels:
             inputs.append(Input(len(inputs), rel, -1, loc, f"no-label: {LABELS} does not name this file"))
         elif not is_image(rel):
             inputs.append(Input(len(inputs), rel, -1, loc, f"unsupported-extension: "

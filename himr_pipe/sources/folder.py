@@ -11,7 +11,8 @@ import os
 import re
 from pathlib import Path
 
-from .base import CocoRootError, File, Input, Source, SourceError, Url, fingerprint, is_image, version
+from .base import (CocoRootError, Input, Source, SourceError, Url, fingerprint, is_image, local_entry, shown_name,
+                   version)
 
 KIND = "folder"
 
@@ -44,13 +45,10 @@ def _folder_source(root: Path) -> Source:
     if not classes:
         raise SourceError(f"SRC {str(root)!r} has no class sub-folders")
 
+    irregular: dict[str, str] = {}  # FIFOs, sockets, devices: skipped with the reason, never opened
+
     def entry(rel: str, path: str) -> tuple:
-        try:
-            st = os.stat(path)
-            fp = (rel, st.st_size, st.st_mtime_ns)
-        except OSError:
-            fp = (rel, -1, -1)
-        return rel, File(path), fp
+        return local_entry(rel, path, irregular)
 
     top_files = [entry(e, str(root / e)) for e in sorted(os.listdir(root)) if not (root / e).is_dir()]
     by_class = {}
@@ -62,7 +60,7 @@ def _folder_source(root: Path) -> Source:
                 full = os.path.join(dirpath, fn)
                 files.append((os.path.relpath(full, root), full))
         by_class[cls] = [entry(rel, full) for rel, full in sorted(files)]
-    return _classify_folder(str(root), top_files, by_class)
+    return _classify_folder(str(root), top_files, by_class, irregular)
 
 
 def coco_root_error(root: str, by_class: dict[str, list[str]]) -> str | None:
@@ -107,7 +105,7 @@ def coco_root_error(root: str, by_class: dict[str, list[str]]) -> str | None:
     return "\n".join(lines)
 
 
-def _classify_folder(root: str, top_files: list, by_class: dict[str, list]) -> Source:
+def _classify_folder(root: str, top_files: list, by_class: dict[str, list], irregular: dict | None = None) -> Source:
     """The inputs of an ImageNet-style folder from its listing: (relative path, loc, fingerprint row) per file,
     files directly under SRC, and the files of each class folder in sorted order.
 
@@ -115,7 +113,8 @@ def _classify_folder(root: str, top_files: list, by_class: dict[str, list]) -> S
     (:func:`coco_root_error`); a sub-folder that holds files of which none is an image (``labels/`` of .txt
     files beside ``images/``: not a class, and every file in it would be "skipped"); and a folder with no
     image in any sub-folder. A class folder with no files at all stays an empty class (the manifest's
-    ``empty_classes``)."""
+    ``empty_classes``). ``irregular``: relative path -> why it is no regular file (a FIFO), skipped with that."""
+    irregular = irregular or {}
     names = {c: [r for r, _, _ in rows] for c, rows in by_class.items()}
     coco = coco_root_error(root, names)
     if coco:
@@ -151,13 +150,17 @@ def _classify_folder(root: str, top_files: list, by_class: dict[str, list]) -> S
         n_images = 0
         for rel, loc, fp in by_class[cls]:
             ext = os.path.splitext(rel)[1].lower()
-            if is_image(rel):
+            if rel in irregular:
+                add(rel, loc, fp, label, irregular[rel])
+            elif is_image(rel):
                 n_images += 1
                 add(rel, loc, fp, label, None)
             else:
                 add(rel, loc, fp, label, f"unsupported-extension: {ext or '(none)'} is not an image extension")
         if n_images == 0:
             empty.append(cls)
-    return Source(KIND, root, inputs, classes, empty, fingerprint(fp_rows))
+    # labels follow the sorted names as listed; a name that is not UTF-8 is shown with its bytes escaped
+    return Source(KIND, root, inputs, [shown_name(c) for c in classes], [shown_name(c) for c in empty],
+                  fingerprint(fp_rows))
 
 

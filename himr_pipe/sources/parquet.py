@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..specials import local_not_regular
 from ..storage import is_url, open_url
 from .base import (LABEL_LIMIT, Input, InputError, Source, SourceError, file_row, fingerprint, label_map,
                    too_large)
@@ -96,13 +97,19 @@ def _columns(pf, path: str) -> tuple[str, str | None, list[str] | None]:
 
 def open_files(src: str, files: list[str]) -> Source:
     """The rows of these files, in order: every row accounted for."""
-    rows = [file_row(f) for f in files]
+    irregular = {f: why for f in files if not is_url(f) and (why := local_not_regular(f))}
+    rows = [(f, why) if f in irregular else file_row(f) for f in files]
     missing = [f for f, r in zip(files, rows) if r is None]
     if missing:
         raise SourceError(f"{len(missing)} file(s) of SRC do not exist, e.g. {missing[0]!r}")
+    if len(irregular) == len(files):
+        f, why = next(iter(irregular.items()))
+        raise SourceError(f"no parquet file of SRC can be read: {f!r} is {why.replace(': ', ' (')})")
     tables = []  # (file, image column, row groups' sizes, labels or None)
     shape = None
     for f in files:
+        if f in irregular:  # a FIFO, socket or device named .parquet: never opened (it could block forever)
+            continue
         try:
             pf, fh = _open(f)
         except (OSError, ValueError) as e:
@@ -127,7 +134,8 @@ def open_files(src: str, files: list[str]) -> Source:
         classes, index = label_map(v for *_, labels in tables for v in labels)
     else:
         index = None
-    inputs: list[Input] = []
+    inputs: list[Input] = [Input(i, os.path.basename(f), -1, None, why)
+                           for i, (f, why) in enumerate(irregular.items())]
     for f, image, groups, labels in tables:
         n = 0
         for g, size in enumerate(groups):

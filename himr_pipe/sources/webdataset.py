@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from ..specials import local_not_regular, open_regular
 from ..storage import bounded, is_url, open_url, retrying, url_fs
 from .base import (LABEL_LIMIT, Input, InputError, Source, SourceError, file_row, fingerprint, safe_member_name,
                    too_large)
@@ -30,7 +31,8 @@ def claims(top: list[str], dirs: list[str]) -> bool:
 
 def open_local(src: str, top: list[str], dirs: list[str]) -> Source:
     root = Path(src)
-    return open_files(src, [str(root / e) for e in top if e.endswith(SUFFIX) and (root / e).is_file()])
+    return open_files(src, [str(root / e) for e in top if e.endswith(SUFFIX) and (
+        (root / e).is_file() or local_not_regular(str(root / e)))])  # a FIFO named .tar: skipped with its reason
 
 
 def open_remote(src: str, listing) -> Source:
@@ -38,8 +40,8 @@ def open_remote(src: str, listing) -> Source:
 
 
 def _open_tar(path: str):
-    """A local tar, opened for a shard's reads (one per tar and shard)."""
-    return open(path, "rb")
+    """A local tar, opened for a shard's reads (one per tar and shard); never a FIFO or a device."""
+    return open_regular(path)
 
 
 class _TarReader:
@@ -106,7 +108,8 @@ def open_files(src: str, tars: list[str]) -> Source:
     """The samples of these tars, in order: every member accounted for."""
     if not tars:
         raise SourceError(f"SRC {src!r} names no .tar shards")
-    rows = [file_row(t) for t in tars]
+    irregular = {t: why for t in tars if not is_url(t) and (why := local_not_regular(t))}
+    rows = [(t, why) if t in irregular else file_row(t) for t in tars]
     missing = [t for t, r in zip(tars, rows) if r is None]
     if missing:
         raise SourceError(f"{len(missing)} shard(s) of SRC do not exist, e.g. {missing[0]!r}")
@@ -159,6 +162,9 @@ def open_files(src: str, tars: list[str]) -> Source:
 
     for tar, row in zip(tars, rows):
         fp_rows.append(row)
+        if tar in irregular:  # a FIFO, socket or device named .tar: never opened (it could block forever)
+            inputs.append(Input(len(inputs), os.path.basename(tar), -1, None, irregular[tar]))
+            continue
         seen: set[str] = set()  # this shard's written keys
         cur_key, cur_members, cur_skips = None, [], []
         try:
