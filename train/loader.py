@@ -37,6 +37,12 @@ shard and key. Training skips what is faulty with one warning per shard (stderr)
 :class:`DataError` instead of cycling forever, and a stream left short says that its epoch repeats samples to
 keep its length. Evaluation reads every sample once, so a fault there is a :class:`DataError` naming the shard:
 a metric over what happened to be readable would be a wrong metric, silently.
+
+A local shard is opened only if it is a regular file (:func:`_open_regular`: a FIFO in its place would block the
+open forever); anything else is a fault of that shard, named and skipped like an unreadable one. A shard read
+whole is held to the manifest's sha256, hashed as its tar streams by (``verify``, on by default); since its
+samples have gone by when the digest is known, a mismatch is not a skip but :class:`ShardMismatch` (exit 1), which
+fails the epoch before its checkpoint (docs/training.md says why).
 """
 
 from __future__ import annotations
