@@ -240,3 +240,18 @@ def test_the_hash_is_taken_while_streaming_whole_shards_only(out, monkeypatch):
     part = loader.checked_samples(urls[0], 6, "jpg", frozenset({"jpg", "cls"}), False, None, "0" * 64)
     assert len([next(part) for _ in range(3)]) == 3
     part.close()
+
+
+def test_an_out_it_cannot_write_in_is_one_line(out, tmp_path, monkeypatch):
+    """A read-only --out (a finished run kept read-only; as root, permissions can't make one here): the lock file
+    can't be created, and that is one line, exit 2, not a PermissionError traceback."""
+    from himr_pipe import lock
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", self.path)
+
+    monkeypatch.setattr(lock.OutLock, "__enter__", denied)
+    run = tmp_path / "run"
+    res = cli("train", out, "--out", run, "--epochs", "1", *TINY, expect=2)
+    assert one_error_line(res.output) == (f"himr-pipe: error: --out {run}: can't write in it (Permission denied): a "
+                                          "run writes its checkpoints and log there; train into another --out")

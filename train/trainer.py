@@ -137,6 +137,9 @@ def _hold(out: Path):
             raise
         raise OutLocked(f"--out {out} is in use by another himr-pipe train run ({who}): wait for it to finish, or "
                         "train into another --out") from e
+    except OSError as e:  # a read-only --out (a finished run kept read-only): one line, as every refusal
+        raise DataError(f"--out {out}: can't write in it ({e.strerror or e}): a run writes its checkpoints and "
+                        "log there; train into another --out") from None
 
 
 def _train(cfg: TrainConfig, log, hooks: TrainHooks | None, held: contextlib.ExitStack) -> dict:
