@@ -274,11 +274,13 @@ def test_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path, sample_src, mi_check
     (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 10)
     whole = mi_checkpoint.read_bytes()
     (tmp_path / "cut.pt").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")  # it was exit 1 and only "Aborted!" (EOFError) for train --resume
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     torch.save({"model": {"x": torch.zeros(2)}, "scheme": Scheme("mi", 16, 64, 64).to_dict(), "num_classes": 3,
                 "config": TINY}, tmp_path / "mismatched.pt")
     (tmp_path / "run").mkdir()
     for bad, why in (("garbage.pt", "not a readable checkpoint"), ("cut.pt", "not a readable checkpoint"),
+                     ("empty.pt", "not a readable checkpoint (empty: 0 bytes); point predict at a whole checkpoint"),
                      ("other.pt", "not a himr-pipe train checkpoint"),
                      ("mismatched.pt", "can't be rebuilt"), ("run", "no checkpoint-best.pt or checkpoint-last.pt"),
                      ("nothing.pt", "no such checkpoint")):

@@ -65,17 +65,22 @@ def test_a_corrupt_jpeg_is_skipped_with_a_warning_naming_shard_and_key(jpeg_out,
     out = copy_out(jpeg_out, tmp_path / "out")
     shard = sorted(out.glob("*.tar"))[1]
     key = rewrite_member(shard, ".jpg", lambda b: b"\0" * 64 + b[64:])  # the header zeroed
-    # batches of 6: the epoch is all 18 samples, one more than the 17 good ones (batches of 4 take 16)
-    res = cli("train", out, "--out", tmp_path / "run", "--epochs", "1", *TINY, "--batch-size", "6")
+    # batches of 6: the epoch is all 18 samples, one more than the 17 good ones (batches of 4 take 16). The shard
+    # no longer matches the manifest's sha256, which would stop the run (test_train_hostile): unchecked here, as
+    # a sample encrypt-shards itself wrote corrupt would be
+    res = cli("train", out, "--out", tmp_path / "run", "--epochs", "1", *TINY, "--batch-size", "6",
+              "--no-verify-shards")
     assert f"shard {shard.name}: sample {key} does not decode" in res.output
     assert res.output.count(f"shard {shard.name}:") == 1  # once per shard, not per pass or sample
     assert "samples short after skipping faults: this epoch repeats samples" in res.output
     rec = log_records(tmp_path / "run")[0]
     assert rec["skipped_samples"] == 1  # one bad sample, read in two passes of the epoch: counted once
     # the same shard read for evaluation: every sample counts there, so it is a clear failure (exit 1)
-    res = cli("train", jpeg_out, "--val", out, "--out", tmp_path / "run2", "--epochs", "1", *TINY, expect=1)
+    res = cli("train", jpeg_out, "--val", out, "--out", tmp_path / "run2", "--epochs", "1", *TINY,
+              "--no-verify-shards", expect=1)
     assert f"validation shard {shard.name}: sample {key} does not decode" in res.output
-    assert "Traceback" not in res.output and "checkpoint-last.pt" in res.output
+    assert "Traceback" not in res.output and "no checkpoint was written" in res.output
+    assert "checkpoint-last.pt" not in res.output  # it stopped in its first epoch: there is none to name
 
 
 def test_a_truncated_shard_is_skipped_and_counted_against_the_manifest(jpeg_out, tmp_path):

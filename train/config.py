@@ -42,6 +42,7 @@ class TrainConfig:
     log_interval: int = 50
     decode: str = "auto"               # where JPEGs are decoded: "workers" (CPU), "device", or "auto" (device on a GPU)
     samples_per_epoch: int | None = None
+    verify_shards: bool = True         # hold each shard read whole to the manifest's sha256 (hashed as it streams)
     resume: bool = False
     init: str | None = None            # start from this checkpoint (a plain timm ViT / DeiT, or one of ours)
     stop_after: int | None = None      # end this invocation after N epochs (time-boxed or preemptible jobs)

@@ -37,6 +37,12 @@ shard and key. Training skips what is faulty with one warning per shard (stderr)
 :class:`DataError` instead of cycling forever, and a stream left short says that its epoch repeats samples to
 keep its length. Evaluation reads every sample once, so a fault there is a :class:`DataError` naming the shard:
 a metric over what happened to be readable would be a wrong metric, silently.
+
+A local shard is opened only if it is a regular file (:func:`_open_regular`: a FIFO in its place would block the
+open forever); anything else is a fault of that shard, named and skipped like an unreadable one. A shard read
+whole is held to the manifest's sha256, hashed as its tar streams by (``verify``, on by default); since its
+samples have gone by when the digest is known, a mismatch is not a skip but :class:`ShardMismatch` (exit 1), which
+fails the epoch before its checkpoint (docs/training.md says why).
 """
 
 from __future__ import annotations
@@ -78,7 +84,7 @@ def error_message(e: BaseException) -> str:
     msg = str(e)
     if "Original Traceback" in msg:
         tail = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
-        for cls in ("ShardFault: ", "DataError: "):
+        for cls in ("ShardMismatch: ", "ShardFault: ", "DataError: "):
             if cls in tail:
                 return tail.split(cls, 1)[1]
         msg = tail
@@ -143,14 +149,20 @@ def _shard_name(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def checked_samples(url: str, expected: int | None, ext: str, members: frozenset[str], raw: bool, fault):
+def checked_samples(url: str, expected: int | None, ext: str, members: frozenset[str], raw: bool, fault,
+                    sha256: str | None = None):
     """The decoded samples of one shard, each held to the manifest; ``fault(url, what, key, lost)`` is told of
     every fault (``key`` None: the shard's own, an unreadable tar or a count that differs from ``expected``,
     ``lost`` the samples it lacks).
 
     Yields only the good samples, decoded as :func:`decode_sample` does (with
     ``raw``, the JPEG header is still read here, so that a corrupt file never reaches the device's one call
-    for the whole batch)."""
+    for the whole batch).
+
+    ``sha256`` (the manifest's): the shard's bytes are hashed as the tar is streamed (no second read), and once
+    it has been read whole a digest that differs raises :class:`ShardMismatch`. Its samples have been yielded by
+    then (that is the price of one read), so the mismatch can't be a skip: it fails the epoch before its
+    checkpoint, which therefore never holds training on bytes the manifest does not vouch for."""
     errors: list[Exception] = []
 
     def handler(e: Exception) -> bool:
@@ -158,7 +170,8 @@ def checked_samples(url: str, expected: int | None, ext: str, members: frozenset
         return True
 
     seen = 0
-    for s in shard_samples(iter([{"url": url}]), handler=handler):
+    digest = _Digest(sha256)
+    for s in shard_samples(iter([{"url": url, "digest": digest}]), handler=handler):
         seen += 1
         key = s.get("__key__", "?")
         missing = sorted(members - set(s))
@@ -178,9 +191,73 @@ def checked_samples(url: str, expected: int | None, ext: str, members: frozenset
     lost = max(0, expected - seen) if expected is not None else 0
     if errors:
         e = errors[0]
+        if isinstance(e, NotRegular):
+            fault(url, str(e), None, lost)
+            return
         fault(url, f"unreadable after {seen} samples ({type(e).__name__}: {e.args[0] if e.args else e})", None, lost)
     elif expected is not None and seen != expected:
         fault(url, f"holds {seen} samples, the manifest says {expected}", None, lost)
+    elif digest.mismatch():
+        raise ShardMismatch(f"shard {_shard_name(url)} does not match the manifest's sha256 (its bytes changed "
+                            "after encrypt-shards wrote it; its samples may carry wrong labels): check the OUT with "
+                            "`himr-pipe verify OUT` and rerun its encrypt-shards command to repair it, or train with "
+                            "--no-verify-shards")
+
+
+class ShardMismatch(ShardFault):
+    """A shard read whole whose bytes differ from the manifest's sha256 (exit 1: the epoch stops before its
+    checkpoint)."""
+
+
+class _Digest:
+    """The sha256 of a shard's bytes as they stream by (``expected`` None: nothing is hashed)."""
+
+    def __init__(self, expected: str | None):
+        import hashlib
+
+        self.expected = expected
+        self.h = hashlib.sha256() if expected else None
+        self.stream = None
+
+    def wrap(self, stream):
+        if self.h is None:
+            return stream
+        self.stream = _Hashing(stream, self.h)
+        return self.stream
+
+    def mismatch(self) -> bool:
+        """The whole shard was read (the tar reader stops at its end-of-archive blocks: the rest, padding, is read
+        here) and its digest is not the manifest's."""
+        if self.stream is None:
+            return False
+        try:
+            while self.stream.read(1 << 20):
+                pass
+        except (OSError, ValueError):  # closed or gone: judged on what was read
+            pass
+        try:
+            self.stream.close()
+        except Exception:  # noqa: BLE001 - the digest is what matters here
+            pass
+        return self.h.hexdigest() != self.expected
+
+
+class _Hashing:
+    """A binary stream that feeds every byte read through it to ``h``."""
+
+    def __init__(self, raw, h):
+        self.raw, self.h = raw, h
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.raw.read(n)
+        self.h.update(b)
+        return b
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
 
 
 def open_shards(urls, handler=wds.reraise_exception):
@@ -189,11 +266,42 @@ def open_shards(urls, handler=wds.reraise_exception):
 
     for s in urls:
         try:
-            yield {**s, "stream": open_url(s["url"])}
+            stream = _open_regular(s["url"], open_url)
+            yield {**s, "stream": s["digest"].wrap(stream) if s.get("digest") else stream}
         except Exception as e:
             if handler(e):
                 continue
             break
+
+
+class NotRegular(OSError):
+    """A shard's path is not a regular file (a FIFO, socket or device): never opened, so never waited on."""
+
+
+def _open_regular(url: str, open_url):
+    """``open_url(url)``; a local path only if it is a regular file: opened without blocking (a FIFO's open
+    waits for a writer, forever) and checked on the open file, so nothing can swap it in between."""
+    import os
+    import stat
+
+    from himr_pipe.storage import is_url, local_path
+
+    path = local_path(url)
+    if is_url(path):
+        return open_url(url)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                    "a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "not a file")
+            raise NotRegular(f"not a regular file ({kind}): not opened")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def shard_samples(urls, handler=wds.reraise_exception):
@@ -235,8 +343,9 @@ class TrainStream(IterableDataset):
     def __init__(self, urls: list[str], ext: str, samples_per_rank: int, epoch: int, seed: int,
                  rank: int = 0, world: int = 1, shuffle_buffer: int = 2000, raw: bool = False,
                  counts: dict[str, int] | None = None, members: frozenset[str] | None = None,
-                 batch_size: int = 1):
+                 batch_size: int = 1, sums: dict[str, str] | None = None):
         self.urls, self.ext, self.raw = urls, ext, raw
+        self.sums = sums or {}  # url -> the manifest's sha256, each shard read whole is held to (none: no check)
         self.samples_per_rank, self.epoch, self.seed = samples_per_rank, epoch, seed
         self.batch_size = max(1, batch_size)  # workers' quotas are whole batches of this size
         self.rank, self.world, self.buf = rank, world, shuffle_buffer
@@ -291,7 +400,8 @@ class TrainStream(IterableDataset):
                 if u in dead:
                     continue
                 n = 0
-                for item in checked_samples(u, self.counts.get(u), self.ext, self.members, self.raw, fault):
+                for item in checked_samples(u, self.counts.get(u), self.ext, self.members, self.raw, fault,
+                                            self.sums.get(u)):
                     n += 1
                     yield item
                 if n == 0:
@@ -320,8 +430,10 @@ class TrainStream(IterableDataset):
 
 class EvalStream(IterableDataset):
     def __init__(self, urls: list[str], ext: str, rank: int = 0, world: int = 1, raw: bool = False,
-                 counts: dict[str, int] | None = None, members: frozenset[str] | None = None):
+                 counts: dict[str, int] | None = None, members: frozenset[str] | None = None,
+                 sums: dict[str, str] | None = None):
         self.urls, self.ext, self.rank, self.world, self.raw = urls, ext, rank, world, raw
+        self.sums = sums or {}
         self.counts, self.members = counts or {}, members or frozenset({ext})
 
     def __iter__(self):
@@ -333,7 +445,8 @@ class EvalStream(IterableDataset):
                             "`himr-pipe verify OUT` and rerun its encrypt-shards command")
 
         for u in self.urls[sid::n]:
-            yield from checked_samples(u, self.counts.get(u), self.ext, self.members, self.raw, fault)
+            yield from checked_samples(u, self.counts.get(u), self.ext, self.members, self.raw, fault,
+                                       self.sums.get(u))
 
 
 def collate(batch):
@@ -348,11 +461,12 @@ def collate(batch):
 
 def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, samples_per_epoch: int | None = None,
                  workers: int = 2, rank: int = 0, world: int = 1, shuffle_buffer: int = 2000,
-                 raw: bool = False) -> DataLoader:
+                 raw: bool = False, verify: bool = True) -> DataLoader:
     """The loader of one training epoch (build one per epoch: its stream depends on the epoch): exactly
     ``(samples // world) // batch_size`` batches, from at most :func:`loader_workers` worker processes.
 
     ``raw``: batches of encoded JPEG bytes (a list of 1-D uint8 tensors) for :func:`decode_on_device`.
+    ``verify``: each shard read whole is held to the manifest's sha256 (:func:`checked_samples`).
     """
     m = read_manifest(shards_dir)
     total = samples_per_epoch or m["totals"]["written"]
@@ -361,7 +475,7 @@ def train_loader(shards_dir: str, batch_size: int, epoch: int, seed: int = 0, sa
     if not urls:
         raise DataError(f"{shards_dir} holds no shard: nothing to train on")
     ds = TrainStream(urls, m["job"]["format"]["ext"], per_rank, epoch, seed, rank, world, shuffle_buffer, raw,
-                     shard_counts(urls, m), required_members(m), batch_size)
+                     shard_counts(urls, m), required_members(m), batch_size, shard_sums(urls, m) if verify else None)
     workers = loader_workers(workers, len(urls), world, per_rank // max(1, batch_size))
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True, persistent_workers=False,
                       pin_memory=torch.cuda.is_available() and not raw, collate_fn=collate,
@@ -373,11 +487,17 @@ def shard_counts(urls: list[str], m: dict) -> dict[str, int]:
     return {u: int(s["samples"]) for u, s in zip(urls, m["shards"])}
 
 
+def shard_sums(urls: list[str], m: dict) -> dict[str, str]:
+    """url -> the sha256 the manifest gives the shard."""
+    return {u: s["sha256"] for u, s in zip(urls, m["shards"]) if s.get("sha256")}
+
+
 def eval_loader(shards_dir: str, batch_size: int, workers: int = 2, rank: int = 0, world: int = 1,
-                raw: bool = False) -> DataLoader:
+                raw: bool = False, verify: bool = True) -> DataLoader:
     m = read_manifest(shards_dir)
     urls = shard_paths(shards_dir, m)
-    ds = EvalStream(urls, m["job"]["format"]["ext"], rank, world, raw, shard_counts(urls, m), required_members(m))
+    ds = EvalStream(urls, m["job"]["format"]["ext"], rank, world, raw, shard_counts(urls, m), required_members(m),
+                    shard_sums(urls, m) if verify else None)
     workers = loader_workers(workers, len(urls), world) if urls else 0
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False,
                       collate_fn=collate)

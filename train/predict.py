@@ -67,7 +67,7 @@ from himr_pipe.scheme import Scheme, SchemeError
 from himr_pipe.tasks import task_named
 
 from .loader import MEAN, STD
-from .pretrained import loading
+from .pretrained import CheckpointUnreadable, read_checkpoint
 from .tasks import TRAININGS, checkpoint_record, training_for_weights  # noqa: F401 - checkpoint_record: ours too
 from himr_pipe.errors import Refused
 
@@ -98,12 +98,10 @@ def find_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """A checkpoint of ``himr-pipe train`` as its dict (PredictError when it can't be read or is not ours)."""
-    try:
-        with loading():  # numpy's RNG state allowed, nothing else
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, pickled code, ...
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise PredictError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
+    try:  # numpy's RNG state allowed, nothing else; truncated, empty, not a torch file, pickled code: one line
+        ck = read_checkpoint(path, "point predict at a whole checkpoint (a run's --out, or its checkpoint-*.pt)")
+    except CheckpointUnreadable as e:
+        raise PredictError(str(e)) from None
     if not (isinstance(ck, dict) and isinstance(ck.get("model"), dict) and isinstance(ck.get("scheme"), dict)
             and isinstance(ck.get("num_classes"), int)):
         raise PredictError(f"{path}: not a himr-pipe train checkpoint (it lacks the model, scheme or class count "

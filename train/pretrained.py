@@ -61,9 +61,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from himr_pipe.errors import Refused
 from himr_pipe.scheme import Scheme
 
-__all__ = ["PretrainedAdapted", "Source", "read_source", "adapt_state_dict", "fold_mi_kernel",
+__all__ = ["PretrainedAdapted", "Source", "read_source", "read_checkpoint", "CheckpointUnreadable", "adapt_state_dict", "fold_mi_kernel",
            "pretrained_args", "forget_state_dict", "loading", "LINEAR_MARGIN"]
 
 # The GELU of an adapted MI embedding sees pre-activations >= this for every valid image: 1 - Phi(8) < 7e-16.
@@ -115,19 +116,38 @@ def loading():
         yield
 
 
+class CheckpointUnreadable(Refused, ValueError):
+    """A checkpoint file that can't be read: empty, cut short, damaged, not a torch file (the message is one line
+    naming it, and what to do)."""
+
+
+def read_checkpoint(path: str | os.PathLike, advice: str, mmap: bool = False):
+    """The object in the torch checkpoint at ``path``, read with ``weights_only`` (numpy's RNG state allowed,
+    no code), or :class:`CheckpointUnreadable` naming the file, why, and ``advice`` (what the reader should do).
+    The one reader of checkpoints: ``--resume``, ``--init`` and ``predict``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointUnreadable(f"{path}: no such checkpoint file")
+    try:
+        size = os.path.getsize(path)
+        with loading():
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and size > 0)
+    except Exception as e:  # empty, truncated, not a torch file, pickled code: never its traceback
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        why = ("empty: 0 bytes" if size == 0 else
+               f"damaged, cut short or not a torch file: {size} bytes, {type(e).__name__}" + (f": {first}" if first
+                                                                                             else ""))
+        raise CheckpointUnreadable(f"{path}: not a readable checkpoint ({why}); {advice}") from None
+
+
 def read_source(path: str | os.PathLike) -> Source:
     """What the checkpoint at ``path`` is (``ValueError`` with one line when it can't be read)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such checkpoint file")
+        raise CheckpointUnreadable(f"{path}: no such checkpoint file")
     if path.endswith(".safetensors"):
         return Source(path)
-    try:
-        with loading():
-            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated, not a torch file, pickled code
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-                         ) from None
+    ck = read_checkpoint(path, "point --init at a whole checkpoint", mmap=True)
     if isinstance(ck, dict) and isinstance(ck.get("model"), dict) and isinstance(ck.get("scheme"), dict):
         model = ck["model"]
         # timm reads files with its own allow-list (no numpy: our checkpoints hold numpy's RNG state), so our

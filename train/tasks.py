@@ -152,7 +152,7 @@ class ClassificationTraining(Training):
 
     def evaluate(self, net, cfg, device, mean, std, rank, world, amp, raw):
         return {"val_top1": evaluate(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std, rank, world,
-                                     amp, raw)}
+                                     amp, raw, cfg.verify_shards)}
 
     def describe(self, rec):
         return f" | val top-1 {rec['val_top1']:.4f}" if "val_top1" in rec else ""
@@ -241,7 +241,7 @@ class DetectionTraining(Training):
 
     def evaluate(self, net, cfg, device, mean, std, rank, world, amp, raw):
         ap = evaluate_detection(net, cfg.val, cfg.batch_size, cfg.workers, device, mean, std,
-                                self.label_to_category, rank, world, amp, raw)
+                                self.label_to_category, rank, world, amp, raw, cfg.verify_shards)
         return {f"val_{k}": v for k, v in ap.items()}
 
     def describe(self, rec):
@@ -335,13 +335,13 @@ def checkpoint_record(m: dict) -> dict:
 
 @torch.no_grad()
 def evaluate(net, shards: str, batch_size: int, workers: int, device, mean, std, rank: int = 0, world: int = 1,
-             amp: bool = False, raw: bool = False) -> float:
+             amp: bool = False, raw: bool = False, verify: bool = True) -> float:
     """Top-1 over every validation sample exactly once (summed over ranks)."""
     was = net.training
     net.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = torch.zeros((), dtype=torch.long, device=device)
-    for imgs, labels in eval_loader(shards, batch_size, workers, rank, world, raw):
+    for imgs, labels in eval_loader(shards, batch_size, workers, rank, world, raw, verify):
         imgs = decode_on_device(imgs, device) if raw else imgs.to(device)
         x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -357,7 +357,8 @@ def evaluate(net, shards: str, batch_size: int, workers: int, device, mean, std,
 
 @torch.no_grad()
 def evaluate_detection(net, shards: str, batch_size: int, workers: int, device, mean, std, label_to_category,
-                       rank: int = 0, world: int = 1, amp: bool = False, raw: bool = False) -> dict:
+                       rank: int = 0, world: int = 1, amp: bool = False, raw: bool = False,
+                       verify: bool = True) -> dict:
     """COCO AP of the detector on a validation OUT: every sample once (over ranks), predictions mapped back to
     each image's original frame, gathered, and scored against the OUT's sanitised ground truth."""
     from himr_pipe.storage import Location
@@ -367,7 +368,7 @@ def evaluate_detection(net, shards: str, batch_size: int, workers: int, device, 
     was = net.training
     net.eval()
     results = []
-    for imgs, targets in eval_loader(shards, batch_size, workers, rank, world, raw):
+    for imgs, targets in eval_loader(shards, batch_size, workers, rank, world, raw, verify):
         imgs = decode_on_device(imgs, device) if raw else imgs.to(device)
         x = (imgs.permute(0, 3, 1, 2).float().div_(255) - mean) / std
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

@@ -56,6 +56,7 @@ its own checkpoint instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -73,7 +74,7 @@ from himr_pipe.atomic import atomic_write
 from .config import TrainConfig, TrainHooks
 from .loader import (MEAN, STD, DataError, decode_on_device, default_workers, loader_workers,
                      manifest_scheme, read_manifest, train_loader)
-from .pretrained import PretrainedAdapted, describe_report
+from .pretrained import CheckpointUnreadable, PretrainedAdapted, describe_report, read_checkpoint
 
 
 # The options that define a run: a --resume with any of them changed would not continue it (another model
@@ -114,7 +115,34 @@ def _set_rng_state(st: dict) -> None:
 
 def train(cfg: TrainConfig, log=print, hooks: TrainHooks | None = None) -> dict:
     """The run ``cfg`` asks for (module docstring); ``log`` takes its lines; ``hooks`` (None in every real run) is
-    called after each step and after each checkpoint."""
+    called after each step and after each checkpoint. One run at a time per ``--out``: the main process holds
+    its lock (:func:`himr_pipe.lock.lock_for`, OUT's own) from before it looks at the checkpoint until the run
+    ends, so a second run into the same ``--out`` is refused (exit 2) naming the holder, however close they start."""
+    with contextlib.ExitStack() as held:
+        return _train(cfg, log, hooks, held)
+
+
+def _hold(out: Path):
+    """The lock of the training ``--out`` (:class:`~himr_pipe.lock.OutLocked`, naming the holder, if another
+    run holds it)."""
+    from himr_pipe.lock import OutLocked, live_holder, lock_for
+    from himr_pipe.storage import Location
+
+    loc = Location(str(out))
+    try:
+        return lock_for(loc).__enter__()
+    except OutLocked as e:
+        who = live_holder(loc)
+        if who is None:  # it ended in between: its own words
+            raise
+        raise OutLocked(f"--out {out} is in use by another himr-pipe train run ({who}): wait for it to finish, or "
+                        "train into another --out") from e
+    except OSError as e:  # a read-only --out (a finished run kept read-only): one line, as every refusal
+        raise DataError(f"--out {out}: can't write in it ({e.strerror or e}): a run writes its checkpoints and "
+                        "log there; train into another --out") from None
+
+
+def _train(cfg: TrainConfig, log, hooks: TrainHooks | None, held: contextlib.ExitStack) -> dict:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
@@ -213,13 +241,20 @@ def train(cfg: TrainConfig, log=print, hooks: TrainHooks | None = None) -> dict:
     logged: list[dict] = []  # log.jsonl's records: rewritten whole after each checkpoint, from the checkpoint's
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
+        lock = _hold(out)  # before the checkpoint is looked at: two runs can't both find none
+        held.callback(lock.__exit__, None, None, None)
     if not cfg.resume and ckpt_path.exists():
+        try:  # a damaged one says so: neither --resume nor a new run could use this --out as it is
+            read_checkpoint(ckpt_path, "it can't be resumed, and a new run won't overwrite it: remove it (the run "
+                            "then starts over) or train into a new --out", mmap=True)
+        except CheckpointUnreadable as e:
+            raise DataError(str(e)) from None
         raise DataError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out (a new "
                         "run would overwrite it)")
     if cfg.resume and not ckpt_path.exists() and main_rank:
         log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
     if cfg.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = read_checkpoint(ckpt_path, "remove it (--resume then starts over from scratch) or train into a new --out")
         if ck["scheme"] != scheme.to_dict():
             raise DataError(f"the checkpoint was trained on scheme {ck['scheme']}, the shards are {scheme.to_dict()}")
         # a checkpoint from before the terms were stored: its options as given (None: the default)
@@ -253,7 +288,7 @@ def train(cfg: TrainConfig, log=print, hooks: TrainHooks | None = None) -> dict:
         gen = torch.Generator(device=device)
         gen.manual_seed(hash((cfg.seed, epoch, rank)) % 2**63)
         loader = train_loader(cfg.shards, batch, epoch, cfg.seed, cfg.samples_per_epoch, workers,
-                              rank, world, raw=raw)
+                              rank, world, raw=raw, verify=cfg.verify_shards)
         t_wait = t_step = 0.0
         n_img = 0
         loss_sum, loss_n = 0.0, 0

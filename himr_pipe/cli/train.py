@@ -58,6 +58,9 @@ T = TrainConfig  # train's option defaults, in himr_pipe.train.config
 @click.option("--amp/--no-amp", default=T.amp, show_default=True, help="bf16 autocast on a GPU.")
 @click.option("--log-interval", type=int, default=T.log_interval, show_default=True)
 @click.option("--samples-per-epoch", type=int, default=T.samples_per_epoch, help="Default: the samples in the shards.")
+@click.option("--verify-shards/--no-verify-shards", default=T.verify_shards, show_default=True,
+              help="Hold each shard read whole to the manifest's sha256 (hashed as it streams, no second read); a "
+                   "shard that differs stops the run before its epoch's checkpoint (exit 1).")
 @click.option("--resume", is_flag=True, default=T.resume, help="Continue from OUT/checkpoint-last.pt.")
 @click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=T.init,
               help="Start from this checkpoint: a plain timm ViT / DeiT (state dict, .pth or .safetensors), adapted "
@@ -80,15 +83,19 @@ def train_cmd(**options):
     from himr_pipe.train.trainer import train
 
     cfg = TrainConfig(**options)  # the options are TrainConfig's fields, by name
+    ckpt = os.path.join(cfg.out, "checkpoint-last.pt")
+
+    def where(then: str) -> str:  # never a checkpoint that is not there (a run stopped in its first epoch)
+        return (f"the last checkpoint is {ckpt}: {then}" if os.path.isfile(ckpt) else
+                "no checkpoint was written (the run stopped in its first epoch)")
+
     try:
         res = train(cfg, log=lambda s: click.echo(f"himr-pipe train: {s}"))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last checkpoint is whole (written atomically)
-        click.echo(f"himr-pipe train: interrupted; the last checkpoint is "
-                   f"{os.path.join(cfg.out, 'checkpoint-last.pt')}: --resume continues from it", err=True)
+        click.echo(f"himr-pipe train: interrupted; {where('--resume continues from it')}", err=True)
         sys.exit(1)
-    except ShardFault as e:  # met mid-run: a failure (exit 1), the last epoch's checkpoint intact
-        click.echo(f"himr-pipe train: error: {error_message(e)}\nhimr-pipe train: the last checkpoint is "
-                   f"{os.path.join(cfg.out, 'checkpoint-last.pt')}: fix the shards and --resume", err=True)
+    except ShardFault as e:  # met mid-run: a failure (exit 1), the last epoch's checkpoint intact; one line
+        click.echo(f"himr-pipe train: error: {error_message(e)}; {where('fix the shards and --resume')}", err=True)
         sys.exit(1)
     except (DataError, ValueError) as e:
         fail_usage(error_message(e))
