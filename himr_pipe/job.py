@@ -25,7 +25,7 @@ from .tasks import owns_file
 from .plan import JobConfig, JobError, PlannedSample, ShardTask  # noqa: F401 (JobConfig, JobError: re-exported)
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3  # 2, bad arguments: the CLI's, raised before any run
-AUDIT_SAMPLES = 4  # the quick audit that ends a run: a few seconds, figures into the manifest
+AUDIT_SAMPLES = 4  # the quick audit that ends a run (its time: the --audit help), figures into the manifest
 
 
 @dataclass

@@ -97,8 +97,7 @@ R = EncryptRequest  # the option defaults, stated once in himr_pipe.request
 @click.option("--audit/--no-audit", default=R.audit, show_default=True,
               help="End with a quick audit of 4 samples (2-20 s each on CPU at 224 px, P=16; with the default "
                    "mi-shuffle and flip 30-80 s in all on 2 cores; with progress): the strongest attack we have, its "
-                   "figures "
-                   "written into the manifest, and a warning when the setting is over the leak budget.")
+                   "figures written into the manifest, and a warning when the setting is over the leak budget.")
 def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, quality, resize, task, annotations,
                        keep_image_ids, shard_size, split, workers, threads,
                        batch_size, seed, shuffle, include_paths, state_dir, max_pixels, max_bytes, progress,
