@@ -55,22 +55,22 @@ def test_learned_attack_gives_a_valid_flip_layout():
 
     from PIL import Image
 
+    import torch
+
+    from himr_pipe.encode import choose_format
+    from himr_pipe.kernels import encrypt
+    from himr_pipe.kernels.perm import make_permutations
+    from himr_pipe.scheme import Scheme
+
     rng = np.random.default_rng(2)
-    p = learned.make_training_puzzle(_synthetic(64, 1), "mi-shuffle", 16, 0, "png", rng)
-    n = p["n"]
+    sch = Scheme.named("mi-shuffle", 16, 64, 64, 0, 0.0, flip=True)
+    n = sch.num_patches
     buf = io.BytesIO()
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="png")
     st = load_stored(buf.getvalue(), "png")
     D = np.ones((2, 8 * n, 8 * n), np.float32)
     assert learned.learned_cost(st, 8, 5, D, True, True) is D            # no model for gap 5
     img = _synthetic(64, 1)
-    from himr_pipe.encode import choose_format
-    from himr_pipe.kernels import encrypt
-    from himr_pipe.kernels.perm import make_permutations
-    from himr_pipe.scheme import Scheme
-    import torch
-
-    sch = Scheme.named("mi-shuffle", 16, 64, 64, 0, 0.0, flip=True)
     cells = make_permutations(rng.integers(0, 2 ** 62, (1, n), dtype=np.int64), orient=True)
     f = choose_format("png", sch)
     blob = f.encode(encrypt(sch, torch.from_numpy(img[None].copy()), cells)[0].numpy())
