@@ -2,8 +2,8 @@
 
 For puzzles made as the training data are (``learned.make_training_puzzle``: public photos that are not the
 audit's sample photos, --flip, the product's storage), per setting: the luma step across a true seam (mean
-|last visible column of i - first visible column of j|, stored values), the step between two neighbouring columns inside a
-cell, and the step to a random candidate; the median rank of the true neighbour among all 8N - 8 candidates
+|last visible column of i - first visible column of j|, stored values), the step between two neighbouring
+columns inside a cell, and the step to a random candidate; the median rank of the true neighbour among all 8N - 8 candidates
 under the hand-crafted dissimilarity (0 = best); and its top-1.
 
     python benchmarks/seam_signal.py [--puzzles 4] [--size 224]
@@ -43,7 +43,7 @@ def main() -> None:
     print("| setting | luma step across a true seam | inside a cell | to a random cell | median rank of the true "
           "neighbour (of 8N-8) | top-1 |")
     print("|---|---|---|---|---|---|")
-    for name, patch, gap, fmt in learned.SETTINGS + [("rs", 16, 1, "png")]:
+    for name, patch, gap, fmt in learned.SETTINGS:
         rows = [signal(p, gap) for p in learned.training_set(name, patch, gap, fmt, a.puzzles, 7, a.size)]
         m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         print(f"| {name} P={patch} gap {gap} flip {fmt} | {m['seam']:.1f} | {m['inside']:.1f} | {m['random']:.1f} | "

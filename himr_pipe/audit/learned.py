@@ -35,7 +35,7 @@ WEIGHTS = Path(__file__).with_name("learned_weights.npz")
 BAND = 4
 HIDDEN = 16
 # (scheme name, patch, gap, format): the flip settings the model is fitted to (JPEG: q90, the product's chroma)
-SETTINGS = [("mi-shuffle", 16, 0, "jpeg"), ("mi-shuffle", 16, 0, "png"), ("rs", 16, 1, "jpeg")]
+SETTINGS = [("mi-shuffle", 16, 0, "jpeg"), ("mi-shuffle", 16, 0, "png"), ("rs", 16, 1, "jpeg"), ("rs", 16, 1, "png")]
 # skimage photos not among himr_pipe.sample_data.PHOTOS (which the audit's figures are on), plus scikit-learn's
 TRAIN_PHOTOS = ("retina", "stereo_motorcycle", "camera", "grass", "gravel", "brick", "moon", "coins", "cell",
                 "sklearn:china", "sklearn:flower")
