@@ -16,7 +16,8 @@ image, and whether the setting meets the leak budget.
 Run:  python benchmarks/bench_leak.py [--n 24] [--settings rs,rs-gap1,...] [--json PATH]
 
 ``--learned``: every setting twice, the audit as it is and with the learned seam model
-(:mod:`himr_pipe.audit.learned`) combined into its seam costs, side by side with the ratio (with / without);
+(:mod:`himr_pipe.audit.learned`) combined into its seam costs at its fitted weight (``gamma_fit``, even where the
+audit leaves it off for too small a held-out gain), side by side with the ratio (with / without);
 ``--without-json PATH`` takes the first column from an earlier run's ``--json`` (same --work, --n and seed:
 the audit is deterministic). With --flip the audit's neighbour/direct are already pose-free (the best of the
 frame's 8 symmetries, ``scores.symmetric_layout_scores``).
@@ -90,7 +91,7 @@ def leak_table(settings=SETTINGS, n: int = 24, work: Path | None = None, seed: i
                 out[label] = {"error": str(e)}
                 continue
         t = time.perf_counter()
-        with enabled(learned):
+        with enabled(learned, force=learned):
             rep, _ = audit_out(str(o), n, str(st), seed=0)
         rep["seconds"] = time.perf_counter() - t
         out[label] = {k: rep[k] for k in ("setting", "format", "attack", "samples", "mean", "meets_budget",

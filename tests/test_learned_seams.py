@@ -30,6 +30,7 @@ def test_training_is_deterministic_from_its_seed():
     for k in a:
         assert np.array_equal(np.asarray(a[k]), np.asarray(b[k])), k
     assert ra == rb
+    assert ra["gamma"] == 0 or ra["learned"] - ra["hand"] >= learned.MIN_GAIN    # the audit's gate
     c, _ = learned.fit(data, seed=4, steps=4, anchors=16)
     assert not np.array_equal(a["U"], c["U"])
 
@@ -43,7 +44,7 @@ def test_combined_cost_ranks_true_neighbours_at_least_as_well_on_a_lossless_puzz
     m = learned.load_models().get(p["key"])
     if m is None:
         m, _ = learned.fit(learned.training_set(name, 16, gap, "png", 3, seed=0, size=96), seed=0, steps=30)
-    k = float(m["gamma"]) / float(m["alpha"])
+    k = float(m["gamma"]) / float(m["alpha"])       # the weight the audit uses (0 below learned.MIN_GAIN)
     combined = p["D"] * np.exp(-k * learned.net_scores(m, p["A"], p["B"], p["cell"]))
     assert learned.top1(combined, p["pairs"]) >= learned.top1(p["D"], p["pairs"])
 
