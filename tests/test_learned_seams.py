@@ -77,3 +77,24 @@ def test_learned_attack_gives_a_valid_flip_layout():
     blob = f.encode(encrypt(sch, torch.from_numpy(img[None].copy()), cells)[0].numpy())
     lay = solve_stored(load_stored(blob, f.ext), sch.out_cell, sch.grid, 0, mixed=True, orient=True, learned=True)
     assert sorted((lay % n).ravel().tolist()) == list(range(n))
+
+
+def test_upright_costs_are_the_upright_block_of_the_oriented_ones():
+    """Without --flip the model scores the upright pieces only: the same numbers as the upright block of the
+    8N virtual pieces, below-of included (the transposes' right-of)."""
+    import io
+
+    from PIL import Image
+
+    img = _synthetic(48, 3)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="png")
+    st = load_stored(buf.getvalue(), "png")
+    data = learned.training_set("mi-shuffle", 16, 0, "png", 1, seed=0, size=48)
+    m, _ = learned.fit(data, seed=0, steps=2, anchors=8)
+    m["gamma"] = np.float32(1.0)
+    n0 = (48 // 8) ** 2
+    up = learned.learned_cost(st, 8, 0, np.ones((2, n0, n0), np.float32), True, False, model=m)
+    full = learned.learned_cost(st, 8, 0, np.ones((2, 8 * n0, 8 * n0), np.float32), True, True, model=m)
+    assert np.allclose(up, full[:, :n0, :n0], rtol=1e-5)
+    assert not np.allclose(up, 1.0)

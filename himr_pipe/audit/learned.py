@@ -5,10 +5,11 @@ computes (below-of follows by transposing both pieces, as there). Its input is t
 piece nearest the seam, read as the audit reads the stored bytes (:func:`.seams.load_stored`: YCbCr; 4:2:0
 chroma replicated to full resolution), every piece in its 8 orientations (:func:`.seams.virtual_pieces`).
 
-The model: a one-hidden-layer network on the concatenated bands, ``net(i, j) = w . relu(U a_i + V b_j + c)``,
-whose first layer splits into a term of i's band and one of j's, so all (8N)^2 pairs cost one (8N, H) product
-per side and an (8N)^2 x H sum (hidden units can take differences across the seam, and relu(x) + relu(-x) is
-|x|: the prediction measures are within its reach). It is trained together with the hand-crafted dissimilarity
+The model: a one-hidden-layer network slid along the seam, ``net(i, j) = sum_l w . relu(U a_il + V b_jl + c)``
+over the rows l of the edge, a_il / b_jl the 3 rows around l of i's / j's band; its first layer splits into a
+term of i's band and one of j's, so all (8N)^2 pairs cost one (8N, cell, H) product per side and an
+(8N)^2 x cell x H sum (hidden units can take differences across the seam, and relu(x) + relu(-x) is |x|: the
+prediction measures are within its reach). It is trained together with the hand-crafted dissimilarity
 D (its logit is ``-alpha log D + net``, a softmax over every candidate neighbour of a true pair, both ways), so
 it learns what D misses; the audit then uses ``D * exp(-gamma net / alpha)``, with ``gamma_fit`` the best of
 {0, 1/4, 1/2, 1} on held-out training puzzles and ``gamma`` that one only where it gains at least
@@ -123,10 +124,6 @@ def load_models(path: Path = WEIGHTS) -> dict:
     return _CACHE[path]
 
 
-def has_model(st: Stored, cell: int, gap: int, mixed: bool) -> bool:
-    return key_of(st, cell, gap, mixed) in load_models()
-
-
 def learned_cost(st: Stored, cell: int, gap: int, D: np.ndarray, mixed: bool, orient: bool,
                  model: dict | None = None, force: bool | None = None) -> np.ndarray:
     """The hand-crafted dissimilarity ``D`` (:func:`.seams.compatibility`, same layout) combined with the learned
@@ -136,25 +133,19 @@ def learned_cost(st: Stored, cell: int, gap: int, D: np.ndarray, mixed: bool, or
     gamma = None if m is None else float(m["gamma_fit" if (_ON[1] if force is None else force) else "gamma"])
     if not gamma:
         return D
-    A, B = bands(st, cell, int(m["U"].shape[0]) // 9)
+    A, B = bands(st, cell, int(m["U"].shape[0]) // 9)     # U's rows: 3 rows x band columns x 3 channels
     n0 = len(A) // 8
-    if not orient:       # the upright virtual pieces only
-        A, B = A[:n0], B[:n0]
-    S = net_scores(m, A, B, cell)
+    t = _transpose_index(n0)
     k = gamma / float(m["alpha"])
     out = np.empty_like(D)
-    out[0] = D[0] * np.exp(-k * S)
     if orient:
-        t = _transpose_index(n0)
+        S = net_scores(m, A, B, cell)
+        out[0] = D[0] * np.exp(-k * S)
         out[1] = D[1] * np.exp(-k * S[np.ix_(t, t)])
-    else:
-        At, Bt = bands(_transposed(st), cell, int(m["U"].shape[0]) // 9)
-        out[1] = D[1] * np.exp(-k * net_scores(m, At[:n0], Bt[:n0], cell))
+    else:                # the upright pieces; below-of is right-of of their transposes (virtual pieces t[:n0])
+        out[0] = D[0] * np.exp(-k * net_scores(m, A[:n0], B[:n0], cell))
+        out[1] = D[1] * np.exp(-k * net_scores(m, A[t[:n0]], B[t[:n0]], cell))
     return out.astype(np.float32)
-
-
-def _transposed(st: Stored) -> Stored:
-    return Stored([p.T for p in st.planes], st.scale, st.lossy, st.shape[::-1], st.subsampling)
 
 
 # ------------------------------------------------------------------ training data
