@@ -14,6 +14,13 @@ image beside the same-information baseline (MI-like), attack seconds per
 image, and whether the setting meets the leak budget.
 
 Run:  python benchmarks/bench_leak.py [--n 24] [--settings rs,rs-gap1,...] [--json PATH]
+
+``--learned``: every setting twice, the audit as it is and with the learned seam model
+(:mod:`himr_pipe.audit.learned`) combined into its seam costs at its fitted weight (``gamma_fit``, even where the
+audit leaves it off for too small a held-out gain), side by side with the ratio (with / without);
+``--without-json PATH`` takes the first column from an earlier run's ``--json`` (same --work, --n and seed:
+the audit is deterministic). With --flip the audit's neighbour/direct are already pose-free (the best of the
+frame's 8 symmetries, ``scores.symmetric_layout_scores``).
 """
 
 from __future__ import annotations
@@ -59,8 +66,11 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9-]+", "_", label.replace(".", "")).strip("_")
 
 
-def leak_table(settings=SETTINGS, n: int = 24, work: Path | None = None, seed: int = 0) -> dict:
-    """{label: {"scheme": ..., "format": ..., "mean": {...}, "meets_budget": bool, ...}} for ``settings``."""
+def leak_table(settings=SETTINGS, n: int = 24, work: Path | None = None, seed: int = 0,
+               learned: bool = False) -> dict:
+    """{label: {"scheme": ..., "format": ..., "mean": {...}, "meets_budget": bool, ...}} for ``settings``;
+    ``learned``: the audit with the learned seam model."""
+    from himr_pipe.audit.learned import enabled
     from himr_pipe.audit.report import audit_out
     from himr_pipe.sample_data import PHOTOS, make_sample_folder
     from himr_pipe.scheme import Scheme, SchemeError
@@ -81,7 +91,8 @@ def leak_table(settings=SETTINGS, n: int = 24, work: Path | None = None, seed: i
                 out[label] = {"error": str(e)}
                 continue
         t = time.perf_counter()
-        rep, _ = audit_out(str(o), n, str(st), seed=0)
+        with enabled(learned, force=learned):
+            rep, _ = audit_out(str(o), n, str(st), seed=0)
         rep["seconds"] = time.perf_counter() - t
         out[label] = {k: rep[k] for k in ("setting", "format", "attack", "samples", "mean", "meets_budget",
                                           "over_budget", "seconds")}
@@ -103,19 +114,50 @@ def print_table(res: dict) -> None:
               f"{base} | {m['attack_seconds']:.2f} | {'meets' if r['meets_budget'] else 'over'} |")
 
 
+def print_learned(without: dict, with_: dict) -> None:
+    """The audit without and with the learned seam model, side by side (ratio: with / without)."""
+    print("| setting | neighbour without | with | ratio | direct without | with | ratio | s/img without | with |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, r in with_.items():
+        b = without.get(label, {})
+        if "error" in r or "mean" not in b:
+            continue
+        m0, m1 = b["mean"], r["mean"]
+
+        def ratio(k):
+            return f"{m1[k] / m0[k]:.2f}" if m0[k] else "-"
+        print(f"| {label} | {m0['neighbour_accuracy']:.3f} | {m1['neighbour_accuracy']:.3f} | "
+              f"{ratio('neighbour_accuracy')} | {m0['direct_accuracy']:.3f} | {m1['direct_accuracy']:.3f} | "
+              f"{ratio('direct_accuracy')} | {m0['attack_seconds']:.2f} | {m1['attack_seconds']:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=24, help="photos (6 scikit-image photos x n/6 random crops)")
     ap.add_argument("--settings", default=None, help="comma list of labels (see SETTINGS) or substrings")
     ap.add_argument("--json", default=None)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--learned", action="store_true", help="also the audit with the learned seam model")
+    ap.add_argument("--without-json", default=None, help="with --learned: the first column from this --json")
     a = ap.parse_args()
     chosen = SETTINGS
     if a.settings:
         want = [w.strip() for w in a.settings.split(",")]
         chosen = [s for s in SETTINGS if s[0] in want] or [s for s in SETTINGS if any(w in s[0] for w in want)]
-    res = leak_table(chosen, a.n, Path(a.work) if a.work else None)
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="himr-leak-"))
+    if a.learned and a.without_json:
+        res = json.loads(Path(a.without_json).read_text())
+        res = {s[0]: res[s[0]] for s in chosen if s[0] in res}
+    else:
+        res = leak_table(chosen, a.n, work)
     print_table(res)
+    if a.learned:
+        res_l = leak_table(chosen, a.n, work, learned=True)
+        print("\nwith the learned seam model:")
+        print_table(res_l)
+        print()
+        print_learned(res, res_l)
+        res = {"without": res, "with_learned": res_l}
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
 

@@ -82,6 +82,7 @@ import numpy as np
 
 from .placement import (PLACE_DEFAULTS, _block_search, _greedy, _kruskal_segments, _layout_segments,
                         _refine_swaps, best_buddies, layout_cost, normalised)
+from .learned import learned_cost, learned_on
 from .seams import MIXED, Stored, compatibility, detect_blank, seam_settings
 
 ATTACK_NAME = ("jigsaw v3 (stored-YCbCr prediction+MGC, 4:2:0 chroma un-mixed from the gap band, multi-seed greedy, "
@@ -99,14 +100,17 @@ def _settings(st: Stored, gap: int, params: dict | None) -> dict:
 
 
 def solve_stored(st: Stored, cell: int, grid: tuple, gap: int = 0, blank: np.ndarray | None = None,
-                 params: dict | None = None, mixed: bool = False, orient: bool = False) -> np.ndarray:
+                 params: dict | None = None, mixed: bool = False, orient: bool = False,
+                 learned: bool | None = None) -> np.ndarray:
     """The attacker's layout: ``layout[r, c]`` = the stored piece placed at grid position (r, c).
 
     ``mixed``: the pieces are MI cells (mi-shuffle), whose seams are read with the longer
     extrapolation of :data:`MIXED` (a cell column mixes two plain columns half a patch apart).
     ``orient`` (the flip defence): every piece may be turned; the layout then holds virtual pieces
     ``q * N + i`` (stored piece ``i`` turned by ``q``, :func:`virtual_pieces`), one orientation of each
-    piece, and the whole picture is found up to a symmetry of the frame (scores take the best one)."""
+    piece, and the whole picture is found up to a symmetry of the frame (scores take the best one).
+    ``learned``: combine the seam measures with the learned seam model of this setting (:mod:`.learned`; off
+    by default, so the quick audit stays as fast; None: as :func:`.learned.enabled` says, for the benchmarks)."""
     params = {**(MIXED if mixed else {}), **(FLIP_SEARCH if orient else {}), **(params or {})}
     prm = _settings(st, gap, params)
     gh, gw = grid
@@ -118,6 +122,8 @@ def solve_stored(st: Stored, cell: int, grid: tuple, gap: int = 0, blank: np.nda
         blank = np.tile(blank, 8)
     real = ~blank
     D = compatibility(st, cell, gap, prm, orient=orient)
+    if learned or (learned is None and learned_on()):
+        D = learned_cost(st, cell, gap, D, mixed, orient)
     D[:, ~real, :] = np.inf
     D[:, :, ~real] = np.inf
     C = normalised(D, real)
