@@ -13,7 +13,7 @@ exact reconstructions, PSNR/SSIM of the attacker's picture against the plain
 image beside the same-information baseline (MI-like), attack seconds per
 image, and whether the setting meets the leak budget.
 
-Run:  python benchmarks/bench_leak.py [--n 24] [--settings rs,rs-gap1,...] [--json PATH]
+Run:  python benchmarks/bench_leak.py [--n 24] [--settings rs,rs-gap1,...] [--json PATH] [--segments]
 """
 
 from __future__ import annotations
@@ -109,12 +109,28 @@ def main() -> None:
     ap.add_argument("--settings", default=None, help="comma list of labels (see SETTINGS) or substrings")
     ap.add_argument("--json", default=None)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--segments", action="store_true",
+                    help="also run each setting with the placement that moves and turns segments (audit.segments)")
     a = ap.parse_args()
     chosen = SETTINGS
     if a.settings:
         want = [w.strip() for w in a.settings.split(",")]
         chosen = [s for s in SETTINGS if s[0] in want] or [s for s in SETTINGS if any(w in s[0] for w in want)]
-    res = leak_table(chosen, a.n, Path(a.work) if a.work else None)
+    if a.segments:   # today's placement against the one that moves and turns segments, on the same seam scores
+        from himr_pipe.audit.segments import solver_with_segment_moves
+
+        work = Path(a.work or tempfile.mkdtemp(prefix="himr-leak-"))
+        res = leak_table(chosen, a.n, work)
+        with solver_with_segment_moves():
+            res.update({k + " +segments": v for k, v in leak_table(chosen, a.n, work).items()})
+        print("| setting | neighbour | direct | pose-free neighbour | s/img |\n|---|---|---|---|---|")
+        for label, r in sorted(res.items()):
+            m = r.get("mean", {})
+            print(f"| {label} | {m.get('neighbour_accuracy', float('nan')):.3f} | "
+                  f"{m.get('direct_accuracy', float('nan')):.3f} | {m.get('pose_free_neighbour', float('nan')):.3f} | "
+                  f"{m.get('attack_seconds', float('nan')):.1f} |")
+    else:
+        res = leak_table(chosen, a.n, Path(a.work) if a.work else None)
     print_table(res)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
