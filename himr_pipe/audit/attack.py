@@ -13,6 +13,8 @@ Figures, for every scheme:
   solver (:mod:`.solver`) puts in their true place / share of true
   adjacencies it rebuilds (dropped cells left out). A scheme that keeps
   positions (``mi``) scores 1.0 by definition: nothing needs solving.
+* ``pose_free_neighbour`` (shuffled schemes): share of true adjacencies rebuilt in some common pose, each
+  pair in its own (:func:`.scores.pose_free_neighbour`): fragments found turned count too.
 * ``psnr`` / ``ssim``: the attacker's best picture against the plain image:
   the solved layout (RS), followed by the regularised least-squares MI
   inverse (``mi``, ``mi-shuffle``), so MI-like schemes are judged by what an
