@@ -13,7 +13,7 @@ exact reconstructions, PSNR/SSIM of the attacker's picture against the plain
 image beside the same-information baseline (MI-like), attack seconds per
 image, and whether the setting meets the leak budget.
 
-Run:  python benchmarks/bench_leak.py [--n 24] [--settings rs,rs-gap1,...] [--json PATH]
+Run:  python benchmarks/bench_leak.py [--n 24] [--settings rs,rs-gap1,...] [--json PATH] [--learned] [--segments]
 
 ``--learned``: every setting twice, the audit as it is and with the learned seam model
 (:mod:`himr_pipe.audit.learned`) combined into its seam costs at its fitted weight (``gamma_fit``, even where the
@@ -21,6 +21,9 @@ audit leaves it off for too small a held-out gain), side by side with the ratio 
 ``--without-json PATH`` takes the first column from an earlier run's ``--json`` (same --work, --n and seed:
 the audit is deterministic). With --flip the audit's neighbour/direct are already pose-free (the best of the
 frame's 8 symmetries, ``scores.symmetric_layout_scores``).
+
+``--segments``: every setting twice, with today's placement and with the placement that moves and turns whole
+segments (:mod:`himr_pipe.audit.segments`), on the same seam scores.
 """
 
 from __future__ import annotations
@@ -139,12 +142,29 @@ def main() -> None:
     ap.add_argument("--work", default=None)
     ap.add_argument("--learned", action="store_true", help="also the audit with the learned seam model")
     ap.add_argument("--without-json", default=None, help="with --learned: the first column from this --json")
+    ap.add_argument("--segments", action="store_true",
+                    help="also run each setting with the placement that moves and turns segments (audit.segments)")
     a = ap.parse_args()
     chosen = SETTINGS
     if a.settings:
         want = [w.strip() for w in a.settings.split(",")]
         chosen = [s for s in SETTINGS if s[0] in want] or [s for s in SETTINGS if any(w in s[0] for w in want)]
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="himr-leak-"))
+    if a.segments:   # today's placement against the one that moves and turns segments, on the same seam scores
+        from himr_pipe.audit import segments
+
+        res = leak_table(chosen, a.n, work)
+        with segments.enabled():
+            res.update({k + " +segments": v for k, v in leak_table(chosen, a.n, work).items()})
+        print("| setting | neighbour | direct | pose-free neighbour | s/img |\n|---|---|---|---|---|")
+        for label, r in sorted(res.items()):
+            m = r.get("mean", {})
+            print(f"| {label} | {m.get('neighbour_accuracy', float('nan')):.3f} | "
+                  f"{m.get('direct_accuracy', float('nan')):.3f} | {m.get('pose_free_neighbour', float('nan')):.3f} | "
+                  f"{m.get('attack_seconds', float('nan')):.1f} |")
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1))
+        return
     if a.learned and a.without_json:
         res = json.loads(Path(a.without_json).read_text())
         res = {s[0]: res[s[0]] for s in chosen if s[0] in res}

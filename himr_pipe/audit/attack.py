@@ -13,6 +13,8 @@ Figures, for every scheme:
   solver (:mod:`.solver`) puts in their true place / share of true
   adjacencies it rebuilds (dropped cells left out). A scheme that keeps
   positions (``mi``) scores 1.0 by definition: nothing needs solving.
+* ``pose_free_neighbour`` (shuffled schemes): share of true adjacencies rebuilt in some common pose, each
+  pair in its own (:func:`.scores.pose_free_neighbour`): fragments found turned count too.
 * ``psnr`` / ``ssim``: the attacker's best picture against the plain image:
   the solved layout (RS), followed by the regularised least-squares MI
   inverse (``mi``, ``mi-shuffle``), so MI-like schemes are judged by what an
@@ -34,7 +36,7 @@ import numpy as np
 from ..scheme import Scheme
 from .jigsaw import assemble, cut
 from .mi_inverse import downsampled_baseline, ls_inverse
-from .scores import frame_symmetries, image_quality, layout_scores, symmetric_layout_scores
+from .scores import frame_symmetries, image_quality, layout_scores, pose_free_neighbour, symmetric_layout_scores
 
 BUDGET = {"direct_accuracy": 0.02, "neighbour_accuracy": 0.10}
 # Every figure the audit prints or records is what *this* attack recovers: a lower bound on the leak. A stronger
@@ -84,6 +86,7 @@ def attack_sample(scheme: Scheme, blob: bytes, ext: str, perm: np.ndarray | None
         else:
             sc = layout_scores(layout, truth, blank)
         row["direct_accuracy"], row["neighbour_accuracy"] = sc["direct"], sc["neighbour"]
+        row["pose_free_neighbour"] = pose_free_neighbour(layout, perm, blank)   # each pair in its own pose
         row["solved"] = float(sc["direct"] == 1.0)  # the whole layout recovered
         recon = assemble(pieces, layout)
         if scheme.flip:   # the picture as the attacker would turn it to look at it: the best-aligned frame

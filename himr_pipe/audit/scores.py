@@ -82,3 +82,52 @@ def symmetric_layout_scores(layout: np.ndarray, truth: np.ndarray, blank: np.nda
     to the attacker: at chance the best of 8 alignments scores a little above one)."""
     scored = [{**layout_scores(x, truth, blank), "symmetry": k} for k, x in enumerate(frame_symmetries(layout))]
     return max(scored, key=lambda d: (d["neighbour"], d["direct"], -d["symmetry"]))
+
+
+def _turn_step(dr: int, dc: int, g: int) -> tuple[int, int]:
+    """The step (dr, dc) between two cells after the picture is turned by orientation code ``g``
+    (:func:`.seams.orient_pieces`: bit 0 transposes, then bit 1 reverses the columns, then bit 2 the rows)."""
+    if g & 1:
+        dr, dc = dc, dr
+    if g & 2:
+        dc = -dc
+    if g & 4:
+        dr = -dr
+    return dr, dc
+
+
+def pose_free_neighbour(layout: np.ndarray, cells: np.ndarray, blank: np.ndarray | None = None) -> float:
+    """Share of the true adjacencies that the layout rebuilds in some common pose: the two pieces are turned
+    alike (the same net turn of their plain content) and stand as the plain picture turned that way would have
+    them, whatever that turn is. Each recovered pair may keep its own pose, so fragments found in the wrong
+    orientation count (the frame-symmetric :func:`symmetric_layout_scores` counts only the best one pose).
+
+    ``layout``: (gh, gw) of pieces, virtual pieces ``q * N + i`` (stored piece ``i`` turned by ``q``) with the
+    flip defence; ``cells``: the truth, stored cell ``j`` = plain cell ``cells[j] % N`` turned by
+    ``cells[j] // N`` (the product's packed permutation); ``blank``: stored cells that carry nothing."""
+    from .seams import COMPOSE
+
+    layout, cells = np.asarray(layout), np.asarray(cells).ravel()
+    gh, gw = layout.shape
+    n = layout.size
+    blank = np.zeros(n, bool) if blank is None else np.asarray(blank, bool)
+    v = layout.ravel()
+    stored, q = v % n, v // n
+    plain = cells[stored] % n
+    pos = np.empty((n, 2), int)
+    pos[plain] = np.stack(np.divmod(np.arange(n), gw), 1)
+    turn = np.empty(n, int)
+    turn[plain] = COMPOSE[cells[stored] // n, q]
+    void = np.zeros(n, bool)
+    void[cells[np.nonzero(blank)[0]] % n] = True
+    hits = total = 0
+    for step in ((0, 1), (1, 0)):
+        for r in range(gh - step[0]):
+            for c in range(gw - step[1]):
+                a, b = r * gw + c, (r + step[0]) * gw + c + step[1]
+                if void[a] or void[b]:
+                    continue
+                total += 1
+                g = int(turn[a])
+                hits += bool(turn[b] == g and tuple(pos[b] - pos[a]) == _turn_step(*step, g))
+    return hits / max(1, total)

@@ -83,6 +83,7 @@ import numpy as np
 from .placement import (PLACE_DEFAULTS, _block_search, _greedy, _kruskal_segments, _layout_segments,
                         _refine_swaps, best_buddies, layout_cost, normalised)
 from .learned import learned_cost, learned_on
+from .segments import segment_moves, segments_on
 from .seams import MIXED, Stored, compatibility, detect_blank, seam_settings
 
 ATTACK_NAME = ("jigsaw v3 (stored-YCbCr prediction+MGC, 4:2:0 chroma un-mixed from the gap band, multi-seed greedy, "
@@ -101,7 +102,7 @@ def _settings(st: Stored, gap: int, params: dict | None) -> dict:
 
 def solve_stored(st: Stored, cell: int, grid: tuple, gap: int = 0, blank: np.ndarray | None = None,
                  params: dict | None = None, mixed: bool = False, orient: bool = False,
-                 learned: bool | None = None) -> np.ndarray:
+                 learned: bool | None = None, move_segments: bool | None = None) -> np.ndarray:
     """The attacker's layout: ``layout[r, c]`` = the stored piece placed at grid position (r, c).
 
     ``mixed``: the pieces are MI cells (mi-shuffle), whose seams are read with the longer
@@ -110,7 +111,9 @@ def solve_stored(st: Stored, cell: int, grid: tuple, gap: int = 0, blank: np.nda
     ``q * N + i`` (stored piece ``i`` turned by ``q``, :func:`virtual_pieces`), one orientation of each
     piece, and the whole picture is found up to a symmetry of the frame (scores take the best one).
     ``learned``: combine the seam measures with the learned seam model of this setting (:mod:`.learned`; off
-    by default, so the quick audit stays as fast; None: as :func:`.learned.enabled` says, for the benchmarks)."""
+    by default, so the quick audit stays as fast; None: as :func:`.learned.enabled` says, for the benchmarks).
+    ``move_segments``: end with :func:`.segments.segment_moves` (whole segments moved and turned in the frame; off
+    by default: measured to add nothing on today's seam scores; None: as :func:`.segments.enabled` says)."""
     params = {**(MIXED if mixed else {}), **(FLIP_SEARCH if orient else {}), **(params or {})}
     prm = _settings(st, gap, params)
     gh, gw = grid
@@ -170,4 +173,6 @@ def solve_stored(st: Stored, cell: int, grid: tuple, gap: int = 0, blank: np.nda
             break
     if prm["ils"]:
         best = _block_search(C, best, prm["ils"], prm["ils_max_block"])
+    if move_segments or (move_segments is None and segments_on()):
+        best = segment_moves(C, best, real)
     return best
