@@ -233,27 +233,35 @@ def test_no_import_runs_back_up_a_floor():
 TASK_NAME_TESTS_ALLOWED = {"himr_pipe.cli.samples": 5}
 
 
-def test_stages_ask_the_task_object_instead_of_testing_its_name():
-    """Classification and detection differ only through their task objects (himr_pipe.tasks, train/tasks.py):
-    no other module compares a task's name, and every pipeline task has a training recipe."""
+def name_comparisons(names: set, skip) -> dict[str, int]:
+    """Module -> how many comparisons with one of ``names`` (a constant on either side of ==, !=, in, ...) its
+    source holds, read with ast, for every module of the product but those ``skip(module)`` excuses."""
     import ast
     from pathlib import Path
 
-    from himr_pipe.tasks import TASKS
-    from himr_pipe.train.tasks import TRAININGS
-
     top = Path(__file__).resolve().parent.parent
     found = {}
-    for pkg, root in {"himr_pipe": top / "himr_pipe", "himr_pipe.train": top / "train"}.items():
+    for pkg, root in {"himr_pipe": top / "himr_pipe", "himr_pipe.kernels": top / "kernels",
+                      "himr_pipe.train": top / "train"}.items():
         for p in root.rglob("*.py"):
             name = ".".join((pkg, *p.relative_to(root).with_suffix("").parts))
-            if name.startswith("himr_pipe.tasks") or name == "himr_pipe.train.tasks":
+            if skip(name):
                 continue
             n = sum(1 for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Compare)
                     for c in [node.left, *node.comparators]
-                    if isinstance(c, ast.Constant) and c.value in TASKS)
+                    if isinstance(c, ast.Constant) and c.value in names)
             if n:
                 found[name] = n
+    return found
+
+
+def test_stages_ask_the_task_object_instead_of_testing_its_name():
+    """Classification and detection differ only through their task objects (himr_pipe.tasks, train/tasks.py):
+    no other module compares a task's name, and every pipeline task has a training recipe."""
+    from himr_pipe.tasks import TASKS
+    from himr_pipe.train.tasks import TRAININGS
+
+    found = name_comparisons(set(TASKS), lambda m: m.startswith("himr_pipe.tasks") or m == "himr_pipe.train.tasks")
     assert found == TASK_NAME_TESTS_ALLOWED
     assert set(TRAININGS) == set(TASKS)
     for t in TASKS.values():  # the interface is whole: every task answers every question of the pipeline
@@ -281,26 +289,10 @@ def test_every_package_is_installed():
 def test_stages_ask_the_scheme_definition_instead_of_testing_its_name():
     """What differs per scheme is asked of its definition (himr_pipe/schemes/): no other module compares a value
     with a scheme's name, so a new scheme is one module (tests/demo_scheme.py shows it)."""
-    import ast
-    from pathlib import Path
-
     from himr_pipe.schemes import SCHEMES
 
     names = set(SCHEMES) | {d.kind for d in SCHEMES.values()}
-    top = Path(__file__).resolve().parent.parent
-    found = {}
-    for pkg, root in {"himr_pipe": top / "himr_pipe", "himr_pipe.kernels": top / "kernels",
-                      "himr_pipe.train": top / "train"}.items():
-        for p in root.rglob("*.py"):
-            name = ".".join((pkg, *p.relative_to(root).with_suffix("").parts))
-            if name.startswith("himr_pipe.schemes"):
-                continue
-            n = sum(1 for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Compare)
-                    for c in [node.left, *node.comparators]
-                    if isinstance(c, ast.Constant) and c.value in names)
-            if n:
-                found[name] = n
-    assert found == {}
+    assert name_comparisons(names, lambda m: m.startswith("himr_pipe.schemes")) == {}
 
 
 def floors() -> int:
