@@ -255,3 +255,21 @@ def test_an_out_it_cannot_write_in_is_one_line(out, tmp_path, monkeypatch):
     res = cli("train", out, "--out", run, "--epochs", "1", *TINY, expect=2)
     assert one_error_line(res.output) == (f"himr-pipe: error: --out {run}: can't write in it (Permission denied): a "
                                           "run writes its checkpoints and log there; train into another --out")
+
+
+def test_a_full_disk_at_the_checkpoint_is_one_line_naming_it(out, tmp_path, monkeypatch):
+    """The disk fills as the checkpoint is written: one line naming the checkpoint, exit 1, no traceback (the
+    atomic writer leaves no part file under its name)."""
+    import errno
+
+    from himr_pipe.train import trainer
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(trainer, "atomic_write", full)
+    run = tmp_path / "run"
+    res = cli("train", out, "--out", run, "--epochs", "1", *TINY, expect=1)
+    line = one_error_line(res.output)
+    assert line.startswith(f"himr-pipe: error: cannot write the checkpoint {run / 'checkpoint-last.pt'} (No space")
+    assert not (run / "checkpoint-last.pt").exists()

@@ -70,6 +70,7 @@ import torch
 import torch.distributed as dist
 
 from himr_pipe.atomic import atomic_write
+from himr_pipe.errors import WriteFailed
 
 from .config import TrainConfig, TrainHooks
 from .loader import (MEAN, STD, DataError, decode_on_device, default_workers, loader_workers,
@@ -344,16 +345,25 @@ def _train(cfg: TrainConfig, log, hooks: TrainHooks | None, held: contextlib.Exi
             # best before the last: a kill between them leaves a last checkpoint that names an older best, and
             # the resumed run recomputes this epoch exactly, so it writes the same best again
             if improved:
-                atomic_write(best_path, lambda f: torch.save(ck, f))
-            atomic_write(ckpt_path, lambda f: torch.save(ck, f))
+                _write(best_path, lambda f: torch.save(ck, f), "the best checkpoint")
+            _write(ckpt_path, lambda f: torch.save(ck, f), "the checkpoint")
             if hooks is not None:
                 hooks.after_checkpoint(epoch + 1)
-            atomic_write(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in logged).encode())
+            _write(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in logged).encode(), "the training log")
         if world > 1:
             dist.barrier()
     return {"history": history, "model": model, "steps": step,
             "checkpoint": str(ckpt_path) if main_rank and ckpt_path.exists() else None,
             "best": best, "best_checkpoint": str(best_path) if main_rank and best is not None else None}
+
+
+def _write(path, data, what: str) -> None:
+    """One of the run's files, written atomically; a disk that refuses it (full, quota, read-only, failing) is one
+    line naming the file (errors.WriteFailed, exit 1): the last whole checkpoint stays, and --resume continues."""
+    try:
+        atomic_write(path, data)
+    except OSError as e:
+        raise WriteFailed.of(e, path, what) from None
 
 
 def _check_options(cfg: TrainConfig) -> None:
