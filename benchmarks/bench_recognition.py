@@ -9,7 +9,7 @@ chance (1/4), and the audit's neighbour, direct and pose-free neighbour on the s
 
 Run:  python benchmarks/bench_recognition.py [--size 96] [--train 100] [--test 10] [--epochs 15]
       [--settings "mi-shuffle P=16 flip jpeg,..."] [--json PATH]
-(run from the repository root with PYTHONPATH=. to measure this checkout)
+(an editable install of this checkout measures it; from elsewhere, run with PYTHONPATH at its root)
 """
 
 from __future__ import annotations

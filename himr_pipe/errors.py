@@ -19,9 +19,7 @@ from __future__ import annotations
 import errno
 import os
 
-EXIT_FAILED = 1
-EXIT_REFUSED = 2
-EXIT_PARTIAL = 3
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_PARTIAL = 0, 1, 2, 3  # the commands' exit codes, stated once
 
 
 class HimrError(Exception):

@@ -24,7 +24,6 @@ from .storage import Location, StorageError, StoreUnavailable, in_process_only, 
 from .tasks import owns_file
 from .plan import JobConfig, JobError, PlannedSample, ShardTask  # noqa: F401 (JobConfig, JobError: re-exported)
 
-EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3  # 2, bad arguments: the CLI's, raised before any run
 AUDIT_SAMPLES = 4  # the quick audit that ends a run (its time: the --audit help), figures into the manifest
 
 

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .distributor import distributor_named
-from .job import (EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, JobConfig, RunOptions, RunResult, plan_shards, prepare,
-                  resume_scan)
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from .job import JobConfig, RunOptions, RunResult, plan_shards, prepare, resume_scan
 from .lock import LeaseLost
 from .manifest import MANIFEST, TIMM_INFO, build_manifest, build_timm_info
 from .state import OwnerState, ShardStats, StateError

@@ -113,7 +113,7 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
     .cls); for detection, a COCO images folder with its instances JSON. SRC
     and OUT may be URLs (s3://, gs://, memory://).
     """
-    from ..job import EXIT_PARTIAL
+    from ..errors import EXIT_PARTIAL
     from ..pipeline import encrypt_shards
 
     req = EncryptRequest(scheme=scheme, patch=patch, size=size, gap=gap, drop=drop, flip=flip, fmt=fmt,
