@@ -46,3 +46,21 @@ def make_permutations(sort_keys, orient: bool = False):
 def split_cells(cells, n: int):
     """(permutation, orientation) of packed entries ``perm + n * o`` (see :func:`make_permutations`)."""
     return cells % n, cells // n
+
+
+
+def turn(x, code: int, rows: int, cols: int):
+    """``x`` turned by orientation ``code`` (0..7, one of the square's eight symmetries) in its ``rows`` and
+    ``cols`` dimensions: bit 0 transposes, then bit 1 reverses the columns, then bit 2 the rows. The one statement
+    of the convention the kernels, the attack and the recognition test share; a torch tensor or a numpy array."""
+    if code & 1:
+        x = x.swapaxes(rows, cols)
+    if code & 2:
+        x = _flip(x, cols)
+    if code & 4:
+        x = _flip(x, rows)
+    return x
+
+
+def _flip(x, dim: int):
+    return x.flip(dim) if hasattr(x, "flip") else np.flip(x, dim)  # a torch tensor, else a numpy array (a view)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from .perm import turn
 
 
 def check_batch(x: torch.Tensor, patch: int) -> tuple[int, int, int, int]:
@@ -110,14 +111,7 @@ def rs_permute(x: torch.Tensor, perms: torch.Tensor, patch: int, out: torch.Tens
             m = o == code
             if not bool(m.any()):
                 continue
-            cells = yv[m]                                                     # (k, P, P, C)
-            if code & 1:
-                cells = cells.transpose(1, 2)
-            if code & 2:
-                cells = cells.flip(2)
-            if code & 4:
-                cells = cells.flip(1)
-            rv[m] = cells
+            rv[m] = turn(yv[m], code, 1, 2)                                   # cells (k, P, P, C)
         return res
     sy = (perms // gw).view(b, gh, 1, gw)
     sx = (perms % gw).view(b, gh, 1, gw)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..kernels.perm import turn
 from ..scheme import Scheme
 
 
@@ -82,13 +83,7 @@ def train_plain(images: np.ndarray, labels: np.ndarray, classes: int, epochs: in
         for i in range(0, len(x), batch):
             idx = order[i:i + batch]
             xb = x[idx]
-            t = int(torch.randint(0, 8, (1,), generator=g))
-            if t & 1:
-                xb = xb.transpose(2, 3)
-            if t & 2:
-                xb = xb.flip(3)
-            if t & 4:
-                xb = xb.flip(2)
+            xb = turn(xb, int(torch.randint(0, 8, (1,), generator=g)), 2, 3)  # the frame's 8 symmetries
             loss = torch.nn.functional.cross_entropy(net(xb), y[idx])
             opt.zero_grad()
             loss.backward()

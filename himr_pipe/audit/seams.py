@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kernels.perm import turn
+
 RIGHT, DOWN = 0, 1   # the relations of D[r, i, j]: j right of i, j below i
 
 
@@ -275,14 +277,8 @@ def seam_settings(st: Stored, gap: int, params: dict | None) -> dict:
 
 def orient_pieces(X: np.ndarray, q: int) -> np.ndarray:
     """Pieces (N, c, c, ...) turned by orientation code ``q`` (the kernels' convention: bit 0 transposes,
-    then bit 1 reverses the columns, then bit 2 the rows)."""
-    if q & 1:
-        X = X.swapaxes(1, 2)
-    if q & 2:
-        X = X[:, :, ::-1]
-    if q & 4:
-        X = X[:, ::-1]
-    return X
+    then bit 1 reverses the columns, then bit 2 the rows: :func:`himr_pipe.kernels.perm.turn`)."""
+    return turn(X, q, 1, 2)
 
 
 def _compose_table() -> np.ndarray:
