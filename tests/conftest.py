@@ -34,6 +34,20 @@ def sample_src(tmp_path_factory) -> Path:
     return root
 
 
+# the training tests' recipe: a one-block ViT on 32 px shards, seconds a run
+TINY_TRAIN = ("--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "4", "--workers", "0",
+              "--warmup-epochs", "0.5", "--lr", "1e-3", "--no-aug")
+
+
+@pytest.fixture(scope="session")
+def jpeg_out(sample_src, tmp_path_factory) -> Path:
+    """18 samples of the default scheme (JPEG, 32 px) in 3 shards of 6, for the training tests to read (a test
+    that changes it works on a copy)."""
+    out = tmp_path_factory.mktemp("jpeg_out") / "out"
+    encrypt(sample_src, out, "--size", "32", "--seed", "5", "--shard-size", "6")
+    return out
+
+
 def cli(*args, expect: int | None = 0):
     """Run the himr-pipe CLI in this process; check the exit code."""
     res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)

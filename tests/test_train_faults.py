@@ -19,19 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, encrypt, encrypt_subprocess
+from conftest import TINY_TRAIN, cli, encrypt, encrypt_subprocess
 from faults import command
 
-TINY = ("--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "4", "--workers", "0",
-        "--warmup-epochs", "0.5", "--log-interval", "2", "--lr", "1e-3", "--no-aug")
-
-
-@pytest.fixture(scope="module")
-def jpeg_out(sample_src, tmp_path_factory):
-    """18 samples of the default scheme (JPEG) in 3 shards of 6."""
-    out = tmp_path_factory.mktemp("faults") / "out"
-    encrypt(sample_src, out, "--size", "32", "--seed", "5", "--shard-size", "6")
-    return out
+TINY = (*TINY_TRAIN, "--log-interval", "2")
 
 
 def copy_out(out: Path, dest: Path) -> Path:

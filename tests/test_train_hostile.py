@@ -26,18 +26,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, encrypt
+from conftest import TINY_TRAIN, cli
 
-TINY = ("--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "4", "--workers", "0",
-        "--warmup-epochs", "0.5", "--log-interval", "0", "--lr", "1e-3", "--no-aug")
+TINY = (*TINY_TRAIN, "--log-interval", "0")
 
 
 @pytest.fixture(scope="module")
-def out(sample_src, tmp_path_factory):
-    """18 samples of the default scheme (JPEG) in 3 shards of 6."""
-    o = tmp_path_factory.mktemp("hostile") / "out"
-    encrypt(sample_src, o, "--size", "32", "--seed", "5", "--shard-size", "6")
-    return o
+def out(jpeg_out):
+    """18 samples of the default scheme (JPEG) in 3 shards of 6 (conftest's)."""
+    return jpeg_out
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +90,11 @@ def test_a_second_run_into_the_same_out_is_refused_naming_the_holder(out, tmp_pa
     first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        t = time.monotonic()
-        while not started.exists():  # the first run is mid-epoch, holding --out
+        guard = time.monotonic() + 180  # against a hang only: no timing is asserted
+        while not started.exists() and time.monotonic() < guard:  # the first run is mid-epoch, holding --out
             assert first.poll() is None, first.communicate()
-            assert time.monotonic() - t < 180
             time.sleep(0.05)
+        assert started.exists(), "the first run never reached its first step"
         # the second, with other options (the probe's --seed 5 --lr 0.01), is refused before any work
         res = cli("train", out, "--out", run, "--epochs", "1", *TINY, "--seed", "5", "--lr", "0.01", expect=2)
         line = one_error_line(res.output)
