@@ -32,7 +32,7 @@ import numpy as np
 from . import keys
 from .decoders import BATCH_PIXELS, DecodeBatch, Header, screen
 from .geometry import decode_geometry
-from .lock import DriverGone, check_driver, publish_held  # noqa: F401 (DriverGone: re-exported)
+from .lock import publish_held
 from .plan import JobConfig, PlannedSample, ShardTask
 from .state import ShardStats
 from .stages import BufferPool, Prefetch, Sink, ordered_map
@@ -154,10 +154,6 @@ class ShardWorker:
         if self.progress is not None and n:
             self.progress(n)
         return n
-
-    def _check_driver(self) -> None:
-        """Is OUT still held by the run that asked for this shard (:func:`~.lock.check_driver`)?"""
-        check_driver(self.out, self.driver)
 
     def run(self, task: ShardTask) -> ShardStats:
         """Write shard ``task`` and return its stats. The stages overlap, each in its own thread: reading and

@@ -100,8 +100,8 @@ def test_a_worker_that_is_not_the_drivers_child_publishes_nothing_once_the_drive
     held by that driver, it publishes; held by nobody (the driver is gone), it refuses and leaves no file."""
     import socket
 
-    from himr_pipe.lock import OutLock
-    from himr_pipe.worker import DriverGone, ShardWorker
+    from himr_pipe.lock import DriverGone, OutLock
+    from himr_pipe.worker import ShardWorker
 
     src, out = sample_src, tmp_path / "out"
     encrypt(src, out, "--seed", "1", "--shard-size", "4", state=tmp_path / "st")  # a job and its plan
@@ -142,15 +142,10 @@ def test_a_worker_on_another_host_trusts_the_lock_files_record(sample_src, tmp_p
     monkeypatch.setattr(socket, "gethostname", lambda: "worker-node")
     assert lock.holder_of(Location(str(out))) is None  # nobody holds the flock here
     assert lock.recorded_holder(Location(str(out))) == {"host": "head-node", "pid": 4242}
-    from himr_pipe.worker import DriverGone, ShardWorker
-
-    w = ShardWorker.__new__(ShardWorker)  # only the check: no decoder needed
-    w.out, w.driver = Location(str(out)), ("head-node", 4242)
-    w._check_driver()
-    w.driver = ("head-node", 4343)
-    with pytest.raises(DriverGone):
-        w._check_driver()
+    where = Location(str(out))  # only the check a worker makes before it publishes: no worker needed
+    lock.check_driver(where, ("head-node", 4242))
+    with pytest.raises(lock.DriverGone):
+        lock.check_driver(where, ("head-node", 4343))
     (out / lock.LOCK_NAME).unlink()
-    w.driver = ("head-node", 4242)
-    with pytest.raises(DriverGone):
-        w._check_driver()
+    with pytest.raises(lock.DriverGone):
+        lock.check_driver(where, ("head-node", 4242))
