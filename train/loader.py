@@ -278,30 +278,25 @@ class NotRegular(OSError):
     """A shard's path is not a regular file (a FIFO, socket or device): never opened, so never waited on."""
 
 
-def _open_regular(url: str, open_url):
-    """``open_url(url)``; a local path only if it is a regular file: opened without blocking (a FIFO's open
-    waits for a writer, forever) and checked on the open file, so nothing can swap it in between."""
-    import os
-    import stat
+# the loader's words for what specials names (its lines say "a FIFO" where the sources' reasons say "fifo")
+_NOT_REGULAR = {"fifo": "a FIFO", "socket": "a socket", "directory": "a folder", "character device": "a device",
+                "block device": "a device"}
 
+
+def _open_regular(url: str, open_url):
+    """``open_url(url)``; a local path only if it is a regular file (:func:`himr_pipe.specials.open_regular`:
+    opened without blocking, since a FIFO's open waits for a writer forever, and checked on the open file)."""
+    from himr_pipe.specials import NotRegularFile, open_regular
     from himr_pipe.storage import is_url, local_path
 
     path = local_path(url)
     if is_url(path):
         return open_url(url)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
-                    "a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                    else "not a file")
-            raise NotRegular(f"not a regular file ({kind}): not opened")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+        return open_regular(path)
+    except NotRegularFile as e:
+        kind = _NOT_REGULAR.get(e.reason.split(": ", 1)[-1], "not a file")
+        raise NotRegular(f"not a regular file ({kind}): not opened") from None
 
 
 def shard_samples(urls, handler=wds.reraise_exception):
