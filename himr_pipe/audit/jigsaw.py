@@ -1,6 +1,6 @@
 """The first jigsaw attack on RS (v1), kept as the baseline the audit's attack must beat.
 
-The audit runs :mod:`.solver` (v3), which reads the stored bytes (JPEG chroma
+The audit runs :mod:`.solver` (v4), which reads the stored bytes (JPEG chroma
 at its stored resolution) and places far better; ``benchmarks/bench_attack.py``
 prints both side by side. :func:`cut` and :func:`assemble` are shared.
 

@@ -301,8 +301,12 @@ def _turn_pieces(R, Dn, L, n, m, sib, left, right, up, down) -> int:
     return turned
 
 
+# ``cap``: the normalised seam cost is capped there (None: not capped). Most seams of a layout are wrong wherever
+# seams are weak; uncapped, the search trades a confident true pair for a few points off the wrong seams around
+# it (the layout found then costs less than the truth). Capped, every seam past the cap is as wrong as another, so
+# the search keeps confident pairs. Calibrated in the calibration notes of :mod:`.solver`.
 PLACE_DEFAULTS = dict(bb_bonus=1.0, nb_bonus=0.01, wild_score=0.0, starts=None, segments=2, refine=1, wild_cost=1.5,
-                      regrow_rounds=5, regrow_segs=3, seg_thresh=1.0, ils=0, ils_max_block=0.5)
+                      regrow_rounds=5, regrow_segs=3, seg_thresh=1.0, ils=0, ils_max_block=0.5, cap=1.5)
 
 
 def _block_search(C: np.ndarray, layout: np.ndarray, iters: int, max_block: float, seed: int = 0):
