@@ -196,6 +196,20 @@ def test_gap_defence_breaks_the_solver_where_it_otherwise_wins():
     assert res[0] == 1.0 and res[4] < 0.5
 
 
+def test_the_budget_holds_the_pose_free_neighbour_too():
+    """Fragments found turned are a leak: a flip setting within the budget in the frame but over it pose-free is
+    over, with the figure named; the warning line says so."""
+    from himr_pipe.audit.attack import meets_budget, warning_line
+    from himr_pipe.scheme import Scheme
+
+    s = Scheme.named("rs", 16, 224, 224, 1, flip=True)
+    inside = {"direct_accuracy": 0.006, "neighbour_accuracy": 0.073, "pose_free_neighbour": 0.062}
+    assert meets_budget(s, inside) == (True, []) and warning_line(s, inside) is None
+    ok, why = meets_budget(s, {**inside, "pose_free_neighbour": 0.110})
+    assert not ok and why == ["pose free neighbour 0.110 > 0.1"]
+    assert "pose free neighbour 0.110 > 0.1" in warning_line(s, {**inside, "pose_free_neighbour": 0.110})
+
+
 def test_the_default_setting_is_mi_shuffle_with_flip_and_within_the_budget(sample_src, tmp_path):
     """No --scheme, no defence named: mi-shuffle with the flip defence and no gap (README 'Privacy': within the
     leak budget under the orientation-aware audit, at the smallest cost measured), recorded in the manifest; its

@@ -1,4 +1,4 @@
-"""Placement that moves and turns whole segments (himr_pipe.audit.segments) and the pose-free neighbour score."""
+"""Placement that moves and turns whole segments (himr_pipe.audit.segments), the pose-free neighbour and the side-by-side scores."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from himr_pipe.audit.scores import pose_free_neighbour, symmetric_layout_scores
+from himr_pipe.audit.scores import pose_free_neighbour, side_by_side, symmetric_layout_scores
 from himr_pipe.audit.seams import COMPOSE, compatibility, load_stored, virtual_pieces
 from himr_pipe.audit.segments import move_segment, segment_moves, turn_segment
 from himr_pipe.audit.placement import layout_cost
@@ -112,6 +112,27 @@ def test_pose_free_neighbour_counts_fragments_in_their_own_pose():
     assert pose_free_neighbour(lay % n, np.arange(n)) < pf
 
 
+def test_side_by_side_counts_neighbours_in_any_pose_and_is_chance_on_a_random_layout():
+    n = 196
+    rng = np.random.default_rng(0)
+    cells = rng.permutation(n) + n * rng.integers(0, 8, n)        # shuffled and turned, as --flip packs them
+    truth = np.argsort(cells % n).reshape(14, 14)
+    assert side_by_side(truth, cells)["proximity"] == 1.0
+    # the plain layout mirrored along its diagonal, each piece left as stored: every true pair still side by
+    # side, few in a common pose with the right step (only pairs whose random turns happen to agree)
+    assert side_by_side(truth.T.copy(), cells)["proximity"] == 1.0
+    assert pose_free_neighbour(truth.T.copy(), cells) < 0.2
+    # a random layout scores its chance figure: layout adjacencies over all pairs of pieces
+    near = [side_by_side(rng.permutation(n).reshape(14, 14), cells) for _ in range(300)]
+    chance = near[0]["proximity_chance"]
+    assert chance == pytest.approx(364 / (196 * 195 / 2))
+    assert np.mean([r["proximity"] for r in near]) == pytest.approx(chance, rel=0.15)
+    # dropped cells are left out of the count, as in the other scores
+    blank = np.zeros(n, bool)
+    blank[:20] = True
+    assert side_by_side(truth, cells, blank)["proximity"] == 1.0
+
+
 @pytest.fixture(scope="module")
 def astronaut_puzzle():
     import skimage.data as data
@@ -156,3 +177,22 @@ def test_segment_moves_never_raise_the_cost():
     out = segment_moves(C, lay, params={"thresh": 0.5})
     assert layout_cost(C, out) <= layout_cost(C, lay) + 1e-12
     assert sorted((out % n).ravel()) == list(range(n))
+
+
+def test_the_capped_seam_cost_solves_at_least_as_many_pieces_on_a_lossless_flip_puzzle(astronaut_puzzle):
+    """v4 caps the normalised seam cost (PLACE_DEFAULTS['cap']); on a puzzle whose seams are strong that must not
+    lose what the uncapped search (v3) solves."""
+    from himr_pipe.audit import solver
+    from himr_pipe.audit.placement import PLACE_DEFAULTS
+    from himr_pipe.audit.seams import load_stored
+    s, blob, ext, cells = astronaut_puzzle
+    n = s.num_patches
+    truth = np.argsort(np.asarray(cells) % n).reshape(s.grid)
+    st_ = load_stored(blob, ext)
+    assert PLACE_DEFAULTS["cap"] is not None
+    capped = solver.solve_stored(st_, s.out_cell, s.grid, orient=True)
+    uncapped = solver.solve_stored(st_, s.out_cell, s.grid, orient=True, params={"cap": None})
+    a, b = symmetric_layout_scores(uncapped % n, truth), symmetric_layout_scores(capped % n, truth)
+    assert sorted((capped % n).ravel()) == list(range(n))
+    assert b["direct"] >= a["direct"] and b["neighbour"] >= a["neighbour"]
+    assert pose_free_neighbour(capped, cells) >= pose_free_neighbour(uncapped, cells)

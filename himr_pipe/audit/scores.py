@@ -131,3 +131,36 @@ def pose_free_neighbour(layout: np.ndarray, cells: np.ndarray, blank: np.ndarray
                 g = int(turn[a])
                 hits += bool(turn[b] == g and tuple(pos[b] - pos[a]) == _turn_step(*step, g))
     return hits / max(1, total)
+
+
+def side_by_side(layout: np.ndarray, cells: np.ndarray, blank: np.ndarray | None = None) -> dict:
+    """The loosest count of what a layout rebuilds: the share of the true adjacencies whose two pieces stand
+    side by side in the layout, whatever their poses and whichever side (``proximity``), and that share for a
+    layout drawn at random (``proximity_chance``: layout adjacencies over all pairs of real pieces).
+
+    It counts what the attacker knows of *where* a piece belongs (near which others), not whether the seam
+    joins: a pair found on the wrong side or turned apart counts here and not in :func:`pose_free_neighbour`.
+    ``layout``, ``cells`` and ``blank`` as there (virtual pieces ``q * N + i`` with the flip defence, plain
+    stored indices without it; ``cells`` the packed permutation)."""
+    layout, cells = np.asarray(layout), np.asarray(cells).ravel()
+    gh, gw = layout.shape
+    n = layout.size
+    blank = np.zeros(n, bool) if blank is None else np.asarray(blank, bool)
+    plain = (cells[layout.ravel() % n] % n).reshape(gh, gw)    # the plain cell each slot shows
+    void = np.zeros(n, bool)
+    void[cells[np.nonzero(blank)[0]] % n] = True
+    hits = 0
+    for a, b in ((plain[:, :-1], plain[:, 1:]), (plain[:-1], plain[1:])):
+        ra, rb = np.stack(np.divmod(a, gw), -1), np.stack(np.divmod(b, gw), -1)
+        keep = ~void[a] & ~void[b]
+        hits += int(((np.abs(ra - rb).sum(-1) == 1) & keep).sum())
+    total = (gh - 1) * gw + gh * (gw - 1) - _void_edges(void, gh, gw)
+    m = int((~void).sum())
+    slots = (gh - 1) * gw + gh * (gw - 1)
+    return {"proximity": hits / max(1, total), "proximity_chance": slots / max(1, m * (m - 1) / 2)}
+
+
+def _void_edges(void: np.ndarray, gh: int, gw: int) -> int:
+    """True adjacencies that touch a blank (dropped) plain cell: they are not counted."""
+    v = void.reshape(gh, gw)
+    return int((v[:, :-1] | v[:, 1:]).sum() + (v[:-1] | v[1:]).sum())

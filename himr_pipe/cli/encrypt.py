@@ -166,7 +166,9 @@ def encrypt_shards_cmd(src, out, scheme, patch, size, gap, drop, flip, fmt, qual
     a = res.manifest.get("audit")
     if a and "mean" in a:
         click.echo(f"himr-pipe: quick audit of {a['samples']} samples ({res.audit_seconds:.0f} s): the attack recovered "
-                   f"{a['mean']['neighbour_accuracy']:.3f} of the neighbours, {a['mean']['direct_accuracy']:.3f} of the "
+                   f"{a['mean']['neighbour_accuracy']:.3f} of the neighbours ("
+                   f"{a['mean'].get('pose_free_neighbour', a['mean']['neighbour_accuracy']):.3f} pose-free), "
+                   f"{a['mean']['direct_accuracy']:.3f} of the "
                    f"cells in place (lower bounds); "
                    + ("within the leak budget against this attack" if a["meets_budget"] else "OVER the leak budget")
                    + " (manifest.json 'audit'; himr-pipe audit OUT --report DIR for more)")

@@ -16,7 +16,8 @@ def row_line(row: dict) -> str:
     accs = ", ".join(f"{r['val_top1']:.3f}" for r in row["runs"])
     lk = row.get("leak")
     leak_s = ("not encrypted" if lk is None else "not measured (the attack failed)" if "error" in lk else
-              f"neighbour {lk['mean']['neighbour_accuracy']:.3f}, direct {lk['mean']['direct_accuracy']:.3f}")
+              f"neighbour {lk['mean']['neighbour_accuracy']:.3f}{_pose_free(lk['mean'])}, "
+              f"direct {lk['mean']['direct_accuracy']:.3f}")
     return f"{row['label']}: top-1 {accs} (mean {row['top1_mean']:.3f}); leak {leak_s}"
 
 
@@ -28,7 +29,12 @@ def _leak_cell(r: dict) -> str:
     if "error" in r["leak"]:
         return "attack failed"
     m = r["leak"]["mean"]
-    return f"{m['neighbour_accuracy']:.3f} / {m['direct_accuracy']:.3f}"
+    return f"{m['neighbour_accuracy']:.3f}{_pose_free(m)} / {m['direct_accuracy']:.3f}"
+
+
+def _pose_free(mean: dict) -> str:
+    """The pose-free neighbour figure, where the audit measured one apart from the frame's (shuffled schemes)."""
+    return f" (pose-free {mean['pose_free_neighbour']:.3f})" if "pose_free_neighbour" in mean else ""
 
 
 def _top1_cell(r: dict) -> str:
