@@ -14,6 +14,10 @@ image beside the same-information baseline (MI-like), attack seconds per
 image, and whether the setting meets the leak budget.
 
 Run:  python benchmarks/bench_leak.py [--n 24] [--settings rs,rs-gap1,...] [--json PATH] [--learned] [--segments]
+      [--uncapped]
+
+``--uncapped``: the audit as it was before its seam costs were capped (jigsaw v3: ``PLACE_DEFAULTS['cap']`` None),
+for the side-by-side table of the two.
 
 ``--learned``: every setting twice, the audit as it is and with the learned seam model
 (:mod:`himr_pipe.audit.learned`) combined into its seam costs at its fitted weight (``gamma_fit``, even where the
@@ -44,6 +48,7 @@ SETTINGS = [
     ("rs P=16 gap 1 png", "rs", 16, 1, 0.0, "png"),
     ("rs P=16 gap 1 jpeg", "rs", 16, 1, 0.0, "jpeg"),
     ("rs P=16 gap 2 jpeg", "rs", 16, 2, 0.0, "jpeg"),
+    ("rs P=16 gap 2 png", "rs", 16, 2, 0.0, "png"),
     ("rs P=16 drop 0.25 jpeg", "rs", 16, 0, 0.25, "jpeg"),
     ("rs P=16 gap 1 drop 0.25 jpeg", "rs", 16, 1, 0.25, "jpeg"),
     ("mi P=16 jpeg", "mi", 16, 0, 0.0, "jpeg"),
@@ -57,9 +62,11 @@ SETTINGS = [
     ("mi-shuffle P=32 gap 1 jpeg", "mi-shuffle", 32, 1, 0.0, "jpeg"),
     ("rs P=16 flip jpeg", "rs", 16, 0, 0.0, "jpeg"),
     ("rs P=16 gap 1 flip jpeg", "rs", 16, 1, 0.0, "jpeg"),
+    ("rs P=16 gap 1 flip png", "rs", 16, 1, 0.0, "png"),
     ("mi-shuffle P=16 flip jpeg", "mi-shuffle", 16, 0, 0.0, "jpeg"),
     ("mi-shuffle P=16 flip png", "mi-shuffle", 16, 0, 0.0, "png"),
     ("mi-shuffle P=16 gap 1 flip jpeg", "mi-shuffle", 16, 1, 0.0, "jpeg"),
+    ("mi-shuffle P=16 gap 1 flip png", "mi-shuffle", 16, 1, 0.0, "png"),
 ]
 # a label ending in " flip <format>" is the flip defence (Scheme.flip)
 
@@ -103,15 +110,20 @@ def leak_table(settings=SETTINGS, n: int = 24, work: Path | None = None, seed: i
 
 
 def print_table(res: dict) -> None:
-    print("| setting | neighbour | direct | solved | attacker's PSNR / SSIM | baseline PSNR / SSIM | s/img | budget |")
-    print("|---|---|---|---|---|---|---|---|")
+    """One row per setting; pose-free and side-by-side (proximity, with its chance figure) as in
+    :mod:`himr_pipe.audit.attack`."""
+    print("| setting | neighbour | direct | pose-free neighbour | side by side (chance) | solved "
+          "| attacker's PSNR / SSIM | baseline PSNR / SSIM | s/img | budget |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, r in res.items():
         if "error" in r:
-            print(f"| {label} | n/a: {r['error'].splitlines()[-1]} |||||||")
+            print(f"| {label} | n/a: {r['error'].splitlines()[-1]} |||||||||")
             continue
         m = r["mean"]
         base = f"{m['baseline_psnr']:.1f} / {m['baseline_ssim']:.3f}" if "baseline_ssim" in m else "-"
+        near = f"{m['proximity']:.3f} ({m['proximity_chance']:.3f})" if "proximity" in m else "-"
         print(f"| {label} | {m['neighbour_accuracy']:.3f} | {m['direct_accuracy']:.3f} | "
+              f"{m.get('pose_free_neighbour', float('nan')):.3f} | {near} | "
               + (f"{m['solved'] * r['samples']:.0f}/{r['samples']}" if "solved" in m else "-")
               + f" | {m['psnr']:.1f} / {m['ssim']:.3f} | "
               f"{base} | {m['attack_seconds']:.2f} | {'meets' if r['meets_budget'] else 'over'} |")
@@ -144,7 +156,12 @@ def main() -> None:
     ap.add_argument("--without-json", default=None, help="with --learned: the first column from this --json")
     ap.add_argument("--segments", action="store_true",
                     help="also run each setting with the placement that moves and turns segments (audit.segments)")
+    ap.add_argument("--uncapped", action="store_true", help="the audit before the seam-cost cap (jigsaw v3)")
     a = ap.parse_args()
+    if a.uncapped:
+        from himr_pipe.audit.placement import PLACE_DEFAULTS
+
+        PLACE_DEFAULTS["cap"] = None   # the solver reads this dict at every call
     chosen = SETTINGS
     if a.settings:
         want = [w.strip() for w in a.settings.split(",")]

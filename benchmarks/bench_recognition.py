@@ -4,8 +4,8 @@ Trains a small CNN (:mod:`himr_pipe.audit.recognition`) on the shapes proxy's pl
 sample-data --task shapes``: 4 classes, one photo-textured shape per image), then for each setting encrypts the
 held-out images with the product's kernels, stores them as the product does, attacks the stored bytes with the
 audit's attack and shows the model the attacker's picture (MI-like settings: after the MI inverse; flip: turned
-to the best-aligned frame). Printed side by side: top-1 on the plain held-out images, on the reconstructions,
-chance (1/4), and the audit's neighbour, direct and pose-free neighbour on the same images.
+to the best-aligned frame). Printed side by side: top-1 on the plain held-out images, on the reconstructions, on
+the same cells at random places (what the cells alone tell), chance (1/4), and the audit's neighbour, direct, pose-free neighbour and side-by-side figures on the same images.
 
 Run:  python benchmarks/bench_recognition.py [--size 96] [--train 100] [--test 10] [--epochs 15]
       [--settings "mi-shuffle P=16 flip jpeg,..."] [--json PATH]
@@ -26,6 +26,10 @@ SETTINGS = [
     ("rs P=16 gap 1 flip jpeg", "rs", 16, 1, True, "jpeg"),
     ("mi-shuffle P=16 flip jpeg", "mi-shuffle", 16, 0, True, "jpeg"),
     ("mi-shuffle P=16 flip png", "mi-shuffle", 16, 0, True, "png"),
+    ("rs P=16 gap 1 flip png", "rs", 16, 1, True, "png"),
+    ("rs P=16 gap 2 jpeg", "rs", 16, 2, False, "jpeg"),
+    ("mi-shuffle P=16 gap 1 jpeg", "mi-shuffle", 16, 1, False, "jpeg"),
+    ("mi-shuffle P=16 gap 1 flip jpeg", "mi-shuffle", 16, 1, True, "jpeg"),
 ]
 
 
@@ -56,17 +60,17 @@ def main() -> None:
     train_s = time.perf_counter() - t
     print(f"# {len(xtr)} plain training images, {len(xte)} held out, {a.size} px, {a.epochs} epochs, "
           f"{train_s:.0f} s to draw and train; top-1 on the training images {top1(net, xtr, ytr):.3f}")
-    print("| setting | plain top-1 | reconstruction top-1 | chance | neighbour | direct | pose-free neighbour | "
-          "s/img |\n|---|---|---|---|---|---|---|---|")
+    print("| setting | plain top-1 | reconstruction top-1 | cells at random top-1 | chance | neighbour | direct | "
+          "pose-free neighbour | side by side | s/img |\n|---|---|---|---|---|---|---|---|---|---|")
     res = {}
     for label, name, patch, gap, flip, fmt in chosen:
         r = recognition_row(net, Scheme.named(name, patch, a.size, a.size, gap, flip=flip), xte, yte, fmt,
                             seed=a.seed, classes=len(classes))
         res[label] = r
         f = {k: (f"{r[k]:.3f}" if k in r else "-") for k in ("neighbour_accuracy", "direct_accuracy",
-                                                              "pose_free_neighbour")}
-        print(f"| {label} | {r['plain_top1']:.3f} | {r['recon_top1']:.3f} | {r['chance']:.3f} | "
-              f"{f['neighbour_accuracy']} | {f['direct_accuracy']} | {f['pose_free_neighbour']} | "
+                                                              "pose_free_neighbour", "proximity")}
+        print(f"| {label} | {r['plain_top1']:.3f} | {r['recon_top1']:.3f} | {r['bag_top1']:.3f} | {r['chance']:.3f} | "
+              f"{f['neighbour_accuracy']} | {f['direct_accuracy']} | {f['pose_free_neighbour']} | {f['proximity']} | "
               f"{r.get('attack_seconds', 0.0):.2f} |", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "train_seconds": train_s, "rows": res}, indent=1))

@@ -50,7 +50,26 @@ def test_recognition_on_scheme_none_is_near_the_plain_figure(model):
     row = recognition_row(net, Scheme.named("none", 16, SIZE, SIZE), xte, yte, "jpeg", classes=k)
     assert row["chance"] == 1 / k and row["samples"] == len(xte)
     assert abs(row["recon_top1"] - row["plain_top1"]) <= 0.1
+    assert row["bag_top1"] == row["recon_top1"]          # nothing shuffled: the bag of cells is the picture itself
     assert row["neighbour_accuracy"] == row["direct_accuracy"] == 1.0
+
+
+def test_the_bag_of_cells_is_the_stored_cells_at_random_places_and_poses(model):
+    """The reference a reconstruction must beat: the stored image's own cells, moved and turned at random (rs
+    --flip, PNG: every pixel kept, so the two hold the same pixels and differ in where they stand)."""
+    from himr_pipe.audit.recognition import bag_picture, encrypt_stored
+    from himr_pipe.scheme import Scheme
+    from himr_pipe.shards import decode_image
+
+    _, xte, _, _ = model
+    s = Scheme.named("rs", 16, SIZE, SIZE, flip=True)
+    bag = bag_picture(s, xte[0], "png", 3)
+    blob, ext, _ = encrypt_stored(s, xte[0], "png", 3)
+    stored = decode_image(blob, ext)
+    assert bag.shape == stored.shape
+    assert np.array_equal(np.sort(bag.reshape(-1, 3), axis=0), np.sort(stored.reshape(-1, 3), axis=0))
+    assert not np.array_equal(bag, stored)
+    assert np.array_equal(bag, bag_picture(s, xte[0], "png", 3))     # deterministic from its seed
 
 
 def test_a_reconstruction_is_the_attackers_picture_at_the_plain_size(model):
