@@ -45,8 +45,8 @@ from .scores import (frame_symmetries, image_quality, layout_scores, pose_free_n
 
 BUDGET = {"direct_accuracy": 0.02, "neighbour_accuracy": 0.10, "pose_free_neighbour": 0.10}
 # Every figure the audit prints or records is what *this* attack recovers: a lower bound on the leak. A stronger
-# solver recovers more (one written outside this project does on every gap and mi-shuffle setting: README
-# "Privacy"), so "within the budget" means "within it against this attack", never "safe".
+# solver recovers more (one written outside this project does on most gap and flip settings: docs/privacy.md),
+# so "within the budget" means "within it against this attack", never "safe".
 BOUND = "a lower bound on the leak: what this attack recovers; a stronger attack recovers more"
 PSNR_CAP = 100.0
 
