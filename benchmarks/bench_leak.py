@@ -187,6 +187,10 @@ def main() -> None:
         res = {s[0]: res[s[0]] for s in chosen if s[0] in res}
     else:
         res = leak_table(chosen, a.n, work)
+    if a.uncapped:   # the attack's name states it as shipped; say which ran
+        for r in res.values():
+            if "attack" in r:
+                r["attack"] = r["attack"].replace("seam costs capped", "seam costs NOT capped (--uncapped: v3)")
     print_table(res)
     if a.learned:
         res_l = leak_table(chosen, a.n, work, learned=True)

@@ -5,7 +5,8 @@ sample-data --task shapes``: 4 classes, one photo-textured shape per image), the
 held-out images with the product's kernels, stores them as the product does, attacks the stored bytes with the
 audit's attack and shows the model the attacker's picture (MI-like settings: after the MI inverse; flip: turned
 to the best-aligned frame). Printed side by side: top-1 on the plain held-out images, on the reconstructions, on
-the same cells at random places (what the cells alone tell), chance (1/4), and the audit's neighbour, direct, pose-free neighbour and side-by-side figures on the same images.
+the same cells at random places (what the cells alone tell), chance (1/4), and the audit's neighbour, direct,
+pose-free neighbour and side-by-side figures on the same images.
 
 Run:  python benchmarks/bench_recognition.py [--size 96] [--train 100] [--test 10] [--epochs 15]
       [--settings "mi-shuffle P=16 flip jpeg,..."] [--json PATH]

@@ -13,8 +13,8 @@ shapes`` writes), then measures its top-1:
 * against chance (1 / classes).
 
 A setting whose reconstructions score near chance (or near the bag of its cells) shows the model nothing of the
-class that solving added; near the plain figure, everything. The model is a small CNN trained on the CPU in about a minute (minutes at 224 px), with
-the 8 symmetries of the frame as augmentation (the shapes are drawn at any rotation; the attacker's picture is
+class that solving added; near the plain figure, everything. The model is a small CNN trained on the CPU in
+about a minute (minutes at 224 px), with the 8 symmetries of the frame as augmentation (the shapes are drawn at any rotation; the attacker's picture is
 turned to its best-aligned frame). Deterministic from its seed.
 """
 

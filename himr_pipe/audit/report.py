@@ -197,10 +197,11 @@ def markdown(report: dict) -> str:
              f"PSNR in dB, capped at {PSNR_CAP:.0f} for exact reconstructions.", "", "| figure | mean |", "|---|---|"]
     for k, v in report["mean"].items():
         lines.append(f"| {k} | {v:.4f} |")
-    lines += [] if "proximity" not in report["mean"] else ["", "neighbour_accuracy / direct_accuracy: true adjacencies rebuilt / cells put back, in the best-aligned "
-              "frame; pose_free_neighbour: true adjacencies rebuilt in any common pose of the pair (fragments found "
-              "turned count); proximity: true neighbours put side by side in any pose, on any side "
-              "(proximity_chance: that figure for a random layout)."]
+    if "proximity" in report["mean"]:
+        lines += ["", "neighbour_accuracy / direct_accuracy: true adjacencies rebuilt / cells put back, in the "
+                  "best-aligned frame; pose_free_neighbour: true adjacencies rebuilt in any common pose of the pair "
+                  "(fragments found turned count); proximity: true neighbours put side by side in any pose, on any "
+                  "side (proximity_chance: that figure for a random layout)."]
     verdict = ("within the leak budget" if report["meets_budget"]
                else "OVER the leak budget: " + "; ".join(report["over_budget"]))
     lines += ["", f"Budget: direct <= {BUDGET['direct_accuracy']}, neighbour <= {BUDGET['neighbour_accuracy']} (in the "

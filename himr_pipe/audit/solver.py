@@ -41,9 +41,9 @@ true pairs for a few points off the wrong seams around them (on the default, v3'
 layout). Calibrated on 8 puzzles of the public photos that are not in the bundled sample
 (:data:`.learned.TRAIN_PHOTOS`, random 224x224 crops), cap in {none, 1.1, 1.2, 1.3, 1.5}; neighbour / direct /
 pose-free neighbour (:func:`.scores.pose_free_neighbour`), none -> 1.5:
-mi-shuffle --flip JPEG q90 (5 puzzles) 0.037 / 0.005 / 0.025 -> 0.051 / 0.004 / 0.047; the same as PNG 0.039 / 0.008 / 0.027
--> 0.055 / 0.008 / 0.053; rs --gap 1 --flip JPEG 0.043 / 0.009 / 0.050 -> 0.045 / 0.008 / 0.074; rs JPEG q90 (6
-puzzles) 0.661 / 0.507 -> 0.747 / 0.642. Caps from 1.1 to 1.5 were within noise of each other on the flip
+mi-shuffle --flip JPEG q90 (5 puzzles) 0.037 / 0.005 / 0.025 -> 0.051 / 0.004 / 0.047; the same as PNG
+0.039 / 0.008 / 0.027 -> 0.055 / 0.008 / 0.053; rs --gap 1 --flip JPEG 0.043 / 0.009 / 0.050 -> 0.045 / 0.008 /
+0.074; rs JPEG q90 (6 puzzles) 0.661 / 0.507 -> 0.747 / 0.642. Caps from 1.1 to 1.5 were within noise of each other on the flip
 settings; 1.5 was best without flip and on neighbour accuracy.
 
 **The gap band's chroma.** With an odd gap and 4:2:0 JPEG (RS at P=16 or 32),
